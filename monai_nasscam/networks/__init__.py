@@ -1,0 +1,22 @@
+"""NAS-SCAM networks: the searchable attention cell, attention blocks, the U-Net and baselines."""
+
+from monai_nasscam.networks.add_attention import add_attention
+from monai_nasscam.networks.blocks import CBAMBlock, NASCAMBlock, NASSAMBlock, NASSCAMBlock, SCSEBlock
+from monai_nasscam.networks.cell import NASAttentionCell, arch_parameters, weight_parameters
+from monai_nasscam.networks.genotype import POSITIONS, Genotype
+from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
+
+__all__ = [
+    "NASSAMBlock",
+    "NASCAMBlock",
+    "NASSCAMBlock",
+    "CBAMBlock",
+    "SCSEBlock",
+    "NASAttentionCell",
+    "NASSCAMUNet",
+    "Genotype",
+    "POSITIONS",
+    "add_attention",
+    "arch_parameters",
+    "weight_parameters",
+]

@@ -1,0 +1,208 @@
+"""Attention blocks: NAS-SAM, NAS-CAM, NAS-SCAM (SPEC §1.3) and the CBAM and scSE baselines (SPEC §8).
+
+Every block maps ``(B, C, *spatial)`` to a tensor of the same shape and takes ``(spatial_dims, in_channels)``
+first, like MONAI's own blocks. A NAS block is searchable when built without a genotype and fixed
+when built with one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import ChannelSELayer
+from monai.networks.layers.factories import Conv, Pool
+
+from monai_nasscam.networks.cell import NASAttentionCell
+
+__all__ = ["NASSAMBlock", "NASCAMBlock", "NASSCAMBlock", "CBAMBlock", "SCSEBlock"]
+
+
+class NASSAMBlock(nn.Module):
+    """NAS-SAM: a searched spatial attention map ``n`` (B, 1, *spatial) from the cell; returns ``n * x``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input feature map.
+        genotype: the 6 SAM operation names (edge order of :data:`~monai_nasscam.networks.cell.EDGES`) for a
+            fixed block; ``None`` for a searchable one.
+        hidden_channels: channels of the cell's inner nodes (32 in the paper).
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, genotype: Sequence[str] | None = None, hidden_channels: int = 32
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"NASSAMBlock supports spatial_dims 2 or 3, got {spatial_dims}.")
+        self.cell = NASAttentionCell("sam", spatial_dims, in_channels, genotype, hidden_channels)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The spatial attention map, ``(B, 1, *spatial)`` in (0, 1)."""
+        return self.cell(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.cell(x)
+
+
+class NASCAMBlock(nn.Module):
+    """NAS-CAM: global average pooling, then the cell's 1-D convolutions slide along the channel axis of
+    the pooled vector (an ECA-like design whose size does not depend on ``in_channels``); returns ``z * x``.
+
+    Args:
+        spatial_dims: 2 or 3 (of the feature map; the cell itself is 1-D).
+        in_channels: channels of the input feature map.
+        genotype: the 6 CAM operation names for a fixed block; ``None`` for a searchable one.
+        hidden_channels: channels of the cell's inner nodes (32 in the paper).
+    """
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, genotype: Sequence[str] | None = None, hidden_channels: int = 32
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"NASCAMBlock supports spatial_dims 2 or 3, got {spatial_dims}.")
+        self.in_channels = in_channels
+        self.cell = NASAttentionCell("cam", 1, 1, genotype, hidden_channels)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """The channel weights, ``(B, C, 1, ...)`` in (0, 1)."""
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}).")
+        z = x.mean(dim=tuple(range(2, x.ndim)))  # (B, C)
+        weights = self.cell(z.unsqueeze(1))  # (B, 1, C)
+        return weights.reshape(x.shape[:2] + (1,) * (x.ndim - 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.attention(x)
+
+
+class NASSCAMBlock(nn.Module):
+    """NAS-SCAM: spatial and channel attention, ``serial`` (SAM then CAM) or ``parallel`` (element-wise max).
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input feature map.
+        mode: "parallel" (NAS-SCAM-P, ``max(SAM(x), CAM(x))``) or "serial" (NAS-SCAM-S, ``CAM(SAM(x))``).
+        genotype: ``{"sam": [6 names], "cam": [6 names]}`` for a fixed block; ``None`` for a searchable one.
+        hidden_channels: channels of the cells' inner nodes (32 in the paper).
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int,
+        in_channels: int,
+        mode: str = "parallel",
+        genotype: Mapping[str, Sequence[str]] | None = None,
+        hidden_channels: int = 32,
+    ) -> None:
+        super().__init__()
+        if mode not in ("parallel", "serial"):
+            raise ValueError(f"mode must be 'parallel' or 'serial', got {mode!r}.")
+        if genotype is not None and not {"sam", "cam"} <= set(genotype):
+            raise ValueError(f"a NASSCAMBlock genotype needs 'sam' and 'cam' entries, got keys {sorted(genotype)}.")
+        self.mode = mode
+        self.sam = NASSAMBlock(spatial_dims, in_channels, None if genotype is None else genotype["sam"], hidden_channels)
+        self.cam = NASCAMBlock(spatial_dims, in_channels, None if genotype is None else genotype["cam"], hidden_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "serial":
+            return self.cam(self.sam(x))
+        return torch.maximum(self.sam(x), self.cam(x))
+
+
+class CBAMBlock(nn.Module):
+    """CBAM (Woo et al., 2018): channel attention from a shared MLP over average- and max-pooled vectors,
+    then spatial attention from a ``kernel_size`` convolution over the channel-wise mean and max.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input feature map.
+        reduction: channel reduction of the MLP (hidden size ``max(1, in_channels // reduction)``).
+        kernel_size: kernel of the spatial convolution.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, reduction: int = 16, kernel_size: int = 7) -> None:
+        super().__init__()
+        hidden = max(1, in_channels // reduction)
+        conv = Conv[Conv.CONV, spatial_dims]
+        self.avg_pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.max_pool = Pool[Pool.ADAPTIVEMAX, spatial_dims](1)
+        self.mlp = nn.Sequential(conv(in_channels, hidden, 1), nn.ReLU(inplace=True), conv(hidden, in_channels, 1))
+        self.spatial = conv(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x * torch.sigmoid(self.mlp(self.avg_pool(x)) + self.mlp(self.max_pool(x)))
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return x * torch.sigmoid(self.spatial(pooled))
+
+
+class SCSEBlock(nn.Module):
+    """scSE (Roy et al., 2018): channel squeeze-and-excitation (MONAI ``ChannelSELayer``) plus a spatial
+    squeeze-and-excitation from a 1x1 convolution, combined by addition.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input feature map.
+        reduction: reduction ratio of the channel excitation.
+    """
+
+    def __init__(self, spatial_dims: int, in_channels: int, reduction: int = 2) -> None:
+        super().__init__()
+        self.channel = ChannelSELayer(spatial_dims, in_channels, r=reduction)
+        self.spatial = Conv[Conv.CONV, spatial_dims](in_channels, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.channel(x) + x * torch.sigmoid(self.spatial(x))
+
+
+#: attention names accepted at the 8 positions of the U-Net, and the cell kinds each one searches.
+ATTENTIONS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "cbam": (),
+    "scse": (),
+    "nas-sam": ("sam",),
+    "nas-cam": ("cam",),
+    "nas-scam-s": ("sam", "cam"),
+    "nas-scam-p": ("sam", "cam"),
+}
+NAS_ATTENTIONS = tuple(name for name, kinds in ATTENTIONS.items() if kinds)
+
+
+def check_attention(name: str) -> str:
+    """Return ``name`` if it is a known attention, else raise a ``ValueError`` listing the known ones."""
+    if name not in ATTENTIONS:
+        raise ValueError(f"unknown attention {name!r}, expected one of {list(ATTENTIONS)}.")
+    return name
+
+
+def attention_block(
+    name: str, spatial_dims: int, in_channels: int, genotype: Mapping[str, Sequence[str]] | None = None
+) -> nn.Module:
+    """Build the attention block called ``name`` (see :data:`ATTENTIONS`).
+
+    Args:
+        name: attention name; "none" gives ``nn.Identity``.
+        spatial_dims: 2 or 3.
+        in_channels: channels of the feature map it weights.
+        genotype: for NAS attentions, a mapping with the 6 op names of each searched cell
+            (``{"sam": [...], "cam": [...]}``, only the kinds the attention uses); ``None`` for a searchable block.
+    """
+    check_attention(name)
+    if name == "none":
+        return nn.Identity()
+    if name == "cbam":
+        return CBAMBlock(spatial_dims, in_channels)
+    if name == "scse":
+        return SCSEBlock(spatial_dims, in_channels)
+    if genotype is not None:
+        missing = [k for k in ATTENTIONS[name] if k not in genotype]
+        if missing:
+            raise ValueError(f"a {name} genotype entry needs op lists for {list(ATTENTIONS[name])}, missing {missing}.")
+    if name == "nas-sam":
+        return NASSAMBlock(spatial_dims, in_channels, None if genotype is None else genotype["sam"])
+    if name == "nas-cam":
+        return NASCAMBlock(spatial_dims, in_channels, None if genotype is None else genotype["cam"])
+    mode = "serial" if name == "nas-scam-s" else "parallel"
+    return NASSCAMBlock(spatial_dims, in_channels, mode, genotype)

@@ -1,0 +1,198 @@
+"""Genotype: the architecture chosen by a search, derived from alphas and stored as versioned JSON.
+
+The file (DESIGN.md §3) names, for each of the 8 attention positions, the 6 operations of each searched
+cell in edge order, and keeps the softmax weights for the record. It is enough to rebuild the network
+without the search checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from monai_nasscam.networks.blocks import ATTENTIONS, NAS_ATTENTIONS, NASCAMBlock, NASSAMBlock, NASSCAMBlock
+from monai_nasscam.networks.cell import EDGES, NASAttentionCell
+from monai_nasscam.networks.ops import OPS
+
+__all__ = ["POSITIONS", "Genotype", "attention_blocks"]
+
+FORMAT = "nasscam-genotype"
+VERSION = 1
+#: the 8 attention positions, shallow to deep along the encoder, then deep to shallow along the decoder.
+POSITIONS: tuple[str, ...] = ("down1", "down2", "down3", "down4", "up1", "up2", "up3", "up4")
+# where add_attention puts the blocks in a MONAI BasicUNet (its upcat_4 is the deepest up block)
+BASIC_UNET_POSITIONS = dict(zip(POSITIONS, ("down_1", "down_2", "down_3", "down_4", "upcat_4", "upcat_3", "upcat_2", "upcat_1")))
+
+
+def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
+    """The attention block at each position of ``model`` (a ``NASSCAMUNet`` or a BasicUNet given attention)."""
+    if hasattr(model, "attention_blocks"):
+        return model.attention_blocks()
+    blocks = {}
+    for position, name in BASIC_UNET_POSITIONS.items():
+        wrapped = getattr(model, name, None)
+        if isinstance(wrapped, nn.Sequential) and len(wrapped) == 2 and getattr(wrapped, "is_attention_wrapper", False):
+            blocks[position] = wrapped[1]
+    if len(blocks) != len(POSITIONS):
+        raise ValueError(f"{type(model).__name__} has no attention blocks at the 8 positions {list(POSITIONS)}.")
+    return blocks
+
+
+def _cells(block: nn.Module) -> tuple[str, dict[str, NASAttentionCell]]:
+    """The attention name of a NAS block and its cells by kind."""
+    if isinstance(block, NASSCAMBlock):
+        return ("nas-scam-s" if block.mode == "serial" else "nas-scam-p"), {"sam": block.sam.cell, "cam": block.cam.cell}
+    if isinstance(block, NASSAMBlock):
+        return "nas-sam", {"sam": block.cell}
+    if isinstance(block, NASCAMBlock):
+        return "nas-cam", {"cam": block.cell}
+    raise ValueError(f"{type(block).__name__} is not a NAS attention block; only NAS blocks have a genotype.")
+
+
+@dataclass
+class Genotype:
+    """A derived NAS-SCAM architecture.
+
+    Args:
+        attention: one of "nas-sam", "nas-cam", "nas-scam-s", "nas-scam-p".
+        synchronous: whether each module was searched with its own alphas.
+        modules: one entry per position (:data:`POSITIONS` order): ``{"position": ..., "sam": [6 names],
+            "cam": [6 names]}``, with only the cell kinds the attention uses.
+        alphas: softmax weights per position and kind, for the record (not needed to rebuild).
+    """
+
+    attention: str
+    synchronous: bool
+    modules: list[dict[str, Any]]
+    alphas: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    @classmethod
+    def from_model(cls, model: nn.Module, exclude_none: bool = False) -> Genotype:
+        """Derive the genotype of a searchable model: the argmax operation of every edge's alpha.
+
+        Args:
+            model: a searchable ``NASSCAMUNet`` (or a BasicUNet given searchable NAS attention).
+            exclude_none: never choose ``none`` (the DARTS habit); by default ``none`` may win, as in the paper.
+        """
+        modules, alphas, names, shared = [], {}, set(), set()
+        for position, block in attention_blocks(model).items():
+            name, cells = _cells(block)
+            names.add(name)
+            entry: dict[str, Any] = {"position": position}
+            alphas[position] = {}
+            for kind, cell in cells.items():
+                if cell.alpha is None:
+                    raise ValueError(f"the {kind} cell at {position} is fixed; derive a genotype from a searchable model.")
+                shared.add(id(cell.alpha))
+                weights = cell.op_weights().detach().cpu()
+                choice = weights.clone()
+                if exclude_none:
+                    choice[:, cell.candidates.index("none")] = -1.0
+                entry[kind] = [cell.candidates[i] for i in choice.argmax(dim=-1).tolist()]
+                alphas[position][kind] = [[round(v, 6) for v in row] for row in weights.tolist()]
+            modules.append(entry)
+        if len(names) != 1:
+            raise ValueError(f"the model mixes attention types {sorted(names)}; a genotype describes one.")
+        kinds = len(ATTENTIONS[next(iter(names))])
+        synchronous = len(shared) > kinds  # shared alphas: one object per kind for all 8 modules
+        return cls(attention=names.pop(), synchronous=synchronous, modules=modules, alphas=alphas)
+
+    def entry(self, position: str) -> dict[str, list[str]]:
+        """The op lists of the module at ``position``: ``{"sam": [...], "cam": [...]}``."""
+        for module in self.modules:
+            if module["position"] == position:
+                return {k: v for k, v in module.items() if k != "position"}
+        raise KeyError(f"no module at position {position!r}; positions are {list(POSITIONS)}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "attention": self.attention,
+            "synchronous": self.synchronous,
+            "edges": [list(e) for e in EDGES],
+            "modules": self.modules,
+            "alphas": self.alphas,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "genotype") -> Genotype:
+        """Build from the JSON structure; ``source`` names the file in error messages."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}.")
+        if data.get("format") != FORMAT:
+            raise ValueError(f"{source}: 'format' must be {FORMAT!r}, got {data.get('format')!r}.")
+        if data.get("version") != VERSION:
+            raise ValueError(f"{source}: unknown genotype version {data.get('version')!r}; this release reads version {VERSION}.")
+        edges = data.get("edges", [list(e) for e in EDGES])
+        if [list(e) for e in edges] != [list(e) for e in EDGES]:
+            raise ValueError(f"{source}: 'edges' must be {[list(e) for e in EDGES]}, got {edges}.")
+        missing = [k for k in ("attention", "synchronous", "modules") if k not in data]
+        if missing:
+            raise ValueError(f"{source}: missing key(s) {missing}.")
+        try:
+            return cls(data["attention"], data["synchronous"], data["modules"], dict(data.get("alphas") or {}))
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the JSON file atomically (temporary file, then rename); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Genotype:
+        """Read and validate a genotype JSON file."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"genotype file {path} does not exist.")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e}).") from None
+        return cls.from_dict(data, source=str(path))
+
+    def _validate(self) -> None:
+        if self.attention not in NAS_ATTENTIONS:
+            raise ValueError(f"'attention' must be one of {list(NAS_ATTENTIONS)}, got {self.attention!r}.")
+        if not isinstance(self.synchronous, bool):
+            raise ValueError(f"'synchronous' must be true or false, got {self.synchronous!r}.")
+        if not isinstance(self.modules, list) or len(self.modules) != len(POSITIONS):
+            count = len(self.modules) if isinstance(self.modules, list) else type(self.modules).__name__
+            raise ValueError(f"'modules' must list {len(POSITIONS)} modules, got {count}.")
+        kinds = ATTENTIONS[self.attention]
+        for i, (module, position) in enumerate(zip(self.modules, POSITIONS)):
+            if not isinstance(module, Mapping) or module.get("position") != position:
+                got = module.get("position") if isinstance(module, Mapping) else module
+                raise ValueError(f"module {i} must be at position {position!r}, got {got!r}.")
+            for kind in kinds:
+                ops = module.get(kind)
+                if not isinstance(ops, list) or len(ops) != len(EDGES):
+                    raise ValueError(f"module {position}: {kind!r} must list {len(EDGES)} operations (one per edge), got {ops!r}.")
+                unknown = [o for o in ops if o not in OPS[kind]]
+                if unknown:
+                    raise ValueError(f"module {position}: unknown {kind} operation(s) {unknown}; known: {list(OPS[kind])}.")
+        if not self.synchronous:
+            first = {k: self.modules[0][k] for k in kinds}
+            if any({k: m[k] for k in kinds} != first for m in self.modules):
+                raise ValueError("a non-synchronous genotype must have the same operations at all 8 positions.")

@@ -1,0 +1,140 @@
+"""NASSCAMUNet: the U-Net of SPEC §2 with an attention module after each of its 4 down and 4 up blocks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+from monai.networks.blocks import Convolution
+from monai.networks.layers.factories import Conv, Pool
+
+from monai_nasscam.networks.blocks import ATTENTIONS, attention_block, check_attention
+from monai_nasscam.networks.cell import arch_parameters, weight_parameters
+from monai_nasscam.networks.genotype import POSITIONS, Genotype
+
+__all__ = ["NASSCAMUNet", "DoubleConv"]
+
+
+class DoubleConv(nn.Sequential):
+    """conv3x3 -> norm -> ReLU -> dropout -> conv3x3 -> norm -> ReLU, from MONAI ``Convolution`` units."""
+
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm, dropout: float) -> None:
+        super().__init__()
+        self.add_module("conv_0", Convolution(spatial_dims, in_channels, out_channels, act="relu", norm=norm, dropout=dropout, adn_ordering="NAD"))
+        self.add_module("conv_1", Convolution(spatial_dims, out_channels, out_channels, act="relu", norm=norm, adn_ordering="NA"))
+
+
+class NASSCAMUNet(nn.Module):
+    """U-Net with attention at 8 positions: after each down block (conv block, 2x max-pool) and each up
+    block (transposed conv k4 s2 p1, concatenated skip, conv block). Skips carry the attention-weighted
+    features. The network returns logits; apply a sigmoid (the paper's 4 multi-label channels, threshold
+    0.5) or a softmax (with a background channel) outside, as MONAI networks do.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: input channels (3 for RGB).
+        out_channels: output channels (4 nucleus types; 5 for a softmax head with background).
+        attention: one of "none", "cbam", "scse", "nas-sam", "nas-cam", "nas-scam-s", "nas-scam-p"; ``None``
+            takes the genotype's.
+        synchronous: for a searchable network, each module has its own alphas (``True``, the method) or
+            all 8 share one set (``False``, the ablation).
+        genotype: a :class:`Genotype`, or the path of its JSON file, to build the derived (fixed) network;
+            ``None`` builds the searchable supernet for NAS attentions.
+        features: widths of the input block, the 4 down blocks (the middle block repeats the last), e.g.
+            ``(16, 32, 64, 128, 256)``; the up blocks mirror them.
+        norm: normalisation of the conv blocks (GroupNorm with 4 groups by default).
+        dropout: dropout between the two convolutions of each conv block.
+
+    Inputs must have spatial sizes divisible by 16.
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 3,
+        out_channels: int = 4,
+        attention: str | None = "nas-scam-p",
+        synchronous: bool = True,
+        genotype: Genotype | str | os.PathLike | None = None,
+        features: Sequence[int] = (16, 32, 64, 128, 256),
+        norm: tuple | str = ("group", {"num_groups": 4}),
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
+        if len(features) != 5:
+            raise ValueError(f"features must give 5 widths (input block and 4 down blocks), got {list(features)}.")
+        if isinstance(genotype, (str, os.PathLike)):
+            genotype = Genotype.load(genotype)
+        if genotype is not None:
+            if attention is not None and attention != genotype.attention:
+                raise ValueError(f"attention {attention!r} does not match the genotype's {genotype.attention!r}.")
+            attention = genotype.attention
+        attention = check_attention(attention or "nas-scam-p")
+        self.attention = attention
+        self.synchronous = synchronous
+        self.genotype = genotype
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+
+        f = list(features)
+        self.conv_0 = DoubleConv(spatial_dims, in_channels, f[0], norm, dropout)
+        self.down = nn.ModuleList(
+            nn.ModuleDict({"conv": DoubleConv(spatial_dims, f[k], f[k + 1], norm, dropout), "pool": Pool[Pool.MAX, spatial_dims](2)})
+            for k in range(4)
+        )
+        self.middle = DoubleConv(spatial_dims, f[4], f[4], norm, dropout)
+        up_widths = [f[3], f[2], f[1], f[0]]
+        in_widths = [f[4], f[3], f[2], f[1]]
+        self.up = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "upsample": Conv[Conv.CONVTRANS, spatial_dims](cin, cout, kernel_size=4, stride=2, padding=1),
+                    "conv": DoubleConv(spatial_dims, 2 * cout, cout, norm, dropout),
+                }
+            )
+            for cin, cout in zip(in_widths, up_widths)
+        )
+        widths = dict(zip(POSITIONS, f[1:] + up_widths))
+        self.attention_modules = nn.ModuleDict(
+            {p: attention_block(attention, spatial_dims, widths[p], genotype.entry(p) if genotype else None) for p in POSITIONS}
+        )
+        if not synchronous and genotype is None:
+            self._share_alphas()
+        self.final_conv = Conv[Conv.CONV, spatial_dims](f[0], out_channels, kernel_size=1)
+
+    def _share_alphas(self) -> None:
+        """Make all 8 modules use the first module's alphas (the non-synchronous ablation)."""
+        cells = [b for b in self.attention_modules.values()]
+        for kind in ATTENTIONS[self.attention]:
+            shared = [getattr(c, kind, c).cell for c in cells]
+            for cell in shared[1:]:
+                cell.alpha = shared[0].alpha
+
+    def attention_blocks(self) -> dict[str, nn.Module]:
+        """The attention block at each of the 8 positions."""
+        return dict(self.attention_modules.items())
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Architecture weights (alphas); empty for a fixed network."""
+        return arch_parameters(self)
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter."""
+        return weight_parameters(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(s % 16 for s in x.shape[2:]):
+            raise ValueError(f"NASSCAMUNet needs spatial sizes divisible by 16, got {tuple(x.shape[2:])}.")
+        attention = list(self.attention_modules.values())
+        skips = [self.conv_0(x)]
+        for k, block in enumerate(self.down):
+            skips.append(attention[k](block["pool"](block["conv"](skips[-1]))))
+        h = self.middle(skips.pop())
+        for k, block in enumerate(self.up):
+            h = torch.cat([block["upsample"](h), skips.pop()], dim=1)
+            h = attention[4 + k](block["conv"](h))
+        return self.final_conv(h)
