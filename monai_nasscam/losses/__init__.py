@@ -1,0 +1,5 @@
+"""Losses."""
+
+from .exp_log import ExpLogLoss
+
+__all__ = ["ExpLogLoss"]

@@ -1,0 +1,87 @@
+"""The evaluation summary written to ``RUN/metrics.json`` (DESIGN.md §5)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CLASS_NAMES", "metrics_dict", "write_metrics_json"]
+
+#: MoNuSAC class names by class id 1..4; network channel ``c`` is class id ``c + 1``.
+CLASS_NAMES = ("Epithelial", "Lymphocyte", "Neutrophil", "Macrophage")
+
+
+def _float_or_none(value: Any) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _per_class(values: Sequence[float] | Mapping[str, float] | torch.Tensor | np.ndarray,
+               class_names: Sequence[str]) -> dict[str, float | None]:
+    if isinstance(values, Mapping):
+        missing = [n for n in class_names if n not in values]
+        if missing:
+            raise ValueError(f"per-class values miss {missing}.")
+        items = [values[n] for n in class_names]
+    else:
+        items = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values,
+                           dtype=np.float64).ravel().tolist()
+        if len(items) != len(class_names):
+            raise ValueError(f"{len(items)} per-class values for {len(class_names)} classes {tuple(class_names)}.")
+    out: dict[str, float | None] = {n: _float_or_none(v) for n, v in zip(class_names, items)}
+    defined = [v for v in out.values() if v is not None]
+    out["mean"] = float(np.mean(defined)) if defined else None
+    return out
+
+
+def metrics_dict(
+    dice: Sequence[float] | Mapping[str, float] | torch.Tensor | np.ndarray,
+    pq: Sequence[float] | Mapping[str, float] | torch.Tensor | np.ndarray,
+    protocol: Mapping[str, Any] | None = None,
+    pq_official: Sequence[float] | Mapping[str, float] | torch.Tensor | np.ndarray | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """
+    The ``metrics.json`` content: ``{"dice": {class: x, ..., "mean": x}, "pq": {...}, "protocol": {...}}``.
+
+    Args:
+        dice: per-class pooled Dice as fractions in [0, 1], in class order (or a dict by class name).
+        pq: per-class (correct) panoptic quality, same layout.
+        protocol: how the numbers were obtained (split, inference, threshold, ...), stored as given.
+        pq_official: optional per-class MoNuSAC official-script PQ, stored under ``"pq_monusac_official"``.
+        class_names: class names in order (default: the MoNuSAC classes by id 1..4).
+        extra: further top-level keys (must not clash with the ones above).
+
+    ``"mean"`` is the mean over the classes with a defined value; an undefined value (NaN) is written as ``null``.
+    """
+    out: dict[str, Any] = {
+        "dice": _per_class(dice, class_names),
+        "pq": _per_class(pq, class_names),
+        "protocol": dict(protocol or {}),
+    }
+    if pq_official is not None:
+        out["pq_monusac_official"] = _per_class(pq_official, class_names)
+    for key, value in (extra or {}).items():
+        if key in out:
+            raise ValueError(f"extra key '{key}' clashes with a reserved key.")
+        out[key] = value
+    return out
+
+
+def write_metrics_json(path: str | os.PathLike, dice: Any, pq: Any, protocol: Mapping[str, Any] | None = None,
+                       **kwargs: Any) -> dict[str, Any]:
+    """Write :py:func:`metrics_dict` (same arguments) to ``path`` as JSON (strict: no NaN) and return it."""
+    data = metrics_dict(dice, pq, protocol, **kwargs)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, allow_nan=False)
+        f.write("\n")
+    return data
