@@ -82,25 +82,32 @@ class NASSCAMUNet(nn.Module):
 
         f = list(features)
         self.conv_0 = DoubleConv(spatial_dims, in_channels, f[0], norm, dropout)
+        widths = dict(zip(POSITIONS, f[1:] + [f[3], f[2], f[1], f[0]]))
+
+        def attention_at(position: str) -> nn.Module:
+            entry = genotype.entry(position) if genotype is not None else None
+            return attention_block(attention, spatial_dims, widths[position], entry)
+
         self.down = nn.ModuleList(
-            nn.ModuleDict({"conv": DoubleConv(spatial_dims, f[k], f[k + 1], norm, dropout), "pool": Pool[Pool.MAX, spatial_dims](2)})
+            nn.ModuleDict(
+                {
+                    "conv": DoubleConv(spatial_dims, f[k], f[k + 1], norm, dropout),
+                    "pool": Pool[Pool.MAX, spatial_dims](2),
+                    "attention": attention_at(POSITIONS[k]),
+                }
+            )
             for k in range(4)
         )
         self.middle = DoubleConv(spatial_dims, f[4], f[4], norm, dropout)
-        up_widths = [f[3], f[2], f[1], f[0]]
-        in_widths = [f[4], f[3], f[2], f[1]]
         self.up = nn.ModuleList(
             nn.ModuleDict(
                 {
-                    "upsample": Conv[Conv.CONVTRANS, spatial_dims](cin, cout, kernel_size=4, stride=2, padding=1),
-                    "conv": DoubleConv(spatial_dims, 2 * cout, cout, norm, dropout),
+                    "upsample": Conv[Conv.CONVTRANS, spatial_dims](f[k + 1], f[k], kernel_size=4, stride=2, padding=1),
+                    "conv": DoubleConv(spatial_dims, 2 * f[k], f[k], norm, dropout),
+                    "attention": attention_at(POSITIONS[7 - k]),
                 }
             )
-            for cin, cout in zip(in_widths, up_widths)
-        )
-        widths = dict(zip(POSITIONS, f[1:] + up_widths))
-        self.attention_modules = nn.ModuleDict(
-            {p: attention_block(attention, spatial_dims, widths[p], genotype.entry(p) if genotype else None) for p in POSITIONS}
+            for k in (3, 2, 1, 0)
         )
         if not synchronous and genotype is None:
             self._share_alphas()
@@ -108,7 +115,7 @@ class NASSCAMUNet(nn.Module):
 
     def _share_alphas(self) -> None:
         """Make all 8 modules use the first module's alphas (the non-synchronous ablation)."""
-        cells = [b for b in self.attention_modules.values()]
+        cells = list(self.attention_blocks().values())
         for kind in ATTENTIONS[self.attention]:
             shared = [getattr(c, kind, c).cell for c in cells]
             for cell in shared[1:]:
@@ -116,7 +123,8 @@ class NASSCAMUNet(nn.Module):
 
     def attention_blocks(self) -> dict[str, nn.Module]:
         """The attention block at each of the 8 positions."""
-        return dict(self.attention_modules.items())
+        blocks = [b["attention"] for b in self.down] + [b["attention"] for b in self.up]
+        return dict(zip(POSITIONS, blocks))
 
     def arch_parameters(self) -> list[nn.Parameter]:
         """Architecture weights (alphas); empty for a fixed network."""
@@ -127,14 +135,14 @@ class NASSCAMUNet(nn.Module):
         return weight_parameters(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(s % 16 for s in x.shape[2:]):
-            raise ValueError(f"NASSCAMUNet needs spatial sizes divisible by 16, got {tuple(x.shape[2:])}.")
-        attention = list(self.attention_modules.values())
+        for size in x.shape[2:]:
+            if size % 16 != 0:
+                raise ValueError(f"NASSCAMUNet needs spatial sizes divisible by 16, got {x.shape[2:]}.")
         skips = [self.conv_0(x)]
-        for k, block in enumerate(self.down):
-            skips.append(attention[k](block["pool"](block["conv"](skips[-1]))))
+        for block in self.down:
+            skips.append(block["attention"](block["pool"](block["conv"](skips[-1]))))
         h = self.middle(skips.pop())
-        for k, block in enumerate(self.up):
+        for block in self.up:
             h = torch.cat([block["upsample"](h), skips.pop()], dim=1)
-            h = attention[4 + k](block["conv"](h))
+            h = block["attention"](block["conv"](h))
         return self.final_conv(h)
