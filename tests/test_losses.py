@@ -59,6 +59,17 @@ def test_weights_from_monusac_frequencies():
         ExpLogLoss.weights_from_frequencies([1.0, 0.0])
 
 
+def test_count_labels_feeds_the_weights():
+    maps = [torch.tensor([[0, 1], [1, 2]]), torch.tensor([[0, 0, 4, 1]])]
+    assert ExpLogLoss.count_labels(maps, num_classes=5).tolist() == [3, 3, 1, 0, 1]
+    counts = ExpLogLoss.count_labels(maps, num_classes=5, skip_background=True)
+    assert counts.tolist() == [3, 1, 0, 1]
+    assert ExpLogLoss.from_frequencies([3, 1, 1], sigmoid=True).class_weights.tolist() == pytest.approx(
+        [math.sqrt(5 / 3), math.sqrt(5), math.sqrt(5)])
+    with pytest.raises(ValueError, match="class ids"):
+        ExpLogLoss.count_labels([torch.tensor([5])], num_classes=5)
+
+
 def test_reference_preset_is_batch_dice_only_formula():
     torch.manual_seed(0)
     logits = torch.randn(3, 4, 8, 8) * 3

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,7 +51,10 @@ class ExpLogLoss(_Loss):
     ``sigmoid`` and gives background voxels weight 0 with ``softmax`` (the softmax still runs over all channels).
 
     Class weights: ``w_l = ((sum_k f_k) / f_l) ** 0.5`` from training-set label frequencies ``f`` (see
-    :py:meth:`weights_from_frequencies`, :py:meth:`from_frequencies`); ``None`` means all 1.
+    :py:meth:`count_labels`, :py:meth:`weights_from_frequencies`, :py:meth:`from_frequencies`), one per channel
+    used; ``None`` means all 1. For the sigmoid head without background channel pass the frequencies of its classes
+    (``count_labels(..., skip_background=True)``): the sum then runs over those classes only, and negatives keep
+    weight 1 (close to Wong's background weight ``((sum_k f_k) / f_0) ** 0.5`` when the background dominates).
 
     The reference code's setting (Dice term only, gamma 0.3, per-class Dice over the whole batch, sigmoid
     outputs) is :py:meth:`reference`.
@@ -140,6 +143,29 @@ class ExpLogLoss(_Loss):
         if f.size == 0 or (f <= 0).any():
             raise ValueError(f"frequencies must be positive, got {f.tolist()}.")
         return torch.as_tensor(np.sqrt(f.sum() / f), dtype=torch.float32)
+
+    @staticmethod
+    def count_labels(
+        label_maps: Iterable[torch.Tensor | np.ndarray], num_classes: int, skip_background: bool = False
+    ) -> torch.Tensor:
+        """
+        Voxel count of each class id over class maps (e.g. the training label PNGs), the ``f_k`` of
+        :py:meth:`weights_from_frequencies`.
+
+        Args:
+            label_maps: class maps with ids in ``0..num_classes - 1`` (any shape each).
+            num_classes: number of class ids, the background 0 included.
+            skip_background: drop id 0 from the result (for heads without a background channel, where channel
+                ``c`` is class id ``c + 1``).
+        """
+        counts = np.zeros(num_classes, dtype=np.int64)
+        for label_map in label_maps:
+            values = label_map.detach().cpu().numpy() if isinstance(label_map, torch.Tensor) else label_map
+            values = np.asarray(values).astype(np.int64).ravel()
+            if values.size and (values.min() < 0 or values.max() >= num_classes):
+                raise ValueError(f"class ids must be in 0..{num_classes - 1}, got {values.min()}..{values.max()}.")
+            counts += np.bincount(values, minlength=num_classes)
+        return torch.as_tensor(counts[1:] if skip_background else counts)
 
     @classmethod
     def from_frequencies(cls, frequencies: Sequence[float] | torch.Tensor | np.ndarray, **kwargs: Any) -> ExpLogLoss:

@@ -70,7 +70,9 @@ class PooledDiceMetric(CumulativeIterationMetric):
             (B, C, 3) float64: intersection, prediction sum and ground-truth sum per image and class.
         """
         if y_pred.shape != y.shape:
-            raise ValueError(f"y_pred and y should have the same shape, got {tuple(y_pred.shape)} and {tuple(y.shape)}.")
+            raise ValueError(
+                f"y_pred and y should have the same shape, got {tuple(y_pred.shape)} and {tuple(y.shape)}."
+            )
         if y_pred.ndim < 3:
             raise ValueError(f"y_pred should have at least 3 dimensions (B, C, spatial...), got {y_pred.ndim}.")
         if not self.include_background:
