@@ -77,13 +77,16 @@ def instances_from_maps(
     return np.stack([np.where(class_map == c + 1, instance_map, 0) for c in range(num_classes)])
 
 
-def _overlaps(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Ids of both maps (without 0), and the IoU matrix (n_gt, n_pred), computed in one pass over the pixels."""
-    gt_ids, gt_idx = np.unique(gt.ravel(), return_inverse=True)
-    pred_ids, pred_idx = np.unique(pred.ravel(), return_inverse=True)
-    # index 0 of each id list is background when 0 is present; shift so that background maps to -1
-    gt_shift = 1 if gt_ids.size and gt_ids[0] == 0 else 0
-    pred_shift = 1 if pred_ids.size and pred_ids[0] == 0 else 0
+def _overlaps(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Ids of both maps (without 0) and the IoU matrix (n_gt, n_pred), in one pass over the foreground pixels."""
+    gt, pred = gt.ravel(), pred.ravel()
+    foreground = (gt != 0) | (pred != 0)
+    gt, pred = gt[foreground], pred[foreground]
+    gt_ids, gt_idx = np.unique(gt, return_inverse=True)
+    pred_ids, pred_idx = np.unique(pred, return_inverse=True)
+    # shift so that the background 0 (when present among the foreground of the other map) maps to -1
+    gt_shift = int(gt_ids.size > 0 and gt_ids[0] == 0)
+    pred_shift = int(pred_ids.size > 0 and pred_ids[0] == 0)
     gt_idx = gt_idx.ravel() - gt_shift
     pred_idx = pred_idx.ravel() - pred_shift
     gt_ids, pred_ids = gt_ids[gt_shift:], pred_ids[pred_shift:]
@@ -94,7 +97,13 @@ def _overlaps(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     inter = np.bincount(gt_idx[both] * n_pred + pred_idx[both], minlength=n_gt * n_pred).reshape(n_gt, n_pred)
     union = gt_area[:, None] + pred_area[None, :] - inter
     iou = np.where(inter > 0, inter / np.maximum(union, 1), 0.0)
-    return gt_ids, pred_ids, iou, inter
+    return gt_ids, pred_ids, iou
+
+
+def _sorted_values(x: np.ndarray) -> np.ndarray:
+    """``np.unique(x)`` computed on the non-zero values (cheap for sparse instance maps)."""
+    values = np.unique(x[x != 0])
+    return np.unique(np.append(values, np.zeros(1, values.dtype))) if (x == 0).any() else values
 
 
 def pq_counts(
@@ -119,7 +128,7 @@ def pq_counts(
         raise ValueError(f"gt and pred should have the same shape, got {gt.shape} and {pred.shape}.")
     if not 0.0 < iou_threshold < 1.0:
         raise ValueError(f"iou_threshold should be in (0, 1), got {iou_threshold}.")
-    gt_ids, pred_ids, iou, _ = _overlaps(gt, pred)
+    gt_ids, pred_ids, iou = _overlaps(gt, pred)
     if iou_threshold >= 0.5:
         matched = iou > iou_threshold
         tp, iou_sum = int(matched.sum()), float(iou[matched].sum())
@@ -189,7 +198,7 @@ def pq_monusac_official(gt: np.ndarray | torch.Tensor, pred: np.ndarray | torch.
     gt, pred = _to_numpy(gt), _to_numpy(pred)
     if gt.shape != pred.shape:
         raise ValueError(f"gt and pred should have the same shape, got {gt.shape} and {pred.shape}.")
-    gt_ids, pred_ids, iou, _ = _overlaps(gt, pred)
+    gt_ids, _, iou = _overlaps(gt, pred)
     if gt_ids.size == 0:
         return float("nan")
     matched_rows = iou > 0.5
@@ -197,7 +206,7 @@ def pq_monusac_official(gt: np.ndarray | torch.Tensor, pred: np.ndarray | torch.
     tp = int(matched_gt.sum())
     fn = int(gt_ids.size - tp)
     sum_iou = float(iou[matched_rows].sum())
-    candidates = np.unique(pred)[1:]
+    candidates = _sorted_values(pred)[1:]  # the script's np.unique(predicted_image)[1:]
     candidates = candidates[~np.isin(candidates, gt_ids[matched_gt])]
     fp = int(np.unique(candidates).size)
     return sum_iou / (tp + 0.5 * fp + 0.5 * fn)
@@ -257,7 +266,7 @@ def _official_image_scores(
         if not pred.any():
             scores[c] = 0.0
             continue
-        if np.unique(pred).size == 2:
+        if _sorted_values(pred).size == 2:
             pred = scipy.ndimage.label(pred)[0]
         if keep is not None:
             pred = pred * keep
