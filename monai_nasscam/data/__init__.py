@@ -1,0 +1,60 @@
+"""MoNuSAC 2020 data: ImageScope XML reading, rasterisation, the prepare step, a synthetic generator,
+stain normalisation, splits, and MONAI training / validation transforms."""
+
+from .classes import CLASS_IDS, CLASS_NAMES, NUM_CLASSES, labels_dict, normalize_layer_name, parse_remap
+from .errors import DataError
+from .imagescope import Annotations, Region, read_imagescope_xml, write_imagescope_xml
+from .monusac import MoNuSACCase, load_case, scan_monusac
+from .prepare import prepare_dataset
+from .raster import Masks, rasterize_regions
+from .sampling import ClassBalancedCropDataset, grid_windows
+from .slide import read_rgb
+from .split import make_split, split_by_image, split_by_patient
+from .stain import MacenkoNormalizer, ReinhardNormalizer, create_stain_normalizer, stain_normalizer_from_dict
+from .synth import generate_dataset, synth_tile
+from .transforms import (
+    ClassMapToMultiLabeld,
+    RandClassCropd,
+    RandMedianSmoothd,
+    inference_transforms,
+    train_transforms,
+    val_transforms,
+)
+
+__all__ = [
+    "CLASS_IDS",
+    "CLASS_NAMES",
+    "NUM_CLASSES",
+    "labels_dict",
+    "normalize_layer_name",
+    "parse_remap",
+    "DataError",
+    "Annotations",
+    "Region",
+    "read_imagescope_xml",
+    "write_imagescope_xml",
+    "MoNuSACCase",
+    "load_case",
+    "scan_monusac",
+    "prepare_dataset",
+    "Masks",
+    "rasterize_regions",
+    "ClassBalancedCropDataset",
+    "grid_windows",
+    "read_rgb",
+    "make_split",
+    "split_by_image",
+    "split_by_patient",
+    "MacenkoNormalizer",
+    "ReinhardNormalizer",
+    "create_stain_normalizer",
+    "stain_normalizer_from_dict",
+    "generate_dataset",
+    "synth_tile",
+    "ClassMapToMultiLabeld",
+    "RandClassCropd",
+    "RandMedianSmoothd",
+    "inference_transforms",
+    "train_transforms",
+    "val_transforms",
+]

@@ -1,0 +1,188 @@
+"""The ``nasscam`` command.
+
+Subcommands are registered in :data:`COMMANDS`: each is a ``(name, help, add_arguments, run)`` tuple,
+where ``add_arguments(parser)`` declares its options and ``run(args)`` executes it and returns an exit
+status. To add a subcommand, append a :class:`Command` to :data:`COMMANDS` (or call
+:func:`register_command`) from this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Command", "COMMANDS", "register_command", "build_parser", "main"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``nasscam`` subcommand.
+
+    Args:
+        name: the subcommand word.
+        help: one-line summary shown by ``nasscam --help``.
+        add_arguments: declares the subcommand's arguments on its parser.
+        run: executes the parsed arguments; returns the exit status.
+        description: longer text for ``nasscam NAME --help`` (defaults to ``help``).
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str = ""
+
+
+COMMANDS: list[Command] = []
+
+
+def register_command(command: Command) -> Command:
+    """Add (or replace, by name) a subcommand of ``nasscam``."""
+    COMMANDS[:] = [c for c in COMMANDS if c.name != command.name] + [command]
+    return command
+
+
+# ---------------------------------------------------------------------------------------------- synth
+def _synth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the synthetic release into")
+    p.add_argument("--images", type=int, default=48, help="number of annotated tiles (default: %(default)s)")
+    p.add_argument("--patients", type=int, default=8, help="number of patient folders (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: %(default)s)")
+    p.add_argument(
+        "--svs", action="store_true", help="also write each tile as a tiled JPEG Aperio-style .svs whole-slide TIFF"
+    )
+    p.add_argument("--min-size", type=int, default=96, help="smallest tile side in px (default: %(default)s)")
+    p.add_argument("--max-size", type=int, default=640, help="largest tile side in px (default: %(default)s)")
+
+
+def _synth_run(args: argparse.Namespace) -> int:
+    from monai_nasscam.data.synth import generate_dataset
+
+    summary = generate_dataset(
+        args.out_dir,
+        n_images=args.images,
+        n_patients=args.patients,
+        seed=args.seed,
+        svs=args.svs,
+        min_size=args.min_size,
+        max_size=args.max_size,
+        progress=sys.stderr.isatty(),
+    )
+    nuclei = ", ".join(f"{k} {v}" for k, v in summary["nuclei"].items())
+    print(f"wrote {summary['n_images']} tiles of {summary['n_patients']} patients to {args.out_dir} ({nuclei})")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- prepare
+def _prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", required=True, metavar="RAW", help="MoNuSAC release folder (patient folders)")
+    p.add_argument("--out-dir", required=True, metavar="PREP", help="output folder (must not exist)")
+    p.add_argument(
+        "--split",
+        choices=("patient", "image"),
+        default="patient",
+        help="patient: no patient in two splits (default); image: the paper's random 120/39/50 image split",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default: %(default)s)")
+    p.add_argument(
+        "--stain",
+        choices=("macenko", "reinhard", "none"),
+        default="macenko",
+        help="stain normalisation, fitted on the most tissue-rich training tiles (default: %(default)s)",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=("skip", "fail"),
+        default="skip",
+        help="on a bad input file: report it and go on (skip, default) or stop with nothing written (fail)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--remap",
+        nargs="+",
+        metavar="SRC:DST",
+        help="class-order remap of the written label ids: 'hovernet' (swaps 3 and 4) or pairs such as 3:4 4:3",
+    )
+    p.add_argument("--tif-bgr", action="store_true", help=".tif images (used when no .svs exists) are stored B,G,R")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count; 0: none)")
+
+
+def _prepare_run(args: argparse.Namespace) -> int:
+    from monai_nasscam.data.prepare import prepare_dataset
+
+    manifest = prepare_dataset(
+        args.data_dir,
+        args.out_dir,
+        split=args.split,
+        seed=args.seed,
+        stain=args.stain,
+        on_error=args.on_error,
+        overwrite=args.overwrite,
+        remap=args.remap,
+        tif_bgr=args.tif_bgr,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    counts = manifest["counts"]
+    parts = [f"{s} {counts[s]['images']}" for s in ("training", "validation", "test")]
+    skipped = len(manifest["skipped"])
+    print(f"prepared {counts['total']['images']} images in {args.out_dir} ({', '.join(parts)}; {skipped} skipped)")
+    return 0
+
+
+register_command(
+    Command(
+        "synth",
+        "write a synthetic MoNuSAC-format dataset (patient folders, .tif/.svs + ImageScope .xml)",
+        _synth_arguments,
+        _synth_run,
+        "Write a synthetic H&E nuclei dataset in the MoNuSAC 2020 on-disk format, for demos and tests.",
+    )
+)
+register_command(
+    Command(
+        "prepare",
+        "MoNuSAC release -> masks, stain normalisation, split, PREP/datalist.json",
+        _prepare_arguments,
+        _prepare_run,
+        "Rasterise the XML annotations, normalise the stain, split by patient or image, and write "
+        "PREP/datalist.json and PREP/manifest.json. The output appears only when the run succeeds.",
+    )
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="nasscam", description="NAS-SCAM for MONAI: data preparation and utilities."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="also log per-file notes")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nasscam`` console script; returns the exit status (1 on a data error)."""
+    from monai_nasscam.data.errors import DataError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return int(args._run(args) or 0)
+    except DataError as e:
+        print(f"nasscam {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except ValueError as e:
+        print(f"nasscam {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
