@@ -4,6 +4,7 @@ from monai_nasscam.networks.add_attention import add_attention
 from monai_nasscam.networks.blocks import CBAMBlock, NASCAMBlock, NASSAMBlock, NASSCAMBlock, SCSEBlock
 from monai_nasscam.networks.cell import NASAttentionCell, arch_parameters, weight_parameters
 from monai_nasscam.networks.genotype import POSITIONS, Genotype
+from monai_nasscam.networks.nets.deeplabv3plus import DeepLabV3Plus
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "SCSEBlock",
     "NASAttentionCell",
     "NASSCAMUNet",
+    "DeepLabV3Plus",
     "Genotype",
     "POSITIONS",
     "add_attention",
