@@ -162,7 +162,7 @@ def synth_tile(
     hema = tissue * (rng.uniform(0.05, 0.12) + 0.02 * _noise(rng, shape, 4))
 
     # nucleus classes and positions
-    n_total = rng.poisson(density * shape[0] * shape[1] / 1e6)
+    n_total = max(1, int(rng.poisson(density * shape[0] * shape[1] / 1e6)))
     classes = rng.choice(len(CLASS_NAMES), size=n_total, p=probs)
     n_epi = int(np.sum(classes == 0))
     epi_centers = _sample_points(rng, tissue, max(1, int(np.ceil(n_epi / 25))))

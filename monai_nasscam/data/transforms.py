@@ -290,7 +290,7 @@ def train_transforms(
     gaussian_sigma: Sequence[float] = (0.5, 1.5),
     median_radius: int = 1,
     elastic_spacing: Sequence[int] | int = (32, 32),
-    elastic_magnitude: Sequence[float] = (1.0, 2.0),
+    elastic_magnitude: Sequence[float] = (1.0, 3.0),
     pad_value: float = 255,
 ) -> Compose:
     """Training chain: load, pad small tiles, class-centred crop, augment, build the target.
