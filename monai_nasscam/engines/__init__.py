@@ -1,0 +1,26 @@
+"""Engines: the first-order bilevel architecture search and the checks of its inputs."""
+
+from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents, BilevelSearchTrainer, derive_seed
+from monai_nasscam.engines.search_inputs import (
+    CHECKPOINT_NAME,
+    check_search_attention,
+    check_search_inputs,
+    read_datalist,
+    resolve_resume,
+    search_datalists,
+    split_architecture,
+)
+
+__all__ = [
+    "ARCH_LOSS",
+    "BilevelEvents",
+    "BilevelSearchTrainer",
+    "CHECKPOINT_NAME",
+    "check_search_attention",
+    "check_search_inputs",
+    "derive_seed",
+    "read_datalist",
+    "resolve_resume",
+    "search_datalists",
+    "split_architecture",
+]

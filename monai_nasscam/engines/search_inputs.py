@@ -1,0 +1,176 @@
+"""Checks and data lists of the search workflow, called by ``bundle/configs/search.yaml`` before training.
+
+Every problem a user can cause from the command line (no prepared dataset, a dataset without training or
+validation images, an attention that cannot be searched, inconsistent epoch counts, nothing to resume) gives a
+clear message here, before a network is built or a batch loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from monai_nasscam.networks.blocks import ATTENTIONS, NAS_ATTENTIONS
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "check_search_inputs",
+    "check_search_attention",
+    "read_datalist",
+    "search_datalists",
+    "split_architecture",
+    "resolve_resume",
+]
+
+#: file name of the resumable search checkpoint under ``RUN/checkpoints``.
+CHECKPOINT_NAME = "search_checkpoint.pt"
+#: datalist keys that hold paths relative to the prepared dataset folder.
+PATH_KEYS = ("image", "label", "instance", "ambiguous")
+
+
+def check_search_attention(attention: str) -> str:
+    """``attention`` if it is a searchable (NAS) attention, else a ``ValueError`` naming the choices."""
+    if attention not in NAS_ATTENTIONS:
+        what = "is not searchable (it has no architecture to search)" if attention in ATTENTIONS else "is unknown"
+        raise ValueError(
+            f"attention {attention!r} {what}; the search takes one of {list(NAS_ATTENTIONS)} "
+            f"(e.g. --attention nas-scam-p)."
+        )
+    return attention
+
+
+def read_datalist(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """Read ``dataset_dir/datalist.json`` (DESIGN.md §5) with paths made absolute.
+
+    Raises:
+        FileNotFoundError: no dataset folder or no ``datalist.json`` in it.
+        ValueError: the file is not valid JSON or not a datalist.
+    """
+    root = Path(dataset_dir).expanduser()
+    path = root / "datalist.json"
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"dataset_dir {str(root)!r} does not exist; prepare a dataset with `nasscam prepare --data-dir RAW "
+            f"--out-dir PREP` and pass --dataset_dir PREP."
+        )
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: dataset_dir must be a folder written by `nasscam prepare --data-dir RAW --out-dir PREP`."
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}).") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{path}: expected a JSON object with 'training' and 'validation' lists.")
+    out: dict[str, Any] = dict(data)
+    for split in ("training", "validation", "test"):
+        entries = data.get(split, [])
+        if not isinstance(entries, list):
+            raise ValueError(f"{path}: {split!r} must be a list, got {type(entries).__name__}.")
+        fixed = []
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, Mapping) or "image" not in entry or "label" not in entry:
+                raise ValueError(f"{path}: {split}[{i}] must be an object with 'image' and 'label'.")
+            item = dict(entry)
+            for key in PATH_KEYS:
+                if isinstance(item.get(key), str):
+                    item[key] = str(root / item[key])
+            fixed.append(item)
+        out[split] = fixed
+    return out
+
+
+def split_architecture(
+    training: Sequence[Mapping], arch_fraction: float = 0.5, seed: int = 0
+) -> tuple[list[dict], list[dict]]:
+    """Split the training images into weight and architecture parts (seeded, disjoint, both non-empty).
+
+    Args:
+        training: the datalist's training entries.
+        arch_fraction: share of the images held out for the alpha steps (rounded, at least one each side).
+        seed: the split's seed.
+    """
+    if not 0.0 < float(arch_fraction) < 1.0:
+        raise ValueError(f"arch_fraction must lie strictly between 0 and 1, got {arch_fraction}.")
+    items = [dict(t) for t in training]
+    if len(items) < 2:
+        raise ValueError(
+            f"the search needs at least 2 training images (one for the weights, one held out for the "
+            f"architecture), the dataset has {len(items)}."
+        )
+    order = sorted(range(len(items)), key=lambda i: str(items[i].get("name", items[i]["image"])))
+    random.Random(int(seed)).shuffle(order)
+    n_arch = min(max(1, round(len(items) * float(arch_fraction))), len(items) - 1)
+    arch = sorted(order[:n_arch])
+    weights = sorted(order[n_arch:])
+    return [items[i] for i in weights], [items[i] for i in arch]
+
+
+def search_datalists(dataset_dir: str | os.PathLike, arch_fraction: float = 0.5, seed: int = 0) -> dict[str, list]:
+    """The search's data lists: ``{"training": [...], "architecture": [...], "validation": [...]}``.
+
+    ``training`` feeds the weight steps and ``architecture`` (a seeded held-out part of the datalist's training
+    images) the alpha steps; ``validation`` picks the best genotype. Paths are absolute.
+    """
+    data = read_datalist(dataset_dir)
+    path = Path(dataset_dir) / "datalist.json"
+    if not data.get("training"):
+        raise ValueError(f"{path} lists no training images; the search needs training images to learn from.")
+    if not data.get("validation"):
+        raise ValueError(
+            f"{path} lists no validation images; the search picks its genotype on validation Dice "
+            "(re-run `nasscam prepare` with more images or another split)."
+        )
+    weights, arch = split_architecture(data["training"], arch_fraction, seed)
+    return {"training": weights, "architecture": arch, "validation": list(data["validation"])}
+
+
+def check_search_inputs(
+    dataset_dir: str | os.PathLike,
+    attention: str = "nas-scam-p",
+    epochs: int = 1,
+    warmup_epochs: int = 0,
+    arch_fraction: float = 0.5,
+    seed: int = 0,
+) -> bool:
+    """Raise a clear error for anything that would make the search fail later; ``True`` otherwise.
+
+    Checks the attention, the epoch counts, and the dataset (``datalist.json`` present, training images that
+    can be split into weight and architecture parts, validation images).
+    """
+    check_search_attention(attention)
+    if int(epochs) < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    if not 0 <= int(warmup_epochs) <= int(epochs):
+        raise ValueError(f"warmup_epochs must lie in [0, epochs={epochs}], got {warmup_epochs}.")
+    lists = search_datalists(dataset_dir, arch_fraction, seed)
+    for split, entries in lists.items():
+        for entry in entries[:1]:
+            if not Path(entry["image"]).is_file():
+                raise FileNotFoundError(f"{split} image {entry['image']} listed in the datalist does not exist.")
+    return True
+
+
+def resolve_resume(resume: Any, output_dir: str | os.PathLike, filename: str = CHECKPOINT_NAME) -> str | None:
+    """The checkpoint to resume from: ``None`` for ``resume`` false/None/"", ``OUTPUT/checkpoints/<filename>``
+    for ``True`` (or "true", "auto"), else ``resume`` itself as a path.
+
+    Raises:
+        FileNotFoundError: the checkpoint to resume from does not exist.
+    """
+    if resume is None or resume is False or (isinstance(resume, str) and resume.strip().lower() in ("", "false", "no", "0")):
+        return None
+    if resume is True or (isinstance(resume, str) and resume.strip().lower() in ("true", "yes", "1", "auto")):
+        path = Path(output_dir) / "checkpoints" / filename
+        what = f"--resume true looks for {path}"
+    else:
+        path = Path(resume).expanduser()
+        what = f"--resume {resume}"
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to resume: {what}, which does not exist.")
+    return str(path)

@@ -1,0 +1,174 @@
+"""A resumable search checkpoint: saved atomically every epoch and when the run is interrupted.
+
+MONAI's ``CheckpointSaver`` writes non-atomically and, on an exception, saves whatever state the interrupted
+iteration left (possibly half an optimiser step). :class:`SearchCheckpointer` instead
+
+- writes ``save_dir/filename`` through ignite's ``DiskSaver(atomic=True)`` (temporary file, then rename) at the
+  end of every ``epoch_interval``-th epoch, after every other end-of-epoch handler (validation, genotype
+  tracking), so the file always describes a consistent point;
+- on Ctrl-C (SIGINT) or SIGTERM lets the running iteration finish, saves, and raises :class:`SearchInterrupted`
+  (a ``KeyboardInterrupt``); a second signal interrupts at once, as usual.
+
+Resume with MONAI's ``CheckpointLoader`` on the same objects (the bundle's ``resume`` key does this).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
+
+from monai_nasscam.engines.search_inputs import CHECKPOINT_NAME
+
+__all__ = ["SearchCheckpointer", "SearchInterrupted"]
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """The search stopped on a signal after saving its checkpoint.
+
+    Args:
+        signum: the signal received.
+        path: the checkpoint written.
+        iteration: the last completed iteration.
+    """
+
+    def __init__(self, signum: int, path: str, iteration: int) -> None:
+        self.signum = signum
+        self.path = path
+        self.iteration = iteration
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        super().__init__(f"{name} received: stopped after iteration {iteration}; resume from {path} (--resume true).")
+
+
+def _state_dict(obj: Any) -> Any:
+    if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        obj = obj.module
+    return obj.state_dict()
+
+
+class SearchCheckpointer:
+    """Save ``{key: obj.state_dict()}`` of ``save_dict`` atomically to ``save_dir/filename``.
+
+    Args:
+        save_dir: folder of the checkpoint (created).
+        save_dict: objects with ``state_dict()``, e.g. ``{"network": net, "optimizer": opt, "arch_optimizer": aopt,
+            "trainer": trainer, "best_genotype": saver}``; the same dict goes to ``CheckpointLoader`` to resume.
+        filename: the checkpoint's file name (overwritten each time).
+        epoch_interval: save at the end of every N-th epoch (0: never, only on interruption).
+        handle_signals: on SIGINT / SIGTERM finish the iteration, save and stop (main thread only).
+        name: logger name (default: the engine's logger).
+    """
+
+    def __init__(
+        self,
+        save_dir: str | os.PathLike,
+        save_dict: Mapping[str, Any],
+        filename: str = CHECKPOINT_NAME,
+        epoch_interval: int = 1,
+        handle_signals: bool = True,
+        name: str | None = None,
+    ) -> None:
+        if not save_dict:
+            raise ValueError("save_dict must name at least one object to save.")
+        self.save_dir = Path(save_dir)
+        self.save_dict = dict(save_dict)
+        self.filename = filename
+        self.epoch_interval = int(epoch_interval)
+        self.handle_signals = handle_signals
+        self._name = name
+        self.logger = logging.getLogger(name)
+        self._signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def path(self) -> Path:
+        return self.save_dir / self.filename
+
+    def attach(self, engine: Engine) -> None:
+        if self._name is None:
+            self.logger = engine.logger
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
+        if self.handle_signals:
+            run = engine.run
+
+            @functools.wraps(run)
+            def run_with_signals(*args: Any, **kwargs: Any) -> Any:
+                self._install()
+                try:
+                    return run(*args, **kwargs)
+                finally:
+                    self._restore()
+
+            engine.run = run_with_signals  # type: ignore[method-assign]
+
+    def save(self, engine: Engine | None = None) -> Path:
+        """Write the checkpoint now; returns its path."""
+        checkpoint = {key: _state_dict(obj) for key, obj in self.save_dict.items()}
+        self.save_dir.mkdir(parents=True, exist_ok=True)
+        DiskSaver(str(self.save_dir), atomic=True, create_dir=True, require_empty=False)(checkpoint, self.filename)
+        return self.path
+
+    # -- events -----------------------------------------------------------------------------------------------
+    def _started(self, engine: Engine) -> None:
+        # registered now, after every handler attached at construction (validation, genotype tracking), so the
+        # epoch's checkpoint includes their results
+        if not engine.has_event_handler(self._epoch_completed, Events.EPOCH_COMPLETED):
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+
+    def _epoch_completed(self, engine: Engine) -> None:
+        if self.epoch_interval > 0 and engine.state.epoch % self.epoch_interval == 0 or self._signum is not None:
+            path = self.save(engine)
+            self.logger.info(f"saved search checkpoint of epoch {engine.state.epoch} to {path}")
+        self._stop_if_signalled(engine)
+
+    def _iteration_completed(self, engine: Engine) -> None:
+        if self._signum is None:
+            return
+        length = engine.state.epoch_length
+        if length and engine.state.iteration % length == 0:
+            return  # the epoch's end handlers (validation, the epoch checkpoint) run first, then we stop
+        self.save(engine)
+        self._stop_if_signalled(engine)
+
+    def _stop_if_signalled(self, engine: Engine) -> None:
+        if self._signum is None:
+            return
+        signum, self._signum = self._signum, None
+        self._restore()
+        error = SearchInterrupted(signum, str(self.path), engine.state.iteration)
+        self.logger.warning(str(error))
+        raise error
+
+    # -- signals ----------------------------------------------------------------------------------------------
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Ask the run to stop after the current iteration, as a signal would."""
+        self._signum = signum
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._restore()  # a second signal acts at once
+        self.request_stop(signum)
+        self.logger.warning(
+            f"{signal.Signals(signum).name} received: finishing the current iteration, then saving {self.path} "
+            "(signal again to stop immediately)."
+        )
+
+    def _install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore(self) -> None:
+        while self._previous:
+            signum, handler = self._previous.popitem()
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
