@@ -1,0 +1,140 @@
+"""The evaluation report of ``bundle/configs/evaluate.yaml``: ``RUN/metrics.json`` (DESIGN.md §5) and a Markdown
+table ``RUN/metrics.md``, written when the evaluator completes."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+
+from monai_nasscam.metrics import CLASS_NAMES, write_metrics_json
+
+__all__ = ["MetricsReportWriter", "metrics_markdown"]
+
+_ROWS = (
+    ("dice", "Dice, pooled over the split (paper protocol)"),
+    ("dice_per_image", "Dice, per image, mean over images (MONAI DiceMetric)"),
+    ("pq", "PQ, pooled counts (correct)"),
+    ("pq_monusac_official", "PQ, MoNuSAC 2020 official script (with its known bugs)"),
+)
+
+
+def _values(x: Any) -> list[float]:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu()
+    return np.asarray(x, dtype=np.float64).ravel().tolist()
+
+
+def _per_class(values: Any, class_names: Sequence[str]) -> dict[str, float | None]:
+    items = _values(values)
+    if len(items) != len(class_names):
+        raise ValueError(f"{len(items)} per-class values for {len(class_names)} classes {tuple(class_names)}.")
+    out: dict[str, float | None] = {n: (None if math.isnan(v) else v) for n, v in zip(class_names, items)}
+    defined = [v for v in out.values() if v is not None]
+    out["mean"] = float(np.mean(defined)) if defined else None
+    return out
+
+
+def _cell(value: float | None) -> str:
+    return "n/a" if value is None else f"{100.0 * value:.2f}"
+
+
+def metrics_markdown(metrics: Mapping[str, Any], class_names: Sequence[str] = CLASS_NAMES, title: str | None = None) -> str:
+    """A Markdown table (values in %) of the per-class metrics in a ``metrics.json`` dict, then its protocol."""
+    protocol = dict(metrics.get("protocol", {}))
+    lines = [f"# {title or 'Evaluation'}", ""]
+    header = ["metric (%)", *class_names, "mean"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for key, label in _ROWS:
+        row = metrics.get(key)
+        if isinstance(row, Mapping):
+            lines.append("| " + " | ".join([label, *[_cell(row.get(n)) for n in [*class_names, "mean"]]]) + " |")
+    lines += ["", "n/a: the class is absent from both prediction and ground truth over the split (left out of the mean).", ""]
+    if protocol:
+        lines += ["Protocol:", ""]
+        for k, v in protocol.items():
+            lines.append(f"- {k}: {v}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+class MetricsReportWriter:
+    """When the evaluator completes, write ``output_dir/metrics.json`` and ``output_dir/metrics.md``.
+
+    ``metrics.json`` holds (fractions in [0, 1], ``null`` where undefined, ``mean`` over the defined classes):
+
+    - ``dice``: per-class Dice with intersections and sums pooled over all images (the paper's protocol);
+    - ``pq``: per-class panoptic quality with TP / FP / FN / IoU sums pooled over all images (correct PQ);
+    - ``pq_monusac_official``: the MoNuSAC 2020 official script's per-class PQ, bugs included (labelled as such);
+    - ``dice_per_image``: MONAI ``DiceMetric`` per image, averaged over the images whose ground truth has the class;
+    - ``protocol``: how the numbers were obtained (``protocol`` as given, plus the number of images).
+
+    Args:
+        output_dir: where to write.
+        dice: the :class:`~monai_nasscam.metrics.PooledDiceHandler` of the evaluator.
+        pq: an ``IgniteMetricHandler`` of :class:`~monai_nasscam.metrics.PooledPQMetric`.
+        dice_per_image: an ``IgniteMetricHandler`` of MONAI ``DiceMetric`` (optional).
+        protocol: the evaluation settings to record.
+        class_names: class names in channel order.
+        json_name, markdown_name: file names.
+        title: title of the Markdown file.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        dice: Any,
+        pq: Any,
+        dice_per_image: Any = None,
+        protocol: Mapping[str, Any] | None = None,
+        class_names: Sequence[str] = CLASS_NAMES,
+        json_name: str = "metrics.json",
+        markdown_name: str = "metrics.md",
+        title: str | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.dice = dice
+        self.pq = pq
+        self.dice_per_image = dice_per_image
+        self.protocol = dict(protocol or {})
+        self.class_names = tuple(class_names)
+        self.json_name = json_name
+        self.markdown_name = markdown_name
+        self.title = title
+        self.metrics: dict[str, Any] | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        dice_fn = self.dice.metric_fn
+        pq_fn = self.pq.metric_fn
+        counts = dice_fn.get_buffer()
+        n_images = int(counts.shape[0]) if isinstance(counts, torch.Tensor) else 0
+        extra: dict[str, Any] = {}
+        if self.dice_per_image is not None:
+            per_image = self.dice_per_image.metric_fn.aggregate(reduction="mean_batch")
+            per_image = per_image[0] if isinstance(per_image, (list, tuple)) else per_image
+            extra["dice_per_image"] = _per_class(per_image, self.class_names)
+        protocol = {**self.protocol, "images": n_images}
+        self.metrics = write_metrics_json(
+            self.output_dir / self.json_name,
+            dice=_values(dice_fn.aggregate(reduction="none")),
+            pq=_values(pq_fn.aggregate(reduction="none", variant="pooled")),
+            protocol=protocol,
+            pq_official=_values(pq_fn.aggregate(reduction="none", variant="monusac_official")),
+            class_names=self.class_names,
+            extra=extra,
+        )
+        title = self.title or f"Evaluation on the {protocol.get('split', '')} split ({n_images} images)".replace("the  split", "the split")
+        (self.output_dir / self.markdown_name).write_text(metrics_markdown(self.metrics, self.class_names, title))
+        engine.logger.info(
+            f"wrote {self.output_dir / self.json_name} and {self.output_dir / self.markdown_name}: pooled Dice mean "
+            f"{_cell(self.metrics['dice']['mean'])} %, PQ mean {_cell(self.metrics['pq']['mean'])} %"
+        )
