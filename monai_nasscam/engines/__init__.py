@@ -3,6 +3,7 @@
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents, BilevelSearchTrainer, derive_seed
 from monai_nasscam.engines.search_inputs import (
     CHECKPOINT_NAME,
+    as_bool,
     check_search_attention,
     check_search_inputs,
     read_datalist,
@@ -16,6 +17,7 @@ __all__ = [
     "BilevelEvents",
     "BilevelSearchTrainer",
     "CHECKPOINT_NAME",
+    "as_bool",
     "check_search_attention",
     "check_search_inputs",
     "derive_seed",

@@ -264,13 +264,19 @@ class BilevelSearchTrainer(SupervisedTrainer):
         random.seed(s)
 
     def _reseed_transforms(self, loader: Any, *position: int) -> None:
-        """Re-seed the random transforms of a loader that loads in this process (``num_workers == 0``)."""
+        """Re-seed the randomness of a loader that loads in this process (``num_workers == 0``): the dataset's own
+        (a ``Randomizable`` dataset such as ``ClassBalancedCropDataset`` draws its crops) and its transforms'."""
         if self.seed is None or getattr(loader, "num_workers", 0) != 0:
             return
         dataset = getattr(loader, "dataset", None)
-        target = getattr(dataset, "transform", dataset)
-        if target is not None:
-            set_rnd(target, derive_seed(self.seed, *position))
+        if dataset is None:
+            return
+        seed = derive_seed(self.seed, *position)
+        if hasattr(dataset, "set_random_state"):
+            dataset.set_random_state(seed=seed % 2**32)
+        transform = getattr(dataset, "transform", None)
+        if transform is not None:
+            set_rnd(transform, derive_seed(seed, 1))
 
     def _on_started(self, engine: Engine) -> None:
         self._arch_iter = None  # (re)opened at the saved position by the next alpha step

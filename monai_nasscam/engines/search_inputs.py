@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from monai_nasscam.networks.blocks import ATTENTIONS, NAS_ATTENTIONS
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "as_bool",
     "check_search_inputs",
     "check_search_attention",
     "read_datalist",
@@ -30,6 +32,22 @@ __all__ = [
 CHECKPOINT_NAME = "search_checkpoint.pt"
 #: datalist keys that hold paths relative to the prepared dataset folder.
 PATH_KEYS = ("image", "label", "instance", "ambiguous")
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def as_bool(value: Any, name: str = "value") -> bool:
+    """``value`` as a bool; accepts bools, 0/1 and the strings true/false, yes/no, on/off, 1/0 (what the command
+    line gives for ``--synchronous false``). Anything else is a ``ValueError`` naming ``name``."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 def check_search_attention(attention: str) -> str:
@@ -137,17 +155,35 @@ def check_search_inputs(
     warmup_epochs: int = 0,
     arch_fraction: float = 0.5,
     seed: int = 0,
+    synchronous: Any = True,
+    roi_size: Sequence[int] | int | None = None,
+    batch_size: int | None = None,
+    schedule: str = "iteration",
+    resume_path: str | None = None,
 ) -> bool:
     """Raise a clear error for anything that would make the search fail later; ``True`` otherwise.
 
-    Checks the attention, the epoch counts, and the dataset (``datalist.json`` present, training images that
-    can be split into weight and architecture parts, validation images).
+    Checks the attention, ``synchronous``, the schedule, the epoch counts, the crop size (multiples of 16, the
+    U-Net's 4 poolings), the batch size (whole groups of one crop per class), the dataset (``datalist.json``
+    present, training images that can be split into weight and architecture parts, validation images, the first
+    image of each part on disk); ``resume_path`` is only reported.
     """
     check_search_attention(attention)
+    as_bool(synchronous, "synchronous")
+    if schedule not in ("iteration", "epoch"):
+        raise ValueError(f"schedule must be 'iteration' (the patent) or 'epoch' (the reference code), got {schedule!r}.")
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}.")
     if not 0 <= int(warmup_epochs) <= int(epochs):
         raise ValueError(f"warmup_epochs must lie in [0, epochs={epochs}], got {warmup_epochs}.")
+    if int(warmup_epochs) == int(epochs):
+        warnings.warn(f"warmup_epochs == epochs ({epochs}): no architecture step will run.", stacklevel=2)
+    if roi_size is not None:
+        sizes = [int(roi_size)] * 2 if isinstance(roi_size, (int, float)) else [int(r) for r in roi_size]
+        if any(r < 16 or r % 16 for r in sizes):
+            raise ValueError(f"roi_size must be multiples of 16 (the U-Net pools 4 times), got {list(sizes)}.")
+    if batch_size is not None and (int(batch_size) < 4 or int(batch_size) % 4):
+        raise ValueError(f"batch_size must be a multiple of 4 (one crop per nucleus class), got {batch_size}.")
     lists = search_datalists(dataset_dir, arch_fraction, seed)
     for split, entries in lists.items():
         for entry in entries[:1]:

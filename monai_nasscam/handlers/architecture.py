@@ -58,30 +58,35 @@ def _edge_label(e: int) -> str:
 def plot_alpha_heatmap(network: nn.Module, title: str | None = None):
     """A matplotlib ``Figure`` (Agg canvas, no pyplot state) of softmax(alpha): one heatmap per module (rows, in
     ``POSITIONS`` order) and cell kind (columns), edges x candidate operations, the chosen (argmax) op of
-    each edge framed."""
+    each edge framed in red. Each column has its own colour scale (from its smallest to its largest weight over
+    the 8 modules), so the early, nearly uniform weights of a search still show their differences."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
     weights = alpha_weights(network)
     kinds = list(next(iter(weights.values())).keys())
-    vmax = max(float(w.max()) for per in weights.values() for _, w in per.values())
-    fig = Figure(figsize=(4.2 * len(kinds) + 1.0, 1.55 * len(weights) + 0.8), layout="constrained")
+    fig = Figure(figsize=(4.6 * len(kinds) + 0.6, 1.55 * len(weights) + 0.8), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(weights), len(kinds), squeeze=False)
-    image = None
-    for row, (position, per) in enumerate(weights.items()):
-        for col, kind in enumerate(kinds):
+    for col, kind in enumerate(kinds):
+        values = torch.stack([per[kind][1] for per in weights.values()])
+        vmin, vmax = float(values.min()), float(values.max())
+        if vmax - vmin < 1e-6:
+            vmin, vmax = vmin - 1e-3, vmax + 1e-3
+        image = None
+        for row, (position, per) in enumerate(weights.items()):
             ax = axes[row][col]
             names, w = per[kind]
-            image = ax.imshow(w.numpy(), cmap="viridis", vmin=0.0, vmax=vmax, aspect="auto")
+            image = ax.imshow(w.numpy(), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
             for e, choice in enumerate(w.argmax(dim=-1).tolist()):
                 ax.add_patch(Rectangle((choice - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
             ax.set_yticks(range(len(EDGES)), [_edge_label(e) for e in range(len(EDGES))], fontsize=6)
-            ax.set_xticks(range(len(names)), names if row == len(weights) - 1 else [""] * len(names), fontsize=6, rotation=45)
+            last = row == len(weights) - 1
+            ax.set_xticks(range(len(names)), names if last else [""] * len(names), fontsize=6, rotation=45)
             ax.set_title(f"{position} {kind.upper()}", fontsize=8)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.5, label="softmax(alpha)")
+        if image is not None:
+            fig.colorbar(image, ax=[axes[r][col] for r in range(len(weights))], shrink=0.4, aspect=30, label=f"{kind.upper()} softmax(alpha)")
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
