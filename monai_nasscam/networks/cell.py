@@ -14,6 +14,8 @@ weight is folded into the batch-norm affine (``w * relu(y) == relu(w * y)`` for 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,7 +27,17 @@ __all__ = ["EDGES", "NASAttentionCell", "arch_parameters", "weight_parameters"]
 #: the 6 edges of the cell as (source node, target node), in genotype order.
 EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 OUTPUT_NODE = 3
+_OUTPUT_FAN_IN = sum(t == OUTPUT_NODE for _, t in EDGES)  # the output node is the mean of its edges
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+class _Group(NamedTuple):
+    """A fused convolution: its (edge, op name) entries in output-channel order and its kernel geometry."""
+
+    entries: list[tuple[int, str]]
+    kernel: int
+    dilation: int
+    padding: int
 
 
 class NASAttentionCell(nn.Module):
@@ -79,19 +91,36 @@ class NASAttentionCell(nn.Module):
     def searchable(self) -> bool:
         return self.alpha is not None
 
-    def _make_plan(self) -> list[tuple[list[tuple[str, list[int]]], list[int]]]:
-        """Per source node: the fused groups (op name, edges using it) and the edges that are ``none``."""
+    def _make_plan(self) -> list[tuple[list[_Group], list[int]]]:
+        """Per source node: its fused convolutions and the outgoing edges that are ``none``.
+
+        Spatial candidates are fused per operation (one kernel shape each). Channel candidates act on a
+        pooled vector, so all of them are fused into one convolution whose kernel holds every candidate's
+        taps: a few wider kernels cost nothing there and save many tiny launches.
+        """
         plan = []
         for s in range(OUTPUT_NODE):
             out_edges = [e for e, (src, _) in enumerate(EDGES) if src == s]
-            groups = []
-            for name in self.candidates:
-                users = [e for e in out_edges if name in self.edges[e]]
-                if users:
-                    groups.append((name, users))
-            nones = [e for e in out_edges if (self.ops is None or self.ops[e] == "none")]
+            entries = [(e, name) for e in out_edges for name in self.candidates if name in self.edges[e]]
+            if self.kind == "cam":
+                batches = [entries] if entries else []
+            else:
+                batches = [[(e, n) for e, n in entries if n == name] for name in self.candidates]
+            groups = [self._group(batch) for batch in batches if batch]
+            nones = [e for e in out_edges if self.ops is None or self.ops[e] == "none"]
             plan.append((groups, nones))
         return plan
+
+    def _group(self, entries: list[tuple[int, str]]) -> _Group:
+        """Order a fused convolution's outputs: ReLU edges by (target, op), then the sigmoid edges."""
+        specs = OPS[self.kind]
+        entries = sorted(entries, key=lambda en: (EDGES[en[0]][1] == OUTPUT_NODE, EDGES[en[0]][1], self.candidates.index(en[1])))
+        names = {n for _, n in entries}
+        if len(names) == 1:
+            spec = specs[entries[0][1]]
+            return _Group(entries, spec.kernel_size, spec.dilation, spec.padding)
+        footprint = max(specs[n].dilation * (specs[n].kernel_size - 1) + 1 for n in names)
+        return _Group(entries, footprint, 1, footprint // 2)
 
     def op_weights(self) -> torch.Tensor | None:
         """``softmax(alpha)`` per edge, ``(6, n_candidates)``; ``None`` for a fixed cell."""
@@ -102,16 +131,15 @@ class NASAttentionCell(nn.Module):
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}).")
         weights = self.op_weights()
         none_index = self.candidates.index("none")
-        acc: list = [None, None, None, None]
+        acc: list = [None] * (OUTPUT_NODE + 1)
         nodes = [x]
         for s, (groups, nones) in enumerate(self._plan):
-            for name, users in groups:
-                self._run_group(nodes[s], name, users, weights, acc)
+            for group in groups:
+                self._run_group(nodes[s], group, weights, acc)
             for e in nones:
-                t = EDGES[e][1]
-                if t == OUTPUT_NODE:  # sigmoid(0) = 0.5; a ReLU edge's none adds nothing
+                if EDGES[e][1] == OUTPUT_NODE:  # sigmoid(0) = 0.5; a ReLU edge's none adds nothing
                     half = 0.5 if weights is None else 0.5 * weights[e, none_index]
-                    acc[t] = half if acc[t] is None else acc[t] + half
+                    acc[OUTPUT_NODE] = half if acc[OUTPUT_NODE] is None else acc[OUTPUT_NODE] + half
             t = s + 1
             shape = (x.shape[0], self.node_channels[t], *x.shape[2:])
             node = acc[t]
@@ -119,53 +147,77 @@ class NASAttentionCell(nn.Module):
                 node = x.new_zeros(shape)
             elif not isinstance(node, torch.Tensor) or node.shape != shape:
                 node = x.new_zeros(shape) + node
-            nodes.append(node / len([e for e in EDGES if e[1] == OUTPUT_NODE]) if t == OUTPUT_NODE else node)
-        return nodes[OUTPUT_NODE]
+            nodes.append(node)
+        return nodes[OUTPUT_NODE] / _OUTPUT_FAN_IN
 
-    def _run_group(self, src: torch.Tensor, name: str, users: list[int], weights, acc: list) -> None:
-        """One fused convolution + batch norm for every edge in ``users`` that applies ``name`` to ``src``."""
-        index = self.candidates.index(name)
-        convs = [self.edges[e][name][0] for e in users]
-        norms = [self.edges[e][name][1] for e in users]
-        spec = OPS[self.kind][name]
-        w = convs[0].weight if len(users) == 1 else torch.cat([c.weight for c in convs])
-        b = convs[0].bias if len(users) == 1 else torch.cat([c.bias for c in convs])
-        y = _CONV[self.spatial_dims](src, w, b, padding=spec.padding, dilation=spec.dilation)
+    def _run_group(self, src: torch.Tensor, group: _Group, weights: torch.Tensor | None, acc: list) -> None:
+        """One fused convolution + batch norm for ``group``'s (edge, op) entries, added into the target nodes."""
+        modules = [self.edges[e][name] for e, name in group.entries]
+        convs, norms = [m[0] for m in modules], [m[1] for m in modules]
+        y = _CONV[self.spatial_dims](
+            src, self._fused_kernel(group, convs), _cat([c.bias for c in convs]), padding=group.padding, dilation=group.dilation
+        )
 
-        gammas, betas = [], []
-        for e, bn in zip(users, norms):
-            fold = weights is not None and EDGES[e][1] != OUTPUT_NODE
-            gammas.append(bn.weight * weights[e, index] if fold else bn.weight)
-            betas.append(bn.bias * weights[e, index] if fold else bn.bias)
-        y = self._batch_norm(y, norms, torch.cat(gammas), torch.cat(betas))
-
-        start = 0
-        for e, bn in zip(users, norms):
-            t = EDGES[e][1]
-            part = y[:, start : start + bn.num_features]
-            start += bn.num_features
-            if t == OUTPUT_NODE:
-                part = torch.sigmoid(part)
-                if weights is not None:
-                    part = part * weights[e, index]
+        gammas, betas, sigmoid_weights = [], [], []
+        for (e, name), bn in zip(group.entries, norms):
+            w = None if weights is None else weights[e, self.candidates.index(name)]
+            if w is not None and EDGES[e][1] != OUTPUT_NODE:
+                gammas.append(bn.weight * w)
+                betas.append(bn.bias * w)
             else:
-                part = torch.relu(part)
-            acc[t] = part if acc[t] is None else acc[t] + part
+                gammas.append(bn.weight)
+                betas.append(bn.bias)
+                if w is not None:
+                    sigmoid_weights.append(w)
+        y = self._batch_norm(y, norms, _cat(gammas), _cat(betas))
+
+        targets = [EDGES[e][1] for e, _ in group.entries]
+        n_relu = sum(t != OUTPUT_NODE for t in targets)
+        relu_channels = n_relu * self.hidden_channels
+        if n_relu:
+            r = torch.relu(y[:, :relu_channels] if n_relu < len(targets) else y)
+            start = 0
+            for t in sorted(set(targets[:n_relu])):
+                count = targets.count(t)
+                part = r[:, start * self.hidden_channels : (start + count) * self.hidden_channels]
+                if count > 1:
+                    part = part.unflatten(1, (count, self.hidden_channels)).sum(1)
+                acc[t] = part if acc[t] is None else acc[t] + part
+                start += count
+        if n_relu < len(targets):
+            sig = torch.sigmoid(y[:, relu_channels:] if n_relu else y)
+            if sigmoid_weights:
+                sig = sig * torch.stack(sigmoid_weights).view(1, -1, *([1] * (sig.ndim - 2)))
+            if sig.shape[1] > 1:
+                sig = sig.sum(1, keepdim=True)
+            acc[OUTPUT_NODE] = sig if acc[OUTPUT_NODE] is None else acc[OUTPUT_NODE] + sig
+
+    def _fused_kernel(self, group: _Group, convs: list[nn.Module]) -> torch.Tensor:
+        """The convolution weights of a group; candidates of other shapes are placed inside the group's kernel."""
+        if all(c.kernel_size[0] == group.kernel and c.dilation[0] == group.dilation for c in convs):
+            return _cat([c.weight for c in convs])
+        out_channels = sum(c.out_channels for c in convs)
+        kernel = convs[0].weight.new_zeros(out_channels, convs[0].in_channels, *([group.kernel] * self.spatial_dims))
+        row = 0
+        for c in convs:
+            k, d = c.kernel_size[0], c.dilation[0]
+            start = group.kernel // 2 - d * (k - 1) // 2
+            taps = (slice(start, start + d * (k - 1) + 1, d),) * self.spatial_dims
+            kernel[(slice(row, row + c.out_channels), slice(None)) + taps] = c.weight
+            row += c.out_channels
+        return kernel
 
     def _batch_norm(self, y: torch.Tensor, norms: list[nn.Module], gamma: torch.Tensor, beta: torch.Tensor):
         """Batch norm of the fused channels, keeping each edge's running statistics up to date."""
         first = norms[0]
-        use_batch_stats = self.training or first.running_mean is None
-        if len(norms) == 1:
-            running_mean, running_var = first.running_mean, first.running_var
-        else:
-            running_mean = torch.cat([n.running_mean for n in norms]) if first.running_mean is not None else None
-            running_var = torch.cat([n.running_var for n in norms]) if first.running_var is not None else None
-        update = self.training and running_mean is not None
+        tracking = first.running_mean is not None
+        running_mean = _cat([n.running_mean for n in norms]) if tracking else None
+        running_var = _cat([n.running_var for n in norms]) if tracking else None
+        update = self.training and tracking
         if update:
             first.num_batches_tracked.add_(1)
         momentum = first.momentum if first.momentum is not None else 1.0 / float(first.num_batches_tracked)
-        out = F.batch_norm(y, running_mean, running_var, gamma, beta, use_batch_stats, momentum, first.eps)
+        out = F.batch_norm(y, running_mean, running_var, gamma, beta, self.training or not tracking, momentum, first.eps)
         if update and len(norms) > 1:
             with torch.no_grad():
                 start = 0
@@ -177,6 +229,10 @@ class NASAttentionCell(nn.Module):
                         n.num_batches_tracked.add_(1)
                     start = stop
         return out
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def arch_parameters(module: nn.Module) -> list[nn.Parameter]:
