@@ -229,3 +229,17 @@ def test_stain_normalisers():
         assert "unchanged" in note
         again = stain_normalizer_from_dict(json.loads(json.dumps(norm.to_dict())))
         np.testing.assert_allclose(again(tile).astype(int), out.astype(int), atol=1)
+
+
+def test_fast_macenko_matches_monai():
+    from monai.apps.pathology.transforms import NormalizeHEStains
+
+    from monai_nasscam.data.stain import _NormalizeHEStainsFast
+
+    rng = np.random.default_rng(1)
+    he = np.array([[0.65, 0.07], [0.70, 0.99], [0.29, 0.11]])
+    conc = np.stack([rng.gamma(2.0, 0.3, (64, 64)), rng.gamma(3.0, 0.2, (64, 64))], -1)
+    tile = np.clip(240 * np.exp(-conc @ he.T) + rng.normal(0, 2, (64, 64, 3)), 0, 255).astype(np.uint8)
+    ref = NormalizeHEStains()(tile).astype(int)
+    fast = _NormalizeHEStainsFast()(tile).astype(int)
+    assert np.abs(ref - fast).max() <= 1

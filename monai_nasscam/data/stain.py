@@ -50,6 +50,31 @@ def _pool_pixels(images: Sequence[np.ndarray], max_pixels: int, seed: int) -> np
     return pixels
 
 
+class _NormalizeHEStainsFast(NormalizeHEStains):
+    """MONAI ``NormalizeHEStains`` with the concentration solve done through the pseudo-inverse.
+
+    The stain matrix comes from MONAI's ``ExtractHEStains`` (the Macenko estimate) as in the parent; the
+    least-squares concentrations ``lstsq(he, od)`` are computed as ``pinv(he) @ od`` (the same solution
+    for a full-rank 3 x 2 matrix) and the rest in float32, which is several times faster on large tiles.
+    The output matches the parent's to within one grey level (tested).
+    """
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        if not isinstance(image, np.ndarray):
+            raise TypeError("Image must be of type numpy.ndarray.")
+        if image.min() < 0 or image.max() > 255:
+            raise ValueError("Image values must lie in [0, 255].")
+        he = self.stain_extractor(image)
+        h, w, _ = image.shape
+        od = _absorbance(image.reshape(-1, 3), self.tli)
+        conc = od @ np.linalg.pinv(he.astype(np.float64)).T.astype(np.float32)
+        max_conc = np.array([np.percentile(conc[:, 0], 99), np.percentile(conc[:, 1], 99)], dtype=np.float32)
+        conc *= (self.max_cref / max_conc).astype(np.float32)
+        out = np.float32(self.tli) * np.exp(-(conc @ self.target_he.T.astype(np.float32)))
+        out[out > 255] = 254
+        return out.reshape(h, w, 3).astype(np.uint8)
+
+
 class IdentityNormalizer:
     """No stain normalisation (``--stain none``)."""
 
@@ -98,7 +123,7 @@ class MacenkoNormalizer:
         self._build()
 
     def _build(self) -> None:
-        self._normalize = NormalizeHEStains(
+        self._normalize = _NormalizeHEStainsFast(
             tli=self.tli, alpha=self.alpha, beta=self.beta, target_he=self.target_he, max_cref=self.max_cref
         )
 
