@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
+from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell
 from monai_nasscam.networks.genotype import Genotype, attention_blocks
 
@@ -103,6 +104,8 @@ class AlphaTensorBoardHandler:
         log_dir: where the default writer writes.
         tag: prefix of the scalar tags.
         epoch_interval: write every N epochs (and at epoch 0, before training, when the run starts fresh).
+        arch_loss_tag: also write the loss of every alpha step under this tag, at the trainer's iteration
+            (attached to a :class:`~monai_nasscam.engines.BilevelSearchTrainer`); ``None``: not written.
     """
 
     def __init__(
@@ -112,8 +115,10 @@ class AlphaTensorBoardHandler:
         log_dir: str = "./runs",
         tag: str = "alpha",
         epoch_interval: int = 1,
+        arch_loss_tag: str | None = "arch_loss",
     ) -> None:
         self.network = network
+        self.arch_loss_tag = arch_loss_tag
         if summary_writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -129,6 +134,12 @@ class AlphaTensorBoardHandler:
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.epoch_interval), self)
         engine.add_event_handler(Events.COMPLETED, self._flush)
+        if self.arch_loss_tag and engine.has_registered_events(BilevelEvents.ARCH_STEP_COMPLETED):
+            engine.add_event_handler(BilevelEvents.ARCH_STEP_COMPLETED, self._arch_loss)
+
+    def _arch_loss(self, engine: Engine) -> None:
+        value = engine.state.output[ARCH_LOSS]
+        self._writer.add_scalar(self.arch_loss_tag, float(value), engine.state.iteration)
 
     def _started(self, engine: Engine) -> None:
         if engine.state.epoch == 0:
@@ -147,6 +158,7 @@ class AlphaTensorBoardHandler:
 
     def __call__(self, engine: Engine) -> None:
         self.write(engine.state.epoch)
+        self._writer.flush()
 
     def close(self) -> None:
         if self.internal_writer:

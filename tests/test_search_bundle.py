@@ -1,0 +1,148 @@
+"""bundle/configs/search.yaml: clear errors before training, and the whole search from another working
+directory on a tiny synthetic dataset, interrupted with SIGINT and resumed with --resume true."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from monai.bundle import run as bundle_run
+
+from monai_nasscam.data import generate_dataset, prepare_dataset
+from monai_nasscam.networks import Genotype
+
+REPO = Path(__file__).resolve().parents[1]
+SEARCH = REPO / "bundle" / "configs" / "search.yaml"
+REFERENCE = REPO / "bundle" / "configs" / "reference.yaml"
+TINY = {"roi_size": "[64,64]", "features": "[4,8,8,8,8]", "epoch_crops": "8", "num_workers": "0", "progress": "false"}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("search_data")
+    generate_dataset(root / "raw", n_images=8, n_patients=4, seed=0, min_size=80, max_size=160)
+    prepare_dataset(root / "raw", root / "prep", split="image", stain="none", progress=False, workers=1)
+    return root / "prep"
+
+
+def _cause_chain(error: BaseException) -> str:
+    messages = []
+    while error is not None:
+        messages.append(f"{type(error).__name__}: {error}")
+        error = error.__cause__ or error.__context__
+    return "\n".join(messages)
+
+
+def _run_in_process(tmp_path: Path, **overrides) -> None:
+    args = {"dataset_dir": str(tmp_path / "missing"), "output_dir": str(tmp_path / "run"), "epochs": 1, "warmup_epochs": 0}
+    args.update(overrides)
+    bundle_run(config_file=str(SEARCH), logging_file=False, **args)
+
+
+def test_missing_datalist(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception) as info:
+        _run_in_process(tmp_path, dataset_dir=str(tmp_path / "empty"))
+    assert "datalist.json not found" in _cause_chain(info.value)
+    assert not (tmp_path / "run").exists(), "nothing may be written before the inputs are checked"
+
+
+def test_no_training_images(tmp_path, prepared):
+    data = json.loads((prepared / "datalist.json").read_text())
+    data["training"] = []
+    bad = tmp_path / "prep"
+    bad.mkdir()
+    (bad / "datalist.json").write_text(json.dumps(data))
+    with pytest.raises(Exception) as info:
+        _run_in_process(tmp_path, dataset_dir=str(bad))
+    assert "lists no training images" in _cause_chain(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_attention(tmp_path, prepared):
+    with pytest.raises(Exception) as info:
+        _run_in_process(tmp_path, dataset_dir=str(prepared), attention="nas-scam-x")
+    chain = _cause_chain(info.value)
+    assert "attention 'nas-scam-x' is unknown" in chain and "nas-scam-p" in chain
+    with pytest.raises(Exception) as info:
+        _run_in_process(tmp_path, dataset_dir=str(prepared), attention="cbam")
+    assert "is not searchable" in _cause_chain(info.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_other_bad_overrides(tmp_path, prepared):
+    for overrides, message in [
+        ({"roi_size": [40, 40]}, "multiples of 16"),
+        ({"batch_size": 6}, "multiple of 4"),
+        ({"synchronous": "maybe"}, "synchronous must be true or false"),
+        ({"resume": "true"}, "nothing to resume"),
+        ({"epochs": 2, "warmup_epochs": 3}, "warmup_epochs must lie"),
+    ]:
+        with pytest.raises(Exception) as info:
+            _run_in_process(tmp_path, dataset_dir=str(prepared), **overrides)
+        assert message in _cause_chain(info.value), overrides
+    assert not (tmp_path / "run").exists()
+
+
+def _command(prepared: Path, run: Path, *extra: str, config=None) -> list[str]:
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config or str(SEARCH)]
+    cmd += ["--dataset_dir", str(prepared), "--output_dir", str(run), "--epochs", "3", "--warmup_epochs", "1"]
+    for key, value in TINY.items():
+        cmd += [f"--{key}", value]
+    return cmd + list(extra)
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_search_end_to_end_interrupted_and_resumed(tmp_path, prepared):
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoints" / "search_checkpoint.pt"
+
+    proc = subprocess.Popen(_command(prepared, run), cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "no checkpoint after the first epoch:\n" + (proc.communicate()[0] if proc.poll() is not None else "")
+    proc.send_signal(signal.SIGINT)
+    log, _ = proc.communicate(timeout=300)
+    interrupted = "SIGINT received" in log
+    if interrupted:  # the usual case: stopped cleanly after an iteration
+        assert proc.returncode != 0, log[-3000:]
+        assert "resume from" in log and not (run / "genotype.json").exists()
+    else:  # the signal came after the last iteration (a very slow machine)
+        assert (run / "genotype.json").exists(), log[-3000:]
+
+    done = subprocess.run(
+        _command(prepared, run, "--resume", "true"), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-5000:]
+
+    genotype = Genotype.load(run / "genotype.json")
+    assert genotype.attention == "nas-scam-p" and genotype.synchronous
+    assert (run / "alpha_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (run / "genotypes").iterdir()) == [f"genotype_epoch000{e}.json" for e in (1, 2, 3)]
+    assert len(list((run / "alpha").glob("alpha_epoch*.png"))) == 3
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in (run / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"train_loss", "val_dice", "arch_loss", "alpha/down1/sam/n0->n1/conv3", "alpha/up4/cam/n2->n3/conv15"} <= tags
+
+    import torch
+
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["trainer"]["iteration"] == 6 and state["best_genotype"]["best_genotype"] is not None
