@@ -41,6 +41,18 @@ def _per_class(values: Any, class_names: Sequence[str]) -> dict[str, float | Non
     return out
 
 
+def _mean_over_images(metric_fn: Any) -> np.ndarray:
+    """Per-class mean of a MONAI ``DiceMetric``'s per-image values over the images that scored the class (NaN
+    where none did; MONAI's own ``aggregate`` reports 0 there)."""
+    buffer = metric_fn.get_buffer()
+    values = np.asarray(buffer.detach().cpu() if isinstance(buffer, torch.Tensor) else buffer, dtype=np.float64)
+    values = values.reshape(-1, values.shape[-1])
+    scored = ~np.isnan(values)
+    totals = np.where(scored, values, 0.0).sum(axis=0)
+    counts = scored.sum(axis=0)
+    return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+
+
 def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{100.0 * value:.2f}"
 
@@ -55,7 +67,12 @@ def metrics_markdown(metrics: Mapping[str, Any], class_names: Sequence[str] = CL
         row = metrics.get(key)
         if isinstance(row, Mapping):
             lines.append("| " + " | ".join([label, *[_cell(row.get(n)) for n in [*class_names, "mean"]]]) + " |")
-    lines += ["", "n/a: the class is absent from both prediction and ground truth over the split (left out of the mean).", ""]
+    lines += [
+        "",
+        "n/a: undefined, left out of the mean (pooled metrics: the class is in neither prediction nor ground truth of "
+        "the split; per-image Dice and official PQ: no image's ground truth has the class).",
+        "",
+    ]
     if protocol:
         lines += ["Protocol:", ""]
         for k, v in protocol.items():
@@ -72,7 +89,8 @@ class MetricsReportWriter:
     - ``dice``: per-class Dice with intersections and sums pooled over all images (the paper's protocol);
     - ``pq``: per-class panoptic quality with TP / FP / FN / IoU sums pooled over all images (correct PQ);
     - ``pq_monusac_official``: the MoNuSAC 2020 official script's per-class PQ, bugs included (labelled as such);
-    - ``dice_per_image``: MONAI ``DiceMetric`` per image, averaged over the images whose ground truth has the class;
+    - ``dice_per_image``: MONAI ``DiceMetric`` per image, averaged over the images whose ground truth has the class
+      (``null`` when no image has it);
     - ``protocol``: how the numbers were obtained (``protocol`` as given, plus the number of images).
 
     Args:
@@ -119,9 +137,7 @@ class MetricsReportWriter:
         n_images = int(counts.shape[0]) if isinstance(counts, torch.Tensor) else 0
         extra: dict[str, Any] = {}
         if self.dice_per_image is not None:
-            per_image = self.dice_per_image.metric_fn.aggregate(reduction="mean_batch")
-            per_image = per_image[0] if isinstance(per_image, (list, tuple)) else per_image
-            extra["dice_per_image"] = _per_class(per_image, self.class_names)
+            extra["dice_per_image"] = _per_class(_mean_over_images(self.dice_per_image.metric_fn), self.class_names)
         protocol = {**self.protocol, "images": n_images}
         self.metrics = write_metrics_json(
             self.output_dir / self.json_name,
