@@ -1,0 +1,197 @@
+"""Search handlers and helpers: alpha figures and TensorBoard scalars, genotype savers, the atomic checkpoint,
+the architecture split, resume paths, the reference preset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from monai_nasscam.engines import as_bool, read_datalist, resolve_resume, split_architecture
+from monai_nasscam.handlers import (
+    AlphaHeatmapSaver,
+    AlphaTensorBoardHandler,
+    BestGenotypeSaver,
+    GenotypeSaver,
+    SearchCheckpointer,
+    alpha_weights,
+)
+from monai_nasscam.networks import POSITIONS, Genotype, NASSCAMUNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _net(**kwargs) -> NASSCAMUNet:
+    torch.manual_seed(0)
+    net = NASSCAMUNet(features=(4, 8, 8, 8, 8), **kwargs)
+    with torch.no_grad():
+        for a in net.arch_parameters():
+            a.add_(torch.randn_like(a))
+    return net
+
+
+class _Writer:
+    def __init__(self):
+        self.scalars = {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars[(tag, step)] = value
+
+    def flush(self):
+        pass
+
+
+def _evaluator(values: list[float]) -> Engine:
+    """An engine whose epoch e reports metric values[e - 1] as its key metric."""
+    engine = Engine(lambda e, b: None)
+    engine.state.key_metric_name = "val_dice"
+
+    @engine.on(Events.EPOCH_COMPLETED)  # before the handlers attached later
+    def _metric(e):
+        e.state.metrics = {"val_dice": values[e.state.epoch - 1]}
+
+    return engine
+
+
+def test_alpha_weights_and_tensorboard_scalars():
+    net = _net(attention="nas-scam-s")
+    weights = alpha_weights(net)
+    assert list(weights) == list(POSITIONS)
+    names, w = weights["down1"]["cam"]
+    assert w.shape == (6, 8) and names[0] == "none"
+    torch.testing.assert_close(w.sum(-1), torch.ones(6))
+
+    writer = _Writer()
+    handler = AlphaTensorBoardHandler(net, summary_writer=writer)
+    trainer = Engine(lambda e, b: None)
+    handler.attach(trainer)
+    trainer.run([0], max_epochs=2)
+    assert len(writer.scalars) == 3 * 8 * 6 * (6 + 8)  # epochs 0, 1, 2; 8 modules; 6 edges; SAM + CAM ops
+    assert writer.scalars[("alpha/up2/sam/n1->n3/dil_conv5", 2)] == pytest.approx(float(weights["up2"]["sam"][1][4, 5]))
+
+
+def test_heatmap_and_current_genotype(tmp_path):
+    net = _net(attention="nas-sam")
+    evaluator = Engine(lambda e, b: None)
+    AlphaHeatmapSaver(net, tmp_path).attach(evaluator)
+    GenotypeSaver(net, tmp_path).attach(evaluator)
+    evaluator.run([0], max_epochs=2)
+    for epoch in (1, 2):
+        assert (tmp_path / "alpha" / f"alpha_epoch000{epoch}.png").read_bytes()[:4] == b"\x89PNG"
+        genotype = Genotype.load(tmp_path / "genotypes" / f"genotype_epoch000{epoch}.json")
+        assert genotype == Genotype.from_model(net)
+    assert (tmp_path / "alpha_heatmap.png").is_file()
+    assert not list(tmp_path.rglob(".*tmp*")), "temporary files left behind"
+
+
+def test_best_genotype_is_the_best_validation(tmp_path):
+    net = _net()
+    evaluator = _evaluator([0.2, 0.5, 0.4])
+    saver = BestGenotypeSaver(net, evaluator, tmp_path / "genotype.json")
+    trainer = Engine(lambda e, b: None)
+    saver.attach(trainer)
+    genotypes = []
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _search_and_validate(engine):
+        with torch.no_grad():  # the alphas move between validations
+            for a in net.arch_parameters():
+                a.add_(torch.randn_like(a))
+        # as MONAI's evaluators do: the validation's epoch is the trainer's
+        evaluator.state.max_epochs, evaluator.state.epoch, evaluator.state.iteration = engine.state.epoch, engine.state.epoch - 1, 0
+        evaluator.state.epoch_length = 1
+        evaluator.run([0])
+        genotypes.append(Genotype.from_model(net))
+
+    trainer.run([0], max_epochs=3)
+    best = Genotype.load(tmp_path / "genotype.json")
+    assert best == genotypes[1] and best != genotypes[2]
+    assert saver.best_epoch == 2 and saver.best_metric == 0.5
+
+    restored = BestGenotypeSaver(net, evaluator, tmp_path / "other.json")
+    restored.load_state_dict(saver.state_dict())
+    assert restored.write() and Genotype.load(tmp_path / "other.json") == best
+
+
+def test_best_genotype_without_validation_writes_final(tmp_path):
+    net = _net(synchronous=False)
+    saver = BestGenotypeSaver(net, Engine(lambda e, b: None), tmp_path / "genotype.json")
+    trainer = Engine(lambda e, b: None)
+    saver.attach(trainer)
+    trainer.run([0], max_epochs=1)
+    genotype = Genotype.load(tmp_path / "genotype.json")
+    assert genotype.synchronous is False and genotype == Genotype.from_model(net)
+
+
+def test_checkpointer_is_atomic_and_stops_on_request(tmp_path):
+    net = _net()
+    trainer = Engine(lambda e, b: None)
+    saver = SearchCheckpointer(tmp_path, {"network": net, "trainer": trainer}, handle_signals=False)
+    saver.attach(trainer)
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=5), lambda e: saver.request_stop())
+    from monai_nasscam.handlers import SearchInterrupted
+
+    with pytest.raises(SearchInterrupted, match="after iteration 5"):
+        trainer.run(range(3), max_epochs=4)
+    state = torch.load(saver.path, weights_only=True)
+    assert state["trainer"]["iteration"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == [saver.path.name]
+    for key, value in net.state_dict().items():
+        assert torch.equal(state["network"][key], value)
+
+
+def test_architecture_split_and_datalist(tmp_path):
+    items = [{"image": f"images/{i}.png", "label": f"labels/{i}.png", "name": str(i)} for i in range(9)]
+    weights, arch = split_architecture(items, 0.5, seed=3)
+    assert len(arch) == 4 and len(weights) == 5
+    assert {d["name"] for d in weights}.isdisjoint(d["name"] for d in arch)
+    assert split_architecture(items, 0.5, seed=3) == (weights, arch)
+    assert split_architecture(items, 0.5, seed=4) != (weights, arch)
+    names = sorted(d["name"] for d in arch)
+    assert sorted(d["name"] for d in split_architecture(items[::-1], 0.5, seed=3)[1]) == names  # any datalist order
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        split_architecture(items[:1])
+
+    (tmp_path / "datalist.json").write_text(json.dumps({"training": items, "validation": items[:1]}))
+    data = read_datalist(tmp_path)
+    assert data["training"][0]["image"] == str(tmp_path / "images" / "0.png")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_datalist(tmp_path / "nowhere")
+
+
+def test_resume_paths_and_bools(tmp_path):
+    assert resolve_resume(False, tmp_path) is None and resolve_resume("false", tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        resolve_resume(True, tmp_path)
+    path = tmp_path / "checkpoints" / "search_checkpoint.pt"
+    path.parent.mkdir()
+    path.write_bytes(b"")
+    assert resolve_resume("true", tmp_path) == str(path) == resolve_resume(str(path), "/elsewhere")
+    assert as_bool("False") is False and as_bool("yes") is True and as_bool(1) is True
+    with pytest.raises(ValueError, match="flag must be true or false"):
+        as_bool("maybe", "flag")
+
+
+def test_reference_preset_overrides_search():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundle/configs/search.yaml"), str(REPO / "bundle/configs/reference.yaml")])
+    assert (parser["warmup_epochs"], parser["schedule"], parser["learning_rate"], parser["arch_learning_rate"]) == (
+        20,
+        "epoch",
+        1e-3,
+        1e-3,
+    )
+    assert parser["epochs"] == 120 and parser["attention"] == "nas-scam-p"
+    loss = parser.get_parsed_content("loss")
+    assert (loss.w_dice, loss.w_cross, loss.gamma_dice, loss.batch, loss.sigmoid) == (1.0, 0.0, 0.3, True, True)
+
+    patent = ConfigParser()
+    patent.read_config(str(REPO / "bundle/configs/search.yaml"))
+    expected = {"epochs": 120, "warmup_epochs": 40, "learning_rate": 1e-4, "arch_learning_rate": 1e-3, "batch_size": 4}
+    assert {k: patent[k] for k in expected} == expected
+    assert patent["roi_size"] == [256, 256] and patent["synchronous"] is True and patent["schedule"] == "iteration"
