@@ -1,0 +1,95 @@
+"""Run the bundle's workflows (search, train, evaluate, inference) as ``python -m monai.bundle run`` commands.
+
+The demo and ``nasscam compare`` drive the bundle exactly as a user would, one subprocess per workflow, so a
+crash or a leak in one run cannot change another. A finished run leaves a marker file holding the overrides it
+ran with; running the same step again with the same overrides is skipped, which makes long drivers resumable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BUNDLE_DIR", "config_path", "bundle_command", "run_workflow", "WorkflowError"]
+
+#: the bundle shipped with this checkout (configs, docs, metadata).
+BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
+DONE_MARKER = ".workflow_done.json"
+
+
+class WorkflowError(RuntimeError):
+    """A bundle workflow exited with an error; the message names the command and its log."""
+
+
+def config_path(name: str) -> str:
+    """Absolute path of ``bundle/configs/NAME``."""
+    path = BUNDLE_DIR / "configs" / name
+    if not path.is_file():
+        raise FileNotFoundError(f"bundle config {path} does not exist (is the bundle folder next to the package?).")
+    return str(path)
+
+
+def _format(value: Any) -> str:
+    """An override value as ``monai.bundle``'s command line (python-fire) parses it back."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (list, tuple, dict, int, float)) or value is None:
+        return json.dumps(value) if value is not None else "None"
+    return str(value)
+
+
+def bundle_command(configs: Sequence[str], overrides: Mapping[str, Any]) -> list[str]:
+    """The ``python -m monai.bundle run`` command for ``configs`` (bundle config names) and ``overrides``."""
+    files = [config_path(c) for c in configs]
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", files[0] if len(files) == 1 else repr(files)]
+    for key, value in overrides.items():
+        cmd += [f"--{key}", _format(value)]
+    return cmd
+
+
+def run_workflow(
+    configs: Sequence[str], overrides: Mapping[str, Any], output_dir: str | os.PathLike, log_name: str = "workflow.log", quiet: bool = False
+) -> bool:
+    """Run a bundle workflow writing into ``output_dir`` unless it already finished with the same overrides.
+
+    Args:
+        configs: bundle config names, e.g. ``["train.yaml", "evaluate.yaml"]``.
+        overrides: command-line overrides (``output_dir`` is set to ``output_dir``).
+        output_dir: the run's folder. A single workflow owns it: an interrupted or changed run there is cleared
+            first. A combined one (train + evaluate) adds to the folder of the run it extends.
+        log_name: file in ``output_dir`` that receives the run's output when ``quiet``.
+        quiet: send the output to the log file instead of the terminal.
+
+    Returns:
+        ``True`` if the workflow ran, ``False`` if it was already done.
+    """
+    output_dir = Path(output_dir)
+    overrides = {**overrides, "output_dir": str(output_dir)}
+    record = {"configs": list(configs), "overrides": {k: _format(v) for k, v in overrides.items()}}
+    marker = output_dir / f".{'+'.join(Path(c).stem for c in configs)}{DONE_MARKER}"
+    if marker.is_file():
+        if json.loads(marker.read_text()) == record:
+            return False
+        stale = True
+    else:
+        stale = output_dir.is_dir() and any(output_dir.iterdir())
+    if stale and len(configs) == 1:  # a single workflow owns its folder: a changed or interrupted run starts afresh
+        shutil.rmtree(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    cmd = bundle_command(configs, overrides)
+    log = output_dir / log_name
+    with open(log, "w") if quiet else open(os.devnull, "w") as sink:
+        result = subprocess.run(cmd, stdout=sink if quiet else None, stderr=subprocess.STDOUT if quiet else None)
+    if result.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:]) if quiet else ""
+        where = f" (log: {log})" if quiet else ""
+        raise WorkflowError(f"workflow failed with exit code {result.returncode}{where}:\n  {shlex.join(cmd)}\n{tail}")
+    marker.write_text(json.dumps(record, indent=1))
+    return True
