@@ -163,15 +163,17 @@ def describe_inferer(inferer: Any) -> dict[str, Any]:
 
 
 def split_entries(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
-    """The entries of one split of ``dataset_dir/datalist.json`` (paths absolute).
+    """The entries of one split of ``dataset_dir/datalist.json`` (paths absolute); ``"all"``: every split, e.g. to
+    evaluate on a whole prepared test release.
 
     Raises:
         ValueError: unknown or empty split (naming the datalist).
     """
-    if split not in ("training", "validation", "test"):
-        raise ValueError(f"split must be 'training', 'validation' or 'test', got {split!r}.")
+    splits = ("training", "validation", "test")
+    if split not in (*splits, "all"):
+        raise ValueError(f"split must be one of {[*splits, 'all']}, got {split!r}.")
     data = read_datalist(dataset_dir)
-    entries = list(data.get(split) or [])
+    entries = [e for s in (splits if split == "all" else (split,)) for e in (data.get(s) or [])]
     if not entries:
         raise ValueError(
             f"{Path(dataset_dir) / 'datalist.json'} lists no {split} images; re-run `nasscam prepare` with more "
