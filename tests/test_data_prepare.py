@@ -243,3 +243,10 @@ def test_fast_macenko_matches_monai():
     ref = NormalizeHEStains()(tile).astype(int)
     fast = _NormalizeHEStainsFast()(tile).astype(int)
     assert np.abs(ref - fast).max() <= 1
+
+
+def test_prepared_folder_inside_release_is_ignored(raw, tmp_path):
+    src = copy_raw(raw, tmp_path)
+    prepare_dataset(src, src / "PREP", workers=0, progress=False, stain="none")
+    cases, problems = scan_monusac(src)
+    assert len(cases) == 9 and not problems

@@ -201,3 +201,8 @@ def test_bundle_style_instantiation(balanced_prep):
     ds = parser.get_parsed_content("ds")
     assert len(ds) == 2 and len(ds[0]) == 4 and ds[0][0]["image"].shape == (3, 48, 48)
     assert parser.get_parsed_content("val") is not None
+
+
+def test_balanced_dataset_rejects_multi_sample_crop(balanced_prep):
+    with pytest.raises(ValueError, match="num_samples=1"):
+        ClassBalancedCropDataset(balanced_prep[:2], train_transforms(roi_size=(48, 48), num_samples=4))

@@ -69,6 +69,9 @@ def scan_monusac(root: str | os.PathLike) -> tuple[list[MoNuSACCase], list[DataE
     found: list[tuple[str, str, str, dict[str, str]]] = []  # (folder, patient, stem, {suffix: path})
     problems: list[DataError] = []
     for folder, dirs, files in os.walk(root):
+        if "datalist.json" in files and "manifest.json" in files:  # a prepared dataset inside the release
+            dirs[:] = []
+            continue
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         groups: dict[str, dict[str, str]] = defaultdict(dict)
         for fname in sorted(files):

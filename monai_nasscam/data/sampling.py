@@ -91,6 +91,8 @@ class ClassBalancedCropDataset(Randomizable, _TorchDataset):
             (i for i, t in enumerate(ts) if isinstance(t, RandomizableTrait) or not isinstance(t, Transform)), len(ts)
         )
         self._head, self._tail = Compose(ts[:first_random]), Compose(ts[first_random:])
+        if any(getattr(t, "num_samples", 1) != 1 for t in ts[first_random:]):
+            raise ValueError("the crop transform must return one crop (num_samples=1): the dataset draws the classes")
         self.num_classes, self.mode = num_classes, mode
         self.roi_size, self.stride = ensure_tuple_rep(roi_size, 2), ensure_tuple_rep(stride, 2)
         self.label_key, self.class_key, self.center_key = label_key, class_key, center_key
