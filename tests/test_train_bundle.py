@@ -169,7 +169,8 @@ def test_evaluate_writes_metrics_json_and_markdown(workdir, prepared, trained_un
     from monai_nasscam.metrics import CLASS_NAMES
 
     bundle_cli(
-        "run", f"['{TRAIN}','{EVALUATE}']", workdir, dataset_dir="prep", output_dir="runs/unet", attention="unet", **TINY
+        "run", f"['{TRAIN}','{EVALUATE}']", workdir,
+        dataset_dir="prep", output_dir="runs/unet", attention="unet", **TINY,
     )
     metrics = json.loads((trained_unet / "metrics.json").read_text())
     for key in ("dice", "pq", "pq_monusac_official", "dice_per_image"):

@@ -59,7 +59,9 @@ class CentreStitchingInferer(Inferer):
         margin = tuple((r - s) // 2 for r, s in zip(roi, stride))
         return tuple(int(r) for r in roi), tuple(int(s) for s in stride), margin
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """
         Args:
             inputs: (B, C, *spatial).

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from monai_nasscam.engines.search_inputs import read_datalist
-from monai_nasscam.networks.blocks import ATTENTIONS, NAS_ATTENTIONS
+from monai_nasscam.networks.blocks import NAS_ATTENTIONS
 from monai_nasscam.networks.genotype import Genotype
 
 __all__ = [
@@ -52,7 +52,9 @@ def _is_null(value: Any, nulls: tuple[str, ...] = ("", "null")) -> bool:
 
 
 def resolve_network_choice(
-    attention: str | None = None, genotype_path: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None
+    attention: str | None = None,
+    genotype_path: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
 ) -> tuple[str, Genotype | None, str | None]:
     """Which network train.yaml builds: ``(attention, genotype or None, genotype file or None)``.
 
@@ -62,7 +64,8 @@ def resolve_network_choice(
       ``output_dir/genotype.json`` (so ``search.yaml`` then ``train.yaml`` with the same ``--output_dir`` chain).
 
     Raises:
-        ValueError: unknown attention, a baseline given a genotype, or a genotype of another attention (naming the file).
+        ValueError: unknown attention, a baseline given a genotype, or a genotype of another attention (naming the
+            file).
         FileNotFoundError: no genotype where one is needed (naming the path looked at).
     """
     attention = None if _is_null(attention) else str(attention).strip().lower()
@@ -137,7 +140,9 @@ def build_network(
 
 
 def describe_network(
-    attention: str | None = None, genotype_path: str | os.PathLike | None = None, output_dir: str | os.PathLike | None = None
+    attention: str | None = None,
+    genotype_path: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """``{"attention": ..., "genotype": path or None, "synchronous": ...}`` of the chosen network, for reports."""
     attention, genotype, path = resolve_network_choice(attention, genotype_path, output_dir)
@@ -177,7 +182,8 @@ def split_entries(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
     if not entries:
         raise ValueError(
             f"{Path(dataset_dir) / 'datalist.json'} lists no {split} images; re-run `nasscam prepare` with more "
-            "images or another split" + (", or evaluate another split (--eval_split validation)." if split == "test" else ".")
+            "images or another split"
+            + (", or evaluate another split (--eval_split validation)." if split == "test" else ".")
         )
     return entries
 
@@ -256,8 +262,10 @@ def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | Non
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train first (train.yaml writes RUN/models/model.pt) "
-                                "or pass --ckpt_path.")
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; train first (train.yaml writes RUN/models/model.pt) "
+            "or pass --ckpt_path."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling error means "not a weights file"
@@ -310,7 +318,8 @@ def _check_budget(epochs: int, batch_size: int, roi_size: Sequence[int] | int, v
         )
     if not 1 <= int(val_interval) <= int(epochs):
         raise ValueError(
-            f"val_interval must lie in [1, epochs={epochs}] (the best model is picked on validation Dice), got {val_interval}."
+            f"val_interval must lie in [1, epochs={epochs}] (the best model is picked on validation Dice), "
+            f"got {val_interval}."
         )
     for r in ensure_tuple_rep(roi_size, 2):
         if int(r) < 16 or int(r) % 16:
@@ -366,7 +375,9 @@ def check_evaluate_inputs(
     entries = split_entries(dataset_dir, split)
     for key in ("image", "label", "instance"):
         if key not in entries[0]:
-            raise ValueError(f"{split} entries of {Path(dataset_dir) / 'datalist.json'} have no {key!r} (re-run `nasscam prepare`).")
+            raise ValueError(
+                f"{split} entries of {Path(dataset_dir) / 'datalist.json'} have no {key!r} (re-run `nasscam prepare`)."
+            )
         if not Path(entries[0][key]).is_file():
             raise FileNotFoundError(f"{split} {key} {entries[0][key]} listed in the datalist does not exist.")
     check_checkpoint(ckpt_path, network)

@@ -57,7 +57,9 @@ def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{100.0 * value:.2f}"
 
 
-def metrics_markdown(metrics: Mapping[str, Any], class_names: Sequence[str] = CLASS_NAMES, title: str | None = None) -> str:
+def metrics_markdown(
+    metrics: Mapping[str, Any], class_names: Sequence[str] = CLASS_NAMES, title: str | None = None
+) -> str:
     """A Markdown table (values in %) of the per-class metrics in a ``metrics.json`` dict, then its protocol."""
     protocol = dict(metrics.get("protocol", {}))
     lines = [f"# {title or 'Evaluation'}", ""]
@@ -148,7 +150,8 @@ class MetricsReportWriter:
             class_names=self.class_names,
             extra=extra,
         )
-        title = self.title or f"Evaluation on the {protocol.get('split', '')} split ({n_images} images)".replace("the  split", "the split")
+        split = protocol.get("split")
+        title = self.title or f"Evaluation on {f'the {split} split' if split else 'the split'} ({n_images} images)"
         (self.output_dir / self.markdown_name).write_text(metrics_markdown(self.metrics, self.class_names, title))
         engine.logger.info(
             f"wrote {self.output_dir / self.json_name} and {self.output_dir / self.markdown_name}: pooled Dice mean "
