@@ -383,3 +383,17 @@ def test_mlflow_tracking_to_a_local_store(prepared, tmp_path):
         keys = {k for (k,) in con.execute("select distinct key from metrics")}
     assert runs and all(status == "FINISHED" for (status,) in runs)
     assert {"train_loss", "val_dice", "val_dice_Epithelial"} <= keys
+
+
+def test_progress_bar_shows_the_loss():
+    import io
+
+    from ignite.engine import Engine
+
+    from monai_nasscam.handlers.training import TrainProgressBar
+
+    stream = io.StringIO()
+    engine = Engine(lambda e, batch: [{"loss": torch.tensor(0.25 * batch)}])  # a decollated trainer output
+    TrainProgressBar(file=stream, persist=True).attach(engine)
+    engine.run([1, 2], max_epochs=1)
+    assert "loss=0.5" in stream.getvalue()
