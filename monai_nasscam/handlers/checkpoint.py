@@ -7,7 +7,9 @@ iteration left (possibly half an optimiser step). :class:`SearchCheckpointer` in
   end of every ``epoch_interval``-th epoch, after every other end-of-epoch handler (validation, genotype
   tracking), so the file always describes a consistent point;
 - on Ctrl-C (SIGINT) or SIGTERM lets the running iteration finish, saves, and raises :class:`SearchInterrupted`
-  (a ``KeyboardInterrupt``); a second signal interrupts at once, as usual.
+  (a ``KeyboardInterrupt``); a second signal interrupts at once, as usual. Data-loader worker processes
+  (forked while the handler is installed) ignore the first signal, so a Ctrl-C to the whole process group does
+  not kill them under the finishing iteration.
 
 Resume with MONAI's ``CheckpointLoader`` on the same objects (the bundle's ``resume`` key does this).
 """
@@ -88,6 +90,7 @@ class SearchCheckpointer:
         self.logger = logging.getLogger(name)
         self._signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._owner_pid = os.getpid()
 
     @property
     def path(self) -> Path:
@@ -155,6 +158,8 @@ class SearchCheckpointer:
         self._signum = signum
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._owner_pid:
+            return  # a data-loader worker forked with this handler: the main process stops the run and them
         self._restore()  # a second signal acts at once
         self.request_stop(signum)
         self.logger.warning(
@@ -165,6 +170,7 @@ class SearchCheckpointer:
     def _install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        self._owner_pid = os.getpid()
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, self._on_signal)
 
