@@ -146,3 +146,34 @@ def test_search_end_to_end_interrupted_and_resumed(tmp_path, prepared):
 
     state = torch.load(checkpoint, weights_only=True)
     assert state["trainer"]["iteration"] == 6 and state["best_genotype"]["best_genotype"] is not None
+
+
+def test_reference_preset_and_shared_search_build(tmp_path, prepared):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(SEARCH), str(REFERENCE)])
+    parser.update(
+        {
+            "dataset_dir": str(prepared),
+            "output_dir": str(tmp_path / "run"),
+            "attention": "nas-scam-s",
+            "synchronous": "false",
+            "roi_size": [64, 64],
+            "features": [4, 8, 8, 8, 8],
+            "epoch_crops": 8,
+            "num_workers": 0,
+        }
+    )
+    trainer = parser.get_parsed_content("train#trainer")
+    assert (trainer.schedule, trainer.warmup_epochs, trainer.epoch_cycle, trainer.state.max_epochs) == ("epoch", 20, 3, 120)
+    assert trainer.optimizer.param_groups[0]["lr"] == 1e-3 == trainer.arch_optimizer.param_groups[0]["lr"]
+    assert trainer.loss_function.w_cross == 0.0 and trainer.loss_function.batch
+    net = trainer.network
+    assert net.attention == "nas-scam-s" and len(net.arch_parameters()) == 2  # shared: one SAM and one CAM alpha
+    batch = next(iter(trainer.data_loader))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["label"].shape == (4, 4, 64, 64)
+    train_names = {e["name"] for e in parser.get_parsed_content("train#dataset#data")}
+    arch_names = {e["name"] for e in parser.get_parsed_content("arch#dataset#data")}
+    assert train_names and arch_names and train_names.isdisjoint(arch_names)
+    parser.get_parsed_content("tensorboard").close()
