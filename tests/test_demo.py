@@ -1,0 +1,36 @@
+import json
+
+from monai_nasscam.demo import load_budgets, main
+from monai_nasscam.workflow import BUNDLE_DIR
+
+# the demo pipeline at an even smaller budget than bundle/configs/demo.yaml
+TINY = [
+    "synth.images=8", "synth.patients=4", "synth.max_size=160", "prepare.stain=none",
+    "common.roi_size=[32,32]", "common.features=[4,8,8,8,8]", "common.progress=false",
+    "search.epochs=2", "search.warmup_epochs=1", "search.epoch_crops=4",
+    "train.epochs=1", "train.epoch_crops=4", "train.val_interval=1",
+]
+
+
+def test_budget_overrides():
+    budgets = load_budgets(BUNDLE_DIR / "configs" / "demo.yaml", ["search.epochs=3", "common.roi_size=[32,32]"])
+    assert budgets["search"]["epochs"] == 3 and budgets["common"]["roi_size"] == [32, 32]
+
+
+def test_demo_end_to_end_and_cached(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["--output-dir", str(out), "--set", *TINY]) == 0
+    printed = capsys.readouterr().out
+    for model, label in (("nas-scam-p", "NAS-SCAM-P (searched)"), ("unet", "U-Net")):
+        metrics = json.loads((out / model / "metrics.json").read_text())
+        row = [line for line in printed.splitlines() if line.startswith(f"| {label} |")]
+        assert row, printed
+        assert f"{metrics['dice']['mean']:.4f}" in row[0]  # the table shows metrics.json's figures
+    assert json.loads((out / "search" / "genotype.json").read_text())["format"] == "nasscam-genotype"
+    assert (out / "search" / "alpha_heatmap.png").is_file()
+    assert list((out / "inference").rglob("*_overlay.png"))
+    assert (out / "report.md").read_text().count("|") > 10
+
+    assert main(["--output-dir", str(out), "--set", *TINY]) == 0  # second run: every stage cached
+    again = capsys.readouterr().out
+    assert again.count("cached") >= 7
