@@ -1,0 +1,46 @@
+"""Inference on new images and whole slides: region reading, tile-wise stain normalisation, block-wise sliding-window
+inference into a uint8 class map, nuclei (connected components) with counts and QuPath GeoJSON polygons, overlays,
+and network preparation for fast CPU inference. Driven by ``bundle/configs/inference.yaml``."""
+
+from monai_nasscam.inference.nuclei import CLASS_COLORS, GeoJSONWriter, Nucleus, count_components, iter_nuclei, nucleus_feature
+from monai_nasscam.inference.optimize import FoldedAttentionCell, PreparedNetwork, fold_attention_cells, prepare_network
+from monai_nasscam.inference.predictor import (
+    InferenceError,
+    NucleiPredictor,
+    check_inference_inputs,
+    find_images,
+    load_weights,
+    run_dir_of,
+)
+from monai_nasscam.inference.regions import ArrayRegionReader, TiffRegionReader, open_region_reader
+from monai_nasscam.inference.stain import SlideStainNormalizer, load_stain_reference, resolve_stain_spec
+from monai_nasscam.inference.tiling import BlockPlan, logits_to_class_map, plan_blocks, predict_class_map
+
+__all__ = [
+    "CLASS_COLORS",
+    "GeoJSONWriter",
+    "Nucleus",
+    "count_components",
+    "iter_nuclei",
+    "nucleus_feature",
+    "FoldedAttentionCell",
+    "PreparedNetwork",
+    "fold_attention_cells",
+    "prepare_network",
+    "InferenceError",
+    "NucleiPredictor",
+    "check_inference_inputs",
+    "find_images",
+    "load_weights",
+    "run_dir_of",
+    "ArrayRegionReader",
+    "TiffRegionReader",
+    "open_region_reader",
+    "SlideStainNormalizer",
+    "load_stain_reference",
+    "resolve_stain_spec",
+    "BlockPlan",
+    "logits_to_class_map",
+    "plan_blocks",
+    "predict_class_map",
+]

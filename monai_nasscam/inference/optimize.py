@@ -1,0 +1,220 @@
+"""Prepare a trained network for fast inference: evaluation mode, folded batch norms, channels-last, TorchScript.
+
+:func:`prepare_network` returns a callable for the sliding-window inferer. Its modes:
+
+- ``none``: the network as it is (evaluation mode);
+- ``eager``: a copy whose fixed attention cells are replaced by :class:`FoldedAttentionCell` (batch norms folded
+  into the convolutions, one convolution per source node and kernel shape), run in channels-last memory format
+  on CPU;
+- ``trace``: ``eager``, traced with TorchScript, frozen and optimised for inference (``torch.jit.freeze``,
+  ``torch.jit.optimize_for_inference``);
+- ``auto``: ``trace`` on CPU, ``eager`` on GPU; falls back to ``eager`` when tracing fails.
+
+Every mode computes the same function as the original network (to float rounding; tested).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from monai_nasscam.networks.cell import EDGES, NASAttentionCell
+from monai_nasscam.networks.ops import OPS
+
+__all__ = ["FoldedAttentionCell", "fold_attention_cells", "prepare_network", "PreparedNetwork", "PREPARE_MODES"]
+
+logger = logging.getLogger(__name__)
+PREPARE_MODES = ("auto", "none", "eager", "trace")
+_OUTPUT = 3
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _fold(module: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of ``Sequential(conv, batchnorm)`` with the (evaluation) batch norm folded in."""
+    conv, bn = module[0], module[1]
+    w, b = conv.weight.detach(), conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
+    if bn.running_mean is None:
+        raise ValueError("a batch norm without running statistics cannot be folded")
+    scale = (bn.weight.detach() if bn.weight is not None else 1.0) / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias.detach() if bn.bias is not None else 0.0
+    return w * scale.view(-1, *([1] * (w.ndim - 1))), (b - bn.running_mean) * scale + shift
+
+
+def _embed(w: torch.Tensor, dilation: int, footprint: int) -> torch.Tensor:
+    """A (dilated) kernel placed in a dense ``footprint``-wide kernel (zeros elsewhere); 1-D or N-D."""
+    k = w.shape[-1]
+    out = w.new_zeros(*w.shape[:2], *([footprint] * (w.ndim - 2)))
+    start = footprint // 2 - dilation * (k - 1) // 2
+    taps = (slice(start, start + dilation * (k - 1) + 1, dilation),) * (w.ndim - 2)
+    out[(slice(None), slice(None)) + taps] = w
+    return out
+
+
+class FoldedAttentionCell(nn.Module):
+    """Evaluation-only equivalent of a fixed :class:`~monai_nasscam.networks.cell.NASAttentionCell`.
+
+    The batch norms are folded into the convolutions, and the edges leaving a node that share a kernel shape run as
+    one convolution (for the channel cell, whose input is a pooled vector, every edge of a node). Outputs are
+    ordered ReLU edges first, then the sigmoid edge into the output node.
+
+    Args:
+        cell: a fixed cell in evaluation mode (its batch norms' running statistics are used).
+    """
+
+    def __init__(self, cell: NASAttentionCell) -> None:
+        super().__init__()
+        if cell.ops is None:
+            raise ValueError("only a fixed (derived) cell can be folded; this one is searchable.")
+        self.spatial_dims = int(cell.spatial_dims)
+        self.hidden = int(cell.hidden_channels)
+        self.in_channels = int(cell.in_channels)
+        specs = OPS[cell.kind]
+        self.half_count = sum(1 for e, (s, t) in enumerate(EDGES) if t == _OUTPUT and cell.ops[e] == "none")
+        groups: list[list[tuple[int, str]]] = []
+        for s in range(_OUTPUT):
+            live = [(e, cell.ops[e]) for e, (src, _) in enumerate(EDGES) if src == s and cell.ops[e] != "none"]
+            if cell.kind == "cam" and live:
+                groups.append(live)
+            else:
+                shapes = sorted({(specs[n].kernel_size, specs[n].dilation) for _, n in live})
+                groups += [[(e, n) for e, n in live if (specs[n].kernel_size, specs[n].dilation) == ks] for ks in shapes]
+        self.sources: list[int] = []
+        self.paddings: list[int] = []
+        self.dilations: list[int] = []
+        self.layout: list[list[tuple[int, int]]] = []  # per group: (target node, channels) in output order
+        for i, group in enumerate(groups):
+            group = sorted(group, key=lambda en: EDGES[en[0]][1] == _OUTPUT)
+            footprint = max(specs[n].dilation * (specs[n].kernel_size - 1) + 1 for _, n in group)
+            same = len({(specs[n].kernel_size, specs[n].dilation) for _, n in group}) == 1
+            ws, bs = [], []
+            for e, n in group:
+                w, b = _fold(cell.edges[e][n])
+                ws.append(w if same else _embed(w, specs[n].dilation, footprint))
+                bs.append(b)
+            self.register_buffer(f"weight_{i}", torch.cat(ws).contiguous())
+            self.register_buffer(f"bias_{i}", torch.cat(bs).contiguous())
+            spec = specs[group[0][1]]
+            self.sources.append(EDGES[group[0][0]][0])
+            self.paddings.append(spec.padding if same else footprint // 2)
+            self.dilations.append(spec.dilation if same else 1)
+            self.layout.append([(EDGES[e][1], int(ws[k].shape[0])) for k, (e, _) in enumerate(group)])
+        self.n_groups = len(groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        conv = _CONV[self.spatial_dims]
+        nodes: list[torch.Tensor | None] = [x, None, None, None]
+        for i in range(self.n_groups):
+            src = nodes[self.sources[i]]
+            if src is None:
+                src = x.new_zeros((x.shape[0], self.hidden, *x.shape[2:]))
+                nodes[self.sources[i]] = src
+            y = conv(src, getattr(self, f"weight_{i}"), getattr(self, f"bias_{i}"), padding=self.paddings[i], dilation=self.dilations[i])
+            start = 0
+            for target, channels in self.layout[i]:
+                part = y[:, start : start + channels] if len(self.layout[i]) > 1 else y
+                start += channels
+                part = torch.sigmoid(part) if target == _OUTPUT else torch.relu(part)
+                nodes[target] = part if nodes[target] is None else nodes[target] + part
+        out = nodes[_OUTPUT]
+        if out is None:
+            out = x.new_zeros((x.shape[0], 1, *x.shape[2:]))
+        if self.half_count:
+            out = out + 0.5 * self.half_count
+        return out / 3.0
+
+
+def fold_attention_cells(network: nn.Module) -> int:
+    """Replace, in place, every fixed attention cell of ``network`` by a :class:`FoldedAttentionCell`; returns how
+    many were replaced (searchable cells are left alone)."""
+    count = 0
+    for parent in list(network.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, NASAttentionCell) and child.ops is not None:
+                setattr(parent, name, FoldedAttentionCell(child))
+                count += 1
+    return count
+
+
+class PreparedNetwork:
+    """A callable network for the inferer, with a one-line ``description`` of how it was prepared.
+
+    Args:
+        module: the module to call.
+        description: how it was prepared.
+        channels_last: feed it channels-last inputs.
+        batch: if given, always call ``module`` with batches of exactly this size (a smaller batch is padded with
+            zeros, a larger one split), so that a TorchScript module is specialised for one shape only.
+    """
+
+    def __init__(self, module: Any, description: str, channels_last: bool, batch: int | None = None) -> None:
+        self.module = module
+        self.description = description
+        self.channels_last = channels_last
+        self.batch = batch
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.module(x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n, b = x.shape[0], self.batch
+        if b is None or n == b:
+            return self._run(x)
+        outs = []
+        for start in range(0, n, b):
+            part = x[start : start + b]
+            if part.shape[0] < b:
+                pad = part.new_zeros((b - part.shape[0], *part.shape[1:]))
+                outs.append(self._run(torch.cat([part, pad]))[: part.shape[0]])
+            else:
+                outs.append(self._run(part))
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def prepare_network(
+    network: nn.Module, mode: str = "auto", example_shape: Sequence[int] = (4, 3, 256, 256), device: Any = "cpu"
+) -> PreparedNetwork:
+    """Prepare ``network`` (already on ``device``, weights loaded) for inference; see the module docstring.
+
+    The original network is not modified (``eager`` and ``trace`` work on a copy).
+    """
+    mode = str(mode).strip().lower()
+    if mode not in PREPARE_MODES:
+        raise ValueError(f"optimize must be one of {list(PREPARE_MODES)}, got {mode!r}.")
+    device = torch.device(device)
+    network = network.eval()
+    if mode == "none":
+        return PreparedNetwork(network, "none (evaluation mode)", False)
+    cpu = device.type == "cpu"
+    fast = copy.deepcopy(network).eval()
+    folded = fold_attention_cells(fast)
+    channels_last = cpu and len(example_shape) == 4
+    if channels_last:
+        fast = fast.to(memory_format=torch.channels_last)
+    what = f"{folded} attention cells folded" + (", channels-last" if channels_last else "")
+    if mode == "eager" or (mode == "auto" and not cpu):
+        return PreparedNetwork(fast, f"eager ({what})", channels_last)
+    example = torch.rand(*example_shape, device=device)
+    if channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(fast, example, check_trace=False)
+            frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+            frozen(example)  # the first calls compile
+            frozen(example)
+    except Exception as e:  # noqa: BLE001 - fall back to eager for networks TorchScript cannot trace
+        if mode == "trace":
+            raise
+        logger.warning("TorchScript tracing failed (%s: %s); running eager", type(e).__name__, e)
+        return PreparedNetwork(fast, f"eager ({what}; tracing failed)", channels_last)
+    return PreparedNetwork(frozen, f"TorchScript traced + frozen ({what})", channels_last, batch=int(example_shape[0]))

@@ -1,0 +1,148 @@
+"""Files written per image and per run by the inference workflow: class map PNG and NIfTI, colour overlay, tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.inference.nuclei import CLASS_COLORS
+
+__all__ = ["write_class_map_png", "save_class_map_nifti", "write_overlay", "write_counts_csv", "write_summary"]
+
+
+def write_class_map_png(path: str, class_map: np.ndarray) -> None:
+    """The class map as an 8-bit grey PNG (values 0-4), written atomically."""
+    from PIL import Image
+
+    tmp = path + ".tmp"
+    Image.fromarray(np.ascontiguousarray(class_map, dtype=np.uint8)).save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+def save_class_map_nifti(saver: Any, class_map: np.ndarray, source: str, mpp: float | None = None) -> str | None:
+    """Save the class map with a MONAI ``SaveImage`` (NIfTI by default); returns the file written.
+
+    The array is stored in MONAI's default reading order for 2-D images, ``(x, y)`` = ``(column, row)``, so
+    viewers and ``LoadImage`` show it as the PNG; the pixel spacing is the slide's microns per pixel, in mm,
+    when known (1 otherwise). The saver needs ``squeeze_end_dims=False`` (MONAI 1.6 cannot write a squeezed
+    single-channel 2-D image without resampling); the file's shape is then ``(W, H, 1, 1)``.
+    """
+    import torch
+    from monai.data import MetaTensor
+
+    spacing = (mpp / 1000.0) if mpp else 1.0
+    affine = torch.diag(torch.tensor([spacing, spacing, 1.0, 1.0], dtype=torch.float64))
+    data = torch.from_numpy(np.ascontiguousarray(np.asarray(class_map, dtype=np.uint8).T))[None]
+    saver(MetaTensor(data, affine=affine, meta={"filename_or_obj": source}))
+    layout = getattr(saver, "folder_layout", None)
+    return str(layout.filename(subject=source)) if layout is not None else None
+
+
+def _blend(image: np.ndarray, class_map: np.ndarray, alpha: float) -> np.ndarray:
+    from scipy import ndimage
+
+    out = image.astype(np.float32)
+    colours = np.zeros((len(CLASS_NAMES) + 1, 3), np.float32)
+    for cid, rgb in CLASS_COLORS.items():
+        colours[cid] = rgb
+    fg = class_map > 0
+    col = colours[class_map]
+    out[fg] = (1 - alpha) * out[fg] + alpha * col[fg]
+    # solid outlines: foreground pixels with another value in their 3 x 3 neighbourhood
+    edge = fg & (ndimage.grey_erosion(class_map, size=3) != ndimage.grey_dilation(class_map, size=3))
+    out[edge] = col[edge]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def write_overlay(
+    path: str,
+    image: np.ndarray,
+    class_map: np.ndarray,
+    counts: Mapping[int, int],
+    title: str = "",
+    alpha: float = 0.45,
+    note: str = "",
+) -> None:
+    """A PNG of the image with the classes in colour (filled, with outlines) and a legend with the counts.
+
+    ``image`` and ``class_map`` have the same ``(h, w)`` (a slide's overview and its class map subsampled alike).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    blended = _blend(image, class_map, alpha)
+    h, w = blended.shape[:2]
+    dpi = 100
+    fig_w = max(w / dpi, 4.0)
+    fig_h = max(h / dpi, 4.0 * h / max(w, 1)) + 0.9
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
+    ax = fig.add_axes((0, 0.9 / fig_h, 1, 1 - 0.9 / fig_h))
+    ax.imshow(blended, interpolation="nearest")
+    ax.set_axis_off()
+    handles = [
+        Patch(facecolor=np.asarray(CLASS_COLORS[c]) / 255.0, edgecolor="black", label=f"{name}: {int(counts.get(c, 0))}")
+        for c, name in enumerate(CLASS_NAMES, start=1)
+    ]
+    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False, fontsize=10,
+               title=(title + (f"  ({note})" if note else "")) or None, title_fontsize=10)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+COUNT_FIELDS = ["image", "name", "status", "height", "width", *CLASS_NAMES, "total", "seconds", "message"]
+
+
+def write_counts_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """One row per input image: nuclei per class (``status`` ``ok`` or ``error`` with the ``message``)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COUNT_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+    os.replace(tmp, path)
+
+
+def write_summary(csv_path: str, json_path: str, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> dict:
+    """Totals per class over the images that succeeded (CSV, one row per class) and ``summary.json``."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    table = []
+    for cid, name in enumerate(CLASS_NAMES, start=1):
+        values = [int(r.get(name, 0)) for r in ok]
+        table.append({
+            "class_id": cid,
+            "class": name,
+            "nuclei": int(sum(values)),
+            "images_with_class": int(sum(v > 0 for v in values)),
+            "mean_per_image": round(float(np.mean(values)), 3) if values else 0.0,
+        })
+    tmp = csv_path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows(table)
+    os.replace(tmp, csv_path)
+    summary = {
+        "images": len(rows),
+        "succeeded": len(ok),
+        "failed": [{"image": r["image"], "message": r.get("message", "")} for r in rows if r.get("status") != "ok"],
+        "nuclei": {t["class"]: t["nuclei"] for t in table},
+        "total_nuclei": int(sum(t["nuclei"] for t in table)),
+        "settings": dict(settings),
+    }
+    tmp = json_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    os.replace(tmp, json_path)
+    return summary

@@ -1,0 +1,411 @@
+"""The inference workflow of ``bundle/configs/inference.yaml``: a folder of images -> class maps, overlays, nucleus
+counts and QuPath polygons.
+
+Per input image ``IN/[sub/]NAME.ext`` it writes, in ``OUT/[sub/]NAME/`` (MONAI ``SaveImage``'s layout):
+
+- ``NAME_classmap.png``: uint8 class map, 0 background, 1 Epithelial, 2 Lymphocyte, 3 Neutrophil, 4 Macrophage;
+- ``NAME_classmap.nii.gz``: the same through MONAI ``SaveImage`` (axes ``(x, y)``, spacing in mm when known);
+- ``NAME_overlay.png``: the image with the classes in colour and a legend with the counts (a subsampled
+  overview for images larger than ``overlay_max_size``);
+- ``NAME_nuclei.geojson``: one Polygon per nucleus (connected component), QuPath ``detection`` or ``annotation``
+  objects with their class name and colour, in full-resolution pixel coordinates;
+
+and for the run ``OUT/counts.csv`` (one row per image), ``OUT/counts_summary.csv`` (one row per class) and
+``OUT/summary.json`` (totals, failures, settings). A bad image is reported (log, ``counts.csv`` and
+``summary.json`` name the file and the problem) and the others are still processed; the run fails (non-zero exit)
+only when the input folder holds no image or no image could be processed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.data.errors import DataError
+from monai_nasscam.inference.nuclei import GeoJSONWriter, iter_nuclei
+from monai_nasscam.inference.outputs import (
+    save_class_map_nifti,
+    write_class_map_png,
+    write_counts_csv,
+    write_overlay,
+    write_summary,
+)
+from monai_nasscam.inference.regions import IMAGE_SUFFIXES, open_region_reader
+from monai_nasscam.inference.stain import SlideStainNormalizer, load_stain_reference, resolve_stain_spec
+from monai_nasscam.inference.tiling import predict_class_map
+
+__all__ = ["NucleiPredictor", "check_inference_inputs", "find_images", "load_weights", "run_dir_of", "InferenceError"]
+
+logger = logging.getLogger("monai_nasscam.inference")
+
+
+class InferenceError(RuntimeError):
+    """The inference run could not produce anything (no image, or every image failed)."""
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
+
+
+def _as_bool(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def run_dir_of(ckpt_path: str | os.PathLike) -> str:
+    """The training run folder of a checkpoint: ``RUN`` for ``RUN/models/model.pt``, else the file's folder."""
+    path = Path(ckpt_path).absolute()
+    return str(path.parent.parent if path.parent.name == "models" else path.parent)
+
+
+def find_images(input_dir: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Image files under ``input_dir`` (or the file itself), sorted; where ``NAME.svs`` and ``NAME.tif`` sit side by
+    side (the MoNuSAC release), only the ``.svs`` (the source of truth) is kept.
+
+    Raises:
+        FileNotFoundError: ``input_dir`` does not exist, or holds no image (the message names it).
+    """
+    root = Path(input_dir)
+    if root.is_file():
+        return [str(root)]
+    if not root.is_dir():
+        raise FileNotFoundError(f"input folder {root} does not exist.")
+    walker = root.rglob("*") if recursive else root.glob("*")
+    files = sorted(str(p) for p in walker if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    svs = {os.path.splitext(f)[0] for f in files if f.lower().endswith(".svs")}
+    files = [f for f in files if f.lower().endswith(".svs") or os.path.splitext(f)[0] not in svs]
+    if not files:
+        raise FileNotFoundError(
+            f"input folder {root} holds no image ({', '.join(IMAGE_SUFFIXES)}){'' if recursive else ' (not searched recursively)'}."
+        )
+    return files
+
+
+def load_weights(network: nn.Module, ckpt_path: str | os.PathLike) -> nn.Module:
+    """Load a weights-only checkpoint (``RUN/models/model.pt``: a state dict, or one under ``model``/``network``).
+
+    Raises:
+        FileNotFoundError / ValueError: naming the checkpoint, and for another architecture which weights differ.
+    """
+    from monai_nasscam.engines.train_inputs import check_checkpoint
+
+    check_checkpoint(ckpt_path, network)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    for key in ("model", "network"):
+        if key in state and isinstance(state[key], Mapping):
+            state = state[key]
+            break
+    network.load_state_dict(state, strict=True)
+    return network
+
+
+class NucleiPredictor:
+    """Run a trained network over a folder of H&E images (see the module docstring for the outputs).
+
+    Args:
+        network: the network (``network_def`` of the bundle), weights loaded from ``ckpt_path`` here.
+        inferer: a MONAI ``SlidingWindowInferer`` (roi_size, overlap, sw_batch_size, mode).
+        input_dir: a folder of images (searched recursively) or one image file.
+        output_dir: where the outputs go.
+        ckpt_path: weights (``RUN/models/model.pt``); ``None`` keeps the network's weights (tests).
+        saver: a MONAI ``SaveImage`` for the class map (NIfTI); ``None`` writes no NIfTI.
+        stain: the stain reference: ``auto`` (``RUN/stain.json``, ``RUN/manifest.json`` or ``dataset_dir``'s
+            ``manifest.json``), a ``manifest.json`` path, a JSON file / dict with the reference, or
+            ``macenko`` / ``reinhard`` (default references) / ``none``.
+        dataset_dir: the prepared dataset the model was trained on (for ``stain: auto``).
+        device: torch device of the network.
+        threshold: sigmoid threshold of each class channel.
+        tiled: ``auto`` (TIFF / SVS larger than ``max_whole_pixels`` are read and inferred block by block), ``True``
+            (every TIFF / SVS block by block) or ``False``.
+        max_whole_pixels: larger images are inferred block by block (and TIFFs read segment by segment).
+        block_size: core size of a block (rounded down to a multiple of the window stride).
+        skip_empty: blocks without a stained pixel are not inferred (class 0).
+        num_workers: threads that read and normalise the next blocks while one is inferred.
+        tif_bgr: ``.tif`` files store B, G, R (MoNuSAC ``.tif`` copies); ``.svs`` are always RGB.
+        recursive: search ``input_dir`` recursively.
+        object_type: QuPath object type of the polygons, ``detection`` (light, the default) or ``annotation``.
+        polygon_tolerance: Douglas-Peucker simplification of the polygons in pixels (0: exact contours).
+        min_area: nuclei smaller than this many pixels are removed (from the class map too).
+        overlay_max_size: longest side of the overlay PNG; larger images are shown subsampled.
+        optimize: network preparation, see :func:`monai_nasscam.inference.optimize.prepare_network`.
+        progress: progress bars.
+        num_threads: torch intra-op threads (``None``: torch's default, one per core).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        inferer: Any,
+        input_dir: str | os.PathLike,
+        output_dir: str | os.PathLike,
+        ckpt_path: str | os.PathLike | None = None,
+        saver: Any = None,
+        stain: Any = "auto",
+        dataset_dir: str | os.PathLike | None = None,
+        device: str | torch.device = "cpu",
+        threshold: float = 0.5,
+        tiled: Any = "auto",
+        max_whole_pixels: int = 4096 * 4096,
+        block_size: int = 2048,
+        skip_empty: Any = True,
+        num_workers: int = 0,
+        tif_bgr: Any = False,
+        recursive: Any = True,
+        object_type: str = "detection",
+        polygon_tolerance: float = 0.0,
+        min_area: int = 0,
+        overlay_max_size: int = 4096,
+        optimize: str = "auto",
+        progress: Any = True,
+        num_threads: int | None = None,
+    ) -> None:
+        self.network = network
+        self.inferer = inferer
+        self.input_dir = os.path.abspath(os.fspath(input_dir))
+        self.output_dir = os.path.abspath(os.fspath(output_dir))
+        self.ckpt_path = None if _is_null(ckpt_path) else os.fspath(ckpt_path)  # type: ignore[arg-type]
+        self.saver = saver
+        self.stain = stain
+        self.dataset_dir = None if _is_null(dataset_dir) else os.fspath(dataset_dir)  # type: ignore[arg-type]
+        self.device = torch.device(device)
+        self.threshold = float(threshold)
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
+        self.tiled: bool | str = "auto" if str(tiled).strip().lower() == "auto" else _as_bool(tiled, "tiled")
+        self.max_whole_pixels = int(max_whole_pixels)
+        self.block_size = int(block_size)
+        self.skip_empty = _as_bool(skip_empty, "skip_empty")
+        self.num_workers = max(0, int(num_workers))
+        self.tif_bgr = _as_bool(tif_bgr, "tif_bgr")
+        self.recursive = _as_bool(recursive, "recursive")
+        if object_type not in ("detection", "annotation"):
+            raise ValueError(f"object_type must be 'detection' or 'annotation', got {object_type!r}.")
+        self.object_type = object_type
+        self.polygon_tolerance = float(polygon_tolerance)
+        self.min_area = int(min_area)
+        self.overlay_max_size = int(overlay_max_size)
+        self.optimize = optimize
+        self.progress = _as_bool(progress, "progress")
+        self.num_threads = None if _is_null(num_threads) else int(num_threads)  # type: ignore[arg-type]
+        self.rows: list[dict[str, Any]] = []
+        self._forward: Any = None
+        self._reference: dict[str, Any] | None = None
+
+    # --------------------------------------------------------------------------------------------- set-up
+    def setup(self) -> None:
+        """Load the weights, prepare the network and the stain reference (errors here stop the run)."""
+        from monai_nasscam.inference.optimize import prepare_network
+
+        if self.num_threads is not None:
+            torch.set_num_threads(max(1, self.num_threads))
+        if self.ckpt_path is not None:
+            load_weights(self.network, self.ckpt_path)
+        run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path is not None else None
+        self._reference = load_stain_reference(resolve_stain_spec(self.stain, self.dataset_dir, run_dir))
+        self.network.to(self.device).eval()
+        roi = [int(r) for r in np.broadcast_to(np.asarray(self.inferer.roi_size), (2,))]
+        self._forward = prepare_network(self.network, self.optimize, (int(self.inferer.sw_batch_size), 3, *roi), self.device)
+        logger.info("stain reference: %s; network preparation: %s", self._reference.get("method"), self._forward.description)
+
+    # ----------------------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        """Process every image; returns the summary (also ``OUT/summary.json``).
+
+        Raises:
+            FileNotFoundError: no input image.
+            InferenceError: not a single image could be processed.
+        """
+        images = find_images(self.input_dir, self.recursive)
+        os.makedirs(self.output_dir, exist_ok=True)
+        self.setup()
+        root = self.input_dir if os.path.isdir(self.input_dir) else os.path.dirname(self.input_dir)
+        self.rows = []
+        for i, path in enumerate(images, start=1):
+            rel = os.path.relpath(path, root)
+            start = time.perf_counter()
+            logger.info("[%d/%d] %s", i, len(images), rel)
+            try:
+                row = self.process(path)
+            except (DataError, OSError, ValueError, RuntimeError, MemoryError) as e:
+                first = (str(e).strip().splitlines() or [""])[0][:500]
+                message = str(e) if isinstance(e, DataError) else f"{path}: {type(e).__name__}: {first}"
+                logger.error("could not process %s", message)
+                logger.debug("details", exc_info=True)
+                row = {"name": os.path.splitext(rel)[0], "status": "error", "message": message}
+            row.update(image=rel, seconds=round(time.perf_counter() - start, 2))
+            self.rows.append(row)
+            self._write_tables()
+        summary = self._write_tables()
+        ok = summary["succeeded"]
+        logger.info("%d of %d images processed, %d nuclei; outputs in %s", ok, len(images), summary["total_nuclei"], self.output_dir)
+        if ok == 0:
+            failed = "; ".join(f"{f['message']}" for f in summary["failed"][:5])
+            raise InferenceError(f"no image could be processed ({len(images)} failed): {failed}")
+        return summary
+
+    def _settings(self) -> dict[str, Any]:
+        roi = getattr(self.inferer, "roi_size", None)
+        return {
+            "input_dir": self.input_dir,
+            "checkpoint": self.ckpt_path,
+            "stain": self._reference,
+            "threshold": self.threshold,
+            "roi_size": [int(r) for r in np.broadcast_to(np.asarray(roi), (2,))] if roi is not None else None,
+            "overlap": getattr(self.inferer, "overlap", None),
+            "sw_batch_size": getattr(self.inferer, "sw_batch_size", None),
+            "block_size": self.block_size,
+            "max_whole_pixels": self.max_whole_pixels,
+            "min_area": self.min_area,
+            "classes": {str(i): n for i, n in enumerate(CLASS_NAMES, start=1)},
+        }
+
+    def _write_tables(self) -> dict[str, Any]:
+        write_counts_csv(os.path.join(self.output_dir, "counts.csv"), self.rows)
+        return write_summary(
+            os.path.join(self.output_dir, "counts_summary.csv"),
+            os.path.join(self.output_dir, "summary.json"),
+            self.rows,
+            self._settings(),
+        )
+
+    # ------------------------------------------------------------------------------------------ one image
+    def _base(self, path: str) -> str:
+        """``OUT/[sub/]NAME/NAME`` -- the folder layout of ``SaveImage`` (``data_root_dir`` = the input folder)."""
+        from monai.data.utils import create_file_basename
+
+        root = self.input_dir if os.path.isdir(self.input_dir) else os.path.dirname(self.input_dir)
+        return create_file_basename("", path, self.output_dir, data_root_dir=root, separate_folder=True, makedirs=True)
+
+    def process(self, path: str) -> dict[str, Any]:
+        """Infer one image and write its files; returns its ``counts.csv`` row."""
+        if self._forward is None:
+            self.setup()
+        base = self._base(path)
+        name = os.path.relpath(base, self.output_dir)
+        name = os.path.dirname(name)
+        reader = open_region_reader(path, tiled=self.tiled, max_whole_pixels=self.max_whole_pixels, swap_rb=self.tif_bgr)
+        tmp_map = None
+        try:
+            height, width = reader.shape
+            large = bool(reader.tiled) or height * width > self.max_whole_pixels
+            step = max(1, math.ceil(max(height, width) / self.overlay_max_size))
+            if large:  # the class map goes to a memory map next to the outputs, never whole in RAM as float
+                fd, tmp_map = tempfile.mkstemp(prefix=".classmap-", suffix=".u8", dir=os.path.dirname(base))
+                os.close(fd)
+                out = np.memmap(tmp_map, dtype=np.uint8, mode="w+", shape=(height, width))
+            else:
+                out = None
+            normalizer = SlideStainNormalizer(self._reference or {"method": "none"})
+            class_map, info = predict_class_map(
+                reader,
+                self._forward,
+                self.inferer,
+                normalizer=normalizer,
+                out=out,
+                block_size=self.block_size if large else None,
+                threshold=self.threshold,
+                skip_empty=self.skip_empty,
+                prefetch=self.num_workers if large else 0,
+                overview_step=step if (large or step > 1) else None,
+                progress=self.progress and large,
+            )
+            if info["stain_note"]:
+                logger.warning("%s: %s", path, info["stain_note"])
+            overview = info.get("overview")
+            if overview is None:
+                overview = reader.image  # type: ignore[union-attr]
+            mpp = reader.mpp
+        finally:
+            reader.close()
+        try:
+            counts, areas = self._nuclei(class_map, base + "_nuclei.geojson")
+            write_class_map_png(base + "_classmap.png", class_map)
+            if self.saver is not None:
+                save_class_map_nifti(self.saver, class_map, path, mpp)
+            small_map = np.asarray(class_map[::step, ::step]) if step > 1 else np.asarray(class_map)
+            note = f"subsampled 1:{step}" if step > 1 else ""
+            write_overlay(base + "_overlay.png", overview[: small_map.shape[0], : small_map.shape[1]], small_map, counts,
+                          title=name, note=note)
+        finally:
+            if tmp_map is not None:
+                del class_map, out
+                os.remove(tmp_map)
+        row: dict[str, Any] = {"name": name, "status": "ok", "height": height, "width": width, "message": ""}
+        for cid, cname in enumerate(CLASS_NAMES, start=1):
+            row[cname] = counts[cid]
+        row["total"] = int(sum(counts.values()))
+        if info["skipped_blocks"]:
+            row["message"] = f"{info['skipped_blocks']} of {info['blocks']} blocks without tissue skipped"
+        if info["stain_note"]:
+            row["message"] = (row["message"] + "; " if row["message"] else "") + info["stain_note"]
+        return row
+
+    def _nuclei(self, class_map: np.ndarray, geojson_path: str) -> tuple[dict[int, int], dict[int, int]]:
+        counts = {c: 0 for c in range(1, len(CLASS_NAMES) + 1)}
+        areas = dict(counts)
+        writer = GeoJSONWriter(geojson_path, object_type=self.object_type)
+        try:
+            for nucleus in iter_nuclei(class_map, tolerance=self.polygon_tolerance, min_area=self.min_area):
+                counts[nucleus.class_id] += 1
+                areas[nucleus.class_id] += nucleus.area
+                writer.add(nucleus)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.close()
+        return counts, areas
+
+
+def check_inference_inputs(
+    input_dir: str | os.PathLike,
+    ckpt_path: str | os.PathLike,
+    attention: str | None = None,
+    genotype_path: str | os.PathLike | None = None,
+    stain: Any = "auto",
+    dataset_dir: str | os.PathLike | None = None,
+    roi_size: Any = (256, 256),
+    overlap: float = 0.5,
+    batch_size: int = 8,
+    threshold: float = 0.5,
+    block_size: int = 2048,
+    recursive: Any = True,
+) -> bool:
+    """Raise a clear error, naming the file or setting at fault, for anything that stops inference before the first
+    image: no input image, no checkpoint, a missing or mismatched genotype, no stain reference, bad settings.
+    (A checkpoint of another architecture is reported when the weights are loaded, naming the file.)"""
+    from monai_nasscam.engines.train_inputs import resolve_network_choice
+    from monai_nasscam.inference.tiling import window_geometry
+
+    find_images(input_dir, _as_bool(recursive, "recursive"))
+    if _is_null(ckpt_path) or not Path(ckpt_path).is_file():  # type: ignore[arg-type]
+        raise FileNotFoundError(
+            f"checkpoint {ckpt_path} does not exist; pass --ckpt_path RUN/models/model.pt (written by train.yaml)."
+        )
+    resolve_network_choice(attention, genotype_path, run_dir_of(ckpt_path))  # type: ignore[arg-type]
+    load_stain_reference(resolve_stain_spec(stain, None if _is_null(dataset_dir) else dataset_dir, run_dir_of(ckpt_path)))  # type: ignore[arg-type]
+
+    window_geometry(roi_size, overlap)
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size (windows per network call) must be >= 1, got {batch_size}.")
+    if not 0.0 < float(threshold) < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
+    if int(block_size) < 256:
+        raise ValueError(f"block_size must be >= 256, got {block_size}.")
+    return True

@@ -1,0 +1,241 @@
+"""Whole-image and block-wise sliding-window inference into a uint8 class map.
+
+The image is padded (white, at the end of each axis, as the training crops) so that MONAI's
+``SlidingWindowInferer`` places its windows exactly on a global grid of step ``stride = int(roi * (1 - overlap))``
+with no clamped last window. A small image is inferred in one piece. A large one (read through a
+:class:`~monai_nasscam.inference.regions.TiffRegionReader`) is cut into blocks: each block's core is a multiple of
+``stride`` and the block is read with the margin that holds every window overlapping the core, so every core pixel
+is blended from exactly the windows -- in the same order -- that the one-piece inference would use. The class maps
+of the two paths are therefore the same, while a block needs a few hundred MB whatever the slide size.
+
+Logits of overlapping windows are averaged (MONAI's default), then ``sigmoid > threshold`` per channel; where
+several channels pass, the most probable wins. Channel ``c`` is class ``c + 1``; 0 is background.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from monai.utils import ensure_tuple_rep
+
+__all__ = ["BlockPlan", "plan_blocks", "window_geometry", "predict_class_map", "logits_to_class_map", "tissue_mask"]
+
+logger = logging.getLogger(__name__)
+
+
+def window_geometry(roi_size: Any, overlap: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(roi, stride)`` per axis of a ``SlidingWindowInferer``'s ``roi_size`` and ``overlap`` (MONAI's stride
+    ``int(roi * (1 - overlap))``).
+
+    Raises:
+        ValueError: a window side that is not a multiple of 16, or an overlap outside [0, 1).
+    """
+    roi = tuple(int(r) for r in ensure_tuple_rep(roi_size, 2))
+    overlap = ensure_tuple_rep(overlap, 2)
+    for o in overlap:
+        if not 0.0 <= float(o) < 1.0:
+            raise ValueError(f"sw_overlap must lie in [0, 1), got {o}.")
+    stride = tuple(max(1, int(r * (1 - float(o)))) for r, o in zip(roi, overlap))
+    for r in roi:
+        if r < 16 or r % 16:
+            raise ValueError(f"roi_size must be a multiple of 16 (the U-Net pools 4 times), got {list(roi)}.")
+    return roi, stride  # type: ignore[return-value]
+
+
+def _padded(size: int, roi: int, stride: int) -> int:
+    """Smallest extent >= ``size`` and ``roi`` whose windows lie on the ``stride`` grid without clamping."""
+    return roi + int(math.ceil(max(size - roi, 0) / stride)) * stride
+
+
+@dataclass
+class BlockPlan:
+    """One block: the core it predicts ``[y0:y1, x0:x1]`` and the region it reads ``[ry0:ry1, rx0:rx1]``
+    (which may extend into the white padding beyond the image)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    ry0: int
+    ry1: int
+    rx0: int
+    rx1: int
+    index: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def plan_blocks(shape: Sequence[int], roi: Sequence[int], stride: Sequence[int], block_size: int | None) -> list[BlockPlan]:
+    """Blocks covering an image of ``shape``; ``block_size=None`` gives one block (the whole image).
+
+    Cores are multiples of ``stride`` (at least one); each block reads from the first window overlapping its core
+    to the end of the last one.
+    """
+    padded = [_padded(int(s), int(r), int(t)) for s, r, t in zip(shape, roi, stride)]
+    spans = []
+    for axis in range(2):
+        size, r, t, p = int(shape[axis]), int(roi[axis]), int(stride[axis]), padded[axis]
+        core = p if block_size is None else max(t, (int(block_size) // t) * t)
+        axis_spans = []
+        for c0 in range(0, size, core):
+            c1 = min(c0 + core, size)
+            first = max(0, (math.floor((c0 - r) / t) + 1) * t)
+            last = min(p - r, ((c1 - 1) // t) * t)
+            axis_spans.append((c0, c1, first, last + r))
+        spans.append(axis_spans)
+    blocks = []
+    for ys in spans[0]:
+        for xs in spans[1]:
+            blocks.append(BlockPlan(ys[0], ys[1], xs[0], xs[1], ys[2], ys[3], xs[2], xs[3], index=len(blocks)))
+    return blocks
+
+
+def tissue_mask(pixels: np.ndarray, tli: float = 240.0, beta: float = 0.15) -> np.ndarray:
+    """Stained pixels: optical density above ``beta`` in all three channels (as the stain normalisers' test)."""
+    limit = tli * math.exp(-beta) - 1.0  # OD > beta  <=>  value + 1 < tli * exp(-beta)
+    return np.all(pixels < limit, axis=-1)
+
+
+def logits_to_class_map(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """``(C, ...)`` logits -> uint8 class map: ``argmax + 1`` where the largest ``sigmoid`` exceeds ``threshold``."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
+    cut = math.log(threshold / (1.0 - threshold))  # sigmoid(x) > t  <=>  x > logit(t)
+    best, arg = logits.max(dim=0)
+    return torch.where(best > cut, arg + 1, torch.zeros_like(arg)).to(torch.uint8)
+
+
+@dataclass
+class _Prepared:
+    block: BlockPlan
+    canvas: np.ndarray | None  # normalised block, white-padded; None when the core holds no tissue
+    raw_core: np.ndarray  # raw pixels of the core (for the overview image)
+
+
+def predict_class_map(
+    reader: Any,
+    network: Callable[[torch.Tensor], torch.Tensor],
+    inferer: Any,
+    normalizer: Any | None = None,
+    out: np.ndarray | None = None,
+    block_size: int | None = None,
+    threshold: float = 0.5,
+    skip_empty: bool = True,
+    tissue_beta: float = 0.15,
+    prefetch: int = 0,
+    overview_step: int | None = None,
+    progress: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Infer the class map of the image behind ``reader``.
+
+    Args:
+        reader: a region reader (``shape``, ``read(y0, y1, x0, x1)``), see :mod:`.regions`.
+        network: called on ``(n, 3, roi_h, roi_w)`` float batches in [0, 1]; returns ``(n, 4, ...)`` logits.
+        inferer: a MONAI ``SlidingWindowInferer`` (``roi_size``, ``overlap``, ``sw_batch_size``, ``mode`` ...).
+        normalizer: a :class:`~monai_nasscam.inference.stain.SlideStainNormalizer` (fitted here on this image),
+            or ``None``.
+        out: ``(H, W)`` uint8 array (e.g. a memory map) receiving the class map; allocated when ``None``.
+        block_size: core size of the blocks; ``None``: the whole image in one piece.
+        threshold: sigmoid threshold.
+        skip_empty: a block whose core holds no stained pixel (glass) is not inferred; its classes are 0.
+        tissue_beta: optical-density threshold of a stained pixel (for ``skip_empty``).
+        prefetch: blocks read and normalised ahead in background threads (0: none).
+        overview_step: also return a raw RGB overview subsampled every ``overview_step`` pixels (for overlays).
+        progress: show a progress bar over the blocks.
+
+    Returns:
+        ``(class_map, info)`` where ``info`` has ``blocks``, ``skipped_blocks``, ``stain_note``,
+        ``stain_sample_step`` and, with ``overview_step``, ``overview``.
+    """
+    from tqdm import tqdm
+
+    height, width = (int(s) for s in reader.shape)
+    roi, stride = window_geometry(inferer.roi_size, inferer.overlap)
+    blocks = plan_blocks((height, width), roi, stride, block_size)
+    if out is None:
+        out = np.zeros((height, width), dtype=np.uint8)
+    elif tuple(out.shape) != (height, width) or out.dtype != np.uint8:
+        raise ValueError(f"out must be a ({height}, {width}) uint8 array, got {out.dtype} {tuple(out.shape)}.")
+    info: dict[str, Any] = {"blocks": len(blocks), "skipped_blocks": 0, "stain_note": None, "stain_sample_step": None}
+
+    if normalizer is not None and normalizer.method != "none":
+        step = normalizer.sample_step((height, width))
+        normalizer.fit_source(_sample_pixels(reader, step))
+        info["stain_note"], info["stain_sample_step"] = normalizer.note, step
+    overview = None
+    if overview_step:
+        s = int(overview_step)
+        overview = np.full((-(-height // s), -(-width // s), 3), 255, dtype=np.uint8)
+
+    def prepare(block: BlockPlan) -> _Prepared:
+        ry1, rx1 = min(block.ry1, height), min(block.rx1, width)
+        raw = reader.read(block.ry0, ry1, block.rx0, rx1)
+        core = raw[block.y0 - block.ry0 : block.y1 - block.ry0, block.x0 - block.rx0 : block.x1 - block.rx0]
+        if skip_empty and not tissue_mask(core, beta=tissue_beta).any():
+            return _Prepared(block, None, core)
+        norm = normalizer.apply(raw) if normalizer is not None else raw
+        canvas = np.full((block.ry1 - block.ry0, block.rx1 - block.rx0, 3), 255, dtype=np.uint8)
+        canvas[: norm.shape[0], : norm.shape[1]] = norm
+        return _Prepared(block, canvas, core)
+
+    bar = tqdm(total=len(blocks), desc="blocks", unit="block", disable=not progress or len(blocks) < 2, leave=False)
+    try:
+        for item in _iterate(blocks, prepare, prefetch):
+            b = item.block
+            if overview is not None:
+                s = int(overview_step)  # type: ignore[arg-type]
+                oy, ox = (-b.y0) % s, (-b.x0) % s
+                sub = item.raw_core[oy::s, ox::s]
+                overview[(b.y0 + oy) // s : (b.y0 + oy) // s + sub.shape[0], (b.x0 + ox) // s : (b.x0 + ox) // s + sub.shape[1]] = sub
+            if item.canvas is None:
+                out[b.y0 : b.y1, b.x0 : b.x1] = 0
+                info["skipped_blocks"] += 1
+            else:
+                x = torch.from_numpy(item.canvas).permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255.0)
+                with torch.inference_mode():
+                    logits = inferer(x, network)
+                    logits = logits[0, :, b.y0 - b.ry0 : b.y1 - b.ry0, b.x0 - b.rx0 : b.x1 - b.rx0]
+                    out[b.y0 : b.y1, b.x0 : b.x1] = logits_to_class_map(logits.float().cpu(), threshold).numpy()
+                del x, logits
+            bar.update()
+    finally:
+        bar.close()
+    if overview is not None:
+        info["overview"] = overview
+    return out, info
+
+
+def _iterate(blocks: list[BlockPlan], prepare: Callable[[BlockPlan], _Prepared], prefetch: int) -> Iterator[_Prepared]:
+    """``prepare(block)`` for every block, up to ``prefetch`` of them computed ahead in threads."""
+    if prefetch <= 0 or len(blocks) < 2:
+        for b in blocks:
+            yield prepare(b)
+        return
+    with ThreadPoolExecutor(max_workers=int(prefetch)) as pool:
+        pending: list[Future] = [pool.submit(prepare, b) for b in blocks[: int(prefetch)]]
+        nxt = int(prefetch)
+        while pending:
+            item = pending.pop(0).result()
+            if nxt < len(blocks):
+                pending.append(pool.submit(prepare, blocks[nxt]))
+                nxt += 1
+            yield item
+
+
+def _sample_pixels(reader: Any, step: int, band_rows: int = 1024) -> np.ndarray:
+    """Every ``step``-th pixel of every ``step``-th row, read in bands (all pixels for ``step == 1``)."""
+    height, width = reader.shape
+    if hasattr(reader, "image"):
+        return np.ascontiguousarray(reader.image[::step, ::step]).reshape(-1, 3)
+    band = max(step, (band_rows // step) * step)
+    parts = []
+    for y0 in range(0, height, band):
+        y1 = min(y0 + band, height)
+        parts.append(reader.read(y0, y1, 0, width)[::step, ::step].reshape(-1, 3))
+    return np.concatenate(parts, axis=0)
