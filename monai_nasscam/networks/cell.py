@@ -171,21 +171,20 @@ class NASAttentionCell(nn.Module):
                     sigmoid_weights.append(w)
         y = self._batch_norm(y, norms, _cat(gammas), _cat(betas))
 
+        # split (not slicing): its backward concatenates the gradients instead of zero-filling one buffer per slice
         targets = [EDGES[e][1] for e, _ in group.entries]
         n_relu = sum(t != OUTPUT_NODE for t in targets)
-        relu_channels = n_relu * self.hidden_channels
-        if n_relu:
-            r = torch.relu(y[:, :relu_channels] if n_relu < len(targets) else y)
-            start = 0
-            for t in sorted(set(targets[:n_relu])):
-                count = targets.count(t)
-                part = r[:, start * self.hidden_channels : (start + count) * self.hidden_channels]
+        relu_part, sigmoid_part = _split(y, [n_relu * self.hidden_channels, len(targets) - n_relu])
+        if relu_part is not None:
+            relu_targets = sorted(set(targets[:n_relu]))
+            counts = [targets.count(t) for t in relu_targets]
+            parts = _split(torch.relu(relu_part), [c * self.hidden_channels for c in counts])
+            for t, count, part in zip(relu_targets, counts, parts):
                 if count > 1:
                     part = part.unflatten(1, (count, self.hidden_channels)).sum(1)
                 acc[t] = part if acc[t] is None else acc[t] + part
-                start += count
-        if n_relu < len(targets):
-            sig = torch.sigmoid(y[:, relu_channels:] if n_relu else y)
+        if sigmoid_part is not None:
+            sig = torch.sigmoid(sigmoid_part)
             if sigmoid_weights:
                 sig = sig * torch.stack(sigmoid_weights).view(1, -1, *([1] * (sig.ndim - 2)))
             if sig.shape[1] > 1:
@@ -233,6 +232,13 @@ class NASAttentionCell(nn.Module):
 
 def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
     return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+
+
+def _split(x: torch.Tensor, sizes: list[int]) -> list[torch.Tensor | None]:
+    """``x`` split along channels into ``sizes`` (``None`` for a size 0), without a copy when there is one part."""
+    nonzero = [s for s in sizes if s]
+    parts = iter([x] if len(nonzero) == 1 else list(x.split(nonzero, dim=1)))
+    return [next(parts) if s else None for s in sizes]
 
 
 def arch_parameters(module: nn.Module) -> list[nn.Parameter]:
