@@ -237,3 +237,27 @@ def test_rejects_bad_setups():
         BilevelSearchTrainer(
             optimizer=torch.optim.Adam(fixed.parameters()), arch_optimizer=aopt, **{**args, "network": fixed}
         )
+
+
+def test_distributed_data_parallel(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        set_determinism(0)
+        net = NASSCAMUNet(features=FEATURES)
+        loader = DataLoader(Dataset(_items(4, 0)), batch_size=2)
+        args = dict(device="cpu", max_epochs=2, train_data_loader=loader, loss_function=DiceLoss(sigmoid=True), arch_data_loader=loader)
+        opt, aopt = torch.optim.Adam(net.weight_parameters()), torch.optim.Adam(net.arch_parameters(), lr=1e-2)
+        with pytest.raises(ValueError, match="find_unused_parameters=True"):
+            BilevelSearchTrainer(network=torch.nn.parallel.DistributedDataParallel(net), optimizer=opt, arch_optimizer=aopt, **args)
+        net = NASSCAMUNet(features=FEATURES)
+        opt, aopt = torch.optim.Adam(net.weight_parameters()), torch.optim.Adam(net.arch_parameters(), lr=1e-2)
+        ddp = torch.nn.parallel.DistributedDataParallel(net, find_unused_parameters=True)
+        trainer = BilevelSearchTrainer(network=ddp, optimizer=opt, arch_optimizer=aopt, warmup_epochs=1, seed=0, **args)
+        a0 = _snapshot(net.arch_parameters())
+        trainer.run()
+        assert not _same(a0, net.arch_parameters())
+        assert Genotype.from_model(ddp.module).synchronous
+    finally:
+        dist.destroy_process_group()

@@ -106,7 +106,9 @@ class BilevelSearchTrainer(SupervisedTrainer):
     """A ``SupervisedTrainer`` that alternates weight and architecture steps (first-order DARTS).
 
     ``optimizer`` must hold only the network's weight parameters and ``arch_optimizer`` only its alphas
-    (``network.weight_parameters()`` / ``network.arch_parameters()``); overlapping optimisers are rejected.
+    (``network.weight_parameters()`` / ``network.arch_parameters()``); overlapping optimisers are rejected. A
+    ``DistributedDataParallel`` network needs ``find_unused_parameters=True`` (each step leaves the other group of
+    parameters without gradients).
     ``engine.state.output`` holds the weight step's image, label, prediction and loss; after an alpha step also
     ``ARCH_LOSS`` (in alpha-only iterations ``Keys.LOSS`` is the alpha loss and image/label/pred are the
     architecture batch's). MONAI's ``IterationEvents`` FORWARD/LOSS/BACKWARD_COMPLETED fire in weight steps,
@@ -225,6 +227,11 @@ class BilevelSearchTrainer(SupervisedTrainer):
 
     @staticmethod
     def _check_optimizers(network: torch.nn.Module, optimizer: Optimizer, arch_optimizer: Optimizer) -> None:
+        if isinstance(network, torch.nn.parallel.DistributedDataParallel) and not network.find_unused_parameters:
+            raise ValueError(
+                "wrap the search network in DistributedDataParallel(..., find_unused_parameters=True): weight steps "
+                "leave the alphas without gradients and alpha steps the weights."
+            )
         arch = {id(p) for p in arch_parameters(network)}
         if not arch:
             raise ValueError(
