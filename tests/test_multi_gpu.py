@@ -29,9 +29,10 @@ from monai_nasscam.engines import distributed as mgpu
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
-TORCHRUN = [str(Path(sys.executable).with_name("torchrun"))] if Path(sys.executable).with_name("torchrun").exists() else [
-    sys.executable, "-m", "torch.distributed.run"]
-TINY = ["--roi_size", "[32,32]", "--features", "[4,8,8,8,8]", "--epoch_crops", "8", "--num_workers", "0", "--progress", "false"]
+_TORCHRUN = Path(sys.executable).with_name("torchrun")
+TORCHRUN = [str(_TORCHRUN)] if _TORCHRUN.exists() else [sys.executable, "-m", "torch.distributed.run"]
+TINY = ["--roi_size", "[32,32]", "--features", "[4,8,8,8,8]", "--epoch_crops", "8", "--num_workers", "0"]
+TINY += ["--progress", "false"]
 
 # test-only override: rank r > 0 writes into OUTPUT_rank{r} (must stay empty); every rank dumps its state at the end
 DUMP = """
@@ -81,7 +82,9 @@ def prepared(tmp_path_factory) -> Path:
 def _torchrun(configs: list[Path], cwd: Path, *args: str) -> str:
     config = "[" + ",".join(f"'{c}'" for c in configs) + "]"
     cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "--config_file", config, *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-6000:]
     return proc.stdout
 
@@ -136,7 +139,8 @@ def test_train_two_ranks_stay_identical_and_only_rank0_writes(prepared, tmp_path
     r0, r1 = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     _same_state(r0["state"], r1["state"])
     assert r0["loss"] != r1["loss"]
-    assert _files(out) == sorted(["checkpoints/train_checkpoint.pt", "models/model.pt", *[f"tensorboard/{p.name}" for p in (out / "tensorboard").iterdir()]])
+    events = [f"tensorboard/{p.name}" for p in (out / "tensorboard").iterdir()]
+    assert _files(out) == sorted(["checkpoints/train_checkpoint.pt", "models/model.pt", *events])
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert _files(tmp_path / "run_rank1") == []
     assert _files(cwd) == []
@@ -153,7 +157,10 @@ WRITERS = {
 }
 
 
-@pytest.mark.parametrize("base,multi", [("search.yaml", "multi_gpu_search.yaml"), ("train.yaml", "multi_gpu_train.yaml")])
+PAIRS = [("search.yaml", "multi_gpu_search.yaml"), ("train.yaml", "multi_gpu_train.yaml")]
+
+
+@pytest.mark.parametrize("base,multi", PAIRS)
 def test_overrides_still_point_at_the_right_handlers(base, multi):
     base_cfg = yaml.safe_load((CONFIGS / base).read_text())
     multi_cfg = yaml.safe_load((CONFIGS / multi).read_text())
@@ -169,7 +176,8 @@ def test_overrides_still_point_at_the_right_handlers(base, multi):
     for path in disabled:
         assert item(path)["_target_"] in WRITERS, f"{multi}: {path} is {item(path)['_target_']}, not a logger/writer"
     for path, value in multi_cfg.items():  # replaced reference items: rank 0 keeps the same object
-        if "handlers#" in path and not path.endswith("_disabled_") and isinstance(value, str) and "if @rank == 0" in value:
+        replaced = isinstance(value, str) and "if @rank == 0" in value
+        if "handlers#" in path and not path.endswith("_disabled_") and replaced:
             assert value.startswith(f"$@{item(path)[1:]} if"), (path, value)
     if "handlers#0#seed" in "".join(multi_cfg):
         assert item("train#handlers#0")["_target_"].endswith("EpochReseeder")

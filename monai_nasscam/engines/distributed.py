@@ -289,7 +289,9 @@ class DistributedStepSync:
 
     SCALERS = ("scaler", "arch_scaler")
 
-    def __init__(self, network: nn.Module, optimizers: Optimizer | Sequence[Optimizer], sync_norm_statistics: bool = True) -> None:
+    def __init__(
+        self, network: nn.Module, optimizers: Optimizer | Sequence[Optimizer], sync_norm_statistics: bool = True
+    ) -> None:
         self.network = network
         self.optimizers = [optimizers] if isinstance(optimizers, Optimizer) else list(optimizers)
         self.sync_norm_statistics = bool(sync_norm_statistics)
