@@ -7,7 +7,9 @@
 All use the search's loss (ExpLogLoss, patent defaults). Memory: each mode runs alone in a subprocess so that
 its peak resident memory (``ru_maxrss``) is its own; the resident memory after building the model and the batch
 is reported too, so ``peak - base`` is what the steps add. Time: the modes are interleaved round by round in one
-process, so that load from other processes on a shared machine affects them alike.
+process, so that load from other processes on a shared machine affects them alike; wall-clock and CPU time
+(``time.process_time``, all threads of the process) per step are reported. With one thread (``--threads 1``) the
+CPU time hardly depends on other processes sharing the machine.
 
     python bench/bilevel_step.py [--batch 4] [--size 256] [--steps 3] [--threads N] [--json out.json]
 """
@@ -96,13 +98,23 @@ def timing(modes: list[str], batch: int, size: int, rounds: int) -> dict:
     the first round is not timed."""
     steps = {m: build(m, batch, size)[1] for m in modes}
     times: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}
     for r in range(rounds + 1):
         for m in modes:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             steps[m]()
             if r:
                 times[m].append(time.perf_counter() - start)
-    return {m: {"median_s": statistics.median(t), "min_s": min(t), "times_s": [round(x, 3) for x in t]} for m, t in times.items()}
+                cpu[m].append(time.process_time() - start_cpu)
+    return {
+        m: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "times_s": [round(x, 3) for x in t],
+            "cpu_median_s": statistics.median(cpu[m]),
+        }
+        for m, t in times.items()
+    }
 
 
 def main() -> None:
@@ -135,12 +147,19 @@ def main() -> None:
               f"peak {r['peak_rss_mib']:.0f} MiB", flush=True)
     results["timing"] = timing(list(args.modes), args.batch, args.size, args.steps)
     for mode, r in results["timing"].items():
-        print(f"{mode:8s} step median {r['median_s']:7.2f} s  min {r['min_s']:7.2f} s  {r['times_s']}", flush=True)
+        print(
+            f"{mode:8s} step median {r['median_s']:7.2f} s  min {r['min_s']:7.2f} s  {r['times_s']}  "
+            f"CPU time median {r['cpu_median_s']:7.2f} s",
+            flush=True,
+        )
     t = {m: r["median_s"] for m, r in results["timing"].items()}
     if {"weight", "alpha", "derived"} <= t.keys():
         results["ratios"] = {"weight_over_derived": t["weight"] / t["derived"], "alpha_over_weight": t["alpha"] / t["weight"]}
         print(f"weight step / derived step = {t['weight'] / t['derived']:.2f}  (target <= 3.5)")
         print(f"alpha step / weight step   = {t['alpha'] / t['weight']:.2f}  (target <= 1)")
+        c = {m: r["cpu_median_s"] for m, r in results["timing"].items()}
+        results["ratios"].update(cpu_weight_over_derived=c["weight"] / c["derived"], cpu_alpha_over_weight=c["alpha"] / c["weight"])
+        print(f"CPU time: weight / derived = {c['weight'] / c['derived']:.2f}, alpha / weight = {c['alpha'] / c['weight']:.2f}")
     load_after = os.getloadavg()
     import torch
 
