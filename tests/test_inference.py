@@ -301,10 +301,11 @@ def test_prepared_network_computes_the_same(attention: str) -> None:
     x = torch.rand(3, 3, ROI, ROI)
     with torch.no_grad():
         ref = net(x)
-    for mode in ("eager", "trace"):
-        prepared = prepare_network(net, mode, (2, 3, ROI, ROI))
+    for mode, workers in (("eager", 1), ("trace", 1), ("eager", 2), ("trace", 2)):
+        prepared = prepare_network(net, mode, (4 // workers * workers, 3, ROI, ROI), workers=workers)
         with torch.inference_mode():
-            out = prepared(x)  # 3 windows through a batch-2 trace: split and padded
+            out = prepared(x)  # 3 windows: split between the workers and (trace) padded to the traced batch
+        prepared.close()
         torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)
     with torch.no_grad():
         torch.testing.assert_close(net(x), ref)  # the original network is untouched

@@ -83,17 +83,20 @@ def write_overlay(
     h, w = blended.shape[:2]
     dpi = 100
     fig_w = max(w / dpi, 4.0)
-    fig_h = max(h / dpi, 4.0 * h / max(w, 1)) + 0.9
-    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
-    ax = fig.add_axes((0, 0.9 / fig_h, 1, 1 - 0.9 / fig_h))
+    ncol = 4 if fig_w >= 7.5 else 2
+    legend_h = 0.45 + 0.25 * (4 // ncol) + (0.25 if title or note else 0.0)
+    img_h = fig_w * h / max(w, 1)
+    fig = plt.figure(figsize=(fig_w, img_h + legend_h), dpi=dpi)
+    ax = fig.add_axes((0, legend_h / (img_h + legend_h), 1, img_h / (img_h + legend_h)))
     ax.imshow(blended, interpolation="nearest")
     ax.set_axis_off()
     handles = [
         Patch(facecolor=np.asarray(CLASS_COLORS[c]) / 255.0, edgecolor="black", label=f"{name}: {int(counts.get(c, 0))}")
         for c, name in enumerate(CLASS_NAMES, start=1)
     ]
-    fig.legend(handles=handles, loc="lower center", ncol=4, frameon=False, fontsize=10,
-               title=(title + (f"  ({note})" if note else "")) or None, title_fontsize=10)
+    label = title + (f"  ({note})" if note else "")
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=9, columnspacing=1.2,
+               title=(label + " -- nuclei per class") if label else "nuclei per class", title_fontsize=9)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)

@@ -146,7 +146,9 @@ class NucleiPredictor:
         overlay_max_size: longest side of the overlay PNG; larger images are shown subsampled.
         optimize: network preparation, see :func:`monai_nasscam.inference.optimize.prepare_network`.
         progress: progress bars.
-        num_threads: torch intra-op threads (``None``: torch's default, one per core).
+        num_threads: torch intra-op threads (``None``: torch's default, one per core; 1 when ``parallel`` > 1).
+        parallel: windows of a batch computed in this many threads at once (``auto``: one per CPU core on CPU,
+            1 on GPU); see :class:`~monai_nasscam.inference.optimize.PreparedNetwork`.
     """
 
     def __init__(
@@ -175,6 +177,7 @@ class NucleiPredictor:
         optimize: str = "auto",
         progress: Any = True,
         num_threads: int | None = None,
+        parallel: Any = "auto",
     ) -> None:
         self.network = network
         self.inferer = inferer
@@ -204,6 +207,7 @@ class NucleiPredictor:
         self.optimize = optimize
         self.progress = _as_bool(progress, "progress")
         self.num_threads = None if _is_null(num_threads) else int(num_threads)  # type: ignore[arg-type]
+        self.parallel = parallel
         self.rows: list[dict[str, Any]] = []
         self._forward: Any = None
         self._reference: dict[str, Any] | None = None
@@ -211,17 +215,23 @@ class NucleiPredictor:
     # --------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
         """Load the weights, prepare the network and the stain reference (errors here stop the run)."""
-        from monai_nasscam.inference.optimize import prepare_network
+        from monai_nasscam.inference.optimize import default_workers, prepare_network
 
+        auto = str(self.parallel).strip().lower() == "auto"
+        workers = default_workers(self.device) if auto else max(1, int(self.parallel))
         if self.num_threads is not None:
             torch.set_num_threads(max(1, self.num_threads))
+        elif workers > 1 and self.device.type == "cpu":
+            torch.set_num_threads(1)  # the workers run in parallel, each single-threaded
         if self.ckpt_path is not None:
             load_weights(self.network, self.ckpt_path)
         run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path is not None else None
         self._reference = load_stain_reference(resolve_stain_spec(self.stain, self.dataset_dir, run_dir))
         self.network.to(self.device).eval()
         roi = [int(r) for r in np.broadcast_to(np.asarray(self.inferer.roi_size), (2,))]
-        self._forward = prepare_network(self.network, self.optimize, (int(self.inferer.sw_batch_size), 3, *roi), self.device)
+        self._forward = prepare_network(
+            self.network, self.optimize, (int(self.inferer.sw_batch_size), 3, *roi), self.device, workers=workers
+        )
         logger.info("stain reference: %s; network preparation: %s", self._reference.get("method"), self._forward.description)
 
     # ----------------------------------------------------------------------------------------------- run
@@ -252,6 +262,8 @@ class NucleiPredictor:
             row.update(image=rel, seconds=round(time.perf_counter() - start, 2))
             self.rows.append(row)
             self._write_tables()
+        self._forward.close()
+        self._forward = None
         summary = self._write_tables()
         ok = summary["succeeded"]
         logger.info("%d of %d images processed, %d nuclei; outputs in %s", ok, len(images), summary["total_nuclei"], self.output_dir)
