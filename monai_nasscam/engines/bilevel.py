@@ -19,13 +19,13 @@ The architecture loader cycles on its own: when it is exhausted a new pass start
 training loader's epochs. Its position (pass, batches drawn) is part of the engine state, so checkpoints carry
 it.
 
-Determinism: with ``seed`` set, every source of randomness is re-seeded from ``seed`` and a position — the
-global RNGs before each step (dropout) from the iteration, before each training epoch's loader iterator from the
-epoch, before each architecture pass from the pass number, and the random transforms of a loader with
-``num_workers == 0`` before each batch it loads. Nothing random then depends on history, so a run resumed from
-a checkpoint taken at any iteration boundary (the training loader skips the batches its epoch already used)
-makes exactly the steps of an uninterrupted run. This holds with ``epoch_length`` equal to the length of the
-training loader (the default).
+Determinism: with ``seed`` set, every source of randomness is re-seeded from ``seed``, the distributed rank (so
+that ranks draw different crops) and a position: the global RNGs before each step (dropout) from the iteration,
+before each training epoch's loader iterator from the epoch, before each architecture pass from the pass number,
+and the random transforms (and a ``Randomizable`` dataset) of a loader with ``num_workers == 0`` before each batch
+it loads. Nothing random then depends on history, so a run resumed from a checkpoint taken at any iteration
+boundary (the training loader skips the batches its epoch already used) makes exactly the steps of an
+uninterrupted run. This holds with ``epoch_length`` equal to the length of the training loader (the default).
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ class BilevelSearchTrainer(SupervisedTrainer):
     def _reseed_globals(self, *position: int) -> None:
         if self.seed is None:
             return
-        s = derive_seed(self.seed, *position)
+        s = derive_seed(self.seed, self.state.rank, *position)
         torch.manual_seed(s)
         np.random.seed(s)
         random.seed(s)
@@ -278,7 +278,7 @@ class BilevelSearchTrainer(SupervisedTrainer):
         dataset = getattr(loader, "dataset", None)
         if dataset is None:
             return
-        seed = derive_seed(self.seed, *position)
+        seed = derive_seed(self.seed, self.state.rank, *position)
         if hasattr(dataset, "set_random_state"):
             dataset.set_random_state(seed=seed % 2**32)
         transform = getattr(dataset, "transform", None)
