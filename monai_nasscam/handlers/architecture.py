@@ -131,7 +131,7 @@ class AlphaTensorBoardHandler:
         self.epoch_interval = int(epoch_interval)
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._started)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.epoch_interval), self)
         engine.add_event_handler(Events.COMPLETED, self._flush)
         if self.arch_loss_tag and engine.has_registered_events(BilevelEvents.ARCH_STEP_COMPLETED):
@@ -142,7 +142,8 @@ class AlphaTensorBoardHandler:
         self._writer.add_scalar(self.arch_loss_tag, float(value), engine.state.iteration)
 
     def _started(self, engine: Engine) -> None:
-        if engine.state.epoch == 0:
+        # the initial alphas, once per run from scratch (after any checkpoint was loaded at STARTED)
+        if engine.state.epoch == 1 and engine.state.iteration == 0:
             self.write(0)
 
     def _flush(self, engine: Engine) -> None:
