@@ -90,15 +90,26 @@ def main() -> None:
         t1 = time.perf_counter()
         net.train()
         losses = []
+        inter, tot = np.zeros(4), np.zeros(4)
         for step, batch in enumerate(loader):
             logits = net(batch["image"])
             loss = dice_loss(logits, batch["label"]) + bce(logits, batch["label"])
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
+            with torch.no_grad():
+                pred, gt = torch.sigmoid(logits) > 0.5, batch["label"] > 0.5
+                inter += (pred & gt).sum((0, 2, 3)).numpy()
+                tot += (pred.sum((0, 2, 3)) + gt.sum((0, 2, 3))).numpy()
             if (step + 1) % 50 == 0:
-                print(f"step {step + 1}/{args.steps} loss {np.mean(losses[-50:]):.3f} ({time.perf_counter() - t1:.0f} s)", flush=True)
+                crop_dice = " ".join(f"{n[:4]} {2 * i / max(t, 1):.2f}" for n, i, t in zip(CLASS_NAMES, inter, tot))
+                print(
+                    f"step {step + 1}/{args.steps} loss {np.mean(losses[-50:]):.3f} training-crop Dice [{crop_dice}] "
+                    f"({time.perf_counter() - t1:.0f} s)",
+                    flush=True,
+                )
+                inter, tot = np.zeros(4), np.zeros(4)
         train_s = time.perf_counter() - t1
         result = {
             "network": net_name,
