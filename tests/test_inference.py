@@ -214,17 +214,26 @@ def test_predictor_tiled_path_matches(run_dir: Path, tmp_path: Path) -> None:
     write_svs(str(src / "s.svs"), _tile(8, 200, 230), tile=64)
     net = _network(str(run_dir / "genotype.json"))
     results = {}
+    import nibabel as nib
+    from monai.transforms import SaveImage
+
     for mode, kwargs in (("whole", {}), ("tiled", {"tiled": True, "max_whole_pixels": 1, "block_size": 64})):
         out = tmp_path / mode
-        NucleiPredictor(net, _inferer(), src, out, stain="none", optimize="none", progress=False, **kwargs).run()
+        saver = SaveImage(output_dir=out, output_postfix="classmap", output_ext=".nii.gz", output_dtype=np.uint8,
+                          resample=False, squeeze_end_dims=False, data_root_dir=src, print_log=False)
+        NucleiPredictor(net, _inferer(), src, out, saver=saver, stain="none", optimize="none", progress=False, **kwargs).run()
+        nifti = nib.load(out / "s" / "s_classmap.nii.gz")  # SaveImage (whole) / streamed by nibabel (tiled)
         results[mode] = (
+            (np.asarray(nifti.dataobj), nifti.affine.tolist(), nifti.get_data_dtype().str),
             np.asarray(Image.open(out / "s" / "s_classmap.png")),
             (out / "counts.csv").read_text().splitlines()[1].split(",")[5:10],
             len(json.loads((out / "s" / "s_nuclei.geojson").read_text())["features"]),
         )
         assert not list((out / "s").glob(".classmap-*"))  # the memory map is removed
-    np.testing.assert_array_equal(results["tiled"][0], results["whole"][0])
-    assert results["tiled"][1:] == results["whole"][1:]
+    np.testing.assert_array_equal(results["tiled"][0][0], results["whole"][0][0])
+    assert results["tiled"][0][1:] == results["whole"][0][1:]
+    np.testing.assert_array_equal(results["tiled"][1], results["whole"][1])
+    assert results["tiled"][2:] == results["whole"][2:]
 
 
 def test_region_readers_match_whole_image(images: Path, tmp_path: Path) -> None:

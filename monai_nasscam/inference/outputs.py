@@ -25,39 +25,82 @@ def write_class_map_png(path: str, class_map: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def save_class_map_nifti(saver: Any, class_map: np.ndarray, source: str, mpp: float | None = None) -> str | None:
+def save_class_map_nifti(
+    saver: Any, class_map: np.ndarray, source: str, mpp: float | None = None, stream: bool = False
+) -> str | None:
     """Save the class map with a MONAI ``SaveImage`` (NIfTI by default); returns the file written.
 
     The array is stored in MONAI's default reading order for 2-D images, ``(x, y)`` = ``(column, row)``, so
     viewers and ``LoadImage`` show it as the PNG; the pixel spacing is the slide's microns per pixel, in mm,
     when known (1 otherwise). The saver needs ``squeeze_end_dims=False`` (MONAI 1.6 cannot write a squeezed
     single-channel 2-D image without resampling); the file's shape is then ``(W, H, 1, 1)``.
+
+    With ``stream`` (slides), the same file -- path from the saver's folder layout, same shape, dtype and affine --
+    is written by ``nibabel`` straight from ``class_map`` (e.g. a memory map): ``SaveImage`` holds several
+    full-size copies of the image while writing, about 5 bytes per pixel, 2 GB for a 20000 x 20000 slide.
     """
     import torch
     from monai.data import MetaTensor
 
     spacing = (mpp / 1000.0) if mpp else 1.0
     affine = torch.diag(torch.tensor([spacing, spacing, 1.0, 1.0], dtype=torch.float64))
+    layout = getattr(saver, "folder_layout", None)
+    if stream and layout is not None:
+        import nibabel as nib
+
+        path = str(layout.filename(subject=source))
+        data = np.asarray(class_map).T[..., None, None]  # (x, y, 1, 1): Fortran order of the (row, col) map, no copy
+        image = nib.Nifti1Image(data, affine.numpy())
+        image.set_data_dtype(np.uint8)
+        image.header.set_slope_inter(1.0, 0.0)
+        nib.save(image, path + ".tmp.nii.gz")
+        os.replace(path + ".tmp.nii.gz", path)
+        return path
     data = torch.from_numpy(np.ascontiguousarray(np.asarray(class_map, dtype=np.uint8).T))[None]
     saver(MetaTensor(data, affine=affine, meta={"filename_or_obj": source}))
-    layout = getattr(saver, "folder_layout", None)
     return str(layout.filename(subject=source)) if layout is not None else None
 
 
 def _blend(image: np.ndarray, class_map: np.ndarray, alpha: float) -> np.ndarray:
+    """The image with each class's pixels tinted by its colour and outlined in it (uint8, touched pixels only)."""
     from scipy import ndimage
 
-    out = image.astype(np.float32)
+    out = np.array(image, dtype=np.uint8, copy=True)
     colours = np.zeros((len(CLASS_NAMES) + 1, 3), np.float32)
     for cid, rgb in CLASS_COLORS.items():
         colours[cid] = rgb
     fg = class_map > 0
-    col = colours[class_map]
-    out[fg] = (1 - alpha) * out[fg] + alpha * col[fg]
     # solid outlines: foreground pixels with another value in their 3 x 3 neighbourhood
     edge = fg & (ndimage.grey_erosion(class_map, size=3) != ndimage.grey_dilation(class_map, size=3))
-    out[edge] = col[edge]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    ids = class_map[fg]
+    out[fg] = np.clip((1 - alpha) * out[fg].astype(np.float32) + alpha * colours[ids] + 0.5, 0, 255).astype(np.uint8)
+    out[edge] = colours[class_map[edge]].astype(np.uint8)
+    return out
+
+
+def _legend_strip(width: int, counts: Mapping[int, int], label: str) -> np.ndarray:
+    """A white strip ``width`` pixels wide with the class colours, names and counts (rendered by matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    dpi = 100
+    fig_w = max(width, 300) / dpi
+    ncol = 4 if fig_w >= 7.5 else 2
+    fig_h = 0.3 + 0.25 * (4 // ncol) + 0.25
+    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
+    handles = [
+        Patch(facecolor=np.asarray(CLASS_COLORS[c]) / 255.0, edgecolor="black", label=f"{name}: {int(counts.get(c, 0))}")
+        for c, name in enumerate(CLASS_NAMES, start=1)
+    ]
+    fig.legend(handles=handles, loc="center", ncol=ncol, frameon=False, fontsize=9, columnspacing=1.2,
+               title=label, title_fontsize=9)
+    fig.canvas.draw()
+    strip = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return strip
 
 
 def write_overlay(
@@ -69,37 +112,23 @@ def write_overlay(
     alpha: float = 0.45,
     note: str = "",
 ) -> None:
-    """A PNG of the image with the classes in colour (filled, with outlines) and a legend with the counts.
+    """A PNG of the image with the classes in colour (tinted, with outlines) above a legend with the counts.
 
     ``image`` and ``class_map`` have the same ``(h, w)`` (a slide's overview and its class map subsampled alike).
+    The image is written at its own resolution (no resampling); only the legend is drawn by matplotlib.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    from PIL import Image
 
     blended = _blend(image, class_map, alpha)
     h, w = blended.shape[:2]
-    dpi = 100
-    fig_w = max(w / dpi, 4.0)
-    ncol = 4 if fig_w >= 7.5 else 2
-    legend_h = 0.45 + 0.25 * (4 // ncol) + (0.25 if title or note else 0.0)
-    img_h = fig_w * h / max(w, 1)
-    fig = plt.figure(figsize=(fig_w, img_h + legend_h), dpi=dpi)
-    ax = fig.add_axes((0, legend_h / (img_h + legend_h), 1, img_h / (img_h + legend_h)))
-    ax.imshow(blended, interpolation="nearest")
-    ax.set_axis_off()
-    handles = [
-        Patch(facecolor=np.asarray(CLASS_COLORS[c]) / 255.0, edgecolor="black", label=f"{name}: {int(counts.get(c, 0))}")
-        for c, name in enumerate(CLASS_NAMES, start=1)
-    ]
     label = title + (f"  ({note})" if note else "")
-    fig.legend(handles=handles, loc="lower center", ncol=ncol, frameon=False, fontsize=9, columnspacing=1.2,
-               title=(label + " -- nuclei per class") if label else "nuclei per class", title_fontsize=9)
+    strip = _legend_strip(w, counts, (label + " -- nuclei per class") if label else "nuclei per class")
+    width = max(w, strip.shape[1])
+    canvas = np.full((h + strip.shape[0], width, 3), 255, np.uint8)
+    canvas[:h, (width - w) // 2 : (width - w) // 2 + w] = blended
+    canvas[h:, (width - strip.shape[1]) // 2 : (width - strip.shape[1]) // 2 + strip.shape[1]] = strip
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
+    Image.fromarray(canvas).save(tmp, format="PNG", compress_level=3)
     os.replace(tmp, path)
 
 

@@ -325,6 +325,7 @@ class NucleiPredictor:
             else:
                 out = None
             normalizer = SlideStainNormalizer(self._reference or {"method": "none"})
+            t0 = time.perf_counter()
             class_map, info = predict_class_map(
                 reader,
                 self._forward,
@@ -346,15 +347,22 @@ class NucleiPredictor:
             mpp = reader.mpp
         finally:
             reader.close()
+        t1 = time.perf_counter()
         try:
             counts, areas = self._nuclei(class_map, base + "_nuclei.geojson")
+            t2 = time.perf_counter()
             write_class_map_png(base + "_classmap.png", class_map)
             if self.saver is not None:
-                save_class_map_nifti(self.saver, class_map, path, mpp)
+                save_class_map_nifti(self.saver, class_map, path, mpp, stream=large)
             small_map = np.asarray(class_map[::step, ::step]) if step > 1 else np.asarray(class_map)
             note = f"subsampled 1:{step}" if step > 1 else ""
             write_overlay(base + "_overlay.png", overview[: small_map.shape[0], : small_map.shape[1]], small_map, counts,
                           title=name, note=note)
+            logger.info(
+                "%s: %d x %d px, %d block(s) (%d without tissue), inference %.1f s, %d nuclei %.1f s, files %.1f s",
+                name, height, width, info["blocks"], info["skipped_blocks"], t1 - t0, sum(counts.values()), t2 - t1,
+                time.perf_counter() - t2,
+            )
         finally:
             if tmp_map is not None:
                 del class_map, out
