@@ -1,5 +1,14 @@
-import pytest
-from monai.utils import set_determinism
+import os
+
+# The test networks are tiny: one intra-op thread is faster than several, and far faster on a busy machine.
+# Set before torch starts its thread pool; bundle runs started by the tests inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from monai.utils import set_determinism  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
