@@ -162,7 +162,10 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     (out / "report.md").write_text("\n".join(report) + "\n")
     print(table)
     for name, value in paths.items():
-        print(f"{name}: {', '.join(map(str, value)) if isinstance(value, list) else value}")
+        if isinstance(value, list):
+            more = f" (+{len(value) - 3} more)" if len(value) > 3 else ""
+            value = ", ".join(map(str, value[:3])) + more
+        print(f"{name}: {value}")
     return {"metrics": metrics, "paths": paths}
 
 
