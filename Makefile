@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[test]" --config-settings editable_mode=compat
+	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
 test: $(STAMP)

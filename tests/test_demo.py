@@ -7,7 +7,7 @@ from monai_nasscam.workflow import BUNDLE_DIR
 TINY = [
     "synth.images=8", "synth.patients=4", "synth.max_size=160", "prepare.stain=none",
     "common.roi_size=[32,32]", "common.features=[4,8,8,8,8]", "common.progress=false",
-    "search.epochs=2", "search.warmup_epochs=1", "search.epoch_crops=4",
+    "search.epochs=2", "search.warmup_epochs=1", "search.epoch_crops=4", "search.val_interval=1",
     "train.epochs=1", "train.epoch_crops=4", "train.val_interval=1",
 ]
 
