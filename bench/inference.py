@@ -4,8 +4,9 @@ against TorchScript, and the peak memory of the inference workflow on a 20000 x 
 1. Tile: a synthetic 2000 x 2000 H&E tile is inferred by the workflow's own code path
    (``monai_nasscam.inference.predict_class_map``: MONAI ``SlidingWindowInferer``, roi 256, overlap 0.5,
    stitching and class map) with the derived NAS-SCAM-P network (every edge ``conv3``) and the plain U-Net, each
-   prepared as ``none`` (the network as trained, torch's default threads), ``eager`` and ``trace`` (folded
-   attention cells, channels-last, parallel single-threaded workers; ``trace`` is TorchScript traced + frozen).
+   prepared as ``none`` (the network as trained, torch's default threads, glibc's default allocator settings),
+   ``eager`` and ``trace`` (as the workflow runs on CPU: folded attention cells, in-place ReLUs, channels-last,
+   parallel single-threaded workers, ``tune_allocator``; ``trace`` is TorchScript traced + frozen).
    Throughput = FLOPs of all windows (``torch.utils.flop_counter`` on the network as trained) / wall time. The
    reference is the GFLOP/s of one large 3x3 convolution (64 -> 64 channels, 256 x 256, batch 8, the better of
    NCHW and channels-last, 2 threads), measured right before and after every timed run; the larger is used.
@@ -91,6 +92,7 @@ def tile_bench(size: int, batch: int, roi: int, workers: int, nets: list[str], m
 
     from monai_nasscam.data.synth import synth_tile
     from monai_nasscam.inference import ArrayRegionReader, predict_class_map, prepare_network
+    from monai_nasscam.inference.optimize import tune_allocator
     from monai_nasscam.inference.tiling import plan_blocks, window_geometry
 
     image = synth_tile(np.random.default_rng(0), size, size).image
@@ -107,6 +109,7 @@ def tile_bench(size: int, batch: int, roi: int, workers: int, nets: list[str], m
         flops = window_flops(net, roi) * windows
         for mode in modes:
             w = 1 if mode == "none" else workers
+            tune_allocator(mode != "none")  # as NucleiPredictor does on CPU; "none" is the untouched baseline
             torch.set_num_threads(default_threads if w == 1 else 1)
             prepared = prepare_network(net, mode, (batch, 3, roi, roi), "cpu", workers=w)
             prepared(torch.rand(batch, 3, roi, roi))  # warm-up

@@ -36,6 +36,7 @@ from monai_nasscam.inference import (
     predict_class_map,
     prepare_network,
 )
+from monai_nasscam.inference.optimize import tune_allocator
 from monai_nasscam.networks import POSITIONS, Genotype
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +222,8 @@ def test_predictor_tiled_path_matches(run_dir: Path, tmp_path: Path) -> None:
         out = tmp_path / mode
         saver = SaveImage(output_dir=out, output_postfix="classmap", output_ext=".nii.gz", output_dtype=np.uint8,
                           resample=False, squeeze_end_dims=False, data_root_dir=src, print_log=False)
-        NucleiPredictor(net, _inferer(), src, out, saver=saver, stain="none", optimize="none", progress=False, **kwargs).run()
+        NucleiPredictor(net, _inferer(), src, out, saver=saver, stain="none", optimize="none", progress=False,
+                        tune_malloc=False, **kwargs).run()
         nifti = nib.load(out / "s" / "s_classmap.nii.gz")  # SaveImage (whole) / streamed by nibabel (tiled)
         results[mode] = (
             (np.asarray(nifti.dataobj), nifti.affine.tolist(), nifti.get_data_dtype().str),
@@ -318,6 +320,7 @@ def test_prepared_network_computes_the_same(attention: str) -> None:
         torch.testing.assert_close(out, ref, atol=2e-4, rtol=1e-4)
     with torch.no_grad():
         torch.testing.assert_close(net(x), ref)  # the original network is untouched
+    assert tune_allocator(True) and tune_allocator(False)  # glibc: set, then restore the defaults
 
 
 # ------------------------------------------------------------------------------------------------- bad input
@@ -352,7 +355,7 @@ def test_bad_inputs_are_named(run_dir: Path, images: Path, tmp_path: Path) -> No
     (bad / "x.svs").write_bytes(b"II*\x00garbage")
     (bad / "y.png").write_bytes(b"")
     predictor = NucleiPredictor(_network(attention="unet"), _inferer(), bad, tmp_path / "o", stain="none",
-                                optimize="none", progress=False)
+                                optimize="none", progress=False, tune_malloc=False)
     with pytest.raises(InferenceError, match="x.svs"):
         predictor.run()
     rows = list(csv.DictReader(open(tmp_path / "o" / "counts.csv")))

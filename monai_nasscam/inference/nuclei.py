@@ -165,9 +165,11 @@ def nucleus_feature(
     names: Mapping[int, str] | Sequence[str] = CLASS_NAMES,
     colors: Mapping[int, Sequence[int]] = CLASS_COLORS,
     object_type: str = "detection",
-    index: int | None = None,
 ) -> dict[str, Any]:
-    """A GeoJSON ``Feature`` (Polygon) that QuPath imports as a classified detection or annotation."""
+    """A GeoJSON ``Feature`` (Polygon) that QuPath (0.4+) imports as a classified detection or annotation.
+
+    No ``id`` is written: QuPath reads feature ids as UUIDs and gives every imported object a new one.
+    """
     name = names[nucleus.class_id] if isinstance(names, Mapping) else names[nucleus.class_id - 1]
     props: dict[str, Any] = {
         "objectType": object_type,
@@ -180,8 +182,6 @@ def nucleus_feature(
         "geometry": {"type": "Polygon", "coordinates": [np.round(r, 2).tolist() for r in nucleus.rings]},
         "properties": props,
     }
-    if index is not None:
-        feature["id"] = f"nucleus-{index}"
     return feature
 
 
@@ -206,7 +206,7 @@ class GeoJSONWriter:
             return
         if self.count:
             self._f.write(",\n")
-        self._f.write(json.dumps(nucleus_feature(nucleus, object_type=self.object_type, index=self.count), separators=(",", ":")))
+        self._f.write(json.dumps(nucleus_feature(nucleus, object_type=self.object_type), separators=(",", ":")))
         self.count += 1
 
     def close(self) -> None:

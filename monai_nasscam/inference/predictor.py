@@ -149,6 +149,7 @@ class NucleiPredictor:
         num_threads: torch intra-op threads (``None``: torch's default, one per core; 1 when ``parallel`` > 1).
         parallel: windows of a batch computed in this many threads at once (``auto``: one per CPU core on CPU,
             1 on GPU); see :class:`~monai_nasscam.inference.optimize.PreparedNetwork`.
+        tune_malloc: on CPU, keep freed memory for reuse (:func:`~monai_nasscam.inference.optimize.tune_allocator`).
     """
 
     def __init__(
@@ -178,6 +179,7 @@ class NucleiPredictor:
         progress: Any = True,
         num_threads: int | None = None,
         parallel: Any = "auto",
+        tune_malloc: Any = True,
     ) -> None:
         self.network = network
         self.inferer = inferer
@@ -208,6 +210,7 @@ class NucleiPredictor:
         self.progress = _as_bool(progress, "progress")
         self.num_threads = None if _is_null(num_threads) else int(num_threads)  # type: ignore[arg-type]
         self.parallel = parallel
+        self.tune_malloc = _as_bool(tune_malloc, "tune_malloc")
         self.rows: list[dict[str, Any]] = []
         self._forward: Any = None
         self._reference: dict[str, Any] | None = None
@@ -215,7 +218,7 @@ class NucleiPredictor:
     # --------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
         """Load the weights, prepare the network and the stain reference (errors here stop the run)."""
-        from monai_nasscam.inference.optimize import default_workers, prepare_network
+        from monai_nasscam.inference.optimize import default_workers, prepare_network, tune_allocator
 
         auto = str(self.parallel).strip().lower() == "auto"
         workers = default_workers(self.device) if auto else max(1, int(self.parallel))
@@ -223,6 +226,8 @@ class NucleiPredictor:
             torch.set_num_threads(max(1, self.num_threads))
         elif workers > 1 and self.device.type == "cpu":
             torch.set_num_threads(1)  # the workers run in parallel, each single-threaded
+        if self.tune_malloc and self.device.type == "cpu":
+            tune_allocator(True)
         if self.ckpt_path is not None:
             load_weights(self.network, self.ckpt_path)
         run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path is not None else None
@@ -338,6 +343,7 @@ class NucleiPredictor:
                 prefetch=self.num_workers if large else 0,
                 overview_step=step if (large or step > 1) else None,
                 progress=self.progress and large,
+                zeroed=out is not None,
             )
             if info["stain_note"]:
                 logger.warning("%s: %s", path, info["stain_note"])

@@ -131,6 +131,7 @@ def predict_class_map(
     prefetch: int = 0,
     overview_step: int | None = None,
     progress: bool = False,
+    zeroed: bool = False,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Infer the class map of the image behind ``reader``.
 
@@ -148,6 +149,8 @@ def predict_class_map(
         prefetch: blocks read and normalised ahead in background threads (0: none).
         overview_step: also return a raw RGB overview subsampled every ``overview_step`` pixels (for overlays).
         progress: show a progress bar over the blocks.
+        zeroed: ``out`` is known to hold zeros (a new memory map): skipped blocks are not written, so their pages
+            are never touched.
 
     Returns:
         ``(class_map, info)`` where ``info`` has ``blocks``, ``skipped_blocks``, ``stain_note``,
@@ -194,7 +197,8 @@ def predict_class_map(
                 sub = item.raw_core[oy::s, ox::s]
                 overview[(b.y0 + oy) // s : (b.y0 + oy) // s + sub.shape[0], (b.x0 + ox) // s : (b.x0 + ox) // s + sub.shape[1]] = sub
             if item.canvas is None:
-                out[b.y0 : b.y1, b.x0 : b.x1] = 0
+                if not zeroed:
+                    out[b.y0 : b.y1, b.x0 : b.x1] = 0
                 info["skipped_blocks"] += 1
             else:
                 x = torch.from_numpy(item.canvas).permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255.0)
