@@ -253,6 +253,26 @@ def test_region_readers_match_whole_image(images: Path, tmp_path: Path) -> None:
                 np.testing.assert_array_equal(reader.read(y0, y1, x0, x1), whole[y0:y1, x0:x1])
     with TiffRegionReader(images / "c.svs") as reader:
         assert reader.mpp == pytest.approx(0.2521)
+    # the prefetching threads share one reader: concurrent reads must not interleave on the file handle
+    from concurrent.futures import ThreadPoolExecutor
+
+    whole = read_rgb(images / "c.svs")
+    with TiffRegionReader(images / "c.svs", cache_bytes=1) as reader:
+        def check(seed: int) -> bool:
+            rng = np.random.default_rng(seed)
+            for _ in range(60):
+                y0, x0 = rng.integers(0, 250), rng.integers(0, 200)
+                if not (reader.read(y0, y0 + 50, x0, x0 + 60) == whole[y0 : y0 + 50, x0 : x0 + 60]).all():
+                    return False
+            return True
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads often: without the reader's lock this fails reliably
+        try:
+            with ThreadPoolExecutor(8) as pool:
+                assert all(pool.map(check, range(16)))
+        finally:
+            sys.setswitchinterval(interval)
 
 
 def test_plan_blocks_cover_the_image_once() -> None:

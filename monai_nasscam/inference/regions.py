@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -96,6 +97,7 @@ class TiffRegionReader:
         self.cache_bytes = int(cache_bytes)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cached = 0
+        self._lock = threading.Lock()  # the file handle and the cache are shared by the prefetching threads
         try:
             self._tif = tifffile.TiffFile(self.path)
         except Exception as e:  # noqa: BLE001 - any parser failure is "unreadable"
@@ -142,24 +144,26 @@ class TiffRegionReader:
         return None
 
     def _segment(self, i: int) -> np.ndarray | None:
-        if i in self._cache:
-            self._cache.move_to_end(i)
-            return self._cache[i]
         offset, count = self.page.dataoffsets[i], self.page.databytecounts[i]
-        if count == 0 or offset == 0:
-            data = None
-        else:
+        with self._lock:
+            if i in self._cache:
+                self._cache.move_to_end(i)
+                return self._cache[i]
+            if count == 0 or offset == 0:
+                return None
             fh = self._tif.filehandle
             fh.seek(offset)
             raw = fh.read(count)
-            seg, _, _ = self._decode(raw, i, jpegtables=self.page.jpegtables)
-            data = None if seg is None else seg[0]  # (rows, cols, samples)
+        seg, _, _ = self._decode(raw, i, jpegtables=self.page.jpegtables)  # outside the lock: decoders run in parallel
+        data = None if seg is None else seg[0]  # (rows, cols, samples)
         if data is not None:
-            self._cache[i] = data
-            self._cached += data.nbytes
-            while self._cached > self.cache_bytes and len(self._cache) > 1:
-                _, old = self._cache.popitem(last=False)
-                self._cached -= old.nbytes
+            with self._lock:
+                if i not in self._cache:
+                    self._cache[i] = data
+                    self._cached += data.nbytes
+                while self._cached > self.cache_bytes and len(self._cache) > 1:
+                    _, old = self._cache.popitem(last=False)
+                    self._cached -= old.nbytes
         return data
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
