@@ -25,14 +25,6 @@ from monai_nasscam.data.transforms import AUGMENTATION_DEFAULTS
 NO_AUG = {k: 0.0 for k in AUGMENTATION_DEFAULTS}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: threads only add contention on a shared 2-core machine
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def asym(tmp_path_factory):
     """A 48 x 80 tile with one asymmetric (L-shaped) nucleus, prepared without stain normalisation."""

@@ -22,15 +22,6 @@ from monai_nasscam.networks import Genotype, NASSCAMUNet
 FEATURES = (4, 8, 8, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # many tiny kernels: one thread is faster and far less sensitive to other processes on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _items(n: int, seed: int) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     return [

@@ -68,15 +68,6 @@ def _error_chain(excinfo) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The networks here are tiny: one intra-op thread is much faster than several on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory) -> Path:
     """A working directory that is not the repository: every command below runs from here."""
