@@ -168,18 +168,24 @@ class PreparedNetwork:
         channels_last: feed it channels-last inputs.
         batch: if given, always call ``module`` with batches of exactly this size (a smaller batch is padded with
             zeros, a larger one split), so that a TorchScript module is specialised for one shape only.
-        workers: run the parts of a batch in this many threads at once (each part is ``batch`` windows, or an equal
-            share of the batch). With one torch thread per worker (``torch.set_num_threads(1)``), this keeps every
-            core busy on whole windows instead of splitting each small operation across cores, which is much faster
-            on CPU for this network's many small tensors.
+        workers: run the parts of a batch in this many threads at once, each worker taking the next part when it
+            is free. With one torch thread per worker (``torch.set_num_threads(1)``), this keeps every core busy on
+            whole windows instead of splitting each small operation across cores, which is much faster on CPU for
+            this network's many small tensors, and balances itself when other processes slow one core down.
+        part: windows per part (default: ``batch``, or the whole batch with one worker and an equal share with
+            several).
     """
 
-    def __init__(self, module: Any, description: str, channels_last: bool, batch: int | None = None, workers: int = 1) -> None:
+    def __init__(
+        self, module: Any, description: str, channels_last: bool, batch: int | None = None, workers: int = 1,
+        part: int | None = None,
+    ) -> None:
         self.module = module
         self.description = description
         self.channels_last = channels_last
         self.batch = batch
         self.workers = max(1, int(workers))
+        self.part = part if part is not None else batch
         self._pool = None
         if self.workers > 1:
             from concurrent.futures import ThreadPoolExecutor
@@ -198,7 +204,7 @@ class PreparedNetwork:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        size = self.batch if self.batch is not None else -(-n // self.workers)
+        size = self.part if self.part is not None else -(-n // self.workers)
         parts = [x[i : i + size] for i in range(0, n, size)]
         if self._pool is None or len(parts) == 1:
             outs = [self._run(p) for p in parts]
@@ -265,8 +271,9 @@ def prepare_network(
         mode: ``auto``, ``none``, ``eager`` or ``trace``.
         example_shape: the shape of the batches the inferer will pass (``sw_batch_size`` windows).
         device: the network's device.
-        workers: split each batch into this many parts computed in parallel threads (see :class:`PreparedNetwork`);
-            set ``torch.set_num_threads(1)`` for it to pay off.
+        workers: with more than one, each batch is split into one-window parts computed by this many parallel threads
+            (see :class:`PreparedNetwork`; a traced module is then traced for one window); set
+            ``torch.set_num_threads(1)`` for it to pay off.
 
     The original network is not modified (``eager`` and ``trace`` work on a copy).
     """
@@ -277,8 +284,9 @@ def prepare_network(
     workers = max(1, int(workers))
     network = network.eval()
     threads = f", {workers} parallel workers" if workers > 1 else ""
+    part = 1 if workers > 1 else None  # several workers: one window per part, handed out as workers free up
     if mode == "none":
-        return PreparedNetwork(network, f"none (evaluation mode{threads})", False, workers=workers)
+        return PreparedNetwork(network, f"none (evaluation mode{threads})", False, workers=workers, part=part)
     cpu = device.type == "cpu"
     fast = copy.deepcopy(network).eval()
     folded = fold_attention_cells(fast)
@@ -288,8 +296,8 @@ def prepare_network(
         fast = fast.to(memory_format=torch.channels_last)
     what = f"{folded} attention cells folded" + (", channels-last" if channels_last else "") + threads
     if mode == "eager" or (mode == "auto" and not cpu):
-        return PreparedNetwork(fast, f"eager ({what})", channels_last, workers=workers)
-    batch = max(1, -(-int(example_shape[0]) // workers))
+        return PreparedNetwork(fast, f"eager ({what})", channels_last, workers=workers, part=part)
+    batch = part or max(1, int(example_shape[0]))
     example = torch.rand(batch, *example_shape[1:], device=device)
     if channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
@@ -303,5 +311,5 @@ def prepare_network(
         if mode == "trace":
             raise
         logger.warning("TorchScript tracing failed (%s: %s); running eager", type(e).__name__, e)
-        return PreparedNetwork(fast, f"eager ({what}; tracing failed)", channels_last, workers=workers)
+        return PreparedNetwork(fast, f"eager ({what}; tracing failed)", channels_last, workers=workers, part=part)
     return PreparedNetwork(traced, f"TorchScript traced + frozen ({what})", channels_last, batch=batch, workers=workers)
