@@ -86,10 +86,13 @@ def _legend_strip(width: int, counts: Mapping[int, int], label: str) -> np.ndarr
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
+    import textwrap
+
     dpi = 100
     fig_w = max(width, 300) / dpi
     ncol = 4 if fig_w >= 7.5 else 2
-    fig_h = 0.3 + 0.25 * (4 // ncol) + 0.25
+    label = "\n".join(textwrap.wrap(label, width=max(20, int(fig_w * dpi / 8)), break_on_hyphens=False)) or label
+    fig_h = 0.3 + 0.25 * (4 // ncol) + 0.17 * (label.count("\n") + 1) + 0.08
     fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
     handles = [
         Patch(facecolor=np.asarray(CLASS_COLORS[c]) / 255.0, edgecolor="black", label=f"{name}: {int(counts.get(c, 0))}")
