@@ -13,6 +13,17 @@ __all__ = ["read_rgb"]
 _TIFF_SUFFIXES = (".svs", ".tif", ".tiff")
 
 
+def pixels_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """8-bit pixels from 8-bit, 16-bit (high byte) or boolean ones; other types raise ``ValueError``."""
+    if arr.dtype == np.uint16:
+        return (arr >> 8).astype(np.uint8)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if arr.dtype != np.uint8:
+        raise ValueError(f"unsupported pixel type {arr.dtype}")
+    return arr
+
+
 def _to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     while arr.ndim > 3 and arr.shape[0] == 1:  # e.g. the (Z=1, H, W, 3) baseline of an SVS
         arr = arr[0]
@@ -23,12 +34,7 @@ def _to_rgb_uint8(arr: np.ndarray) -> np.ndarray:
     if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
         raise ValueError(f"expected an RGB(A) image, got an array of shape {arr.shape}")
     arr = arr[..., :3]  # RGBA (e.g. OpenSlide-style readers) -> RGB
-    if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    elif arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        raise ValueError(f"unsupported pixel type {arr.dtype}")
+    arr = pixels_to_uint8(arr)
     return np.ascontiguousarray(arr)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from monai_nasscam.data.errors import DataError
-from monai_nasscam.data.slide import read_rgb
+from monai_nasscam.data.slide import pixels_to_uint8, read_rgb
 
 __all__ = ["ArrayRegionReader", "TiffRegionReader", "open_region_reader", "TIFF_SUFFIXES", "IMAGE_SUFFIXES"]
 
@@ -31,12 +31,7 @@ def _segment_to_rgb(arr: np.ndarray) -> np.ndarray:
     """A decoded ``(rows, cols, samples)`` segment -> RGB uint8 (grey replicated, alpha dropped, 16 bit -> 8 bit)."""
     if arr.ndim == 2:
         arr = arr[..., None]
-    if arr.dtype == np.uint16:
-        arr = (arr >> 8).astype(np.uint8)
-    elif arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        raise ValueError(f"unsupported pixel type {arr.dtype}")
+    arr = pixels_to_uint8(arr)
     if arr.shape[-1] in (1, 2):
         arr = np.repeat(arr[..., :1], 3, axis=-1)
     return arr[..., :3]
