@@ -89,6 +89,13 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default: %(default)s)")
     p.add_argument(
+        "--no-stratify",
+        dest="stratify",
+        action="store_false",
+        help="keep the first random split even when a split lacks a class (default: redraw until every split "
+        "holds every annotated class)",
+    )
+    p.add_argument(
         "--stain",
         choices=("macenko", "reinhard", "none"),
         default="macenko",
@@ -119,6 +126,7 @@ def _prepare_run(args: argparse.Namespace) -> int:
         args.out_dir,
         split=args.split,
         seed=args.seed,
+        stratify=args.stratify,
         stain=args.stain,
         on_error=args.on_error,
         overwrite=args.overwrite,

@@ -158,7 +158,8 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     }
     table = _table(metrics)
     report = ["# NAS-SCAM demo", "", f"Pooled per-class Dice and mean PQ on the test split ({out / 'prepared'}).", "", table, ""]
-    report += [f"- {name}: {value}" for name, value in paths.items()]
+    for name, value in paths.items():
+        report += [f"- {name}:", *(f"  - {v}" for v in value)] if isinstance(value, list) else [f"- {name}: {value}"]
     (out / "report.md").write_text("\n".join(report) + "\n")
     print(table)
     for name, value in paths.items():

@@ -214,6 +214,26 @@ def test_splits_disjoint_reproducible():
         split_by_patient(["a", "b", "c"], ["x", "x", "y"])
 
 
+def test_split_stratified_by_classes():
+    names = [f"img{i:02d}" for i in range(20)]
+    patients = [f"p{i // 2}" for i in range(20)]
+    common = {"Epithelial", "Lymphocyte"}
+    # the rare class in 3 of 10 patients: the first draw (seed 0) misses it somewhere, a redraw holds it everywhere
+    classes = {n: common | ({"Neutrophil"} if n in ("img00", "img07", "img13") else set()) for n in names}
+    plain = make_split(names, patients, "patient", seed=0)
+    assert {plain[n] for n in ("img00", "img07", "img13")} != set(SPLITS)
+    split = make_split(names, patients, "patient", seed=0, classes=classes)
+    assert {split[n] for n in ("img00", "img07", "img13")} == set(SPLITS)
+    assert split == make_split(names, patients, "patient", seed=0, classes=classes)  # reproducible
+    assert all(split[names[i]] == split[names[i + 1]] for i in range(0, 20, 2))  # patients kept whole
+    # a split that already covers every class is kept unchanged
+    assert make_split(names, patients, "patient", seed=0, classes=dict.fromkeys(names, common)) == plain
+    # impossible: the rare class in one image only -> the best draw, with a warning naming what is missing
+    one = {n: common | ({"Macrophage"} if n == "img05" else set()) for n in names}
+    with pytest.warns(UserWarning, match=r"lacks Macrophage"):
+        make_split(names, patients, "image", seed=0, classes=one)
+
+
 def test_stain_normalisers():
     rng = np.random.default_rng(0)
     he = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])

@@ -28,6 +28,7 @@ import numpy as np
 
 from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
 from .errors import DataError
+from .imagescope import read_imagescope_xml
 from .monusac import MoNuSACCase, load_case, scan_monusac
 from .slide import read_rgb
 from .split import SPLITS, make_split
@@ -138,11 +139,20 @@ def _summary(records: list[dict], split_of: dict[str, str], mapping: dict[int, i
     return counts
 
 
+def _annotated_classes(case: MoNuSACCase) -> set[str]:
+    """The nucleus classes annotated in a case's XML (empty when it cannot be read: reported later)."""
+    try:
+        return {r.label for r in read_imagescope_xml(case.xml).regions if r.label in CLASS_NAMES}
+    except Exception:
+        return set()
+
+
 def prepare_dataset(
     data_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     split: str = "patient",
     seed: int = 0,
+    stratify: bool = True,
     stain: str = "macenko",
     on_error: str = "skip",
     overwrite: bool = False,
@@ -159,6 +169,8 @@ def prepare_dataset(
         out_dir: the output folder ``PREP``; must not exist unless ``overwrite``.
         split: ``"patient"`` (default; no patient in two splits) or ``"image"`` (the paper's 120/39/50).
         seed: seed of the split (and of the reference pixel subsampling).
+        stratify: redraw the split until every split holds every annotated class (when possible; see
+            :func:`~monai_nasscam.data.split.stratify_by_classes`).
         stain: ``"macenko"`` (default), ``"reinhard"`` or ``"none"``; the reference is fitted on the
             ``n_reference`` most tissue-rich training images.
         on_error: ``"skip"`` (report a bad file and go on) or ``"fail"`` (stop at the first bad file).
@@ -200,7 +212,8 @@ def prepare_dataset(
 
     for err in problems:
         handle(err)
-    split_of = make_split([c.name for c in cases], [c.patient for c in cases], mode=split, seed=seed)
+    classes = {c.name: _annotated_classes(c) for c in cases} if stratify else None
+    split_of = make_split([c.name for c in cases], [c.patient for c in cases], mode=split, seed=seed, classes=classes)
 
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -258,6 +271,7 @@ def prepare_dataset(
                 "data_dir": data_dir,
                 "split": split,
                 "seed": int(seed),
+                "stratify": bool(stratify),
                 "stain": {**normalizer.to_dict(), "reference_images": reference},
                 "remap": {str(k): int(v) for k, v in mapping.items()},
                 "on_error": on_error,

@@ -267,7 +267,7 @@ def iter_synth_tiles(
     max_size: int = 640,
     small_fraction: float = 0.2,
     class_frequencies: dict[str, float] | None = None,
-    tile_concentration: float = 6.0,
+    tile_concentration: float = 20.0,
 ) -> Iterator[tuple[str, str, SynthTile]]:
     """Yield ``(patient id, stem, tile)`` for a synthetic release; see :func:`generate_dataset` for the arguments."""
     if n_images < 1 or n_patients < 1:
@@ -305,7 +305,7 @@ def generate_dataset(
     max_size: int = 640,
     small_fraction: float = 0.2,
     class_frequencies: dict[str, float] | None = None,
-    tile_concentration: float = 6.0,
+    tile_concentration: float = 20.0,
     progress: bool = False,
 ) -> dict:
     """Write a synthetic MoNuSAC-format release.
@@ -325,7 +325,8 @@ def generate_dataset(
         small_fraction: share of tiles with sides under 256 pixels.
         class_frequencies: expected nuclei per class (MoNuSAC's by default).
         tile_concentration: Dirichlet concentration of the per-tile class mixture (lower: tiles more
-            dominated by one class).
+            dominated by one class). At the default, the rare classes land near MoNuSAC's 2 % of the nuclei
+            each and in most patients; at 6, a 40-tile set held 0.6 % neutrophils, in 2 of 8 patients.
         progress: show a progress bar.
 
     Returns:
