@@ -4,7 +4,10 @@ every edge on conv3, and the plain U-Net, against the throughput of one large 3x
 Each network runs in its own subprocess so that its peak resident memory is its own. Rates use the best of the
 timed steps (and the best of the convolution runs): on a shared machine the best run is the one least disturbed.
 
-    python bench/search_step.py [--batch 4] [--size 256] [--steps 5] [--device cpu] [--threads N]
+    python bench/search_step.py [--batch 4] [--size 256] [--steps 5] [--device cpu] [--threads N] [--no-malloc-tuning]
+
+As the search and train workflows do, every process first lets glibc keep freed memory
+(:func:`monai_nasscam.engines.allocator.tune_cpu_allocator`); ``--no-malloc-tuning`` measures without it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+
+from monai_nasscam.engines.allocator import tune_cpu_allocator
 
 MODELS = ("supernet", "derived-conv3", "unet")
 
@@ -99,19 +104,23 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's, one per core)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--no-malloc-tuning", action="store_true", help="leave glibc's allocator thresholds as they are")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
     if args.worker:
         print(json.dumps(step_stats(args.worker, args.batch, args.size, args.steps, args.device)))
         return
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch {args.batch}x3x{args.size}x{args.size}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch {args.batch}x3x{args.size}x{args.size}, "
+          f"malloc tuning {'on' if tuned else 'off'}")
     rows = []
     for name in args.models:
         cmd = [sys.executable, __file__, "--worker", name, "--batch", str(args.batch), "--size", str(args.size),
                "--steps", str(args.steps), "--device", args.device] + (["--threads", str(args.threads)] if args.threads else [])
+        cmd += ["--no-malloc-tuning"] if args.no_malloc_tuning else []
         rows.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]))
     conv = conv_reference(args.batch, args.size, args.device)
     print(f"reference: one 3x3 conv (64->64, {args.batch}x64x{args.size}x{args.size}) forward: {conv:.1f} GFLOP/s")

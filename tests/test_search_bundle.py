@@ -177,3 +177,23 @@ def test_reference_preset_and_shared_search_build(tmp_path, prepared):
     arch_names = {e["name"] for e in parser.get_parsed_content("arch#dataset#data")}
     assert train_names and arch_names and train_names.isdisjoint(arch_names)
     parser.get_parsed_content("tensorboard").close()
+
+
+def test_tune_cpu_allocator_keeps_freed_memory(monkeypatch):
+    import resource
+
+    import torch
+
+    from monai_nasscam.engines.allocator import DISABLE_ENV, tune_cpu_allocator
+
+    monkeypatch.setenv(DISABLE_ENV, "1")
+    assert not tune_cpu_allocator()
+    monkeypatch.delenv(DISABLE_ENV)
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    assert tune_cpu_allocator()
+    for _ in range(2):
+        torch.ones(16 << 20)  # 64 MiB, freed at once: kept by the process once the heap has grown
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(16 << 20)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000  # mapped fresh: 16384 page faults

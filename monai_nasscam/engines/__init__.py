@@ -1,5 +1,6 @@
-"""Engines: the first-order bilevel architecture search and the checks of its inputs."""
+"""Engines: the first-order bilevel architecture search, the checks of its inputs, CPU allocator tuning."""
 
+from monai_nasscam.engines.allocator import tune_cpu_allocator
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents, BilevelSearchTrainer, derive_seed
 from monai_nasscam.engines.search_inputs import (
     CHECKPOINT_NAME,
@@ -25,4 +26,5 @@ __all__ = [
     "resolve_resume",
     "search_datalists",
     "split_architecture",
+    "tune_cpu_allocator",
 ]
