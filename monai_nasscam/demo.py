@@ -139,8 +139,8 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     stage("inference on the held-out raw tiles with NAS-SCAM-P (inference.yaml)")
     images = _test_images(raw, prep, out / "test_images")
     inference = {
+        # the genotype and the stain reference come from the training run's folder (RUN/genotype.json, RUN/stain.json)
         "input_dir": str(images), "ckpt_path": str(out / "nas-scam-p" / "models" / "model.pt"),
-        "genotype_path": str(genotype), "dataset_dir": str(prep),
         **{k: v for k, v in common.items() if k in ("roi_size", "features", "num_workers", "device")},
         **(budgets.get("inference") or {}),
     }

@@ -124,6 +124,9 @@ def test_train_writes_best_model_checkpoint_and_tensorboard(trained_unet):
     assert resume["trainer"]["max_epochs"] == 2 and resume["trainer"]["iteration"] == 4  # 2 epochs of 2 iterations
     assert len(resume["best_model"]["_saved"]) == 1
     assert any((trained_unet / "tensorboard").iterdir())
+    manifest = json.loads((trained_unet.parent.parent / "prep" / "manifest.json").read_text())
+    assert json.loads((trained_unet / "stain.json").read_text()) == manifest["settings"]["stain"]  # for inference
+    assert not (trained_unet / "genotype.json").exists()  # a baseline has none
 
 
 def _engine():
@@ -249,6 +252,25 @@ def test_derived_network_trains_from_the_search_output_and_traces(workdir, prepa
     x = torch.rand(2, 3, 64, 32)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_record_run_inputs_copies_the_genotype_without_replacing_one(prepared, tmp_path):
+    from monai_nasscam.engines.train_inputs import record_run_inputs
+    from monai_nasscam.inference.stain import load_stain_reference, resolve_stain_spec
+    from monai_nasscam.networks import Genotype
+
+    genotype = _nas_genotype(tmp_path / "search" / "genotype.json")
+    run = tmp_path / "run"
+    assert record_run_inputs(prepared, run, genotype)
+    assert Genotype.load(run / "genotype.json") == Genotype.load(genotype)
+    reference = load_stain_reference(resolve_stain_spec("auto", None, run))  # inference with --ckpt_path alone
+    assert reference == load_stain_reference(prepared / "manifest.json")
+    other = _nas_genotype(tmp_path / "other.json", attention="nas-scam-s")
+    with pytest.warns(UserWarning, match="differs from the trained genotype"):
+        record_run_inputs(prepared, run, other)
+    assert Genotype.load(run / "genotype.json") == Genotype.load(genotype)  # a search's genotype is never replaced
+    assert not record_run_inputs(prepared, tmp_path / "rank1", genotype, rank=1)
+    assert not (tmp_path / "rank1").exists()
 
 
 # ------------------------------------------------------------------------------------------------------- resume

@@ -8,8 +8,10 @@ naming the file at fault here, in the workflow's ``initialize`` step, before a b
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -37,6 +39,7 @@ __all__ = [
     "check_checkpoint",
     "check_train_inputs",
     "check_evaluate_inputs",
+    "record_run_inputs",
 ]
 
 #: file name of the resumable training checkpoint under ``RUN/checkpoints``.
@@ -358,6 +361,53 @@ def check_train_inputs(
     if resume_path is not None and network is not None:
         check_checkpoint(resume_path, network, key="network")
     return True
+
+
+def record_run_inputs(
+    dataset_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    genotype_path: str | os.PathLike | None = None,
+    rank: int = 0,
+) -> bool:
+    """Keep what inference needs beside the model, so that ``inference.yaml`` needs only ``--ckpt_path``.
+
+    Writes ``RUN/stain.json`` (the stain reference of ``PREP/manifest.json``; ``{"method": "none"}`` when the
+    dataset has no manifest) and, for a derived network, ``RUN/genotype.json`` unless that file exists already
+    (a search into the same folder wrote it; it is never replaced). Atomic writes, rank 0 only.
+    """
+    if rank != 0:
+        return False
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = Path(dataset_dir) / "manifest.json"
+    stain: Any = {"method": "none"}
+    if manifest.is_file():
+        stain = json.loads(manifest.read_text()).get("settings", {}).get("stain", stain)
+    _write_json_atomic(out / "stain.json", stain)
+    genotype_path = None if _is_null(genotype_path, ("", "null", "none")) else Path(genotype_path)  # type: ignore[arg-type]
+    target = out / "genotype.json"
+    if genotype_path is not None and not target.exists():
+        Genotype.load(genotype_path).save(target)
+    elif genotype_path is not None and target.resolve() != genotype_path.resolve():
+        if Genotype.load(target).to_dict() != Genotype.load(genotype_path).to_dict():
+            warnings.warn(
+                f"{target} (kept) differs from the trained genotype {genotype_path}: pass --genotype_path "
+                f"{genotype_path} to inference.yaml.",
+                stacklevel=2,
+            )
+    return True
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def check_evaluate_inputs(
