@@ -2,7 +2,8 @@
 
 The demo and ``nasscam compare`` drive the bundle exactly as a user would, one subprocess per workflow, so a
 crash or a leak in one run cannot change another. A finished run leaves a marker file holding the overrides it
-ran with; running the same step again with the same overrides is skipped, which makes long drivers resumable.
+ran with; running the same step again with the same overrides is skipped, and a step that was interrupted after
+its first checkpoint continues from it, which makes long drivers resumable.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = ["BUNDLE_DIR", "config_path", "bundle_command", "run_workflow", "Workf
 #: the bundle shipped with this checkout (configs, docs, metadata).
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
 DONE_MARKER = ".workflow_done.json"
+STARTED_MARKER = ".workflow_started.json"
 
 
 class WorkflowError(RuntimeError):
@@ -62,9 +64,11 @@ def run_workflow(
     Args:
         configs: bundle config names, e.g. ``["train.yaml", "evaluate.yaml"]``.
         overrides: command-line overrides (``output_dir`` is set to ``output_dir``).
-        output_dir: the run's folder. A single workflow owns it: an interrupted or changed run there is cleared
-            first. A combined one (train + evaluate) adds to the folder of the run it extends.
-        log_name: file in ``output_dir`` that receives the run's output when ``quiet``.
+        output_dir: the run's folder. A single workflow owns it: a run interrupted after its first checkpoint
+            continues from it (``--resume true``) when started again with the same overrides; a changed run, or
+            one interrupted before any checkpoint, is cleared first. A combined one (train + evaluate) adds to
+            the folder of the run it extends.
+        log_name: file in ``output_dir`` that receives the run's output when ``quiet`` (appended to on resume).
         quiet: send the output to the log file instead of the terminal.
 
     Returns:
@@ -73,19 +77,21 @@ def run_workflow(
     output_dir = Path(output_dir)
     overrides = {**overrides, "output_dir": str(output_dir)}
     record = {"configs": list(configs), "overrides": {k: _format(v) for k, v in overrides.items()}}
-    marker = output_dir / f".{'+'.join(Path(c).stem for c in configs)}{DONE_MARKER}"
-    if marker.is_file():
-        if json.loads(marker.read_text()) == record:
-            return False
-        stale = True
-    else:
-        stale = output_dir.is_dir() and any(output_dir.iterdir())
-    if stale and len(configs) == 1:  # a single workflow owns its folder: a changed or interrupted run starts afresh
-        shutil.rmtree(output_dir)
+    name = "+".join(Path(c).stem for c in configs)
+    marker, started = output_dir / f".{name}{DONE_MARKER}", output_dir / f".{name}{STARTED_MARKER}"
+    if marker.is_file() and json.loads(marker.read_text()) == record:
+        return False
+    resume = False
+    if len(configs) == 1:  # a single workflow owns its folder
+        resume = started.is_file() and json.loads(started.read_text()) == record and any(output_dir.glob("checkpoints/*.pt"))
+        if not resume and output_dir.is_dir() and any(output_dir.iterdir()):
+            shutil.rmtree(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    cmd = bundle_command(configs, overrides)
+    marker.unlink(missing_ok=True)
+    started.write_text(json.dumps(record, indent=1))
+    cmd = bundle_command(configs, {**overrides, "resume": True} if resume else overrides)
     log = output_dir / log_name
-    with open(log, "w") if quiet else open(os.devnull, "w") as sink:
+    with open(log, "a" if resume else "w") if quiet else open(os.devnull, "w") as sink:
         result = subprocess.run(cmd, stdout=sink if quiet else None, stderr=subprocess.STDOUT if quiet else None)
     if result.returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:]) if quiet else ""

@@ -274,6 +274,30 @@ def test_record_run_inputs_copies_the_genotype_without_replacing_one(prepared, t
 
 
 # ------------------------------------------------------------------------------------------------------- resume
+def test_run_workflow_resumes_an_interrupted_run_and_restarts_a_changed_one(prepared, tmp_path):
+    from monai_nasscam.workflow import DONE_MARKER, STARTED_MARKER, run_workflow
+
+    run = tmp_path / "run"
+    common = dict(dataset_dir=str(prepared), attention="unet", **TINY)
+    # the state a 2-epoch run leaves when stopped after its first epoch: a checkpoint, a start marker, no done marker
+    run_workflow(["train.yaml"], {**common, "epochs": 1}, run, quiet=True)
+    started = run / f".train{STARTED_MARKER}"
+    record = json.loads(started.read_text())
+    record["overrides"]["epochs"] = "2"
+    started.write_text(json.dumps(record))
+    (run / f".train{DONE_MARKER}").unlink()
+
+    assert run_workflow(["train.yaml"], {**common, "epochs": 2}, run, quiet=True)
+    log = (run / "workflow.log").read_text()
+    assert "Restored all variables from" in log and "Epoch: 2/2" in log and "Epoch: 1/2" not in log
+    assert torch.load(run / "checkpoints" / "train_checkpoint.pt", weights_only=True)["trainer"]["iteration"] == 4
+    assert not run_workflow(["train.yaml"], {**common, "epochs": 2}, run, quiet=True)  # done: skipped
+    # other overrides: the folder is cleared and the run starts afresh
+    assert run_workflow(["train.yaml"], {**common, "epochs": 1, "seed": 3}, run, quiet=True)
+    assert "Restored all variables from" not in (run / "workflow.log").read_text()
+
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(prepared, tmp_path):
     common = dict(dataset_dir=str(prepared), attention="scse", val_interval=1, **TINY)
     bundle_run(TRAIN, output_dir=str(tmp_path / "whole"), epochs=2, **common)

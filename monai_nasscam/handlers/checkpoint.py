@@ -131,7 +131,7 @@ class SearchCheckpointer:
     def _epoch_completed(self, engine: Engine) -> None:
         if self.epoch_interval > 0 and engine.state.epoch % self.epoch_interval == 0 or self._signum is not None:
             path = self.save(engine)
-            self.logger.info(f"saved search checkpoint of epoch {engine.state.epoch} to {path}")
+            self.logger.info(f"saved checkpoint of epoch {engine.state.epoch} to {path}")
         self._stop_if_signalled(engine)
 
     def _iteration_completed(self, engine: Engine) -> None:
