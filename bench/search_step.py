@@ -7,7 +7,7 @@ timed steps (and the best of the convolution runs): on a shared machine the best
     python bench/search_step.py [--batch 4] [--size 256] [--steps 5] [--device cpu] [--threads N] [--no-malloc-tuning]
 
 As the search and train workflows do, every process first lets glibc keep freed memory
-(:func:`monai_nasscam.engines.allocator.tune_cpu_allocator`); ``--no-malloc-tuning`` measures without it.
+(:func:`monai_nasscam.allocator.tune_allocator`); ``--no-malloc-tuning`` measures without it.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from monai_nasscam.engines.allocator import tune_cpu_allocator
+from monai_nasscam.allocator import tune_allocator
 
 MODELS = ("supernet", "derived-conv3", "unet")
 
@@ -109,7 +109,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    tuned = False if args.no_malloc_tuning else tune_cpu_allocator()
+    tuned = False if args.no_malloc_tuning else tune_allocator()
     if args.worker:
         print(json.dumps(step_stats(args.worker, args.batch, args.size, args.steps, args.device)))
         return

@@ -179,21 +179,22 @@ def test_reference_preset_and_shared_search_build(tmp_path, prepared):
     parser.get_parsed_content("tensorboard").close()
 
 
-def test_tune_cpu_allocator_keeps_freed_memory(monkeypatch):
+def test_tune_allocator_keeps_freed_memory(monkeypatch):
     import resource
 
     import torch
 
-    from monai_nasscam.engines.allocator import DISABLE_ENV, tune_cpu_allocator
+    from monai_nasscam.allocator import DISABLE_ENV, tune_allocator
 
     monkeypatch.setenv(DISABLE_ENV, "1")
-    assert not tune_cpu_allocator()
+    assert not tune_allocator()
     monkeypatch.delenv(DISABLE_ENV)
     if not sys.platform.startswith("linux"):
         pytest.skip("glibc only")
-    assert tune_cpu_allocator()
+    assert tune_allocator()
     for _ in range(2):
         torch.ones(16 << 20)  # 64 MiB, freed at once: kept by the process once the heap has grown
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     torch.ones(16 << 20)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000  # mapped fresh: 16384 page faults
+    assert tune_allocator(False)  # glibc's defaults again

@@ -1,6 +1,5 @@
-"""Engines: the first-order bilevel architecture search, the checks of its inputs, CPU allocator tuning."""
+"""Engines: the first-order bilevel architecture search and the checks of its inputs."""
 
-from monai_nasscam.engines.allocator import tune_cpu_allocator
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents, BilevelSearchTrainer, derive_seed
 from monai_nasscam.engines.search_inputs import (
     CHECKPOINT_NAME,
@@ -26,5 +25,4 @@ __all__ = [
     "resolve_resume",
     "search_datalists",
     "split_architecture",
-    "tune_cpu_allocator",
 ]

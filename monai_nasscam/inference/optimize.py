@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from monai_nasscam.allocator import tune_allocator
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell
 from monai_nasscam.networks.ops import OPS
 
@@ -216,33 +217,6 @@ class PreparedNetwork:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
-
-
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -4, -8
-
-
-def tune_allocator(enable: bool = True) -> bool:
-    """Keep freed memory in the process (glibc ``mallopt``) instead of returning every large block to the system.
-
-    By default glibc serves each allocation above a few MB (most activations of a 256 x 256 window batch) with a
-    fresh ``mmap`` and unmaps it when freed, so every operation pays page faults on new memory -- a large share of
-    CPU inference time for a network of many cheap operations. Enabled: one arena for all threads, no ``mmap``
-    for large blocks, and up to 1 GiB of free memory kept for reuse. Process-wide; ``enable=False`` restores
-    glibc's defaults. Returns ``False`` where ``mallopt`` is unavailable (not glibc).
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    if enable:
-        settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**30), (_M_TOP_PAD, 64 * 2**20))
-    else:
-        settings = ((_M_ARENA_MAX, 0), (_M_MMAP_MAX, 65536), (_M_TRIM_THRESHOLD, 128 * 1024), (_M_TOP_PAD, 0))
-    return all(mallopt(key, value) == 1 for key, value in settings)
 
 
 def default_workers(device: Any = "cpu") -> int:
