@@ -57,6 +57,7 @@ def _synth_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--min-size", type=int, default=96, help="smallest tile side in px (default: %(default)s)")
     p.add_argument("--max-size", type=int, default=640, help="largest tile side in px (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT_DIR (refused otherwise)")
 
 
 def _synth_run(args: argparse.Namespace) -> int:
@@ -70,6 +71,7 @@ def _synth_run(args: argparse.Namespace) -> int:
         svs=args.svs,
         min_size=args.min_size,
         max_size=args.max_size,
+        overwrite=args.overwrite,
         progress=sys.stderr.isatty(),
     )
     nuclei = ", ".join(f"{k} {v}" for k, v in summary["nuclei"].items())

@@ -63,6 +63,20 @@ def test_deterministic_per_seed(synth_dir, tmp_path):
     assert other.image.shape != first.image.shape or not np.array_equal(other.image, first.image)
 
 
+def test_refuses_to_mix_two_sets_and_overwrites_on_request(tmp_path, capsys):
+    out = tmp_path / "raw"
+    small = ["synth", str(out), "--images", "2", "--patients", "1", "--min-size", "64", "--max-size", "96"]
+    assert cli_main(small) == 0
+    before = sorted(p.name for p in out.rglob("*"))
+    assert cli_main([*small, "--seed", "5"]) != 0  # a second set into the same folder is refused ...
+    err = capsys.readouterr().err
+    assert f"{out}: output folder is not empty (use --overwrite" in err
+    assert sorted(p.name for p in out.rglob("*")) == before  # ... and the first one is untouched
+    assert cli_main([*small, "--seed", "5", "--overwrite"]) == 0
+    assert json.loads((out / "synth.json").read_text())["seed"] == 5
+    assert len(list(out.rglob("*.tif"))) == 2 and not list(tmp_path.glob(".raw.tmp-*"))  # replaced, no leftovers
+
+
 def test_parses_back_to_the_generated_masks(synth_dir):
     cases, problems = scan_monusac(synth_dir)
     assert not problems and len(cases) == 6

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
 from .classes import CLASS_NAMES
+from .errors import DataError
 from .imagescope import Region, write_imagescope_xml
 from .raster import Masks, rasterize_regions
 from .synth_nuclei import FIBROBLAST, NUCLEUS_TYPES, nucleus_polygon, render_nucleus
@@ -306,6 +309,7 @@ def generate_dataset(
     small_fraction: float = 0.2,
     class_frequencies: dict[str, float] | None = None,
     tile_concentration: float = 20.0,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> dict:
     """Write a synthetic MoNuSAC-format release.
@@ -314,8 +318,11 @@ def generate_dataset(
     patient folders and stems ending ``_1``, ``_001`` or ``-1``; plus ``OUT/synth.json`` (settings and
     counts; ignored by the reader).
 
+    The set is written to a temporary folder next to ``out_dir`` and renamed into place at the end, so an
+    interrupted run leaves nothing behind.
+
     Args:
-        out_dir: output folder (created; existing files with the same names are replaced).
+        out_dir: output folder; it must not exist or be empty, unless ``overwrite`` (then it is replaced).
         n_images: number of annotated tiles.
         n_patients: number of patient folders (each gets at least one tile).
         seed: random seed; the output is a function of all arguments.
@@ -327,36 +334,51 @@ def generate_dataset(
         tile_concentration: Dirichlet concentration of the per-tile class mixture (lower: tiles more
             dominated by one class). At the default, the rare classes land near MoNuSAC's 2 % of the nuclei
             each and in most patients; at 6, a 40-tile set held 0.6 % neutrophils, in 2 of 8 patients.
+        overwrite: replace a non-empty ``out_dir`` (refused otherwise: two sets would mix).
         progress: show a progress bar.
 
     Returns:
         the summary written to ``synth.json``.
+
+    Raises:
+        DataError: ``out_dir`` is not empty and ``overwrite`` is false.
     """
     import tifffile
     from tqdm import tqdm
 
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir = os.path.abspath(os.fspath(out_dir))
+    if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
+        raise DataError(out_dir, "output folder is not empty (use --overwrite to replace it)")
     settings = dict(
         n_images=n_images, n_patients=min(n_patients, n_images), seed=seed, min_size=min_size, max_size=max_size,
         small_fraction=small_fraction, class_frequencies=class_frequencies, tile_concentration=tile_concentration,
     )
     summary: dict = {"format": "nasscam-synth", "version": 1, **settings, "svs": svs, "images": []}
     totals = dict.fromkeys(CLASS_NAMES, 0)
-    tiles = iter_synth_tiles(**settings)
-    for patient, stem, tile in tqdm(tiles, total=n_images, desc="synth", unit="tile", disable=not progress, leave=False):
-        folder = os.path.join(out_dir, patient)
-        os.makedirs(folder, exist_ok=True)
-        tifffile.imwrite(os.path.join(folder, stem + ".tif"), tile.image, photometric="rgb", compression="zlib")
-        if svs:
-            write_svs(os.path.join(folder, stem + ".svs"), tile.image)
-        write_imagescope_xml(os.path.join(folder, stem + ".xml"), tile.layers)
-        for n, c in tile.counts.items():
-            totals[n] += c
-        summary["images"].append(
-            {"patient": patient, "stem": stem, "shape": list(tile.image.shape[:2]), "nuclei": tile.counts}
-        )
-    summary["nuclei"] = totals
-    with open(os.path.join(out_dir, "synth.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    try:
+        tiles = iter_synth_tiles(**settings)
+        for patient, stem, tile in tqdm(tiles, total=n_images, desc="synth", unit="tile", disable=not progress, leave=False):
+            folder = os.path.join(tmp, patient)
+            os.makedirs(folder, exist_ok=True)
+            tifffile.imwrite(os.path.join(folder, stem + ".tif"), tile.image, photometric="rgb", compression="zlib")
+            if svs:
+                write_svs(os.path.join(folder, stem + ".svs"), tile.image)
+            write_imagescope_xml(os.path.join(folder, stem + ".xml"), tile.layers)
+            for n, c in tile.counts.items():
+                totals[n] += c
+            summary["images"].append(
+                {"patient": patient, "stem": stem, "shape": list(tile.image.shape[:2]), "nuclei": tile.counts}
+            )
+        summary["nuclei"] = totals
+        with open(os.path.join(tmp, "synth.json"), "w") as f:
+            json.dump(summary, f, indent=1)
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return summary
