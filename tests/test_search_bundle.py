@@ -90,10 +90,10 @@ def test_other_bad_overrides(tmp_path, prepared):
     assert not (tmp_path / "run").exists()
 
 
-def _command(prepared: Path, run: Path, *extra: str, config=None) -> list[str]:
+def _command(prepared: Path, run: Path, *extra: str, config=None, **overrides: str) -> list[str]:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config or str(SEARCH)]
     cmd += ["--dataset_dir", str(prepared), "--output_dir", str(run), "--epochs", "3", "--warmup_epochs", "1"]
-    for key, value in TINY.items():
+    for key, value in {**TINY, **overrides}.items():
         cmd += [f"--{key}", value]
     return cmd + list(extra)
 
@@ -177,6 +177,24 @@ def test_reference_preset_and_shared_search_build(tmp_path, prepared):
     arch_names = {e["name"] for e in parser.get_parsed_content("arch#dataset#data")}
     assert train_names and arch_names and train_names.isdisjoint(arch_names)
     parser.get_parsed_content("tensorboard").close()
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_cleanly(tmp_path, prepared):
+    """``timeout`` / ``kill -TERM -PGID`` / batch schedulers signal every process: the workers must survive it."""
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoints" / "search_checkpoint.pt"
+    proc = subprocess.Popen(_command(prepared, run, num_workers="2"), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "no checkpoint after the first epoch:\n" + (proc.communicate()[0] if proc.poll() is not None else "")
+    os.killpg(proc.pid, signal.SIGTERM)
+    log, _ = proc.communicate(timeout=300)
+    assert "killed by signal" not in log, log[-3000:]
+    if "SIGTERM received" in log:  # the usual case: stopped cleanly after an iteration, with a checkpoint to resume
+        assert proc.returncode != 0 and "resume from" in log, log[-3000:]
+    else:  # the signal came after the last iteration (a very slow machine)
+        assert proc.returncode == 0 and (run / "genotype.json").exists(), log[-3000:]
 
 
 def test_tune_allocator_keeps_freed_memory(monkeypatch):

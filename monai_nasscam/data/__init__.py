@@ -4,6 +4,7 @@ stain normalisation, splits, and MONAI training / validation transforms."""
 from .classes import CLASS_IDS, CLASS_NAMES, NUM_CLASSES, labels_dict, normalize_layer_name, parse_remap
 from .errors import DataError
 from .imagescope import Annotations, Region, read_imagescope_xml, write_imagescope_xml
+from .loader import SignalSafeDataLoader
 from .monusac import MoNuSACCase, load_case, scan_monusac
 from .prepare import prepare_dataset
 from .raster import Masks, rasterize_regions
@@ -22,6 +23,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "SignalSafeDataLoader",
     "CLASS_IDS",
     "CLASS_NAMES",
     "NUM_CLASSES",

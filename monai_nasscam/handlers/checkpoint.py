@@ -8,8 +8,10 @@ iteration left (possibly half an optimiser step). :class:`SearchCheckpointer` in
   tracking), so the file always describes a consistent point;
 - on Ctrl-C (SIGINT) or SIGTERM lets the running iteration finish, saves, and raises :class:`SearchInterrupted`
   (a ``KeyboardInterrupt``); a second signal interrupts at once, as usual. Data-loader worker processes
-  (forked while the handler is installed) ignore the first signal, so a Ctrl-C to the whole process group does
-  not kill them under the finishing iteration.
+  (forked while the handler is installed) ignore the first signal, so a Ctrl-C or a SIGTERM to the whole process
+  group (``timeout``, ``kill -TERM -PGID``, batch schedulers) does not kill them under the finishing iteration;
+  for SIGTERM this needs :class:`~monai_nasscam.data.SignalSafeDataLoader`, because torch's worker loop
+  installs its own SIGTERM handler.
 
 Resume with MONAI's ``CheckpointLoader`` on the same objects (the bundle's ``resume`` key does this).
 """
@@ -32,6 +34,7 @@ from ignite.handlers import DiskSaver
 from monai_nasscam.engines.search_inputs import CHECKPOINT_NAME
 
 __all__ = ["SearchCheckpointer", "SearchInterrupted"]
+
 
 
 class SearchInterrupted(KeyboardInterrupt):
