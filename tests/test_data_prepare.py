@@ -128,6 +128,9 @@ def test_prepare_is_reproducible_and_image_split(raw, tmp_path):
     assert json.loads((tmp_path / "a" / "datalist.json").read_text()) == json.loads((tmp_path / "b" / "datalist.json").read_text())
     assert a["counts"] == b["counts"]
     assert [a["counts"][s]["images"] for s in SPLITS] == list(split_counts(9))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a").stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it, not mkdtemp's 0700
 
 
 def test_bad_inputs_skip_or_fail(raw, tmp_path):

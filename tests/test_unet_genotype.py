@@ -1,4 +1,5 @@
 import json
+import os
 
 import pytest
 import torch
@@ -95,6 +96,9 @@ def test_genotype_json_round_trip(tmp_path):
     loaded = Genotype.load(path)
     assert loaded == genotype
     assert list(tmp_path.joinpath("g").iterdir()) == [path]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0600
     net = NASSCAMUNet(2, 3, 4, genotype=str(path), features=SMALL)
     assert Genotype.from_dict(data).modules == [dict(m) for m in data["modules"]]
     assert net(torch.randn(2, 3, 32, 32)).shape == (2, 4, 32, 32)

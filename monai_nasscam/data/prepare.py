@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
+from ..fileio import default_mode
 from .errors import DataError
 from .imagescope import read_imagescope_xml
 from .monusac import MoNuSACCase, load_case, scan_monusac
@@ -218,6 +219,7 @@ def prepare_dataset(
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    default_mode(tmp)  # mkdtemp's 0700 would stay on the renamed dataset
     try:
         train_cases = [c for c in cases if split_of[c.name] == "training"] or cases
         reference, ref_errors = _fit_reference(normalizer, train_cases, n_reference, tif_bgr)

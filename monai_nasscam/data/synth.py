@@ -23,6 +23,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
 from .classes import CLASS_NAMES
+from ..fileio import default_mode
 from .errors import DataError
 from .imagescope import Region, write_imagescope_xml
 from .raster import Masks, rasterize_regions
@@ -358,6 +359,7 @@ def generate_dataset(
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
+    default_mode(tmp)  # mkdtemp's 0700 would stay on the renamed dataset
     try:
         tiles = iter_synth_tiles(**settings)
         for patient, stem, tile in tqdm(tiles, total=n_images, desc="synth", unit="tile", disable=not progress, leave=False):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from monai_nasscam.engines.search_inputs import read_datalist
+from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.blocks import NAS_ATTENTIONS
 from monai_nasscam.networks.genotype import Genotype
 
@@ -383,7 +383,7 @@ def record_run_inputs(
     stain: Any = {"method": "none"}
     if manifest.is_file():
         stain = json.loads(manifest.read_text()).get("settings", {}).get("stain", stain)
-    _write_json_atomic(out / "stain.json", stain)
+    atomic_write_text(out / "stain.json", json.dumps(stain, indent=1) + "\n")
     genotype_path = None if _is_null(genotype_path, ("", "null", "none")) else Path(genotype_path)  # type: ignore[arg-type]
     target = out / "genotype.json"
     if genotype_path is not None and not target.exists():
@@ -396,18 +396,6 @@ def record_run_inputs(
                 stacklevel=2,
             )
     return True
-
-
-def _write_json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_evaluate_inputs(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 import torch.nn as nn
 
+from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.blocks import ATTENTIONS, NAS_ATTENTIONS, NASCAMBlock, NASSAMBlock, NASSCAMBlock
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell
 from monai_nasscam.networks.ops import OPS
@@ -147,18 +147,7 @@ class Genotype:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON file atomically (temporary file, then rename); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=1)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Genotype:
