@@ -367,14 +367,17 @@ def record_run_inputs(
     dataset_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     genotype_path: str | os.PathLike | None = None,
-    rank: int = 0,
+    rank: int | None = None,
 ) -> bool:
     """Keep what inference needs beside the model, so that ``inference.yaml`` needs only ``--ckpt_path``.
 
     Writes ``RUN/stain.json`` (the stain reference of ``PREP/manifest.json``; ``{"method": "none"}`` when the
     dataset has no manifest) and, for a derived network, ``RUN/genotype.json`` unless that file exists already
-    (a search into the same folder wrote it; it is never replaced). Atomic writes, rank 0 only.
+    (a search into the same folder wrote it; it is never replaced). Atomic writes, by rank 0 only (``rank``: this
+    process's, default the ``torch.distributed`` rank when a process group is initialised, else 0).
     """
+    if rank is None:
+        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
     if rank != 0:
         return False
     out = Path(output_dir)
