@@ -5,7 +5,8 @@
 Each network runs in its own process (peak memory is per process): a training step is forward + backward + Adam on
 ``batch`` 256 x 256 crops with train.yaml's loss (ExpLogLoss, sigmoid, patent weights); evaluation is MONAI's
 SlidingWindowInferer (256, overlap 0.5, 4 windows per call) on a ``--tile`` x ``--tile`` image. ``nas-scam-p`` is a
-derived network with a fixed random genotype (seed 0): its cost depends on the ops the search picked.
+derived network with a fixed random genotype (seed 0): its cost depends on the ops the search picked. Each process
+first tunes the allocator as train.yaml does (:func:`monai_nasscam.allocator.tune_allocator`).
 Prints one JSON line per network.
 """
 
@@ -25,10 +26,12 @@ def _one(name: str, steps: int, batch: int, tile: int) -> dict:
     import torch
     from monai.inferers import SlidingWindowInferer
 
+    from monai_nasscam.allocator import tune_allocator
     from monai_nasscam.engines.train_inputs import build_network
     from monai_nasscam.losses import ExpLogLoss
     from monai_nasscam.networks import Genotype, NASSCAMUNet
 
+    tune_allocator()
     torch.manual_seed(0)
     if name.startswith("nas-"):
         supernet = NASSCAMUNet(attention=name)
