@@ -60,13 +60,9 @@ def _synth(raw: Path, settings: dict) -> bool:
     marker = raw / ".demo_synth.json"
     if _cached(marker, settings):
         return False
-    if raw.exists():
-        import shutil
-
-        shutil.rmtree(raw)
     generate_dataset(
         raw, n_images=settings["images"], n_patients=settings["patients"], seed=settings["seed"],
-        min_size=settings["min_size"], max_size=settings["max_size"], progress=True,
+        min_size=settings["min_size"], max_size=settings["max_size"], overwrite=True, progress=True,
     )
     marker.write_text(json.dumps(settings))
     return True

@@ -1,4 +1,4 @@
-"""Atomic writes with ordinary permissions.
+"""Atomic writes of files and folders, with ordinary permissions.
 
 ``tempfile.mkstemp`` / ``mkdtemp`` create their file or folder readable by the owner only (0600 / 0700); renamed
 into place, a genotype, a run's ``stain.json`` or a prepared dataset would keep those modes, and colleagues who
@@ -9,10 +9,13 @@ result the modes a plain ``open`` / ``mkdir`` would (0666 / 0777 less the umask)
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "default_mode"]
+__all__ = ["atomic_write_text", "default_mode", "staged_dir"]
 
 
 def _umask() -> int:
@@ -32,7 +35,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
         default_mode(tmp)
         os.replace(tmp, path)
@@ -40,3 +43,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def staged_dir(target: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary folder next to ``target`` to build it in; on success it replaces ``target`` (an existing
+    one is moved aside and removed only once the new one is in place), on any error or interruption it is removed.
+    """
+    target = os.path.abspath(os.fspath(target))
+    parent = os.path.dirname(target)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    default_mode(tmp)
+    try:
+        yield tmp
+        if not os.path.exists(target):
+            os.rename(tmp, target)
+            return
+        trash = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.old-", dir=parent)
+        os.rmdir(trash)
+        os.rename(target, trash)
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.rename(trash, target)
+            raise
+        shutil.rmtree(trash, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

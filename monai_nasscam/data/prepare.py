@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -27,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
-from ..fileio import default_mode
+from ..fileio import staged_dir
 from .errors import DataError
 from .imagescope import read_imagescope_xml
 from .monusac import MoNuSACCase, load_case, scan_monusac
@@ -216,11 +214,7 @@ def prepare_dataset(
     classes = {c.name: _annotated_classes(c) for c in cases} if stratify else None
     split_of = make_split([c.name for c in cases], [c.patient for c in cases], mode=split, seed=seed, classes=classes)
 
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    default_mode(tmp)  # mkdtemp's 0700 would stay on the renamed dataset
-    try:
+    with staged_dir(out_dir) as tmp:
         train_cases = [c for c in cases if split_of[c.name] == "training"] or cases
         reference, ref_errors = _fit_reference(normalizer, train_cases, n_reference, tif_bgr)
         bad = {e.path for e in ref_errors}
@@ -287,26 +281,7 @@ def prepare_dataset(
             json.dump(datalist, f, indent=2)
         with open(os.path.join(tmp, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=2)
-        _commit(tmp, out_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if os.path.exists(out_dir) and not overwrite:  # created meanwhile
+            raise DataError(out_dir, "output folder already exists (use --overwrite to replace it)")
     return manifest
 
-
-def _commit(tmp: str, out_dir: str, overwrite: bool) -> None:
-    """Move the finished temporary folder to ``out_dir`` (replacing it when ``overwrite``)."""
-    if not os.path.exists(out_dir):
-        os.rename(tmp, out_dir)
-        return
-    if not overwrite:
-        raise DataError(out_dir, "output folder already exists (use --overwrite to replace it)")
-    trash = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.old-", dir=os.path.dirname(out_dir))
-    os.rmdir(trash)
-    os.rename(out_dir, trash)
-    try:
-        os.rename(tmp, out_dir)
-    except BaseException:
-        os.rename(trash, out_dir)
-        raise
-    shutil.rmtree(trash, ignore_errors=True)

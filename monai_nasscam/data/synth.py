@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -23,7 +21,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
 from .classes import CLASS_NAMES
-from ..fileio import default_mode
+from ..fileio import staged_dir
 from .errors import DataError
 from .imagescope import Region, write_imagescope_xml
 from .raster import Masks, rasterize_regions
@@ -356,11 +354,7 @@ def generate_dataset(
     )
     summary: dict = {"format": "nasscam-synth", "version": 1, **settings, "svs": svs, "images": []}
     totals = dict.fromkeys(CLASS_NAMES, 0)
-    parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.tmp-", dir=parent)
-    default_mode(tmp)  # mkdtemp's 0700 would stay on the renamed dataset
-    try:
+    with staged_dir(out_dir) as tmp:
         tiles = iter_synth_tiles(**settings)
         for patient, stem, tile in tqdm(tiles, total=n_images, desc="synth", unit="tile", disable=not progress, leave=False):
             folder = os.path.join(tmp, patient)
@@ -377,10 +371,4 @@ def generate_dataset(
         summary["nuclei"] = totals
         with open(os.path.join(tmp, "synth.json"), "w") as f:
             json.dump(summary, f, indent=1)
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

@@ -392,7 +392,7 @@ def record_run_inputs(
     if genotype_path is not None and not target.exists():
         Genotype.load(genotype_path).save(target)
     elif genotype_path is not None and target.resolve() != genotype_path.resolve():
-        if Genotype.load(target).to_dict() != Genotype.load(genotype_path).to_dict():
+        if Genotype.load(target) != Genotype.load(genotype_path):
             warnings.warn(
                 f"{target} (kept) differs from the trained genotype {genotype_path}: pass --genotype_path "
                 f"{genotype_path} to inference.yaml.",

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.inference.nuclei import CLASS_COLORS
 
 __all__ = ["write_class_map_png", "save_class_map_nifti", "write_overlay", "write_counts_csv", "write_summary"]
@@ -86,8 +89,6 @@ def _legend_strip(width: int, counts: Mapping[int, int], label: str) -> np.ndarr
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    import textwrap
-
     dpi = 100
     fig_w = max(width, 300) / dpi
     ncol = 4 if fig_w >= 7.5 else 2
@@ -138,15 +139,18 @@ def write_overlay(
 COUNT_FIELDS = ["image", "name", "status", "height", "width", *CLASS_NAMES, "total", "seconds", "message"]
 
 
+def _write_csv(path: str, fieldnames: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """A CSV with a header, written atomically; keys not in ``fieldnames`` are left out."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(fieldnames), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
+
+
 def write_counts_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     """One row per input image: nuclei per class (``status`` ``ok`` or ``error`` with the ``message``)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COUNT_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(row)
-    os.replace(tmp, path)
+    _write_csv(path, COUNT_FIELDS, rows)
 
 
 def write_summary(csv_path: str, json_path: str, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> dict:
@@ -162,12 +166,7 @@ def write_summary(csv_path: str, json_path: str, rows: Sequence[Mapping[str, Any
             "images_with_class": int(sum(v > 0 for v in values)),
             "mean_per_image": round(float(np.mean(values)), 3) if values else 0.0,
         })
-    tmp = csv_path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table[0]))
-        writer.writeheader()
-        writer.writerows(table)
-    os.replace(tmp, csv_path)
+    _write_csv(csv_path, list(table[0]), table)
     summary = {
         "images": len(rows),
         "succeeded": len(ok),
@@ -176,8 +175,5 @@ def write_summary(csv_path: str, json_path: str, rows: Sequence[Mapping[str, Any
         "total_nuclei": int(sum(t["nuclei"] for t in table)),
         "settings": dict(settings),
     }
-    tmp = json_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(summary, f, indent=2, default=str)
-    os.replace(tmp, json_path)
+    atomic_write_text(json_path, json.dumps(summary, indent=2, default=str))
     return summary
