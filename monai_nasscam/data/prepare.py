@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
 from ..fileio import staged_dir
+from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
 from .errors import DataError
 from .imagescope import read_imagescope_xml
 from .monusac import MoNuSACCase, load_case, scan_monusac

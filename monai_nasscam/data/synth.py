@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
-from .classes import CLASS_NAMES
 from ..fileio import staged_dir
+from .classes import CLASS_NAMES
 from .errors import DataError
 from .imagescope import Region, write_imagescope_xml
 from .raster import Masks, rasterize_regions

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.nn as nn
@@ -374,10 +375,10 @@ def record_run_inputs(
     Writes ``RUN/stain.json`` (the stain reference of ``PREP/manifest.json``; ``{"method": "none"}`` when the
     dataset has no manifest) and, for a derived network, ``RUN/genotype.json`` unless that file exists already
     (a search into the same folder wrote it; it is never replaced). Atomic writes, by rank 0 only (``rank``: this
-    process's, default the ``torch.distributed`` rank when a process group is initialised, else 0).
+    process's, default ``ignite.distributed.get_rank()``: the process group's rank, 0 without one).
     """
     if rank is None:
-        rank = torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+        rank = idist.get_rank()
     if rank != 0:
         return False
     out = Path(output_dir)

@@ -36,7 +36,6 @@ from monai_nasscam.engines.search_inputs import CHECKPOINT_NAME
 __all__ = ["SearchCheckpointer", "SearchInterrupted"]
 
 
-
 class SearchInterrupted(KeyboardInterrupt):
     """The search stopped on a signal after saving its checkpoint.
 
