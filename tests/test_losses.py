@@ -168,6 +168,19 @@ def test_gradient_step_lowers_loss():
     assert after.item() < before.item()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_logits_give_the_float32_loss(dtype):
+    # under autocast the logits arrive in half precision; the loss and its gradient are computed in float32
+    torch.manual_seed(3)
+    logits = torch.randn(2, 4, 8, 8).to(dtype)
+    target = (torch.rand(2, 4, 8, 8) > 0.7).float()
+    half = logits.clone().requires_grad_(True)
+    loss = ExpLogLoss(sigmoid=True)(half, target)
+    loss.backward()
+    assert loss.dtype == torch.float32 and half.grad.dtype == dtype
+    assert loss.item() == ExpLogLoss(sigmoid=True)(logits.float(), target).item()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError):
         ExpLogLoss(sigmoid=True, softmax=True)

@@ -260,6 +260,8 @@ class ExpLogLoss(_Loss):
         Raises:
             ValueError: when target and input shapes differ after the one-hot conversion.
         """
+        if input.dtype in (torch.float16, torch.bfloat16):  # mixed precision: the loss is computed in float32
+            input = input.float()
         n_pred_ch = input.shape[1]
         target = self._prepare_target(target, n_pred_ch)
         if target.shape != input.shape:
