@@ -7,12 +7,18 @@ which kills a worker signalled by anyone but its parent, and the run then fails 
 main process can save. Here the signals are blocked while the workers are forked; each worker re-installs the
 handler it inherited (the checkpointer's, which ignores the signal outside the main process) before unblocking
 them, and the main process gets its signal as soon as the workers exist.
+
+Because the workers ignore SIGTERM, ``multiprocessing``'s exit hook (SIGTERM to every daemonic child, then a join)
+cannot end them: a pool still open when the program exits (the search's architecture stream, which spans epochs,
+or an interrupted epoch) is shut down first, the normal way, by an exit hook of this module.
 """
 
 from __future__ import annotations
 
+import atexit
 import signal
 import threading
+import weakref
 from typing import Any
 
 from monai.data import DataLoader
@@ -21,6 +27,15 @@ from monai.data.utils import worker_init_fn as monai_worker_init_fn
 __all__ = ["SignalSafeDataLoader", "signal_safe_worker_init"]
 
 _SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+_open_pools: weakref.WeakSet = weakref.WeakSet()  # multi-process iterators of these loaders not yet collected
+_exit_hook_registered = False
+
+
+def _shutdown_open_pools() -> None:
+    for iterator in list(_open_pools):
+        iterator._shutdown_workers()  # a sentinel to each worker, then join (idempotent)
 
 
 def signal_safe_worker_init(worker_id: int) -> None:
@@ -42,10 +57,19 @@ class SignalSafeDataLoader(DataLoader):
         super().__init__(dataset, num_workers=num_workers, **kwargs)
 
     def __iter__(self):
-        if self.num_workers == 0 or threading.current_thread() is not threading.main_thread():
+        if self.num_workers == 0:
             return super().__iter__()
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-        try:
-            return super().__iter__()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        global _exit_hook_registered
+        if not _exit_hook_registered:  # registered after multiprocessing's own hook, so it runs before it
+            atexit.register(_shutdown_open_pools)
+            _exit_hook_registered = True
+        if threading.current_thread() is not threading.main_thread():
+            iterator = super().__iter__()
+        else:
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+            try:
+                iterator = super().__iter__()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _open_pools.add(iterator)
+        return iterator
