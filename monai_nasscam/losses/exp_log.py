@@ -254,7 +254,8 @@ class ExpLogLoss(_Loss):
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """
         Args:
-            input: logits (B, C, H[, W, D]) (probabilities when neither ``sigmoid`` nor ``softmax``, Dice term only).
+            input: logits (B, C, H[, W, D]) (probabilities when neither ``sigmoid`` nor ``softmax``, Dice term only);
+                float16 / bfloat16 input (autocast) is cast to float32 first.
             target: (B, C, ...) one-hot / multi-label, or (B, 1, ...) class indices with ``to_onehot_y``.
 
         Raises:
