@@ -190,6 +190,8 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-set", nargs="+", metavar="KEY=VALUE", help="search.yaml overrides, e.g. epochs=6 warmup_epochs=2")
     p.add_argument("--train-set", nargs="+", metavar="KEY=VALUE", help="train.yaml overrides, e.g. epochs=20 epoch_crops=128")
     p.add_argument("--evaluate-set", nargs="+", metavar="KEY=VALUE", help="evaluate.yaml overrides, e.g. eval_split=validation")
+    p.add_argument("--jobs", type=int, default=1, help="model x seed runs at a time (default: %(default)s); on a CPU give each "
+                   "its share of the cores with OMP_NUM_THREADS")
     p.add_argument("--verbose-runs", action="store_true", help="show each workflow's output instead of logging it to its folder")
 
 
@@ -206,6 +208,7 @@ def _compare_run(args: argparse.Namespace) -> int:
         train=_overrides(args.train_set),
         evaluate=_overrides(args.evaluate_set),
         quiet=not args.verbose_runs,
+        jobs=args.jobs,
     )
     print((Path(args.output_dir) / "table.md").read_text())
     print(f"figures: {Path(args.output_dir) / 'dice_bars.png'}, {Path(args.output_dir) / 'panel.png'}")

@@ -13,6 +13,7 @@ import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ def run_comparison(
     evaluate: Mapping[str, Any] | None = None,
     quiet: bool = True,
     echo=print,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Search, retrain and evaluate ``models`` x ``seeds``; write the table and figures; return the summary.
 
@@ -69,7 +71,11 @@ def run_comparison(
         evaluate: overrides for evaluate.yaml only (e.g. ``eval_split``).
         quiet: write each workflow's output to its ``workflow.log`` instead of the terminal.
         echo: receives one progress line per step.
+        jobs: model x seed runs at a time, each its own chain of workflow processes (a GPU with memory for
+            several runs; on a CPU, limit each run's threads with ``OMP_NUM_THREADS``).
     """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}.")
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; choose from {list(MODELS)}.")
@@ -77,20 +83,29 @@ def run_comparison(
     if not (Path(dataset_dir) / "datalist.json").is_file():
         raise FileNotFoundError(f"{dataset_dir} has no datalist.json; run `nasscam prepare` first.")
     common, search, train, evaluate = dict(common or {}), dict(search or {}), dict(train or {}), dict(evaluate or {})
-    results: dict[str, dict[str, Any]] = {}
-    steps = len(models) * len(seeds)
-    for i, (model, seed) in enumerate((m, s) for m in models for s in seeds):
+    pairs = [(m, s) for m in models for s in seeds]
+
+    def run_one(i: int, model: str, seed: int) -> dict:
         label, _, search_choice = MODELS[model]
         run_dir = output_dir / model / f"seed{seed}"
-        echo(f"[{i + 1}/{steps}] {label}, seed {seed}: {run_dir}")
+        echo(f"[{i + 1}/{len(pairs)}] {label}, seed {seed}: {run_dir}")
         if search_choice is not None:
             overrides = {"dataset_dir": dataset_dir, "seed": seed, **search_choice, **common, **search}
             run_workflow(["search.yaml"], overrides, run_dir / "search", quiet=quiet)
         overrides = _train_overrides(model, run_dir, dataset_dir, seed, common, train)
         run_workflow(["train.yaml"], overrides, run_dir / "train", quiet=quiet)
         run_workflow(["train.yaml", "evaluate.yaml"], {**overrides, **evaluate}, run_dir / "train", "evaluate.log", quiet)
-        metrics = json.loads((run_dir / "train" / "metrics.json").read_text())
-        results.setdefault(model, {})[str(seed)] = metrics
+        return json.loads((run_dir / "train" / "metrics.json").read_text())
+
+    if jobs > 1:  # every run goes on to its end; then the first failure, if any, is raised
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(run_one, i, m, s) for i, (m, s) in enumerate(pairs)]
+        metrics = [f.result() for f in futures]
+    else:
+        metrics = [run_one(i, m, s) for i, (m, s) in enumerate(pairs)]
+    results: dict[str, dict[str, Any]] = {}
+    for (model, seed), run_metrics in zip(pairs, metrics):
+        results.setdefault(model, {})[str(seed)] = run_metrics
     summary = summarize(results)
     settings = {"dataset_dir": dataset_dir, "seeds": list(seeds), "common": common, "search": search, "train": train, "evaluate": evaluate}
     (output_dir / "results.json").write_text(json.dumps({"settings": settings, "summary": summary, "runs": results}, indent=1))

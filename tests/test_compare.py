@@ -39,13 +39,14 @@ def test_compare_runs_the_bundle_and_resumes(tmp_path, monkeypatch):
     generate_dataset(tmp_path / "raw", n_images=6, n_patients=3, seed=0, min_size=64, max_size=96)
     prepare_dataset(tmp_path / "raw", tmp_path / "prep", workers=0, progress=False, stain="none")
     monkeypatch.chdir(tmp_path)  # relative paths, away from the repository
-    args = ["compare", "--dataset-dir", "prep", "--output-dir", "cmp", "--models", "unet", "--seeds", "1",
+    args = ["compare", "--dataset-dir", "prep", "--output-dir", "cmp", "--models", "unet", "--seeds", "2", "--jobs", "2",
             "--set", *TINY, "--train-set", "epochs=1", "epoch_crops=4"]
-    assert nasscam(args) == 0
+    assert nasscam(args) == 0  # the two seeds run side by side
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    run = json.loads((tmp_path / "cmp" / "unet" / "seed0" / "train" / "metrics.json").read_text())
-    assert results["runs"]["unet"]["0"] == run
-    assert results["summary"]["unet"]["dice"]["mean"]["mean"] == pytest.approx(run["dice"]["mean"])
+    runs = [json.loads((tmp_path / "cmp" / "unet" / f"seed{s}" / "train" / "metrics.json").read_text()) for s in (0, 1)]
+    assert results["runs"]["unet"] == {"0": runs[0], "1": runs[1]}
+    mean = (runs[0]["dice"]["mean"] + runs[1]["dice"]["mean"]) / 2
+    assert results["summary"]["unet"]["dice"]["mean"]["mean"] == pytest.approx(mean)
     for figure in ("dice_bars.png", "panel.png"):
         assert (tmp_path / "cmp" / figure).stat().st_size > 1000
     model = tmp_path / "cmp" / "unet" / "seed0" / "train" / "models" / "model.pt"
@@ -54,3 +55,31 @@ def test_compare_runs_the_bundle_and_resumes(tmp_path, monkeypatch):
     assert os.stat(model).st_mtime_ns == stamp
     with pytest.raises(SystemExit):
         nasscam(["compare", "--dataset-dir", "prep", "--output-dir", "cmp", "--models", "transformer"])
+
+
+def test_parallel_runs_go_on_to_their_end_before_a_failure_is_raised(tmp_path, monkeypatch):
+    import time
+    from pathlib import Path
+
+    import monai_nasscam.compare as compare
+    from monai_nasscam.workflow import WorkflowError
+
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "datalist.json").write_text("{}")
+    finished = []
+
+    def fake_workflow(configs, overrides, output_dir, log_name="workflow.log", quiet=False):
+        if overrides["seed"] == 1:
+            raise WorkflowError("seed 1 failed")
+        time.sleep(0.2)  # seed 0 is still running when seed 1 fails
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "metrics.json").write_text(json.dumps(_metrics([0.5] * 4, [0.5] * 4)))
+        finished.append(list(configs))
+        return True
+
+    monkeypatch.setattr(compare, "run_workflow", fake_workflow)
+    with pytest.raises(WorkflowError, match="seed 1"):
+        compare.run_comparison(tmp_path / "prep", tmp_path / "cmp", models=["unet"], seeds=[0, 1], jobs=2, echo=lambda m: None)
+    assert finished == [["train.yaml"], ["train.yaml", "evaluate.yaml"]]
+    with pytest.raises(ValueError, match="jobs"):
+        compare.run_comparison(tmp_path / "prep", tmp_path / "cmp", models=["unet"], jobs=0)
