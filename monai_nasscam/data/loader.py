@@ -16,6 +16,7 @@ or an interrupted epoch) is shut down first, the normal way, by an exit hook of 
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util  # noqa: F401  (registers multiprocessing's exit hook first: ours, below, runs before it)
 import signal
 import threading
 import weakref
@@ -30,9 +31,9 @@ _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 _open_pools: weakref.WeakSet = weakref.WeakSet()  # multi-process iterators of these loaders not yet collected
-_exit_hook_registered = False
 
 
+@atexit.register
 def _shutdown_open_pools() -> None:
     for iterator in list(_open_pools):
         iterator._shutdown_workers()  # a sentinel to each worker, then join (idempotent)
@@ -59,10 +60,6 @@ class SignalSafeDataLoader(DataLoader):
     def __iter__(self):
         if self.num_workers == 0:
             return super().__iter__()
-        global _exit_hook_registered
-        if not _exit_hook_registered:  # registered after multiprocessing's own hook, so it runs before it
-            atexit.register(_shutdown_open_pools)
-            _exit_hook_registered = True
         if threading.current_thread() is not threading.main_thread():
             iterator = super().__iter__()
         else:
