@@ -2,8 +2,11 @@
 
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents, BilevelSearchTrainer, derive_seed
 from monai_nasscam.engines.search_inputs import (
+    ALPHA_TRAVEL,
     CHECKPOINT_NAME,
     as_bool,
+    budget_arch_learning_rate,
+    count_alpha_steps,
     check_search_attention,
     check_search_inputs,
     read_datalist,
@@ -16,7 +19,10 @@ __all__ = [
     "ARCH_LOSS",
     "BilevelEvents",
     "BilevelSearchTrainer",
+    "ALPHA_TRAVEL",
     "CHECKPOINT_NAME",
+    "budget_arch_learning_rate",
+    "count_alpha_steps",
     "as_bool",
     "check_search_attention",
     "check_search_inputs",

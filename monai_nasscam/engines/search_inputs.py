@@ -26,6 +26,9 @@ __all__ = [
     "search_datalists",
     "split_architecture",
     "resolve_resume",
+    "ALPHA_TRAVEL",
+    "count_alpha_steps",
+    "budget_arch_learning_rate",
 ]
 
 #: file name of the resumable search checkpoint under ``RUN/checkpoints``.
@@ -210,3 +213,45 @@ def resolve_resume(resume: Any, output_dir: str | os.PathLike, filename: str = C
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: {what}, which does not exist.")
     return str(path)
+
+
+#: how far (in logits) Adam may move each alpha over a whole search when ``arch_learning_rate`` is ``auto``:
+#: Adam's step is about ``lr`` whatever the gradient's scale, so ``lr * alpha steps`` bounds the travel.
+ALPHA_TRAVEL = 3.0
+
+
+def count_alpha_steps(
+    epochs: int, warmup_epochs: int, iterations_per_epoch: int, schedule: str = "iteration", epoch_cycle: int = 3
+) -> int:
+    """The number of alpha (architecture) steps a search makes: one per iteration of every epoch after the warm-up
+    that trains the alphas (every such epoch with ``schedule="iteration"``; with ``schedule="epoch"`` those whose
+    0-based index ``e`` has ``e % epoch_cycle != 0``), as :class:`~monai_nasscam.engines.BilevelSearchTrainer`
+    schedules them."""
+    epochs, warmup, cycle = int(epochs), int(warmup_epochs), int(epoch_cycle)
+    if schedule == "iteration":
+        alpha_epochs = max(0, epochs - warmup)
+    else:
+        alpha_epochs = sum(1 for e in range(warmup, epochs) if e % cycle != 0)
+    return alpha_epochs * int(iterations_per_epoch)
+
+
+def budget_arch_learning_rate(
+    arch_learning_rate: Any, alpha_steps: int, travel: float = ALPHA_TRAVEL, floor: float = 1e-3
+) -> float:
+    """The alpha learning rate of a search: ``arch_learning_rate`` itself when it is a number, and for ``"auto"``
+    the budget-aware rate ``max(floor, travel / alpha_steps)``, which lets the alphas travel about ``travel`` logits
+    over the whole search, however few alpha steps it makes (the patent's budget, about 10^5 alpha steps, keeps its
+    1e-3).
+
+    Raises:
+        ValueError: ``arch_learning_rate`` is neither a positive number nor ``"auto"``.
+    """
+    if isinstance(arch_learning_rate, str) and arch_learning_rate.strip().lower() == "auto":
+        return max(float(floor), float(travel) / max(1, int(alpha_steps)))
+    try:
+        value = float(arch_learning_rate)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"arch_learning_rate must be a positive number or 'auto', got {arch_learning_rate!r}.")
+    return value
