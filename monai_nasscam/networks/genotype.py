@@ -185,3 +185,180 @@ class Genotype:
             first = {k: self.modules[0][k] for k in kinds}
             if any({k: m[k] for k in kinds} != first for m in self.modules):
                 raise ValueError("a non-synchronous genotype must have the same operations at all 8 positions.")
+
+
+# ----------------------------------------------------------------- random draws, and seeds compared with each other
+import math  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+__all__ += ["random_genotype", "consensus", "agreement"]
+
+
+def _op_names(kind: str) -> list[str]:
+    return list(OPS[kind])
+
+
+def random_genotype(attention: str = "nas-scam-p", synchronous: bool = True, seed: int = 0) -> Genotype:
+    """A genotype drawn uniformly at random: the baseline a search has to beat.
+
+    Every edge of every cell kind that ``attention`` uses is an independent uniform draw among that kind's
+    candidates, ``none`` included (probability 1/6 each for SAM, 1/8 for CAM), for each of the 8 modules when
+    ``synchronous``, once for all 8 otherwise. The draw depends only on the arguments: it is made with
+    ``random.Random(seed).random()``, a sequence Python keeps the same across versions and platforms, so a
+    seed names one genotype for good. Edges are drawn in :data:`POSITIONS` order, then SAM before CAM, then
+    edge order.
+
+    Args:
+        attention: a NAS attention: "nas-sam", "nas-cam", "nas-scam-s" or "nas-scam-p".
+        synchronous: one draw per module (``True``) or one draw shared by all 8 modules.
+        seed: a non-negative integer.
+
+    Returns:
+        A valid :class:`Genotype` with no ``alphas`` (nothing was searched).
+
+    Raises:
+        ValueError: ``attention`` is not a NAS attention, or ``seed`` is not a non-negative integer.
+    """
+    import random
+
+    if attention not in NAS_ATTENTIONS:
+        raise ValueError(f"'attention' must be one of {list(NAS_ATTENTIONS)}, got {attention!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"'seed' must be a non-negative integer, got {seed!r}.")
+    rng = random.Random(seed)
+    kinds = ATTENTIONS[attention]
+
+    def draw() -> dict[str, list[str]]:
+        cells = {}
+        for kind in kinds:
+            names = _op_names(kind)
+            cells[kind] = [names[int(rng.random() * len(names))] for _ in EDGES]
+        return cells
+
+    shared = None if synchronous else draw()
+    modules = [{"position": p, **(draw() if synchronous else {k: list(v) for k, v in shared.items()})} for p in POSITIONS]
+    return Genotype(attention=attention, synchronous=bool(synchronous), modules=modules)
+
+
+def _same_space(genotypes: Sequence[Genotype], least: int) -> list[Genotype]:
+    genotypes = list(genotypes)
+    if len(genotypes) < least:
+        raise ValueError(f"need at least {least} genotype(s), got {len(genotypes)}.")
+    bad = [type(g).__name__ for g in genotypes if not isinstance(g, Genotype)]
+    if bad:
+        raise ValueError(f"expected Genotype objects, got {bad}.")
+    spaces = sorted({(g.attention, g.synchronous) for g in genotypes})
+    if len(spaces) > 1:
+        raise ValueError(f"the genotypes mix (attention, synchronous) settings {spaces}; compare genotypes of one search space.")
+    return genotypes
+
+
+def _recorded_weights(genotype: Genotype, position: str, kind: str) -> list[list[float]] | None:
+    """The softmax weights a genotype recorded for one cell, or ``None`` if absent or not 6 rows of finite numbers."""
+    rows = (genotype.alphas.get(position) or {}).get(kind) if isinstance(genotype.alphas, Mapping) else None
+    size = len(OPS[kind])
+    if not isinstance(rows, list) or len(rows) != len(EDGES):
+        return None
+    try:
+        rows = [[float(v) for v in row] for row in rows]
+    except (TypeError, ValueError):
+        return None
+    if any(len(row) != size or not all(math.isfinite(v) for v in row) for row in rows):
+        return None
+    return rows
+
+
+def consensus(genotypes: Sequence[Genotype]) -> Genotype:
+    """The majority vote of several genotypes (e.g. one per seed) on every edge of every module and cell kind.
+
+    On each (position, kind, edge) slot the operation chosen by the most genotypes wins. A tie is broken by
+    the highest mean softmax weight over all the genotypes (their recorded ``alphas``), when every genotype
+    recorded the weights of that cell; otherwise, or if the means tie too, by the order of ``genotypes``: the
+    tied operation chosen by the earliest genotype (the first seed's, when they are listed by seed). Votes of
+    non-synchronous genotypes are taken once and the result is shared by all 8 modules.
+
+    Args:
+        genotypes: one or more genotypes of the same ``attention`` and ``synchronous``.
+
+    Returns:
+        A :class:`Genotype`; its ``alphas`` are the mean of the genotypes' recorded softmax weights for the cells
+        where every genotype recorded them (rounded to 6 decimals), for the record.
+
+    Raises:
+        ValueError: no genotypes, something that is not a Genotype, or genotypes of different search spaces.
+    """
+    genotypes = _same_space(genotypes, 1)
+    first = genotypes[0]
+    kinds = ATTENTIONS[first.attention]
+    modules, alphas = [], {}
+    for position in POSITIONS if first.synchronous else POSITIONS[:1]:
+        entry: dict[str, Any] = {"position": position}
+        for kind in kinds:
+            choices = [g.entry(position)[kind] for g in genotypes]
+            weights = [_recorded_weights(g, position, kind) for g in genotypes]
+            mean = None
+            if all(w is not None for w in weights):
+                mean = [[sum(w[e][i] for w in weights) / len(weights) for i in range(len(OPS[kind]))] for e in range(len(EDGES))]
+                alphas.setdefault(position, {})[kind] = [[round(v, 6) for v in row] for row in mean]
+            ops = []
+            for e in range(len(EDGES)):
+                votes = [c[e] for c in choices]
+                top = max(votes.count(op) for op in votes)
+                tied = [op for op in dict.fromkeys(votes) if votes.count(op) == top]  # in order of first vote
+                if len(tied) > 1 and mean is not None:
+                    names = _op_names(kind)
+                    best = max(mean[e][names.index(op)] for op in tied)
+                    tied = [op for op in tied if mean[e][names.index(op)] == best]
+                ops.append(tied[0])
+            entry[kind] = ops
+        modules.append(entry)
+    if not first.synchronous:
+        shared = {k: v for k, v in modules[0].items() if k != "position"}
+        modules = [{"position": p, **{k: list(v) for k, v in shared.items()}} for p in POSITIONS]
+        alphas = {p: alphas[POSITIONS[0]] for p in POSITIONS} if alphas else {}
+    return Genotype(attention=first.attention, synchronous=first.synchronous, modules=modules, alphas=alphas)
+
+
+def agreement(genotypes: Sequence[Genotype]) -> dict[str, dict[str, Any]]:
+    """How often genotypes (e.g. one per seed) chose the same operation for the same edge, per cell kind.
+
+    The agreement of a kind is the mean, over every pair of genotypes and every (position, edge) slot, of
+    "both chose the same operation": the mean pairwise agreement. Two independent uniform draws among K
+    candidates agree with probability 1/K, its chance level (1/6 for SAM, 1/8 for CAM); a search that finds
+    the same cells from different seeds scores well above it. Also given: the share of slots where all the
+    genotypes agree (chance ``K ** -(n - 1)`` for n genotypes) and the pairwise agreement per position.
+
+    Args:
+        genotypes: at least 2 genotypes of the same ``attention`` and ``synchronous``.
+
+    Returns:
+        ``{kind: {"pairwise": float, "chance": 1/K, "unanimous": float, "unanimous_chance": float,
+        "candidates": K, "genotypes": n, "slots": 8 * 6, "positions": {position: float}}}``
+        for each kind the attention uses; shares are in [0, 1].
+
+    Raises:
+        ValueError: fewer than 2 genotypes, something that is not a Genotype, or different search spaces.
+    """
+    genotypes = _same_space(genotypes, 2)
+    n = len(genotypes)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    out: dict[str, dict[str, Any]] = {}
+    for kind in ATTENTIONS[genotypes[0].attention]:
+        k = len(OPS[kind])
+        positions, unanimous = {}, 0
+        for position in POSITIONS:
+            choices = [g.entry(position)[kind] for g in genotypes]
+            same = sum(choices[i][e] == choices[j][e] for i, j in pairs for e in range(len(EDGES)))
+            positions[position] = same / (len(pairs) * len(EDGES))
+            unanimous += sum(len({c[e] for c in choices}) == 1 for e in range(len(EDGES)))
+        out[kind] = {
+            "pairwise": sum(positions.values()) / len(positions),
+            "chance": 1.0 / k,
+            "unanimous": unanimous / (len(POSITIONS) * len(EDGES)),
+            "unanimous_chance": float(k) ** -(n - 1),
+            "candidates": k,
+            "genotypes": n,
+            "slots": len(POSITIONS) * len(EDGES),
+            "positions": positions,
+        }
+    return out
