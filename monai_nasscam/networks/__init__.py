@@ -3,7 +3,7 @@
 from monai_nasscam.networks.add_attention import add_attention
 from monai_nasscam.networks.blocks import CBAMBlock, NASCAMBlock, NASSAMBlock, NASSCAMBlock, SCSEBlock
 from monai_nasscam.networks.cell import NASAttentionCell, arch_parameters, weight_parameters
-from monai_nasscam.networks.genotype import POSITIONS, Genotype
+from monai_nasscam.networks.genotype import POSITIONS, Genotype, agreement, consensus, random_genotype
 from monai_nasscam.networks.nets.deeplabv3plus import DeepLabV3Plus
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
 
@@ -18,6 +18,9 @@ __all__ = [
     "DeepLabV3Plus",
     "Genotype",
     "POSITIONS",
+    "random_genotype",
+    "consensus",
+    "agreement",
     "add_attention",
     "arch_parameters",
     "weight_parameters",
