@@ -1,9 +1,14 @@
-"""``nasscam compare``: the paper's Table 2 (SPEC.md §8) on a prepared dataset, through the bundle.
+"""``nasscam compare``: the paper's Table 2 on a prepared dataset, through the bundle.
 
 For every model and seed: search (NAS models) -> retrain -> evaluate, each a ``python -m monai.bundle run``
 into ``OUT/MODEL/seedN/{search,train}``; finished steps are skipped, so an interrupted comparison resumes.
-Then ``OUT/table.md`` (per-class pooled Dice, mean +- sd across seeds, plus PQ), ``OUT/results.json``,
-``OUT/dice_bars.png`` and ``OUT/panel.png`` (image | ground truth | each model, as the paper's Fig. 3).
+The ``random`` model asks whether the search paid: instead of a search it draws a uniformly random NAS-SCAM-P
+genotype from the seed (``OUT/random/seedN/search/genotype.json``), then retrains and evaluates it exactly like
+the searched models. Then ``OUT/table.md`` (per-class pooled Dice, mean +- sd across seeds, plus PQ; the paired
+difference searched - random per seed; each search's verdict and the agreement of the seeds' derived operations
+against chance), ``OUT/results.json``, ``OUT/MODEL/consensus_genotype.json`` (majority vote over the seeds of a
+searched model), ``OUT/dice_bars.png`` and ``OUT/panel.png`` (image | ground truth | each model, as the paper's
+Fig. 3).
 """
 
 from __future__ import annotations
@@ -20,9 +25,20 @@ from typing import Any
 import numpy as np
 
 from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.fileio import atomic_write_text
+from monai_nasscam.networks.genotype import Genotype, agreement, consensus, random_genotype
 from monai_nasscam.workflow import run_workflow
 
-__all__ = ["MODELS", "run_comparison", "summarize", "table_markdown"]
+__all__ = [
+    "MODELS",
+    "RANDOM_MODELS",
+    "run_comparison",
+    "summarize",
+    "architectures",
+    "paired_differences",
+    "table_markdown",
+    "write_random_genotype",
+]
 
 #: model key -> (label in the table, train.yaml attention or None, search overrides or None)
 MODELS: dict[str, tuple[str, str | None, dict[str, Any] | None]] = {
@@ -34,7 +50,12 @@ MODELS: dict[str, tuple[str, str | None, dict[str, Any] | None]] = {
     "nas-scam-p": ("NAS-SCAM-P (synchronous)", None, {"attention": "nas-scam-p", "synchronous": True}),
     "nas-scam-s-shared": ("NAS-SCAM-S (non-synchronous)", None, {"attention": "nas-scam-s", "synchronous": False}),
     "nas-scam-p-shared": ("NAS-SCAM-P (non-synchronous)", None, {"attention": "nas-scam-p", "synchronous": False}),
+    "random": ("Random genotype (NAS-SCAM-P)", None, None),
 }
+#: models that draw their genotype instead of searching it: model key -> random_genotype arguments (and the seed)
+RANDOM_MODELS: dict[str, dict[str, Any]] = {"random": {"attention": "nas-scam-p", "synchronous": True}}
+#: the model that searched models are paired with, seed by seed
+BASELINE = "random"
 # the palette of class maps in figures: background, then CLASS_NAMES order
 PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 120, 230], [250, 200, 40], [60, 200, 90]], dtype=np.uint8)
 
@@ -43,6 +64,38 @@ def _train_overrides(model: str, run_dir: Path, dataset_dir: str, seed: int, com
     attention = MODELS[model][1]
     choice = {"attention": attention} if attention else {"genotype_path": str(run_dir / "search" / "genotype.json")}
     return {"dataset_dir": dataset_dir, "seed": seed, **choice, **common, **train}
+
+
+def write_random_genotype(path: str | os.PathLike, model: str, seed: int) -> Genotype:
+    """Write the random genotype of ``model`` (a key of :data:`RANDOM_MODELS`) for ``seed`` to ``path``.
+
+    The draw depends only on the model and the seed (:func:`~monai_nasscam.networks.genotype.random_genotype`),
+    so an existing file is kept when it holds that draw, which lets an interrupted comparison resume.
+
+    Args:
+        path: the genotype JSON to write (atomically).
+        model: a key of :data:`RANDOM_MODELS`.
+        seed: the run's seed, also the draw's.
+
+    Returns:
+        The genotype.
+
+    Raises:
+        ValueError: ``path`` exists and holds another genotype (it is not overwritten: delete it, and the run's
+            ``train`` folder, to draw again).
+    """
+    genotype = random_genotype(seed=seed, **RANDOM_MODELS[model])
+    path = Path(path)
+    if path.is_file():
+        existing = Genotype.load(path)
+        if (existing.attention, existing.synchronous, existing.modules) != (genotype.attention, genotype.synchronous, genotype.modules):
+            raise ValueError(
+                f"{path} is not the random genotype of seed {seed}; delete it and {path.parent.parent / 'train'} to draw again."
+            )
+        return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    genotype.save(path)
+    return genotype
 
 
 def run_comparison(
@@ -63,7 +116,8 @@ def run_comparison(
     Args:
         dataset_dir: a prepared dataset (``nasscam prepare``).
         output_dir: where every run and the report go.
-        models: keys of :data:`MODELS`.
+        models: keys of :data:`MODELS`; ``random`` retrains a random genotype per seed (no search) with the same
+            train and evaluate overrides as the searched models.
         seeds: one full run per seed.
         common: overrides for every workflow (e.g. ``roi_size``, ``features``, ``num_workers``).
         search: overrides for search.yaml only (e.g. ``epochs``, ``warmup_epochs``).
@@ -73,6 +127,15 @@ def run_comparison(
         echo: receives one progress line per step.
         jobs: model x seed runs at a time, each its own chain of workflow processes (a GPU with memory for
             several runs; on a CPU, limit each run's threads with ``OMP_NUM_THREADS``).
+
+    Returns:
+        The per-model summary of :func:`summarize`. ``OUT/results.json`` holds it with the settings, every run's
+        metrics, ``architectures`` (:func:`architectures`) and ``paired`` (:func:`paired_differences`).
+
+    Raises:
+        ValueError: an unknown model or ``jobs`` < 1.
+        FileNotFoundError: ``dataset_dir`` has no ``datalist.json``.
+        WorkflowError: a workflow failed (after every other run went on to its end).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}.")
@@ -92,6 +155,8 @@ def run_comparison(
         if search_choice is not None:
             overrides = {"dataset_dir": dataset_dir, "seed": seed, **search_choice, **common, **search}
             run_workflow(["search.yaml"], overrides, run_dir / "search", quiet=quiet)
+        elif model in RANDOM_MODELS:
+            write_random_genotype(run_dir / "search" / "genotype.json", model, seed)
         overrides = _train_overrides(model, run_dir, dataset_dir, seed, common, train)
         run_workflow(["train.yaml"], overrides, run_dir / "train", quiet=quiet)
         run_workflow(["train.yaml", "evaluate.yaml"], {**overrides, **evaluate}, run_dir / "train", "evaluate.log", quiet)
@@ -107,9 +172,17 @@ def run_comparison(
     for (model, seed), run_metrics in zip(pairs, metrics):
         results.setdefault(model, {})[str(seed)] = run_metrics
     summary = summarize(results)
+    archs = architectures(output_dir, models, seeds)
+    for model, row in archs.items():  # the majority vote over the seeds of a search
+        if row["searched"] and len(row["genotypes"]) >= 2:
+            path = output_dir / model / "consensus_genotype.json"
+            consensus([Genotype.load(output_dir / g) for g in row["genotypes"].values()]).save(path)
+            row["consensus"] = str(path.relative_to(output_dir))
+    paired = paired_differences(results)
     settings = {"dataset_dir": dataset_dir, "seeds": list(seeds), "common": common, "search": search, "train": train, "evaluate": evaluate}
-    (output_dir / "results.json").write_text(json.dumps({"settings": settings, "summary": summary, "runs": results}, indent=1))
-    (output_dir / "table.md").write_text(table_markdown(summary, settings))
+    report = {"settings": settings, "summary": summary, "runs": results, "architectures": archs, "paired": paired}
+    atomic_write_text(output_dir / "results.json", json.dumps(report, indent=1) + "\n")
+    atomic_write_text(output_dir / "table.md", table_markdown(summary, settings, archs, paired))
     plot_dice_bars(summary, output_dir / "dice_bars.png")
     plot_panel(dataset_dir, output_dir, models, seeds[0], common, train, output_dir / "panel.png")
     return summary
@@ -136,21 +209,171 @@ def summarize(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[st
     return summary
 
 
+def _verdict(data: Any) -> str | None:
+    """The search's verdict recorded in a genotype's JSON (``search.verdict``), ``None`` when it has none."""
+    search = data.get("search") if isinstance(data, Mapping) else None
+    verdict = search.get("verdict") if isinstance(search, Mapping) else None
+    return verdict if isinstance(verdict, str) else None
+
+
+def architectures(output_dir: str | os.PathLike, models: Sequence[str], seeds: Sequence[int]) -> dict[str, Any]:
+    """The genotypes of a comparison's searched and random models, compared across seeds.
+
+    Args:
+        output_dir: the comparison's folder (``OUT``); genotypes are read from ``OUT/MODEL/seedN/search/genotype.json``.
+        models: keys of :data:`MODELS`; those without a genotype (the fixed baselines) are left out.
+        seeds: the seeds to read; a seed without a genotype file is left out.
+
+    Returns:
+        Per model: ``label``; ``searched`` (``False`` for random genotypes); ``genotypes`` (seed -> file, relative
+        to ``output_dir``); ``verdicts`` (seed -> the search's ``search.verdict``, "converged", "not converged" or
+        "collapsed", ``None`` when the genotype records none or was drawn); ``agreement``
+        (:func:`~monai_nasscam.networks.genotype.agreement` of the seeds' genotypes, ``None`` under 2 seeds);
+        ``consensus`` (``None``; :func:`run_comparison` sets it to the consensus genotype file it writes).
+
+    Raises:
+        ValueError: a genotype file is not valid JSON or not a valid genotype (the message names the file).
+    """
+    output_dir = Path(output_dir)
+    out: dict[str, Any] = {}
+    for model in models:
+        searched = MODELS[model][2] is not None
+        if not searched and model not in RANDOM_MODELS:
+            continue
+        files, verdicts, genotypes = {}, {}, []
+        for seed in seeds:
+            path = output_dir / model / f"seed{seed}" / "search" / "genotype.json"
+            if not path.is_file():
+                continue
+            genotypes.append(Genotype.load(path))
+            files[str(seed)] = str(path.relative_to(output_dir))
+            verdicts[str(seed)] = _verdict(json.loads(path.read_text())) if searched else None
+        out[model] = {
+            "label": MODELS[model][0],
+            "searched": searched,
+            "genotypes": files,
+            "verdicts": verdicts,
+            "agreement": agreement(genotypes) if len(genotypes) >= 2 else None,
+            "consensus": None,
+        }
+    return out
+
+
+def paired_differences(results: Mapping[str, Mapping[str, Mapping[str, Any]]], baseline: str = BASELINE) -> dict[str, Any]:
+    """Seed by seed, each searched model's mean pooled Dice and PQ minus the ``baseline`` model's.
+
+    Runs of the same seed share the data order and the retraining budget, so the paired difference isolates the
+    architecture: is the searched genotype better than a random one (the default ``baseline``)?
+
+    Args:
+        results: model -> seed (str) -> that run's ``metrics.json`` (``{"dice": {"mean": ...}, "pq": {...}}``).
+        baseline: the model subtracted; nothing is paired when it is not in ``results``.
+
+    Returns:
+        Per searched model (a :data:`MODELS` entry with search overrides): ``{"against": baseline, "seeds": [...],
+        "dice": {"per_seed": {seed: difference}, "mean": ..., "sd": ...}, "pq": {...}}``, differences as fractions
+        (0.01 is one point of Dice), mean and sample sd across the seeds where both runs have the metric
+        (sd 0.0 for one seed, ``None`` for none).
+    """
+    if baseline not in results:
+        return {}
+    base = results[baseline]
+    out: dict[str, Any] = {}
+    for model, runs in results.items():
+        if model == baseline or model not in MODELS or MODELS[model][2] is None:
+            continue
+        seeds = [s for s in runs if s in base]
+        row: dict[str, Any] = {"against": baseline, "seeds": [int(s) if s.isdigit() else s for s in seeds]}
+        for metric in ("dice", "pq"):
+            diffs = {}
+            for s in seeds:
+                a, b = (runs[s].get(metric) or {}).get("mean"), (base[s].get(metric) or {}).get("mean")
+                if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
+                    diffs[s] = a - b
+            mean, sd = _mean_sd(list(diffs.values()))
+            row[metric] = {"per_seed": diffs, "mean": mean, "sd": sd}
+        out[model] = row
+    return out
+
+
 def _pct(stat: Mapping[str, float | None], sd: bool = False) -> str:
     if stat["mean"] is None:
         return "–"
     return f"{100 * stat['mean']:.2f} ± {100 * stat['sd']:.2f}" if sd else f"{100 * stat['mean']:.2f}"
 
 
-def table_markdown(summary: Mapping[str, Any], settings: Mapping[str, Any] | None = None) -> str:
-    """The comparison as a Markdown table (Dice and PQ in %, mean ± sd across seeds for the means)."""
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.2f}"
+
+
+def _paired_lines(summary: Mapping[str, Any], paired: Mapping[str, Any]) -> list[str]:
+    baseline = next(iter(paired.values()))["against"]
+    label = summary.get(baseline, {}).get("label", MODELS.get(baseline, (baseline,))[0])
+    lines = [
+        "", f"## Did the search pay? Searched minus {label}, paired by seed", "",
+        "| model | seeds | Dice difference per seed | Dice difference mean ± sd | PQ difference per seed | PQ difference mean ± sd |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, row in paired.items():
+        cells = [summary.get(model, {}).get("label", MODELS[model][0]), str(len(row["dice"]["per_seed"]))]
+        for metric in ("dice", "pq"):
+            stat = row[metric]
+            cells.append(", ".join(f"{s}: {_signed(d)}" for s, d in stat["per_seed"].items()) or "–")
+            cells.append("–" if stat["mean"] is None else f"{_signed(stat['mean'])} ± {100 * stat['sd']:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Mean pooled Dice and mean PQ in points (%): the searched model's minus that of the {label} of the "
+              "same seed, retrained and evaluated with the same settings; mean ± sd across the seeds. Positive: the "
+              "searched genotype did better than a random one."]
+    return lines
+
+
+def _architecture_lines(archs: Mapping[str, Any]) -> list[str]:
+    kinds = ("sam", "cam")
+    lines = [
+        "", "## Derived architectures across seeds", "",
+        "| model | search verdict per seed | SAM agreement (chance) | CAM agreement (chance) | consensus genotype |",
+        "|---|---|---|---|---|",
+    ]
+    for row in archs.values():
+        if row["searched"]:
+            verdicts = ", ".join(f"{s}: {v or 'unknown'}" for s, v in row["verdicts"].items()) or "–"
+        else:
+            verdicts = "not searched (random)"
+        cells = [row["label"], verdicts]
+        for kind in kinds:
+            stat = (row["agreement"] or {}).get(kind)
+            cells.append("–" if stat is None else f"{100 * stat['pairwise']:.1f}% ({100 * stat['chance']:.1f}%)")
+        cells.append(f"`{row['consensus']}`" if row["consensus"] else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Verdict: the search's own judgement recorded in its genotype.json (converged, not converged or "
+              "collapsed; unknown when the file records none). Agreement: for each cell kind, the share of "
+              "(module, edge) slots on which two seeds derived the same operation, averaged over every pair of "
+              "seeds; chance is 1/K for K candidate operations (1/6 SAM, 1/8 CAM), what independent uniform draws "
+              "give, and the random genotypes' row measures it. Consensus: the majority vote of the seeds on every "
+              "edge (a tie goes to the highest mean softmax weight, then to the lowest seed)."]
+    return lines
+
+
+def table_markdown(
+    summary: Mapping[str, Any],
+    settings: Mapping[str, Any] | None = None,
+    architectures: Mapping[str, Any] | None = None,
+    paired: Mapping[str, Any] | None = None,
+) -> str:
+    """The comparison as Markdown: the table of Dice and PQ in % (mean ± sd across seeds for the means), then,
+    when given, the paired differences against the random genotypes (:func:`paired_differences`) and the derived
+    architectures' verdicts, agreement and consensus (:func:`architectures`)."""
     head = "| model | seeds | Dice mean ± sd | " + " | ".join(CLASS_NAMES) + " | PQ mean ± sd |"
-    lines = ["# Comparison (SPEC.md §8, Table 2)", "", head, "|" + "---|" * (len(CLASS_NAMES) + 4)]
+    lines = ["# Comparison (the paper's Table 2)", "", head, "|" + "---|" * (len(CLASS_NAMES) + 4)]
     for row in summary.values():
         classes = " | ".join(_pct(row["dice"][c]) for c in CLASS_NAMES)
         lines.append(f"| {row['label']} | {row['seeds']} | {_pct(row['dice']['mean'], True)} | {classes} | {_pct(row['pq']['mean'], True)} |")
     lines += ["", "Dice: per class, pooled over the evaluated split; class values are means across seeds. "
               "PQ: correct panoptic quality on connected components, mean over classes."]
+    if paired:
+        lines += _paired_lines(summary, paired)
+    if architectures:
+        lines += _architecture_lines(architectures)
     if settings:
         lines += ["", "Settings:", "", "```json", json.dumps(settings, indent=1), "```"]
     return "\n".join(lines) + "\n"

@@ -83,3 +83,165 @@ def test_parallel_runs_go_on_to_their_end_before_a_failure_is_raised(tmp_path, m
     assert finished == [["train.yaml"], ["train.yaml", "evaluate.yaml"]]
     with pytest.raises(ValueError, match="jobs"):
         compare.run_comparison(tmp_path / "prep", tmp_path / "cmp", models=["unet"], jobs=0)
+
+
+# ------------------------------------------------------------------------- random genotypes, consensus, agreement
+def _genotype(changes=(), attention="nas-scam-p", alphas=None):
+    """conv3 on every SAM edge and conv1 on every CAM edge, but for ``changes``: (position, kind, edge, op)."""
+    from monai_nasscam.networks import POSITIONS, Genotype
+
+    modules = [{"position": p, "sam": ["conv3"] * 6, "cam": ["conv1"] * 6} for p in POSITIONS]
+    for position, kind, edge, op in changes:
+        modules[POSITIONS.index(position)][kind][edge] = op
+    return Genotype(attention, True, modules, alphas or {})
+
+
+def test_random_genotype_is_reproducible_uniform_and_valid():
+    from collections import Counter
+
+    from monai_nasscam.networks import Genotype, random_genotype
+    from monai_nasscam.networks.ops import CAM_OPS, SAM_OPS
+
+    first = random_genotype(seed=0)
+    assert (first.attention, first.synchronous, first.alphas) == ("nas-scam-p", True, {})
+    assert first == random_genotype("nas-scam-p", True, 0)  # the seed names the draw
+    # pinned: a seed must keep naming the same genotype across releases (random.Random(seed).random())
+    assert first.modules[0]["sam"] == ["dil_conv5", "dil_conv3", "conv3", "conv1", "conv5", "conv3"]
+    assert first.modules != random_genotype(seed=1).modules
+    assert Genotype.from_dict(first.to_dict()) == first  # valid: it writes and reads back
+    assert len({tuple(m["sam"]) for m in first.modules}) > 1  # synchronous: every module drawn on its own
+    counts = {"sam": Counter(), "cam": Counter()}
+    for seed in range(60):
+        for module in random_genotype(seed=seed).modules:
+            for kind in counts:
+                counts[kind].update(module[kind])
+    # 60 x 48 = 2,880 draws per kind: 480 expected per SAM op, 360 per CAM op ("none" included)
+    assert set(counts["sam"]) == set(SAM_OPS) and all(380 < c < 580 for c in counts["sam"].values())
+    assert set(counts["cam"]) == set(CAM_OPS) and all(280 < c < 440 for c in counts["cam"].values())
+    shared = random_genotype("nas-scam-s", synchronous=False, seed=3)
+    assert len({(tuple(m["sam"]), tuple(m["cam"])) for m in shared.modules}) == 1
+    with pytest.raises(ValueError, match="attention"):
+        random_genotype("cbam")
+    with pytest.raises(ValueError, match="seed"):
+        random_genotype(seed=-1)
+
+
+def test_consensus_is_the_majority_and_breaks_ties_by_alpha_then_order():
+    from monai_nasscam.networks import POSITIONS, consensus
+
+    a = _genotype([("down1", "sam", 0, "conv5"), ("down2", "cam", 3, "conv9")])
+    b = _genotype([("down1", "sam", 0, "conv5"), ("down2", "cam", 3, "conv15")])
+    c = _genotype([("down1", "sam", 0, "none"), ("down2", "cam", 3, "conv15"), ("up4", "sam", 5, "dil_conv3")])
+    vote = consensus([a, b, c])
+    assert vote.entry("down1")["sam"] == ["conv5"] + ["conv3"] * 5  # 2 votes against 1
+    assert vote.entry("down2")["cam"][3] == "conv15"
+    assert vote.entry("up4")["sam"][5] == "conv3"
+    # a tie without alphas: the earliest genotype's choice
+    assert consensus([a, b]).entry("down2")["cam"][3] == "conv9"
+    assert consensus([b, a]).entry("down2")["cam"][3] == "conv15"
+    # a tie with alphas: the higher mean softmax weight (conv15 is index 5 of the CAM candidates)
+    uniform = {p: {"sam": [[1 / 6] * 6] * 6, "cam": [[1 / 8] * 8] * 6} for p in POSITIONS}
+    tilted = {**uniform, "down2": {"sam": uniform["down2"]["sam"], "cam": [[0.1] * 5 + [0.3, 0.1, 0.1]] * 6}}
+    a_alpha = _genotype([("down2", "cam", 3, "conv9")], alphas=uniform)
+    b_alpha = _genotype([("down2", "cam", 3, "conv15")], alphas=tilted)
+    both = consensus([a_alpha, b_alpha])
+    assert both.entry("down2")["cam"][3] == "conv15"
+    assert both.alphas["down2"]["cam"][3][5] == pytest.approx((0.125 + 0.3) / 2)
+    with pytest.raises(ValueError, match="at least 1"):
+        consensus([])
+
+
+def test_agreement_is_mean_pairwise_per_kind_against_chance():
+    from monai_nasscam.networks import agreement
+
+    base = _genotype()
+    three_off = _genotype([("down1", "sam", e, "conv5") for e in range(3)])  # agrees on 3 of down1's 6 SAM edges
+    pair = agreement([base, three_off])
+    assert pair["sam"]["pairwise"] == pytest.approx(45 / 48)
+    assert pair["sam"]["positions"]["down1"] == pytest.approx(0.5)
+    assert pair["sam"]["positions"]["up4"] == 1.0
+    assert pair["sam"]["chance"] == pytest.approx(1 / 6) and pair["cam"]["chance"] == pytest.approx(1 / 8)
+    assert pair["cam"]["pairwise"] == 1.0
+    one_off = _genotype([("down1", "sam", 0, "none")])
+    triple = agreement([base, three_off, one_off])
+    # pairs: base-three_off 45/48, base-one_off 47/48, three_off-one_off 45/48; all three agree on 45 of 48 slots
+    assert triple["sam"]["pairwise"] == pytest.approx((45 + 47 + 45) / 144)
+    assert triple["sam"]["unanimous"] == pytest.approx(45 / 48)
+    assert triple["sam"]["unanimous_chance"] == pytest.approx(1 / 36)
+    with pytest.raises(ValueError, match="at least 2"):
+        agreement([base])
+    with pytest.raises(ValueError, match="mix"):
+        agreement([base, _genotype(attention="nas-scam-s")])
+
+
+def test_compare_pairs_searched_models_with_random_genotypes(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    import monai_nasscam.compare as compare
+    from monai_nasscam.networks import Genotype, consensus, random_genotype
+
+    (tmp_path / "prep").mkdir()
+    (tmp_path / "prep" / "datalist.json").write_text("{}")
+    calls, verdicts = [], {0: "converged", 1: None}
+
+    def fake_workflow(configs, overrides, output_dir, log_name="workflow.log", quiet=False):
+        calls.append((list(configs), dict(overrides), Path(output_dir)))
+        output_dir, seed = Path(output_dir), overrides["seed"]
+        output_dir.mkdir(parents=True, exist_ok=True)
+        if configs == ["search.yaml"]:  # a searched genotype, with or without the search's verdict
+            data = random_genotype(seed=10 + seed).to_dict()
+            if verdicts[seed]:
+                data["search"] = {"verdict": verdicts[seed]}
+            (output_dir / "genotype.json").write_text(json.dumps(data))
+        elif configs == ["train.yaml"]:
+            Genotype.load(overrides["genotype_path"])  # a valid genotype is where the training reads it
+            searched = "nas-scam-p/" in overrides["genotype_path"]
+            dice, pq = (0.6 + 0.1 * seed, 0.4) if searched else (0.5, 0.45 + 0.05 * seed)
+            (output_dir / "metrics.json").write_text(json.dumps(_metrics([dice] * 4, [pq] * 4)))
+        return True
+
+    monkeypatch.setattr(compare, "run_workflow", fake_workflow)
+    monkeypatch.setattr(compare, "plot_panel", lambda *a, **k: None)
+    monkeypatch.setattr(compare, "plot_dice_bars", lambda *a, **k: None)
+    args = ["compare", "--dataset-dir", str(tmp_path / "prep"), "--output-dir", str(tmp_path / "cmp"),
+            "--models", "nas-scam-p", "random", "--seeds", "2", "--set", "roi_size=[32,32]", "--train-set", "epochs=1",
+            "--evaluate-set", "eval_split=validation"]
+    assert nasscam(args) == 0
+    out = tmp_path / "cmp"
+    for seed in (0, 1):  # the random model draws its genotype from the seed instead of searching
+        assert Genotype.load(out / "random" / f"seed{seed}" / "search" / "genotype.json") == random_genotype(seed=seed)
+    assert not any(c == ["search.yaml"] and "random" in str(d) for c, _, d in calls)
+    trains = {(str(d.parent.parent.name), o["seed"], tuple(c)): o for c, o, d in calls if c[0] == "train.yaml"}
+    for seed in (0, 1):  # retrained and evaluated exactly like the searched model, from its own genotype
+        for configs in (("train.yaml",), ("train.yaml", "evaluate.yaml")):
+            searched, drawn = trains[("nas-scam-p", seed, configs)], trains[("random", seed, configs)]
+            assert drawn["genotype_path"] == str(out / "random" / f"seed{seed}" / "search" / "genotype.json")
+            assert {k: v for k, v in drawn.items() if k != "genotype_path"} == {k: v for k, v in searched.items() if k != "genotype_path"}
+    results = json.loads((out / "results.json").read_text())
+    paired = results["paired"]["nas-scam-p"]
+    assert paired["against"] == "random" and paired["seeds"] == [0, 1]
+    assert paired["dice"]["per_seed"] == {"0": pytest.approx(0.1), "1": pytest.approx(0.2)}
+    assert (paired["dice"]["mean"], paired["dice"]["sd"]) == (pytest.approx(0.15), pytest.approx(0.0707106781))
+    assert paired["pq"]["per_seed"] == {"0": pytest.approx(-0.05), "1": pytest.approx(-0.1)}
+    assert (paired["pq"]["mean"], paired["pq"]["sd"]) == (pytest.approx(-0.075), pytest.approx(0.0353553391))
+    archs = results["architectures"]
+    assert archs["nas-scam-p"]["verdicts"] == {"0": "converged", "1": None}
+    assert archs["random"]["verdicts"] == {"0": None, "1": None} and not archs["random"]["searched"]
+    expected = compare.agreement([random_genotype(seed=10), random_genotype(seed=11)])
+    assert archs["nas-scam-p"]["agreement"]["sam"]["pairwise"] == pytest.approx(expected["sam"]["pairwise"])
+    assert archs["nas-scam-p"]["consensus"] == "nas-scam-p/consensus_genotype.json"
+    written = Genotype.load(out / "nas-scam-p" / "consensus_genotype.json")
+    assert written.modules == consensus([random_genotype(seed=10), random_genotype(seed=11)]).modules
+    assert archs["random"]["consensus"] is None and not (out / "random" / "consensus_genotype.json").exists()
+    table = (out / "table.md").read_text()
+    assert "| NAS-SCAM-P (synchronous) | 2 | 0: +10.00, 1: +20.00 | +15.00 ± 7.07 | 0: -5.00, 1: -10.00 | -7.50 ± 3.54 |" in table
+    assert "| Random genotype (NAS-SCAM-P) | 2 | 50.00 ± 0.00 |" in table
+    sam = 100 * expected["sam"]["pairwise"]
+    assert f"| NAS-SCAM-P (synchronous) | 0: converged, 1: unknown | {sam:.1f}% (16.7%) |" in table
+    assert "| Random genotype (NAS-SCAM-P) | not searched (random) |" in table
+    assert "Did the search pay?" in capsys.readouterr().out  # the console summary
+    # a resumed comparison keeps the draw; a file holding another genotype is not overwritten
+    assert nasscam(args) == 0
+    random_genotype(seed=5).save(out / "random" / "seed1" / "search" / "genotype.json")
+    with pytest.raises(ValueError, match=r"seed1/search/genotype.json is not the random genotype of seed 1"):
+        compare.run_comparison(tmp_path / "prep", out, models=["random"], seeds=[0, 1], echo=lambda m: None)
