@@ -193,3 +193,77 @@ def test_bad_arguments():
         ExpLogLoss(sigmoid=True, class_weights=[1.0, 2.0])(torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2))
     with pytest.raises(ValueError, match="shape"):
         ExpLogLoss(sigmoid=True)(torch.zeros(1, 4, 2, 2), torch.zeros(1, 3, 2, 2))
+
+
+# ------------------------------------------------------------------------------------- ignored (ambiguous) pixels
+def test_ignored_pixel_changes_nothing_by_hand():
+    # the two-pixel example of test_sigmoid_value_by_hand plus a third pixel marked -1 (ambiguous): same value
+    logits, target = _sigmoid_example()
+    dice_term = math.log(3.25 / 2.5) ** 0.3
+    cross_term = (math.log(2.0) ** 0.3 + math.log(4.0 / 3.0) ** 0.3) / 2
+    expected = 0.8 * dice_term + 0.2 * cross_term
+    for extra_logit in (-7.0, 0.0, 3.0):
+        logits3 = torch.cat([logits, torch.full((1, 1, 1), extra_logit)], dim=-1).requires_grad_(True)
+        target3 = torch.cat([target, torch.full((1, 1, 1), -1.0)], dim=-1)
+        loss = ExpLogLoss(sigmoid=True)(logits3, target3)
+        assert loss.item() == pytest.approx(expected, rel=1e-6)
+        loss.backward()
+        assert logits3.grad[0, 0, 2].item() == 0.0 and logits3.grad[0, 0, :2].abs().sum().item() > 0
+    # the same pixel left out by the mask argument instead, whatever its label
+    for label in (0.0, 1.0):
+        logits3 = torch.cat([logits, torch.full((1, 1, 1), 2.0)], dim=-1)
+        target3 = torch.cat([target, torch.full((1, 1, 1), label)], dim=-1)
+        mask = torch.tensor([[[1.0, 1.0, 0.0]]])
+        assert ExpLogLoss(sigmoid=True)(logits3, target3, mask=mask).item() == pytest.approx(expected, rel=1e-6)
+    # without ignore_value, -1 is used as a (meaningless) target: the value differs
+    logits3 = torch.cat([logits, torch.zeros(1, 1, 1)], dim=-1)
+    target3 = torch.cat([target, torch.full((1, 1, 1), -1.0)], dim=-1)
+    assert ExpLogLoss(sigmoid=True, ignore_value=None)(logits3, target3).item() != pytest.approx(expected, rel=1e-3)
+
+
+def test_ignored_pixels_multilabel_batch_dice_and_mean_over_counted():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 6, 6) * 2
+    target = (torch.rand(2, 4, 6, 6) > 0.6).float()
+    ignored = torch.zeros(2, 1, 6, 6, dtype=torch.bool)
+    ignored[0, :, :2, :3] = True
+    ignored[1, :, 4:, :] = True
+    marked = torch.where(ignored, torch.full_like(target, -1.0), target)
+    weights = [1.0, 2.0, 3.0, 4.0]
+    for batch in (True, False):
+        loss_fn = ExpLogLoss(sigmoid=True, batch=batch, class_weights=weights, reduction="none")
+        got = loss_fn(logits, marked)
+        # by hand: Dice sums over the counted pixels, cross term mean over each sample's counted elements
+        keep = (~ignored).float()
+        p, t = torch.sigmoid(logits) * keep, target * keep
+        axes = [0, 2, 3] if batch else [2, 3]
+        dice = (torch.log(p.sum(axes) + t.sum(axes) + 1) - torch.log(2 * (p * t).sum(axes) + 1)).clamp(min=0) ** 0.3
+        dice_term = dice.mean().expand(2) if batch else dice.mean(1)
+        e = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        w = target * torch.tensor(weights).view(1, 4, 1, 1) + (1 - target)
+        cross = (w * e ** 0.3 * keep).sum((1, 2, 3)) / (keep.expand_as(e)).sum((1, 2, 3))
+        torch.testing.assert_close(got, 0.8 * dice_term + 0.2 * cross, rtol=1e-5, atol=1e-6)
+        # the mask argument gives the same value, and the ignored labels / logits change nothing
+        torch.testing.assert_close(loss_fn(logits, target, mask=keep), got)
+        torch.testing.assert_close(loss_fn(torch.where(ignored, -logits, logits), marked), got)
+
+
+def test_ignored_class_index_softmax_by_hand():
+    # test_softmax_value_with_frequency_weights_by_hand with a third pixel of class index -1: same value
+    logits = torch.tensor([[[0.0, 0.0, 5.0], [0.0, math.log(3.0), -2.0]]])
+    target = torch.tensor([[[0, 1, -1]]])
+    loss_fn = ExpLogLoss.from_frequencies([3.0, 1.0], softmax=True, to_onehot_y=True)
+    w0, w1 = math.sqrt(4.0 / 3.0), 2.0
+    dice_term = (math.log(2.75 / 2.0) ** 0.3 + math.log(3.25 / 2.5) ** 0.3) / 2
+    cross_term = (w0 * math.log(2.0) ** 0.3 + w1 * math.log(4.0 / 3.0) ** 0.3) / 2
+    assert loss_fn(logits, target).item() == pytest.approx(0.8 * dice_term + 0.2 * cross_term, rel=1e-6)
+
+
+def test_fully_ignored_sample_and_bad_mask():
+    logits = torch.randn(2, 4, 4, 4)
+    target = torch.zeros(2, 4, 4, 4)
+    target[0] = -1.0  # every pixel of sample 0 ignored: no Dice sums, cross term 0
+    loss = ExpLogLoss(sigmoid=True, reduction="none", w_dice=0.0, w_cross=1.0)(logits, target)
+    assert loss[0].item() == 0.0 and loss[1].item() > 0
+    with pytest.raises(ValueError, match="mask should have shape"):
+        ExpLogLoss(sigmoid=True)(logits, target.clamp(min=0), mask=torch.ones(2, 4, 3, 4))

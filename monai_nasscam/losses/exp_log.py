@@ -13,7 +13,11 @@ from monai.networks import one_hot
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["ExpLogLoss"]
+__all__ = ["ExpLogLoss", "IGNORE_VALUE"]
+
+#: target value of a pixel left out of the loss (``ExpLogLoss(ignore_value=...)``'s default); the training transforms
+#: write it into the label at the pixels of an ``ambiguous`` mask (see ``monai_nasscam.data.train_transforms``).
+IGNORE_VALUE: float = -1.0
 
 
 class ExpLogLoss(_Loss):
@@ -50,6 +54,13 @@ class ExpLogLoss(_Loss):
     ``include_background=False`` removes channel 0 from the Dice term; in the cross term it removes channel 0 with
     ``sigmoid`` and gives background voxels weight 0 with ``softmax`` (the softmax still runs over all channels).
 
+    Ignored pixels. A pixel is left out of both terms, as if it were not in the image, when the target equals
+    ``ignore_value`` there (in any channel of a one-hot / multi-label target, or as the class index with
+    ``to_onehot_y``), or when ``forward``'s ``mask`` is 0 there. Its prediction and label then change nothing: the
+    Dice sums run over the counted pixels only and the cross term is the mean over the counted elements of each
+    sample (0 for a sample without any). With no pixel ignored the value is exactly the formula above. The training
+    transforms mark the ambiguous regions of MoNuSAC's test release this way.
+
     Class weights: ``w_l = ((sum_k f_k) / f_l) ** 0.5`` from training-set label frequencies ``f`` (see
     :py:meth:`count_labels`, :py:meth:`weights_from_frequencies`, :py:meth:`from_frequencies`), one per channel
     used; ``None`` means all 1. For the sigmoid head without background channel pass the frequencies of its classes
@@ -79,6 +90,8 @@ class ExpLogLoss(_Loss):
             is class id ``c + 1``: for heads without a background channel (the project's 4 sigmoid outputs for
             class ids 1-4 of a 0-4 label map).
         clamp: lower bound of ``-ln D`` and of ``e`` before the power.
+        ignore_value: target value of the pixels to leave out (default :data:`IGNORE_VALUE`, -1, never a valid
+            target); ``None``: every target value is used as is.
 
     Raises:
         ValueError: both ``sigmoid`` and ``softmax``; ``w_cross > 0`` without either; ``smooth <= 0``;
@@ -101,6 +114,7 @@ class ExpLogLoss(_Loss):
         reduction: LossReduction | str = LossReduction.MEAN,
         onehot_skip_background: bool = False,
         clamp: float = 1e-6,
+        ignore_value: float | None = IGNORE_VALUE,
     ) -> None:
         super().__init__(reduction=LossReduction(reduction).value)
         if sigmoid and softmax:
@@ -123,6 +137,7 @@ class ExpLogLoss(_Loss):
         self.batch = batch
         self.onehot_skip_background = onehot_skip_background
         self.clamp = float(clamp)
+        self.ignore_value = None if ignore_value is None else float(ignore_value)
         weights = None
         if class_weights is not None:
             weights = torch.as_tensor(np.asarray(class_weights, dtype=np.float64), dtype=torch.float32).flatten()
@@ -215,10 +230,13 @@ class ExpLogLoss(_Loss):
         powered = torch.clamp(value, min=self.clamp).pow(gamma)
         return torch.where(value > self.clamp, powered, torch.zeros_like(powered))
 
-    def _dice_term(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample Dice term, shape (B,)."""
+    def _dice_term(self, probs: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Per-sample Dice term, shape (B,); ``keep``: (B, 1 or C, ...) 1 on the counted pixels, or None."""
         if not self.include_background and probs.shape[1] > 1:
             probs, target = probs[:, 1:], target[:, 1:]
+            keep = _drop_first_channel(keep)
+        if keep is not None:
+            probs, target = probs * keep, target * keep
         axes = list(range(2, probs.ndim))
         if self.batch:
             axes = [0] + axes
@@ -230,17 +248,28 @@ class ExpLogLoss(_Loss):
             return term.mean().expand(probs.shape[0])
         return term.mean(dim=1)
 
-    def _cross_term(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per-sample cross term, shape (B,)."""
+    @staticmethod
+    def _mean(values: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Per-sample mean of ``values`` (B, ...) over the elements where ``keep`` (broadcastable) is 1."""
+        if keep is None:
+            return values.flatten(1).mean(dim=1)
+        keep = keep.expand_as(values)
+        total = (values * keep).flatten(1).sum(dim=1)
+        count = keep.flatten(1).sum(dim=1)
+        return torch.where(count > 0, total / torch.clamp(count, min=1.0), torch.zeros_like(total))
+
+    def _cross_term(self, logits: torch.Tensor, target: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """Per-sample cross term, shape (B,); ``keep`` as in :py:meth:`_dice_term`."""
         n_ch = logits.shape[1]
         if self.sigmoid:
             if not self.include_background and n_ch > 1:
                 logits, target = logits[:, 1:], target[:, 1:]
+                keep = _drop_first_channel(keep)
             shape = [1, logits.shape[1]] + [1] * (logits.ndim - 2)
             w = self._weights(logits.shape[1], logits.device, logits.dtype).view(shape)
             e = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
             weight = target * w + (1.0 - target)
-            return (weight * self._power(e, self.gamma_cross)).flatten(1).mean(dim=1)
+            return self._mean(weight * self._power(e, self.gamma_cross), keep)
         # softmax over all channels; the background (channel 0) gets weight 0 when excluded
         if self.include_background or n_ch == 1:
             w = self._weights(n_ch, logits.device, logits.dtype)
@@ -249,21 +278,48 @@ class ExpLogLoss(_Loss):
         shape = [1, n_ch] + [1] * (logits.ndim - 2)
         e = -torch.sum(target * F.log_softmax(logits, dim=1), dim=1)
         weight = torch.sum(target * w.view(shape), dim=1)
-        return (weight * self._power(e, self.gamma_cross)).flatten(1).mean(dim=1)
+        pixel_keep = None if keep is None else torch.amin(keep, dim=1)  # a pixel counts when all its channels do
+        return self._mean(weight * self._power(e, self.gamma_cross), pixel_keep)
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _keep_mask(
+        self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The target with its ignored values set to 0, and the counted-pixel mask (None when all count)."""
+        keep = None
+        if self.ignore_value is not None:
+            ignored = target == self.ignore_value
+            if bool(ignored.any()):
+                keep = ~torch.any(ignored, dim=1, keepdim=True)
+                target = torch.where(ignored, torch.zeros_like(target), target)
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=input.device)
+            spatial = tuple(input.shape[2:])
+            if (mask.ndim != input.ndim or mask.shape[0] != input.shape[0] or mask.shape[1] not in (1, input.shape[1])
+                    or tuple(mask.shape[2:]) != spatial):
+                raise ValueError(f"mask should have shape (B, 1, ...) or (B, C, ...) = ({input.shape[0]}, 1 or "
+                                 f"{input.shape[1]}, {', '.join(map(str, spatial))}), got {tuple(mask.shape)}.")
+            counted = mask != 0
+            keep = counted if keep is None else keep & counted
+        return target, None if keep is None else keep.to(dtype=input.dtype)
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """
         Args:
             input: logits (B, C, H[, W, D]) (probabilities when neither ``sigmoid`` nor ``softmax``, Dice term only);
                 float16 / bfloat16 input (autocast) is cast to float32 first.
-            target: (B, C, ...) one-hot / multi-label, or (B, 1, ...) class indices with ``to_onehot_y``.
+            target: (B, C, ...) one-hot / multi-label, or (B, 1, ...) class indices with ``to_onehot_y``; pixels whose
+                target is ``ignore_value`` (in any channel) are left out.
+            mask: optional (B, 1, ...) or (B, C, ...) mask, non-zero on the pixels (elements) that count, 0 on those
+                left out (e.g. ``1 - ambiguous``).
 
         Raises:
-            ValueError: when target and input shapes differ after the one-hot conversion.
+            ValueError: when target and input shapes differ after the one-hot conversion, or ``mask`` has another
+                shape than (B, 1 or C, spatial...).
         """
         if input.dtype in (torch.float16, torch.bfloat16):  # mixed precision: the loss is computed in float32
             input = input.float()
         n_pred_ch = input.shape[1]
+        target, keep = self._keep_mask(input, target, mask)
         target = self._prepare_target(target, n_pred_ch)
         if target.shape != input.shape:
             raise ValueError(f"ground truth has a different shape ({tuple(target.shape)}) from input "
@@ -280,9 +336,9 @@ class ExpLogLoss(_Loss):
 
         loss = input.new_zeros(input.shape[0])
         if self.w_dice > 0:
-            loss = loss + self.w_dice * self._dice_term(probs, target)
+            loss = loss + self.w_dice * self._dice_term(probs, target, keep)
         if self.w_cross > 0:
-            loss = loss + self.w_cross * self._cross_term(input, target)
+            loss = loss + self.w_cross * self._cross_term(input, target, keep)
 
         if self.reduction == LossReduction.MEAN.value:
             return loss.mean()
@@ -291,3 +347,10 @@ class ExpLogLoss(_Loss):
         if self.reduction == LossReduction.NONE.value:
             return loss
         raise ValueError(f'Unsupported reduction: {self.reduction}, available options are ["mean", "sum", "none"].')
+
+
+def _drop_first_channel(keep: torch.Tensor | None) -> torch.Tensor | None:
+    """A per-channel mask without channel 0 (the background); a (B, 1, ...) mask is shared by all channels."""
+    if keep is None or keep.shape[1] == 1:
+        return keep
+    return keep[:, 1:]
