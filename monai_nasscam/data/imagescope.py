@@ -13,6 +13,21 @@ The format (one ``Annotation`` layer per class)::
     </Annotations>
 
 The class name is the layer's ``Attributes/Attribute@Name`` (the layer's own ``Name`` is usually empty).
+
+Region kinds (``Region@Type``) and how they are read:
+
+=========  ===========  ==================================================================================
+``Type``   kind         read as
+=========  ===========  ==================================================================================
+0 / none   polygon      the vertices, in order (a freehand or polygon outline)
+1          rectangle    its corners (ImageScope writes 4; 2 opposite corners are expanded to 4)
+2          ellipse      the two opposite corners of its axis-aligned bounding box; rasterised as the ellipse
+                        inscribed in them (see :func:`monai_nasscam.data.raster.rasterize_regions`)
+3, 4, ...  arrow, ruler not an area: skipped, with a warning naming the kind
+=========  ===========  ==================================================================================
+
+``NegativeROA="1"`` marks a negative region (a hole / exclusion): it is kept with ``negative=True`` and
+removes its pixels from every region of its own layer when rasterised; it is never a nucleus.
 """
 
 from __future__ import annotations
@@ -27,24 +42,33 @@ import numpy as np
 from .classes import AMBIGUOUS, normalize_layer_name
 from .errors import DataError
 
-__all__ = ["Region", "Annotations", "read_imagescope_xml", "write_imagescope_xml"]
+__all__ = ["Region", "Annotations", "REGION_KINDS", "read_imagescope_xml", "write_imagescope_xml"]
+
+#: ImageScope ``Region@Type`` -> kind; only polygon, rectangle and ellipse are areas
+REGION_KINDS = {0: "polygon", 1: "rectangle", 2: "ellipse", 3: "arrow", 4: "ruler"}
+_AREA_KINDS = ("polygon", "rectangle", "ellipse")
 
 
 @dataclass
 class Region:
-    """One annotated polygon.
+    """One annotated region (polygon, rectangle or ellipse; positive or negative).
 
     Args:
         label: canonical class name (see :data:`monai_nasscam.data.classes.CLASS_NAMES`) or ``"Ambiguous"``.
-        vertices: ``(N, 2)`` float array of ``(x, y)`` pixel coordinates (x = column, y = row).
+        vertices: ``(N, 2)`` float array of ``(x, y)`` pixel coordinates (x = column, y = row). A polygon's
+            outline (N >= 3), a rectangle's 4 corners, or an ellipse's 2 opposite bounding-box corners.
         layer: 1-based index of the ``Annotation`` layer it came from.
         region_id: the ``Region@Id`` attribute.
+        kind: ``"polygon"`` (default), ``"rectangle"`` or ``"ellipse"``.
+        negative: ``NegativeROA="1"``: a hole in (exclusion from) the regions of its layer, not a nucleus.
     """
 
     label: str
     vertices: np.ndarray
     layer: int = 0
     region_id: str = ""
+    kind: str = "polygon"
+    negative: bool = False
 
 
 @dataclass
@@ -53,15 +77,17 @@ class Annotations:
 
     Args:
         path: the XML file.
-        regions: nucleus and ambiguous regions in XML order (rasterisation order).
-        warnings: human-readable notes on skipped layers and polygons.
+        regions: nucleus, ambiguous and negative (hole) regions in XML order (rasterisation order).
+        warnings: human-readable notes on skipped layers and regions (each names the layer, region and why).
         microns_per_pixel: the ``MicronsPerPixel`` attribute when present.
+        skipped: number of regions not returned (unknown layer, not an area, too few vertices).
     """
 
     path: str
     regions: list[Region] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     microns_per_pixel: float | None = None
+    skipped: int = 0
 
 
 def _layer_label(annotation: ET.Element) -> tuple[str | None, str]:
@@ -83,15 +109,22 @@ def read_imagescope_xml(path: str | os.PathLike) -> Annotations:
     """Parse one MoNuSAC / Aperio ImageScope annotation file.
 
     ``RegionAttributeHeaders`` are ignored; layer names are normalised (``Macrophages`` -> ``Macrophage``);
-    the ``Ambiguous`` layer is kept (label ``"Ambiguous"``); unknown layers (e.g. ``Description``) and
-    polygons with fewer than 3 distinct vertices are skipped and reported in ``warnings``.
+    the ``Ambiguous`` layer is kept (label ``"Ambiguous"``). Polygons, rectangles (``Type="1"``) and ellipses
+    (``Type="2"``, two corner vertices) are kept with their ``kind``; ``NegativeROA="1"`` regions are kept as
+    holes (``negative=True``). Skipped, each with a note in ``warnings`` and counted in ``skipped``: the
+    regions of unknown layers (e.g. ``Description``), regions that are not areas (arrows, rulers, unknown
+    ``Type``), polygons and rectangles with fewer than 3 distinct vertices, ellipses whose two corners do not
+    span a width and a height.
 
     Args:
         path: the ``.xml`` file.
 
+    Returns:
+        the :class:`Annotations` (regions in XML order).
+
     Raises:
         DataError: the file is empty, is not well-formed XML, is not an ImageScope file, holds a vertex
-            that is not a number, or holds no usable region.
+            that is not a number, or holds no usable (positive) region.
     """
     path = os.fspath(path)
     try:
@@ -121,9 +154,17 @@ def read_imagescope_xml(path: str | os.PathLike) -> Annotations:
                 result.warnings.append(
                     f"layer {layer_idx} ({raw_name}) is not a known class: {len(regions)} region(s) skipped"
                 )
+                result.skipped += len(regions)
             continue
         for region in regions:
             rid = region.get("Id", "?")
+            where = f"layer {layer_idx} ({label}) region {rid}"
+            kind = _region_kind(region.get("Type"))
+            negative = region.get("NegativeROA", "0").strip() == "1"
+            if kind not in _AREA_KINDS:
+                result.warnings.append(f"{where}: {kind} region (not an area); skipped")
+                result.skipped += 1
+                continue
             vertex_elems = region.findall("./Vertices/Vertex")
             try:
                 verts = np.array(
@@ -133,17 +174,47 @@ def read_imagescope_xml(path: str | os.PathLike) -> Annotations:
                 raise DataError(path, f"layer {layer_idx} region {rid}: a vertex X/Y is missing or not a number") from None
             if not np.all(np.isfinite(verts)):
                 raise DataError(path, f"layer {layer_idx} region {rid}: a vertex X/Y is not finite")
-            if len(np.unique(verts, axis=0)) < 3:
-                result.warnings.append(
-                    f"layer {layer_idx} ({label}) region {rid}: {len(verts)} vertices, fewer than 3 distinct; skipped"
-                )
+            verts, problem = _shape_vertices(kind, verts)
+            if problem:
+                result.warnings.append(f"{where}: {problem}; skipped")
+                result.skipped += 1
                 continue
-            result.regions.append(Region(label=label, vertices=verts, layer=layer_idx, region_id=rid))
+            result.regions.append(
+                Region(label=label, vertices=verts, layer=layer_idx, region_id=rid, kind=kind, negative=negative)
+            )
     if n_regions_total == 0:
         raise DataError(path, "empty annotation file (no annotated regions)")
-    if not result.regions:
-        raise DataError(path, "no region of a known class (" + "; ".join(result.warnings) + ")")
+    if not any(not r.negative for r in result.regions):
+        raise DataError(path, "no region of a known class (" + "; ".join(result.warnings or ["only negative regions"]) + ")")
     return result
+
+
+def _region_kind(type_attr: str | None) -> str:
+    """The kind of a ``Region@Type`` value (missing: polygon; unknown number: ``"Type=N"``)."""
+    text = (type_attr or "0").strip()
+    try:
+        return REGION_KINDS.get(int(float(text)), f"Type={text}")
+    except ValueError:
+        return f"Type={text!r}"
+
+
+def _shape_vertices(kind: str, verts: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Check (and complete) the vertices of an area region; returns ``(vertices, problem or None)``."""
+    distinct = len(np.unique(verts, axis=0))
+    if kind == "ellipse":
+        if len(verts) < 2:
+            return verts, f"ellipse with {len(verts)} vertices (needs its 2 bounding-box corners)"
+        lo, hi = verts.min(axis=0), verts.max(axis=0)
+        if np.any(hi - lo <= 0):
+            return verts, f"ellipse of zero width or height (corners {verts[0].tolist()}, {verts[-1].tolist()})"
+        return np.array([lo, hi], dtype=np.float64), None
+    if kind == "rectangle" and distinct == 2:  # two opposite corners -> four
+        (x0, y0), (x1, y1) = verts.min(axis=0), verts.max(axis=0)
+        if x1 > x0 and y1 > y0:
+            return np.array([(x0, y0), (x1, y0), (x1, y1), (x0, y1)], dtype=np.float64), None
+    if distinct < 3:
+        return verts, f"{kind} with {len(verts)} vertices, fewer than 3 distinct"
+    return verts, None
 
 
 _HEADER = (

@@ -56,7 +56,9 @@ def write_instance_tiff(path: str, array: np.ndarray) -> None:
 def _process_case(case: MoNuSACCase, tmp: str, normalizer: Any, remap: dict[int, int], tif_bgr: bool) -> dict:
     """Convert one case into files under ``tmp``; returns its datalist entry, statistics and notes."""
     image, masks, annotations = load_case(case, remap=remap, tif_bgr=tif_bgr)
-    notes = list(annotations.warnings) + [w for w in masks.warnings if "entirely outside" in w]
+    # skipped / unusable regions (not the clipped ones: they are used), reported on the console per file
+    region_notes = list(annotations.warnings) + [w for w in masks.warnings if "clipped" not in w]
+    notes = list(region_notes)
     image, stain_note = normalizer.apply(image)
     if stain_note:
         notes.append(stain_note)
@@ -83,7 +85,27 @@ def _process_case(case: MoNuSACCase, tmp: str, normalizer: Any, remap: dict[int,
         "pixels": pixels.tolist(),
         "shape": list(image.shape[:2]),
         "notes": notes,
+        "xml": case.xml,
+        "image": case.image,
+        "regions": len(annotations.regions) + annotations.skipped,
+        "skipped_regions": annotations.skipped + masks.unusable,
+        "region_notes": region_notes,
+        "stain_note": stain_note,
     }
+
+
+def _report_notes(rec: dict) -> None:
+    """Log one converted case's notes: skipped regions and a skipped stain normalisation as warnings (console)."""
+    if rec["skipped_regions"]:
+        logger.warning(
+            "%s: %d of %d region(s) skipped or unusable: %s",
+            rec["xml"],
+            rec["skipped_regions"],
+            rec["regions"],
+            " | ".join(rec["region_notes"]),
+        )
+    if rec["stain_note"]:
+        logger.warning("%s: %s", rec["image"], rec["stain_note"])
 
 
 def _process_case_safe(args: tuple) -> tuple[dict | None, DataError | None]:
@@ -249,8 +271,7 @@ def prepare_dataset(
         if not records:
             raise DataError(data_dir, "no usable annotated image (every case was skipped)")
         for rec in records:
-            for note in rec["notes"]:
-                logger.info("%s: %s", rec["entry"]["name"], note)
+            _report_notes(rec)
         if not os.listdir(os.path.join(tmp, "ambiguous")):
             os.rmdir(os.path.join(tmp, "ambiguous"))
 
@@ -275,6 +296,7 @@ def prepare_dataset(
             },
             "counts": _summary(records, split_of, mapping),
             "skipped": [{"file": e.path, "problem": e.problem} for e in skipped],
+            "skipped_regions": {r["entry"]["name"]: r["skipped_regions"] for r in records if r["skipped_regions"]},
             "notes": [{"name": r["entry"]["name"], "note": n} for r in records for n in r["notes"]],
         }
         with open(os.path.join(tmp, "datalist.json"), "w") as f:

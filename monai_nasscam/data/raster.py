@@ -1,4 +1,18 @@
-"""Polygons -> class map, instance map and ambiguous mask (scikit-image rasterisation, last polygon wins)."""
+"""Regions -> class map, instance map and ambiguous mask (scikit-image rasterisation, last region wins).
+
+Region kinds (see :mod:`monai_nasscam.data.imagescope`):
+
+- polygon and rectangle: :func:`skimage.draw.polygon` of the vertices (a pixel belongs to the region when its
+  centre lies inside);
+- ellipse: :func:`skimage.draw.ellipse` of the axis-aligned ellipse inscribed in the two stored corners
+  ``(x0, y0)``, ``(x1, y1)``: centre ``((y0 + y1) / 2, (x0 + x1) / 2)``, radii ``((y1 - y0) / 2, (x1 - x0) / 2)``
+  (row, column), the same pixel-centre convention;
+- negative (``NegativeROA="1"``): a hole. Its pixels are removed from every positive region *of its own layer*,
+  wherever the hole lies in the file: in the class map and the instance map they are background, unless a region
+  of another layer covers them (that region keeps them). The nucleus it lies in keeps its one instance id (a ring
+  is still one nucleus, even if the hole cuts it in two). A hole in the ``Ambiguous`` layer removes ambiguous
+  pixels. A hole is never a nucleus and gets no instance id.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +20,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from skimage.draw import ellipse as draw_ellipse
 from skimage.draw import polygon as draw_polygon
 
 from .classes import AMBIGUOUS, CLASS_IDS, parse_remap
 from .imagescope import Region
 
-__all__ = ["Masks", "rasterize_regions"]
+__all__ = ["Masks", "rasterize_regions", "region_pixels"]
 
 
 @dataclass
@@ -20,10 +35,13 @@ class Masks:
 
     Args:
         class_map: ``(H, W)`` uint8, 0 background, 1-4 nucleus class (after remap).
-        instance_map: ``(H, W)`` int32, 0 background, ``k`` for the k-th nucleus region in XML order.
+        instance_map: ``(H, W)`` int32, 0 background, ``k`` for the k-th positive nucleus region in XML order.
         instance_classes: class id (after remap) of each instance id; index 0 is background.
         ambiguous: ``(H, W)`` uint8 mask of the ``Ambiguous`` layer, or ``None`` if the file has none.
-        warnings: notes on polygons that fall (partly) outside the image.
+        warnings: notes on regions that fall (partly) outside the image, cover no pixel, or are holes that
+            remove nothing.
+        unusable: number of regions that contribute no pixel (entirely outside the image, smaller than a pixel,
+            wholly removed by a hole of their layer, or a hole that removes nothing).
     """
 
     class_map: np.ndarray
@@ -31,18 +49,38 @@ class Masks:
     instance_classes: np.ndarray
     ambiguous: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    unusable: int = 0
+
+
+def region_pixels(region: Region, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the pixels of one region inside an image of ``shape`` ``(H, W)``.
+
+    Args:
+        region: a polygon, rectangle (vertices as ``(x, y)``) or ellipse (two opposite corners).
+        shape: ``(H, W)``.
+
+    Returns:
+        ``(rr, cc)`` int arrays (possibly empty).
+    """
+    h, w = int(shape[0]), int(shape[1])
+    v = region.vertices
+    if region.kind == "ellipse":
+        (x0, y0), (x1, y1) = v.min(axis=0), v.max(axis=0)
+        return draw_ellipse((y0 + y1) / 2.0, (x0 + x1) / 2.0, (y1 - y0) / 2.0, (x1 - x0) / 2.0, shape=(h, w))
+    return draw_polygon(v[:, 1], v[:, 0], shape=(h, w))
 
 
 def rasterize_regions(
     regions: Sequence[Region], shape: Sequence[int], remap: Mapping[int, int] | str | None = None
 ) -> Masks:
-    """Fill each polygon with :func:`skimage.draw.polygon` in the given order; a later polygon overwrites.
+    """Fill each region in the given order (see the module docstring); a later region overwrites.
 
-    Pixel ``(row, col)`` belongs to a polygon when its centre lies inside it, which keeps the true area
-    (OpenCV's ``fillPoly`` inflates small nuclei). Polygons are clipped to the image.
+    Pixel ``(row, col)`` belongs to a region when its centre lies inside it, which keeps the true area
+    (OpenCV's ``fillPoly`` inflates small nuclei). Regions are clipped to the image. Negative regions (holes)
+    are subtracted from the positive regions of their layer.
 
     Args:
-        regions: polygons in XML order (``Region.vertices`` as ``(x, y)``).
+        regions: regions in XML order (``Region.vertices`` as ``(x, y)``).
         shape: ``(H, W)`` of the image.
         remap: optional class-order remap (see :func:`monai_nasscam.data.classes.parse_remap`).
 
@@ -55,16 +93,40 @@ def rasterize_regions(
     instance_map = np.zeros((h, w), dtype=np.int32)
     ambiguous = None
     classes = [0]
-    outside = clipped = 0
+    outside = clipped = empty = erased = idle_holes = 0
+
+    holes: dict[int, np.ndarray] = {}  # layer -> union of its negative regions
+    hole_regions = []
     for region in regions:
+        if region.negative:
+            rr, cc = region_pixels(region, (h, w))
+            mask = holes.setdefault(region.layer, np.zeros((h, w), dtype=bool))
+            mask[rr, cc] = True
+            hole_regions.append((region, rr, cc))
+    layer_pixels: dict[int, np.ndarray] = {}  # layer -> pixels of its positive regions (layers with holes only)
+
+    for region in regions:
+        if region.negative:
+            continue
         v = region.vertices
-        rr, cc = draw_polygon(v[:, 1], v[:, 0], shape=(h, w))
+        rr, cc = region_pixels(region, (h, w))
         xmin, ymin = v.min(axis=0)
         xmax, ymax = v.max(axis=0)
         if xmax < 0 or ymax < 0 or xmin > w - 1 or ymin > h - 1:
             outside += 1
         elif xmin < 0 or ymin < 0 or xmax > w - 1 or ymax > h - 1:
             clipped += 1
+        if len(rr) == 0 and not (xmax < 0 or ymax < 0 or xmin > w - 1 or ymin > h - 1):
+            empty += 1
+        hole = holes.get(region.layer)
+        if hole is not None and len(rr):
+            covered = layer_pixels.setdefault(region.layer, np.zeros((h, w), dtype=bool))
+            covered[rr, cc] = True
+            keep = ~hole[rr, cc]
+            if not keep.all():
+                rr, cc = rr[keep], cc[keep]
+                if len(rr) == 0:
+                    erased += 1
         if region.label == AMBIGUOUS:
             if ambiguous is None:
                 ambiguous = np.zeros((h, w), dtype=np.uint8)
@@ -74,9 +136,26 @@ def rasterize_regions(
         classes.append(cid)
         class_map[rr, cc] = cid
         instance_map[rr, cc] = len(classes) - 1
+    for region, rr, cc in hole_regions:
+        covered = layer_pixels.get(region.layer)
+        if covered is None or len(rr) == 0 or not covered[rr, cc].any():
+            idle_holes += 1
     warnings = []
     if outside:
-        warnings.append(f"{outside} polygon(s) entirely outside the {w}x{h} image")
+        warnings.append(f"{outside} region(s) entirely outside the {w}x{h} image")
     if clipped:
-        warnings.append(f"{clipped} polygon(s) clipped at the border of the {w}x{h} image")
-    return Masks(class_map, instance_map, np.asarray(classes, dtype=np.uint8), ambiguous, warnings)
+        warnings.append(f"{clipped} region(s) clipped at the border of the {w}x{h} image")
+    if empty:
+        warnings.append(f"{empty} region(s) too small to cover a pixel centre (no pixel)")
+    if erased:
+        warnings.append(f"{erased} region(s) wholly inside a negative region (hole) of their layer (no pixel)")
+    if idle_holes:
+        warnings.append(f"{idle_holes} negative region(s) (holes) overlapping no region of their layer")
+    return Masks(
+        class_map,
+        instance_map,
+        np.asarray(classes, dtype=np.uint8),
+        ambiguous,
+        warnings,
+        unusable=outside + empty + erased + idle_holes,
+    )
