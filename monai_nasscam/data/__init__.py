@@ -14,6 +14,11 @@ from .split import make_split, split_by_image, split_by_patient
 from .stain import MacenkoNormalizer, ReinhardNormalizer, create_stain_normalizer, stain_normalizer_from_dict
 from .synth import generate_dataset, synth_tile
 from .transforms import (
+    AMBIGUOUS_KEY,
+    DropEmptyd,
+    EnsureAmbiguousd,
+    ExcludeAmbiguousd,
+    IgnoreAmbiguousd,
     ClassMapToMultiLabeld,
     RandClassCropd,
     RandMedianSmoothd,
@@ -53,6 +58,11 @@ __all__ = [
     "stain_normalizer_from_dict",
     "generate_dataset",
     "synth_tile",
+    "AMBIGUOUS_KEY",
+    "DropEmptyd",
+    "EnsureAmbiguousd",
+    "ExcludeAmbiguousd",
+    "IgnoreAmbiguousd",
     "ClassMapToMultiLabeld",
     "RandClassCropd",
     "RandMedianSmoothd",

@@ -49,7 +49,10 @@ class ClassBalancedCropDataset(Randomizable, _TorchDataset):
     - ``"grid"``: the paper's crops: the overlapping ``roi_size`` windows every ``stride`` of every image;
       the crop is drawn uniformly among the windows that contain the class.
 
-    A class absent from every image is replaced by a random present class (with a warning).
+    Pixels of the ``ignore_key`` mask (ambiguous regions, left out of the loss) are not sampled: pixel mode
+    counts and draws only the other pixels of a class, and grid mode keeps a window for a class only when it
+    holds such a pixel of it. A class absent from every image (or present only in ambiguous regions) is
+    replaced by a random present class (with a warning).
 
     Args:
         data: datalist entries (``{"image", "label", ...}`` with absolute paths, e.g. from
@@ -64,6 +67,8 @@ class ClassBalancedCropDataset(Randomizable, _TorchDataset):
         label_key: key of the class map (after the cached head: ``(1, H, W)``).
         class_key: key that tells the crop transform which class to centre on.
         center_key: key that tells the crop transform where to centre (grid mode).
+        ignore_key: key of the ``(1, H, W)`` mask of pixels not to sample (after the cached head; a sample
+            without it has none); ``None``: every pixel is sampled.
         seed: random seed of the sampler (the DataLoader's ``worker_init_fn`` reseeds workers).
     """
 
@@ -79,6 +84,7 @@ class ClassBalancedCropDataset(Randomizable, _TorchDataset):
         label_key: str = "label",
         class_key: str = "crop_class",
         center_key: str = "crop_center",
+        ignore_key: str | None = "ambiguous",
         seed: int = 0,
     ) -> None:
         if mode not in ("pixel", "grid"):
@@ -96,6 +102,7 @@ class ClassBalancedCropDataset(Randomizable, _TorchDataset):
         self.num_classes, self.mode = num_classes, mode
         self.roi_size, self.stride = ensure_tuple_rep(roi_size, 2), ensure_tuple_rep(stride, 2)
         self.label_key, self.class_key, self.center_key = label_key, class_key, center_key
+        self.ignore_key = ignore_key
         self.num_groups = int(num_groups) if num_groups else len(data)
         self._cache = [apply_transform(self._head, dict(item)) for item in data]
         self._pools: list[tuple[np.ndarray, np.ndarray | None]] = []
@@ -106,7 +113,11 @@ class ClassBalancedCropDataset(Randomizable, _TorchDataset):
         if not self.present:
             raise ValueError("no image of the dataset contains any annotated nucleus")
         if missing:
-            warnings.warn(f"classes {missing} occur in no training image; their crops use other classes", stacklevel=2)
+            warnings.warn(
+                f"classes {missing} occur in no training image (outside ambiguous regions); their crops use other "
+                "classes",
+                stacklevel=2,
+            )
         self.set_random_state(seed)
 
     def _class_map(self, i: int) -> torch.Tensor:
@@ -114,15 +125,24 @@ class ClassBalancedCropDataset(Randomizable, _TorchDataset):
         lab = lab.as_tensor() if hasattr(lab, "as_tensor") else torch.as_tensor(lab)
         return lab[0]
 
+    def _class_mask(self, i: int, c: int) -> torch.Tensor:
+        """Pixels of class ``c`` in image ``i`` that may be sampled (not in the ``ignore_key`` mask)."""
+        mask = self._class_map(i) == c
+        ignore = self._cache[i].get(self.ignore_key) if self.ignore_key is not None else None
+        if ignore is not None:
+            ignore = ignore.as_tensor() if hasattr(ignore, "as_tensor") else torch.as_tensor(ignore)
+            mask = mask & (ignore[0] == 0)
+        return mask
+
     def _build_pool(self, c: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Pixel mode: (image indices, pixel counts); grid mode: (image indices, window centres)."""
         if self.mode == "pixel":
-            counts = np.array([int((self._class_map(i) == c).sum()) for i in range(len(self._cache))])
+            counts = np.array([int(self._class_mask(i, c).sum()) for i in range(len(self._cache))])
             idx = np.nonzero(counts)[0]
             return idx, counts[idx].astype(np.float64)
         images, centres = [], []
         for i in range(len(self._cache)):
-            mask = (self._class_map(i) == c).numpy()
+            mask = self._class_mask(i, c).numpy()
             if not mask.any():
                 continue
             # windows containing c: integral image for O(1) per window

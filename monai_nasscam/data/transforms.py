@@ -9,12 +9,19 @@ key                shape / dtype               content
 ``label``          ``(4, H, W)`` float32       multi-label target, channel ``c - 1`` = class ``c``
                                                (``label_format="multilabel"``, the default, for the
                                                4-channel sigmoid head); or ``(1, H, W)`` int64 class map
-                                               0-4 with ``label_format="classmap"`` (softmax head)
+                                               0-4 with ``label_format="classmap"`` (softmax head). Training
+                                               crops: -1 (:data:`~monai_nasscam.losses.IGNORE_VALUE`, every
+                                               channel) on ambiguous pixels, which the loss leaves out
 ``class_map``      ``(1, H, W)`` uint8         class map 0-4 (``"multilabel"`` format only)
 ``crop_class``     int                         class the training crop was centred on (training only)
 ``instance``       ``(1, H, W)`` int32         instance ids (validation, ``load_instance=True``)
-``ambiguous``      ``(1, H, W)`` uint8         ambiguous-region mask (validation, ``load_ambiguous=True``)
+``ambiguous``      ``(1, H, W)`` uint8         ambiguous-region mask, 1 = not scored; every sample has one
+                                               (zeros when its entry has no ``"ambiguous"`` file), so entries
+                                               with and without it batch together
 =================  ==========================  ==============================================================
+
+A training sample holds exactly the keys above (other datalist keys, e.g. ``name`` or ``patient``, are dropped
+after loading), so crops of entries with different optional keys collate into one batch.
 
 Axis order is numpy's: ``image[:, row, col]`` is the pixel at ``(row, col)`` of the PNG, the same
 pixel that ``skimage.draw.polygon`` filled for XML vertex ``(Y=row, X=col)``. (MONAI's ``PILReader``
@@ -46,15 +53,22 @@ from monai.transforms import (
     RandRotated,
     ScaleIntensityRanged,
     SpatialCrop,
+    SelectItemsd,
     SpatialPadd,
     DivisiblePadd,
 )
 from monai.transforms.transform import Randomizable
 from monai.utils import ensure_tuple_rep
 
+from ..losses.exp_log import IGNORE_VALUE
 from .classes import NUM_CLASSES
 
 __all__ = [
+    "AMBIGUOUS_KEY",
+    "DropEmptyd",
+    "EnsureAmbiguousd",
+    "IgnoreAmbiguousd",
+    "ExcludeAmbiguousd",
     "ClassMapToMultiLabeld",
     "RandClassCropd",
     "RandMedianSmoothd",
@@ -74,6 +88,175 @@ AUGMENTATION_DEFAULTS: dict[str, float] = {
     "median_blur_prob": 0.2,  # 3 x 3 median blur
     "elastic_prob": 0.2,  # elastic deformation
 }
+
+
+#: datalist / sample key of the ambiguous-region mask (MoNuSAC's test release, ``PREP/ambiguous/NAME.png``)
+AMBIGUOUS_KEY = "ambiguous"
+
+
+def _as_tensor(x: Any) -> torch.Tensor:
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+
+
+def _source(d: Mapping[Hashable, Any], key: Hashable) -> str:
+    """The file a loaded sample came from (for messages), else the key."""
+    meta = getattr(d.get(key), "meta", {}) or {}
+    return str(meta.get("filename_or_obj", key))
+
+
+class DropEmptyd(MapTransform):
+    """Remove ``keys`` whose value is ``None`` or ``""`` (an optional datalist path written as null / empty), so
+    that a later ``LoadImaged(..., allow_missing_keys=True)`` treats them as absent.
+
+    Args:
+        keys: optional keys.
+    """
+
+    def __init__(self, keys: KeysCollection) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.keys:
+            if key in d and (d[key] is None or (isinstance(d[key], str) and not d[key].strip())):
+                del d[key]
+        return d
+
+
+class EnsureAmbiguousd(MapTransform):
+    """Give every sample an ambiguous-region mask: the loaded one as ``(1, H, W)`` uint8 0/1, or zeros of the
+    reference key's spatial size when the entry has none (MoNuSAC's training release, most test images).
+
+    Every sample then has the same keys, so samples with and without a mask collate into one batch (a batch of
+    dictionaries with different keys fails with ``KeyError: 'ambiguous'``). A zero mask is a ``MetaTensor``
+    carrying a copy of the reference's metadata, so the metadata of all samples collate too.
+
+    Args:
+        keys: mask keys (default ``"ambiguous"``), after ``LoadImaged`` + ``EnsureChannelFirstd``.
+        ref_key: a loaded key of the same spatial size (the label).
+
+    Raises:
+        ValueError: a loaded mask whose size is not the reference's (names both files).
+    """
+
+    def __init__(self, keys: KeysCollection = AMBIGUOUS_KEY, ref_key: str = "label") -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.ref_key = ref_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        ref = d[self.ref_key]
+        spatial = tuple(ref.shape[1:])
+        for key in self.keys:
+            if key in d:
+                mask = _as_tensor(d[key])
+                if tuple(mask.shape[1:]) != spatial:
+                    raise ValueError(
+                        f"{_source(d, key)}: the {key} mask is {tuple(mask.shape[1:])} but "
+                        f"{_source(d, self.ref_key)} is {spatial} (rows, columns)."
+                    )
+                mask = (mask[:1] != 0).to(torch.uint8)
+                src = d[key]
+            else:
+                mask, src = torch.zeros((1, *spatial), dtype=torch.uint8), ref
+            if isinstance(src, MetaTensor):
+                mask = MetaTensor(mask, meta=dict(src.meta), applied_operations=list(src.applied_operations))
+            d[key] = mask
+        return d
+
+
+class IgnoreAmbiguousd(MapTransform):
+    """Mark the ambiguous pixels of a training target with ``ignore_value`` (in every channel), which
+    :class:`~monai_nasscam.losses.ExpLogLoss` leaves out; the mask itself is kept as uint8 0/1.
+
+    Run it after the spatial augmentations (the mask must have gone through the same ones as the label, with
+    nearest interpolation); a mask value >= 0.5 counts as ambiguous.
+
+    Args:
+        keys: target keys (default ``"label"``).
+        mask_key: the ambiguous mask; absent or all zero: the targets are unchanged.
+        ignore_value: the loss's ``ignore_value``.
+    """
+
+    def __init__(
+        self, keys: KeysCollection = "label", mask_key: str = AMBIGUOUS_KEY, ignore_value: float = IGNORE_VALUE
+    ) -> None:
+        super().__init__(keys)
+        self.mask_key = mask_key
+        self.ignore_value = ignore_value
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.mask_key not in d:
+            return d
+        src = d[self.mask_key]
+        ambiguous = _as_tensor(src)[:1] >= 0.5
+        mask = ambiguous.to(torch.uint8)
+        if isinstance(src, MetaTensor):
+            mask = MetaTensor(mask, meta=src.meta, applied_operations=src.applied_operations)
+        d[self.mask_key] = mask
+        if not bool(ambiguous.any()):
+            return d
+        for key in self.key_iterator(d):
+            target = d[key]
+            if target.is_floating_point() or target.dtype in (torch.int64, torch.int32, torch.int16, torch.int8):
+                d[key] = torch.where(ambiguous, torch.as_tensor(self.ignore_value, dtype=target.dtype), target)
+            else:
+                raise ValueError(f"{key} is {target.dtype}, which cannot hold ignore_value {self.ignore_value}.")
+        return d
+
+
+class ExcludeAmbiguousd(MapTransform):
+    """Zero ``keys`` (e.g. the binarised prediction and the label) on the ambiguous pixels, so that pixel-wise
+    metrics (pooled Dice, MONAI's ``DiceMetric``) do not score them: such a pixel then adds nothing to any
+    intersection or sum, whatever was predicted or annotated there. For validation / evaluation postprocessing
+    (``SupervisedEvaluator(postprocessing=...)`` sees the batch's ``ambiguous`` key beside ``pred``).
+
+    Args:
+        keys: (C, H, W) tensors to mask.
+        mask_key: the ``(1, H, W)`` ambiguous mask (non-zero = ambiguous); absent: the data are unchanged.
+        names: write the masked tensors under these keys instead of replacing ``keys`` (one name per key).
+        allow_missing_keys: do not raise when a key of ``keys`` is missing.
+
+    Raises:
+        ValueError: the mask's spatial size differs from a key's.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = AMBIGUOUS_KEY,
+        names: KeysCollection | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.mask_key = mask_key
+        self.names = None if names is None else ([names] if isinstance(names, str) else list(names))
+        if self.names is not None and len(self.names) != len(self.keys):
+            raise ValueError(f"names {self.names} should have one name per key of {list(self.keys)}.")
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        mask = d.get(self.mask_key)
+        for i, key in enumerate(self.keys):
+            if key not in d:
+                if self.allow_missing_keys:
+                    continue
+                raise KeyError(f"key '{key}' is not in the data (keys: {sorted(map(str, d))}).")
+            value = d[key]
+            out = value
+            if mask is not None:
+                keep = _as_tensor(mask) == 0
+                if tuple(keep.shape[-2:]) != tuple(value.shape[-2:]) or keep.ndim != value.ndim:
+                    raise ValueError(f"the {self.mask_key} mask {tuple(keep.shape)} does not match {key} "
+                                     f"{tuple(value.shape)}.")
+                keep = keep.to(value.device)
+                out = value * keep.to(value.dtype) if value.is_floating_point() else torch.where(
+                    keep, value, torch.zeros_like(value))
+            elif self.names is not None:
+                out = value.clone() if torch.is_tensor(value) else value
+            d[key if self.names is None else self.names[i]] = out
+        return d
 
 
 class ClassMapToMultiLabeld(MapTransform):
@@ -159,6 +342,8 @@ class RandClassCropd(Randomizable, MapTransform):
 
     The centre is then moved, if needed, so that the crop lies inside the image (pad small images to at
     least ``spatial_size`` first, e.g. with ``SpatialPadd``). The class used is stored in ``class_key``.
+    With ``ignore_key``, pixels where that mask is non-zero (ambiguous regions) are not chosen as centres and do
+    not make a class present, unless the class has no other pixel.
 
     Args:
         keys: keys to crop (e.g. ``["image", "label"]``).
@@ -168,6 +353,7 @@ class RandClassCropd(Randomizable, MapTransform):
         num_samples: crops per call (a list is returned when > 1).
         class_key: key of the requested / used class.
         center_key: key of a requested centre.
+        ignore_key: key of a ``(1, H, W)`` mask of pixels not to centre on (``None``: none; a missing key: none).
         allow_missing_keys: do not raise when a key is missing.
     """
 
@@ -180,10 +366,12 @@ class RandClassCropd(Randomizable, MapTransform):
         num_samples: int = 1,
         class_key: str = "crop_class",
         center_key: str = "crop_center",
+        ignore_key: str | None = None,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         self.label_key = label_key
+        self.ignore_key = ignore_key
         self.spatial_size = ensure_tuple_rep(spatial_size, 2)
         self.num_classes = num_classes
         self.num_samples = int(num_samples)
@@ -193,12 +381,24 @@ class RandClassCropd(Randomizable, MapTransform):
     def randomize(self, data: Any = None) -> None:
         """Randomness is drawn in :meth:`__call__` (centres depend on the data)."""
 
-    def _pick_center(self, cmap: torch.Tensor, cls: int | None) -> tuple[tuple[int, int], int]:
+    def _present(self, cmap: torch.Tensor, counted: torch.Tensor | None) -> list[int]:
+        values = cmap if counted is None else cmap[counted]
+        present = [int(c) for c in torch.unique(values).tolist() if 0 < c <= self.num_classes]
+        if not present and counted is not None:
+            return self._present(cmap, None)
+        return present
+
+    def _pick_center(
+        self, cmap: torch.Tensor, cls: int | None, counted: torch.Tensor | None = None
+    ) -> tuple[tuple[int, int], int]:
         if cls is None:
-            present = [int(c) for c in torch.unique(cmap).tolist() if 0 < c <= self.num_classes]
+            present = self._present(cmap, counted)
             cls = int(self.R.choice(present)) if present else 0
         if cls > 0:
             idx = torch.nonzero(cmap == cls)
+            if counted is not None:
+                idx_counted = torch.nonzero((cmap == cls) & counted)
+                idx = idx_counted if len(idx_counted) else idx
             if len(idx):
                 r, c = idx[int(self.R.randint(len(idx)))].tolist()
                 return (r, c), cls
@@ -222,6 +422,10 @@ class RandClassCropd(Randomizable, MapTransform):
         label = d[self.label_key]
         cmap = (label.as_tensor() if isinstance(label, MetaTensor) else torch.as_tensor(label))[0]
         shape = tuple(cmap.shape)
+        counted = None
+        if self.ignore_key is not None and self.ignore_key in d:
+            ignore = _as_tensor(d[self.ignore_key])[0] != 0
+            counted = ~ignore if bool(ignore.any()) else None
         center = d.pop(self.center_key, None)
         requested = d.get(self.class_key)
         requested = None if requested is None else int(requested)
@@ -231,17 +435,17 @@ class RandClassCropd(Randomizable, MapTransform):
                 if center is not None:
                     ctr, cls = tuple(int(v) for v in center), (requested if requested is not None else -1)
                 else:
-                    ctr, cls = self._pick_center(cmap, requested)
+                    ctr, cls = self._pick_center(cmap, requested, counted)
                 out = self._crop(d, ctr, shape)
                 out[self.class_key] = cls
                 results.append(out)
         else:
-            present = [int(c) for c in torch.unique(cmap).tolist() if 0 < c <= self.num_classes] or [0]
+            present = self._present(cmap, counted) or [0]
             order: list[int] = []
             while len(order) < self.num_samples:
                 order += [present[i] for i in self.R.permutation(len(present))]
             for cls in order[: self.num_samples]:
-                ctr, cls = self._pick_center(cmap, cls)
+                ctr, cls = self._pick_center(cmap, cls, counted)
                 out = self._crop(d, ctr, shape)
                 out[self.class_key] = cls
                 results.append(out)
@@ -292,12 +496,15 @@ def train_transforms(
     elastic_spacing: Sequence[int] | int = (32, 32),
     elastic_magnitude: Sequence[float] = (1.0, 3.0),
     pad_value: float = 255,
+    ignore_ambiguous: bool = True,
 ) -> Compose:
     """Training chain: load, pad small tiles, class-centred crop, augment, build the target.
 
-    Order: ``LoadImaged`` + ``EnsureChannelFirstd`` (numpy axis order), ``SpatialPadd`` to at least
-    ``roi_size`` (image with white ``pad_value``, label with background), :class:`RandClassCropd`,
-    scale to [0, 1], then the patent's augmentations, each applied with its own probability:
+    Order: ``LoadImaged`` + ``EnsureChannelFirstd`` (numpy axis order) of the image, the label and, when the
+    entry has one, the ``ambiguous`` mask (:class:`EnsureAmbiguousd`: zeros otherwise), ``SpatialPadd`` to at
+    least ``roi_size`` (image with white ``pad_value``, label and mask with 0), :class:`RandClassCropd` (not
+    centred on ambiguous pixels), scale to [0, 1], then the patent's augmentations, each applied with its own
+    probability (the mask follows the label's spatial transforms, nearest interpolation):
 
     - ``rot90_prob``: rotation by 90, 180 or 270 degrees (image and label);
     - ``rotate_prob``: rotation by an angle uniform in ``[-rotate_range, rotate_range]`` (bilinear image,
@@ -308,7 +515,10 @@ def train_transforms(
     - ``gaussian_blur_prob``: Gaussian blur of the image, sigma uniform in ``gaussian_sigma``;
     - ``median_blur_prob``: median blur of the image (radius ``median_radius``).
 
-    Finally the label is converted to ``label_format`` (see the module docstring for the keys).
+    Finally the label is converted to ``label_format`` (see the module docstring for the keys), its ambiguous
+    pixels are set to -1 (:class:`IgnoreAmbiguousd`; :class:`~monai_nasscam.losses.ExpLogLoss` leaves them
+    out), and only the chain's own keys are kept (``image``, ``label``, ``ambiguous``, ``class_map`` with the
+    multi-label format, ``crop_class``), so entries with and without optional keys batch together.
     Everything before the crop is deterministic, so ``CacheDataset`` and
     :class:`~monai_nasscam.data.ClassBalancedCropDataset` cache it. Used alone (e.g. with a plain
     ``Dataset``), each crop is centred on a class present in its image; for crops balanced per batch
@@ -326,26 +536,39 @@ def train_transforms(
         elastic_spacing: distance between elastic control points (px).
         elastic_magnitude: range of the elastic displacement magnitude.
         pad_value: image value used to pad small tiles (white).
+        ignore_ambiguous: mark the ambiguous pixels of the target with -1 (False: keep the label as annotated;
+            the ``ambiguous`` mask is still produced).
 
     Returns:
         a MONAI ``Compose``.
     """
     roi = ensure_tuple_rep(roi_size, 2)
-    keys = ["image", "label"]
+    amb = AMBIGUOUS_KEY
+    keys = ["image", "label", amb]
     xforms: list = [
-        *load_transforms(keys),
+        DropEmptyd(amb),
+        *load_transforms(["image", "label"]),
+        *load_transforms([amb], allow_missing_keys=True),
+        EnsureAmbiguousd(amb, ref_key="label"),
         SpatialPadd(keys="image", spatial_size=roi, method="symmetric", mode="constant", value=pad_value),
-        SpatialPadd(keys="label", spatial_size=roi, method="symmetric", mode="constant", value=0),
-        RandClassCropd(keys=keys, label_key="label", spatial_size=roi, num_classes=num_classes, num_samples=num_samples),
+        SpatialPadd(keys=["label", amb], spatial_size=roi, method="symmetric", mode="constant", value=0),
+        RandClassCropd(
+            keys=keys,
+            label_key="label",
+            spatial_size=roi,
+            num_classes=num_classes,
+            num_samples=num_samples,
+            ignore_key=amb,
+        ),
         ScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, dtype=np.float32),
-        CastToTyped(keys="label", dtype=torch.float32),
+        CastToTyped(keys=["label", amb], dtype=torch.float32),
         RandRotate90d(keys=keys, prob=rot90_prob, max_k=3, spatial_axes=(0, 1)),
         RandRotated(
             keys=keys,
             range_x=rotate_range,
             prob=rotate_prob,
             keep_size=True,
-            mode=("bilinear", "nearest"),
+            mode=("bilinear", "nearest", "nearest"),
             padding_mode="reflection",
         ),
         RandFlipd(keys=keys, prob=flip_prob, spatial_axis=0),
@@ -355,7 +578,7 @@ def train_transforms(
             spacing=ensure_tuple_rep(elastic_spacing, 2),
             magnitude_range=tuple(elastic_magnitude),
             prob=elastic_prob,
-            mode=("bilinear", "nearest"),
+            mode=("bilinear", "nearest", "nearest"),
             padding_mode="reflection",
         ),
         RandGaussianSmoothd(
@@ -364,6 +587,12 @@ def train_transforms(
         RandMedianSmoothd(keys="image", radius=median_radius, prob=median_blur_prob),
         *_label_format(label_format, num_classes, "label"),
     ]
+    if ignore_ambiguous:
+        xforms.append(IgnoreAmbiguousd("label", mask_key=amb, ignore_value=IGNORE_VALUE))
+    else:  # the mask as uint8 0/1 all the same
+        xforms.append(CastToTyped(keys=amb, dtype=torch.uint8))
+    kept = ["image", "label", amb, "crop_class"] + (["class_map"] if label_format == "multilabel" else [])
+    xforms.append(SelectItemsd(keys=kept))
     return Compose(xforms)
 
 
@@ -372,24 +601,37 @@ def val_transforms(
     label_format: str = "multilabel",
     divisible: int | None = None,
     load_instance: bool = False,
-    load_ambiguous: bool = False,
+    load_ambiguous: bool = True,
 ) -> Compose:
     """Validation / evaluation chain on whole images: load, scale to [0, 1], build the target.
+
+    The label is kept as annotated; to leave the ambiguous pixels out of the scores, postprocess with
+    :class:`ExcludeAmbiguousd` (pixel metrics) and give the mask to
+    :class:`~monai_nasscam.metrics.PooledPQMetric` (as the bundle configs do).
 
     Args:
         num_classes: number of foreground classes.
         label_format: ``"multilabel"`` or ``"classmap"`` (see the module docstring).
         divisible: pad (at the end of each axis, white image / background label) so that both sides are
             divisible by this number; ``None`` keeps the size (a ``SlidingWindowInferer`` pads by itself).
-        load_instance: also load ``instance`` (int32 instance map).
-        load_ambiguous: also load ``ambiguous`` when the entry has it (test release).
+        load_instance: also load ``instance`` (int32 instance map; every entry must have one).
+        load_ambiguous: give every sample an ``ambiguous`` mask: the entry's file when it has one (test
+            release), zeros otherwise (:class:`EnsureAmbiguousd`).
 
     Returns:
         a MONAI ``Compose``.
     """
-    keys = ["image", "label"]
-    extra = (["instance"] if load_instance else []) + (["ambiguous"] if load_ambiguous else [])
-    xforms: list = [*load_transforms(keys + extra, allow_missing_keys=bool(extra))]
+    keys = ["image", "label"] + (["instance"] if load_instance else [])
+    extra = [AMBIGUOUS_KEY] if load_ambiguous else []
+    xforms: list = [*load_transforms(keys)]
+    if load_ambiguous:
+        xforms = [
+            DropEmptyd(AMBIGUOUS_KEY),
+            *xforms,
+            *load_transforms([AMBIGUOUS_KEY], allow_missing_keys=True),
+            EnsureAmbiguousd(AMBIGUOUS_KEY, ref_key="label"),
+        ]
+    extra = keys[2:] + extra
     if divisible:
         xforms += [
             DivisiblePadd(keys="image", k=divisible, method="end", mode="constant", value=255),
