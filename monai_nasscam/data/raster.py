@@ -93,7 +93,11 @@ def rasterize_regions(
     instance_map = np.zeros((h, w), dtype=np.int32)
     ambiguous = None
     classes = [0]
-    outside = clipped = empty = erased = idle_holes = 0
+    outside: list[Region] = []
+    clipped: list[Region] = []
+    empty: list[Region] = []
+    erased: list[Region] = []
+    idle_holes: list[Region] = []
 
     holes: dict[int, np.ndarray] = {}  # layer -> union of its negative regions
     hole_regions = []
@@ -113,11 +117,11 @@ def rasterize_regions(
         xmin, ymin = v.min(axis=0)
         xmax, ymax = v.max(axis=0)
         if xmax < 0 or ymax < 0 or xmin > w - 1 or ymin > h - 1:
-            outside += 1
+            outside.append(region)
         elif xmin < 0 or ymin < 0 or xmax > w - 1 or ymax > h - 1:
-            clipped += 1
+            clipped.append(region)
         if len(rr) == 0 and not (xmax < 0 or ymax < 0 or xmin > w - 1 or ymin > h - 1):
-            empty += 1
+            empty.append(region)
         hole = holes.get(region.layer)
         if hole is not None and len(rr):
             covered = layer_pixels.setdefault(region.layer, np.zeros((h, w), dtype=bool))
@@ -126,7 +130,7 @@ def rasterize_regions(
             if not keep.all():
                 rr, cc = rr[keep], cc[keep]
                 if len(rr) == 0:
-                    erased += 1
+                    erased.append(region)
         if region.label == AMBIGUOUS:
             if ambiguous is None:
                 ambiguous = np.zeros((h, w), dtype=np.uint8)
@@ -139,23 +143,30 @@ def rasterize_regions(
     for region, rr, cc in hole_regions:
         covered = layer_pixels.get(region.layer)
         if covered is None or len(rr) == 0 or not covered[rr, cc].any():
-            idle_holes += 1
+            idle_holes.append(region)
     warnings = []
-    if outside:
-        warnings.append(f"{outside} region(s) entirely outside the {w}x{h} image")
-    if clipped:
-        warnings.append(f"{clipped} region(s) clipped at the border of the {w}x{h} image")
-    if empty:
-        warnings.append(f"{empty} region(s) too small to cover a pixel centre (no pixel)")
-    if erased:
-        warnings.append(f"{erased} region(s) wholly inside a negative region (hole) of their layer (no pixel)")
+    for found, what in (
+        (outside, f"entirely outside the {w}x{h} image"),
+        (clipped, f"clipped at the border of the {w}x{h} image"),
+        (empty, "too small to cover a pixel centre (no pixel)"),
+        (erased, "wholly inside a negative region (hole) of their layer (no pixel)"),
+    ):
+        if found:
+            warnings.append(f"{len(found)} region(s) {what}{_which(found)}")
     if idle_holes:
-        warnings.append(f"{idle_holes} negative region(s) (holes) overlapping no region of their layer")
+        warnings.append(f"{len(idle_holes)} negative region(s) (holes) overlapping no region of their layer{_which(idle_holes)}")
     return Masks(
         class_map,
         instance_map,
         np.asarray(classes, dtype=np.uint8),
         ambiguous,
         warnings,
-        unusable=outside + empty + erased + idle_holes,
+        unusable=len(outside) + len(empty) + len(erased) + len(idle_holes),
     )
+
+
+def _which(regions: Sequence[Region], limit: int = 8) -> str:
+    """`` (layer 1 region 5, ...)``: where the listed regions are in the XML file (the first ``limit``)."""
+    names = [f"layer {r.layer} region {r.region_id}" if r.region_id else f"layer {r.layer}" for r in regions[:limit]]
+    more = f", {len(regions) - limit} more" if len(regions) > limit else ""
+    return f" ({', '.join(names)}{more})"
