@@ -48,9 +48,10 @@ def test_pooled_dice_by_hand_and_differs_from_per_image():
     assert metric.aggregate("mean").item() == pytest.approx((2 / 7 + 0.8) / 2)
 
     # MONAI's per-image Dice: class 0 = mean(2/3, 0) = 1/3; class 1: image A has no ground truth, so its false
-    # positive is ignored -> 1.0; class 2: no image can be scored -> 0 (MONAI's convention)
+    # positive is ignored -> 1.0; class 2: no image can be scored -> NaN (MONAI's own aggregate says 0)
     per_image = per_image_dice(preds, gts)
-    assert per_image.tolist() == pytest.approx([1 / 3, 1.0, 0.0])
+    assert per_image[:2].tolist() == pytest.approx([1 / 3, 1.0])
+    assert math.isnan(per_image[2].item())
 
     counted_empty = PooledDiceMetric(reduction="none", ignore_empty=False)
     counted_empty(y_pred=preds, y=gts)
@@ -221,3 +222,118 @@ def test_metrics_json_format(tmp_path):
     assert loaded["pq_monusac_official"]["Macrophage"] == pytest.approx(0.1)
     with pytest.raises(ValueError):
         metrics_dict([0.1, 0.2], [0.1, 0.2, 0.3, 0.4])
+
+
+# ---------------------------------------------------------------- per-image Dice: NaN for a class no image scores
+
+
+def test_per_image_dice_nan_by_hand_and_in_the_report():
+    from monai_nasscam.handlers.evaluation import metrics_markdown
+    from monai_nasscam.metrics import mean_over_scored_images
+
+    # per image (rows) and class (columns), NaN = not scored: means over the scored images only
+    values = torch.tensor([[0.5, float("nan"), float("nan")], [1.0, 0.25, float("nan")]])
+    means = mean_over_scored_images(values)
+    assert means[:2].tolist() == pytest.approx([0.75, 0.25]) and math.isnan(means[2].item())
+    # two 1x2 images, 2 classes; class 1 is in no ground truth, only predicted: no image can score it
+    preds = [torch.tensor([[[1.0, 1.0]], [[1.0, 0.0]]]), torch.tensor([[[0.0, 1.0]], [[0.0, 0.0]]])]
+    gts = [torch.tensor([[[1.0, 0.0]], [[0.0, 0.0]]]), torch.tensor([[[0.0, 1.0]], [[0.0, 0.0]]])]
+    per_image = per_image_dice(preds, gts)
+    assert per_image[0].item() == pytest.approx((2 / 3 + 1.0) / 2)  # Dice 2*1/(2+1) and 1
+    assert math.isnan(per_image[1].item())
+    # counted as in MONAI with ignore_empty=False: image A's false positive scores 0, image B (empty in both) 1
+    assert per_image_dice(preds, gts, ignore_empty=False).tolist() == pytest.approx([5 / 6, 0.5])
+    # NaN -> null in metrics.json, "n/a" in the table, left out of the mean over classes
+    data = metrics_dict([0.5, 0.5], [0.5, 0.5], class_names=("A", "B"),
+                        extra={"dice_per_image": {"A": per_image[0].item(), "B": None, "mean": per_image[0].item()}})
+    json.dumps(data, allow_nan=False)
+    table = metrics_markdown(data, class_names=("A", "B"))
+    assert "| Dice, per image, mean over images (MONAI DiceMetric) | 83.33 | n/a | 83.33 |" in table
+
+
+# ---------------------------------------------------------------- ambiguous regions are not scored
+
+
+def test_pooled_dice_leaves_ambiguous_pixels_out_by_hand():
+    from monai_nasscam.data import ExcludeAmbiguousd
+
+    preds, gts = _dice_masks()
+    amb_a = torch.tensor([[[0, 1], [0, 0]]], dtype=torch.uint8)  # over image A's class-0 false positive
+    amb_b = torch.zeros(1, 2, 2, dtype=torch.uint8)
+    metric = PooledDiceMetric(reduction="none")
+    metric(y_pred=preds, y=gts, mask=[amb_a, amb_b])
+    # class 0: image A counts I 1, P 1, G 1; image B I 0, P 0, G 4 -> 2 / 6; class 1 unchanged 4 / 5
+    assert metric.aggregate()[:2].tolist() == pytest.approx([1 / 3, 0.8])
+    # whatever is predicted or annotated on the ambiguous pixel, the score is the same
+    for value in (0.0, 1.0):
+        p, g = preds[0].clone(), gts[0].clone()
+        p[:, 0, 1], g[:, 0, 1] = value, 1.0 - value
+        other = PooledDiceMetric(reduction="none")
+        other(y_pred=torch.stack([p, preds[1]]), y=torch.stack([g, gts[1]]), mask=torch.stack([amb_a, amb_b]))
+        assert other.aggregate()[:2].tolist() == pytest.approx([1 / 3, 0.8])
+        # the configs' way: zero prediction and label there (postprocessing), same numbers
+        masked = [ExcludeAmbiguousd(["pred", "label"])({"pred": pp, "label": gg, "ambiguous": aa})
+                  for pp, gg, aa in ((p, g, amb_a), (preds[1], gts[1], amb_b))]
+        zeroed = PooledDiceMetric(reduction="none")
+        zeroed(y_pred=[m["pred"] for m in masked], y=[m["label"] for m in masked])
+        assert zeroed.aggregate()[:2].tolist() == pytest.approx([1 / 3, 0.8])
+    with pytest.raises(ValueError, match="mask should have shape"):
+        PooledDiceMetric()(y_pred=torch.stack(preds), y=torch.stack(gts), mask=torch.zeros(2, 1, 3, 2))
+
+
+def test_exclude_ambiguous_instances_majority_rule():
+    from monai_nasscam.metrics import exclude_ambiguous_instances
+
+    inst = np.zeros((4, 6), np.int32)
+    inst[0:2, 0:2] = 1  # 2 of 4 pixels ambiguous: exactly half, kept
+    inst[0:2, 3:5] = 2  # 3 of 4 pixels ambiguous: removed
+    inst[3, 0:3] = 3  # no ambiguous pixel: kept
+    amb = np.zeros((4, 6), np.uint8)
+    amb[0:2, 1] = 1
+    amb[0:2, 3] = 1
+    amb[0, 4] = 1
+    out = exclude_ambiguous_instances(inst, amb)
+    assert sorted(np.unique(out).tolist()) == [0, 1, 3]
+    np.testing.assert_array_equal(out[inst == 1], 1)  # kept whole, its ambiguous pixels included
+    # a class instance stack: per channel; no mask: unchanged copy
+    stack = np.stack([inst, np.where(inst == 2, 7, 0)])
+    assert [sorted(np.unique(c).tolist()) for c in exclude_ambiguous_instances(stack, amb)] == [[0, 1, 3], [0]]
+    assert np.array_equal(exclude_ambiguous_instances(stack, None), stack)
+    gt = np.where(inst == 3, 3, 0)
+    scores = panoptic_quality(gt, inst, ambiguous=amb)  # prediction 1 is a false positive, 2 is not scored
+    assert (scores["tp"], scores["fp"], scores["fn"]) == (1, 1, 0)
+
+
+def test_pooled_pq_ambiguous_channel_by_hand():
+    y_pred, y = _pq_split()
+    amb = torch.zeros(2, 1, 8, 8, dtype=y.dtype)
+    amb[0, 0, 4:6, 6:8] = 1  # over image A's class-2 false positive
+    metric = PooledPQMetric(reduction="none")
+    metric(y_pred=y_pred, y=torch.cat([y, amb], dim=1))
+    # class 1 unchanged (2 / 2.5); class 2: TP 1 (IoU 2/3), FP 1 (image B) -> (2/3) / 1.5
+    assert metric.aggregate().tolist() == pytest.approx([0.8, 4 / 9])
+    # official variant: the script's rule (predicted pixels zeroed) -> class 2 image A (2/3) / 1.5
+    assert metric.aggregate(variant="monusac_official").tolist() == pytest.approx([1 / 3, 4 / 9])
+    # a further prediction anywhere inside the ambiguous region changes neither score
+    more = y_pred.clone()
+    more[0, 0, 4:6, 6:8] = 1
+    again = PooledPQMetric(reduction="none")
+    again(y_pred=more, y=torch.cat([y, amb], dim=1))
+    assert again.aggregate().tolist() == pytest.approx([0.8, 4 / 9])
+    assert again.aggregate(variant="monusac_official").tolist() == pytest.approx([1 / 3, 4 / 9])
+    # a ground-truth nucleus under an ambiguous region is not scored either (nucleus 11 of image A and its match)
+    amb11 = torch.zeros_like(amb)
+    amb11[0, 0, 0:2, 4:6] = 1
+    gt_out = PooledPQMetric(reduction="none")
+    gt_out(y_pred=y_pred, y=torch.cat([y, amb11], dim=1))
+    assert gt_out.counts()[0].tolist() == pytest.approx([1, 0, 1, 1.0])
+    # per-class stacks take the mask as a last channel; an all-zero mask changes nothing
+    stacks = torch.as_tensor(np.stack([instances_from_maps(y[b, 1], y[b, 0], num_classes=2) for b in range(2)]))
+    per_class = PooledPQMetric(reduction="none", y_format="per_class")
+    per_class(y_pred=y_pred, y=torch.cat([stacks, amb], dim=1))
+    assert per_class.aggregate().tolist() == pytest.approx([0.8, 4 / 9])
+    zero = PooledPQMetric(reduction="none")
+    zero(y_pred=y_pred, y=torch.cat([y, torch.zeros_like(amb)], dim=1))
+    assert zero.aggregate().tolist() == pytest.approx([0.8, 1 / 3])
+    with pytest.raises(ValueError, match="2 channels"):
+        PooledPQMetric()(y_pred=y_pred, y=torch.cat([y, amb, amb], dim=1))

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-from monai_nasscam.metrics import CLASS_NAMES, write_metrics_json
+from monai_nasscam.fileio import atomic_write_text
+from monai_nasscam.metrics import CLASS_NAMES, mean_over_scored_images, write_metrics_json
 
 __all__ = ["MetricsReportWriter", "metrics_markdown"]
 
@@ -43,14 +44,8 @@ def _per_class(values: Any, class_names: Sequence[str]) -> dict[str, float | Non
 
 def _mean_over_images(metric_fn: Any) -> np.ndarray:
     """Per-class mean of a MONAI ``DiceMetric``'s per-image values over the images that scored the class (NaN
-    where none did; MONAI's own ``aggregate`` reports 0 there)."""
-    buffer = metric_fn.get_buffer()
-    values = np.asarray(buffer.detach().cpu() if isinstance(buffer, torch.Tensor) else buffer, dtype=np.float64)
-    values = values.reshape(-1, values.shape[-1])
-    scored = ~np.isnan(values)
-    totals = np.where(scored, values, 0.0).sum(axis=0)
-    counts = scored.sum(axis=0)
-    return np.where(counts > 0, totals / np.maximum(counts, 1), np.nan)
+    where none did; MONAI's own ``aggregate`` reports 0 there), as :func:`~monai_nasscam.metrics.per_image_dice`."""
+    return mean_over_scored_images(metric_fn.get_buffer()).numpy()
 
 
 def _cell(value: float | None) -> str:
@@ -152,7 +147,7 @@ class MetricsReportWriter:
         )
         split = protocol.get("split")
         title = self.title or f"Evaluation on {f'the {split} split' if split else 'the split'} ({n_images} images)"
-        (self.output_dir / self.markdown_name).write_text(metrics_markdown(self.metrics, self.class_names, title))
+        atomic_write_text(self.output_dir / self.markdown_name, metrics_markdown(self.metrics, self.class_names, title))
         engine.logger.info(
             f"wrote {self.output_dir / self.json_name} and {self.output_dir / self.markdown_name}: pooled Dice mean "
             f"{_cell(self.metrics['dice']['mean'])} %, PQ mean {_cell(self.metrics['pq']['mean'])} %"

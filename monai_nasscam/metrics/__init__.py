@@ -1,8 +1,10 @@
 """Metrics: per-class Dice pooled over a split, panoptic quality (correct and MoNuSAC official), metrics.json."""
 
-from .dice import PooledDiceHandler, PooledDiceMetric, per_image_dice
+from .dice import PooledDiceHandler, PooledDiceMetric, mean_over_scored_images, per_image_dice
 from .panoptic import (
+    AMBIGUOUS_MAX_FRACTION,
     PooledPQMetric,
+    exclude_ambiguous_instances,
     instances_from_maps,
     instances_from_semantic,
     monusac_official_pq,
@@ -14,12 +16,15 @@ from .panoptic import (
 from .report import CLASS_NAMES, metrics_dict, write_metrics_json
 
 __all__ = [
+    "AMBIGUOUS_MAX_FRACTION",
     "CLASS_NAMES",
     "PooledDiceHandler",
     "PooledDiceMetric",
     "PooledPQMetric",
+    "exclude_ambiguous_instances",
     "instances_from_maps",
     "instances_from_semantic",
+    "mean_over_scored_images",
     "metrics_dict",
     "monusac_official_pq",
     "panoptic_quality",

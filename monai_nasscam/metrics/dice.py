@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.handlers import IgniteMetricHandler
 from monai.metrics import CumulativeIterationMetric, DiceMetric
@@ -12,7 +13,7 @@ from monai.utils import MetricReduction
 
 from .report import CLASS_NAMES
 
-__all__ = ["PooledDiceMetric", "PooledDiceHandler", "per_image_dice"]
+__all__ = ["PooledDiceMetric", "PooledDiceHandler", "per_image_dice", "mean_over_scored_images"]
 
 
 def _reduce_classes(per_class: torch.Tensor, reduction: MetricReduction | str) -> torch.Tensor:
@@ -41,6 +42,11 @@ class PooledDiceMetric(CumulativeIterationMetric):
     ``Activations(sigmoid=True)`` and ``AsDiscrete(threshold=0.5)``) and ground truth of the same shape
     (multi-label or one-hot), or lists of channel-first tensors of different sizes.
 
+    Ambiguous regions: ``metric(y_pred, y, mask=ambiguous)`` (a (B, 1, ...) tensor, or a list of (1, ...) tensors
+    beside lists) leaves out the pixels where ``mask`` is non-zero: they add nothing to any intersection or sum,
+    whatever was predicted or annotated there. The bundle configs do the same by zeroing ``pred`` and ``label``
+    there beforehand (:class:`~monai_nasscam.data.ExcludeAmbiguousd`).
+
     Args:
         include_background: whether to keep channel 0; set False for a one-hot (softmax) output whose channel 0
             is the background.
@@ -60,11 +66,35 @@ class PooledDiceMetric(CumulativeIterationMetric):
         _reduce_classes(torch.zeros(1), self.reduction)  # validate early
         self.ignore_empty = ignore_empty
 
-    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def __call__(  # type: ignore[override]
+        self, y_pred: Any, y: Any = None, mask: torch.Tensor | Sequence[torch.Tensor] | None = None
+    ) -> Any:
+        """
+        Args:
+            y_pred: binarised prediction (B, C, ...) or a list of (C, ...) tensors.
+            y: ground truth, same layout.
+            mask: optional ambiguous-region mask, (B, 1, ...) or a list of (1, ...) tensors (non-zero = not scored).
+
+        Returns:
+            the per-image statistics of this call, see :py:meth:`_compute_tensor`.
+        """
+        if mask is None:
+            return super().__call__(y_pred, y)
+        if isinstance(y_pred, (list, tuple)):
+            if not isinstance(mask, (list, tuple)) or len(mask) != len(y_pred):
+                raise ValueError("with lists of predictions, mask must be a list of the same length.")
+            return torch.cat([super(PooledDiceMetric, self).__call__(p[None], g[None], mask=m[None])
+                              for p, g, m in zip(y_pred, y, mask)])
+        return super().__call__(y_pred, y, mask=mask)
+
+    def _compute_tensor(  # type: ignore[override]
+        self, y_pred: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """
         Args:
             y_pred: binarised prediction (B, C, ...).
             y: ground truth (B, C, ...).
+            mask: optional (B, 1, ...) ambiguous mask: pixels where it is non-zero are not counted.
 
         Returns:
             (B, C, 3) float64: intersection, prediction sum and ground-truth sum per image and class.
@@ -79,6 +109,14 @@ class PooledDiceMetric(CumulativeIterationMetric):
             y_pred, y = y_pred[:, 1:], y[:, 1:]
         y_pred = torch.as_tensor(y_pred).to(torch.float64)
         y = torch.as_tensor(y).to(torch.float64)
+        if mask is not None:
+            mask = torch.as_tensor(mask, device=y_pred.device)
+            if mask.ndim != y_pred.ndim or mask.shape[0] != y_pred.shape[0] or mask.shape[1] != 1 or (
+                    mask.shape[2:] != y_pred.shape[2:]):
+                raise ValueError(f"mask should have shape (B, 1, spatial...) matching y_pred {tuple(y_pred.shape)}, "
+                                 f"got {tuple(mask.shape)}.")
+            keep = (mask == 0).to(torch.float64)
+            y_pred, y = y_pred * keep, y * keep
         axes = list(range(2, y_pred.ndim))
         return torch.stack(
             [torch.sum(y_pred * y, dim=axes), torch.sum(y_pred, dim=axes), torch.sum(y, dim=axes)], dim=-1
@@ -148,6 +186,27 @@ class PooledDiceHandler(IgniteMetricHandler):
             engine.state.metrics[f"{name}_{class_name}"] = value
 
 
+def mean_over_scored_images(values: torch.Tensor | np.ndarray | Sequence) -> torch.Tensor:
+    """
+    Per-class mean of per-image values over the images that scored the class.
+
+    Args:
+        values: per-image, per-class values (..., C), NaN where an image did not score a class (MONAI's
+            ``DiceMetric(ignore_empty=True)`` buffer: the class is absent from that image's ground truth).
+
+    Returns:
+        float64 tensor (C,): the mean over the non-NaN values of each class, NaN for a class no image scored
+        (MONAI's own ``aggregate`` reports 0 there, which would read as a total failure).
+    """
+    v = torch.as_tensor(values.detach().cpu() if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64))
+    v = v.to(torch.float64)
+    v = v.reshape(-1, v.shape[-1])
+    scored = ~torch.isnan(v)
+    counts = scored.sum(dim=0)
+    totals = torch.where(scored, v, torch.zeros_like(v)).sum(dim=0)
+    return torch.where(counts > 0, totals / torch.clamp(counts, min=1), torch.full_like(totals, float("nan")))
+
+
 def per_image_dice(
     y_pred: torch.Tensor | Sequence[torch.Tensor],
     y: torch.Tensor | Sequence[torch.Tensor],
@@ -155,10 +214,10 @@ def per_image_dice(
     ignore_empty: bool = True,
 ) -> torch.Tensor:
     """
-    Per-class Dice computed per image by MONAI's ``DiceMetric`` and averaged over images (``"mean_batch"``), for
-    comparison with :py:class:`PooledDiceMetric`. With ``ignore_empty=True`` (MONAI's default) an image whose
-    ground truth lacks a class is left out of that class's mean whatever was predicted, so false positives on
-    such images are not counted at all, unlike the pooled Dice.
+    Per-class Dice computed per image by MONAI's ``DiceMetric`` and averaged over images, for comparison with
+    :py:class:`PooledDiceMetric`. With ``ignore_empty=True`` (MONAI's default) an image whose ground truth lacks a
+    class is left out of that class's mean whatever was predicted, so false positives on such images are not
+    counted at all, unlike the pooled Dice; a class that no image could score is NaN (not MONAI's 0).
 
     Args:
         y_pred: binarised predictions (B, C, ...) or a list of (C, ...) tensors (sizes may differ).
@@ -167,9 +226,8 @@ def per_image_dice(
         ignore_empty: MONAI ``DiceMetric(ignore_empty=...)``.
 
     Returns:
-        per-class mean over images, shape (C,) (NaN for a class no image could score).
+        float64 per-class mean over images, shape (C,) (NaN for a class no image could score).
     """
-    metric = DiceMetric(include_background=include_background, reduction="mean_batch", ignore_empty=ignore_empty)
+    metric = DiceMetric(include_background=include_background, reduction="none", ignore_empty=ignore_empty)
     metric(y_pred=y_pred, y=y)
-    result = metric.aggregate()
-    return result if isinstance(result, torch.Tensor) else result[0]
+    return mean_over_scored_images(metric.get_buffer())

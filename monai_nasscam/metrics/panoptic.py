@@ -6,6 +6,13 @@ Instances of a class are stored as a "class instance stack": an integer array (C
 holds the instance ids of class id ``c + 1`` (0 = none). Predictions get their instances from the (multi-label)
 semantic output by connected components (scikit-image ``label``); the ground truth from the class map and the
 instance map of the prepared data.
+
+Ambiguous regions (MoNuSAC's test release). The correct PQ leaves out every instance, ground truth or predicted,
+with more than half of its pixels in an ambiguous region (:py:func:`exclude_ambiguous_instances`); the others are
+scored whole. Whole objects, not pixels: cutting a nucleus at the region's border would leave slivers scored as
+false positives / negatives and lower the IoU of good matches. A prediction lying in an ambiguous region therefore
+never counts, as in the challenge, whose script zeroes predicted pixels there (the ``"monusac_official"`` variant
+keeps that rule).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from skimage.measure import label as connected_components
 from .dice import _reduce_classes
 
 __all__ = [
+    "AMBIGUOUS_MAX_FRACTION",
+    "exclude_ambiguous_instances",
     "instances_from_semantic",
     "instances_from_maps",
     "pq_counts",
@@ -34,6 +43,9 @@ __all__ = [
 ]
 
 PQ_VARIANTS = ("pooled", "monusac_official")
+
+#: an instance with more than this share of its pixels in an ambiguous region is not scored
+AMBIGUOUS_MAX_FRACTION = 0.5
 
 
 def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -57,6 +69,45 @@ def instances_from_semantic(mask: np.ndarray | torch.Tensor, connectivity: int =
     out = np.zeros(mask.shape, dtype=np.int32)
     for c in range(mask.shape[0]):
         out[c] = connected_components(mask[c] != 0, connectivity=connectivity, background=0)
+    return out
+
+
+def exclude_ambiguous_instances(
+    instances: np.ndarray | torch.Tensor,
+    ambiguous: np.ndarray | torch.Tensor | None,
+    max_fraction: float = AMBIGUOUS_MAX_FRACTION,
+) -> np.ndarray:
+    """
+    Remove (set to 0) the instances lying mostly in an ambiguous region; the others are kept whole.
+
+    Args:
+        instances: an instance map (*spatial) or a class instance stack (C, *spatial), 0 = background.
+        ambiguous: mask (*spatial), non-zero = ambiguous; ``None`` or all zero: nothing is removed.
+        max_fraction: an instance with more than this share of its pixels in the mask is removed.
+
+    Returns:
+        a copy of ``instances`` without those instances (same dtype).
+    """
+    out = np.array(_to_numpy(instances), copy=True)
+    if ambiguous is None:
+        return out
+    amb = _to_numpy(ambiguous) != 0
+    if not amb.any():
+        return out
+    stack = out if out.ndim == amb.ndim + 1 else out[None]
+    if stack.shape[1:] != amb.shape:
+        raise ValueError(f"instances {out.shape} and ambiguous mask {amb.shape} differ in spatial shape.")
+    for c in range(stack.shape[0]):
+        ids = stack[c]
+        fg = ids != 0
+        if not fg.any():
+            continue
+        values, inverse = np.unique(ids[fg], return_inverse=True)
+        area = np.bincount(inverse, minlength=values.size)
+        inside = np.bincount(inverse, weights=amb[fg].astype(np.float64), minlength=values.size)
+        dropped = values[inside > max_fraction * area]
+        if dropped.size:
+            ids[np.isin(ids, dropped)] = 0
     return out
 
 
@@ -156,16 +207,28 @@ def pq_from_counts(counts: np.ndarray | torch.Tensor) -> dict[str, np.ndarray]:
 
 
 def panoptic_quality(
-    gt: np.ndarray | torch.Tensor, pred: np.ndarray | torch.Tensor, iou_threshold: float = 0.5
+    gt: np.ndarray | torch.Tensor,
+    pred: np.ndarray | torch.Tensor,
+    iou_threshold: float = 0.5,
+    ambiguous: np.ndarray | torch.Tensor | None = None,
 ) -> dict[str, float]:
     """
     Correct panoptic quality of one class in one image (Kirillov et al.): each prediction is a true positive
     (matched, IoU > threshold) or a false positive, each ground-truth instance a true positive or a false negative,
     whatever the ids.
 
+    Args:
+        gt: ground-truth instance map.
+        pred: predicted instance map, same shape.
+        iou_threshold: matching threshold.
+        ambiguous: optional mask of ambiguous regions: instances with more than half of their pixels there are not
+            scored (:py:func:`exclude_ambiguous_instances`).
+
     Returns:
         ``{"pq", "sq", "rq", "tp", "fp", "fn", "iou_sum"}`` (PQ NaN when both maps are empty).
     """
+    if ambiguous is not None:
+        gt, pred = exclude_ambiguous_instances(gt, ambiguous), exclude_ambiguous_instances(pred, ambiguous)
     counts = pq_counts(gt, pred, iou_threshold)
     scores = pq_from_counts(counts)
     out = {k: float(v) for k, v in scores.items()}
@@ -290,8 +353,12 @@ class PooledPQMetric(CumulativeIterationMetric):
       COCO panoptic), ``PQ_c = iou_sum / (tp + fp / 2 + fn / 2)``; NaN (left out of the mean) when a class has
       neither prediction nor ground truth in the whole split.
     - ``"monusac_official"``: the challenge script's value (see :py:func:`monusac_official_pq`), per-image PQ
-      averaged over the images whose ground truth contains the class; with its bugs, not a correct PQ. The
-      ambiguous-region masking of the script is not applied here (zero those pixels of ``y_pred`` beforehand).
+      averaged over the images whose ground truth contains the class; with its bugs, not a correct PQ.
+
+    Ambiguous regions: give ``y`` one more channel holding the ambiguous mask (see ``y_format``). The pooled PQ
+    then leaves out the ground-truth and predicted instances with more than half of their pixels in it
+    (:py:func:`exclude_ambiguous_instances`); the official variant applies the script's rule (predicted pixels
+    there are zeroed after the connected-component labelling).
 
     Args:
         include_background: keep channel 0 of ``y_pred`` (False for a one-hot softmax output with background).
@@ -301,8 +368,9 @@ class PooledPQMetric(CumulativeIterationMetric):
         iou_threshold: matching threshold of the correct PQ (the official variant always uses 0.5).
         connectivity: connected-component connectivity for the predicted instances.
         y_format: ``"instance_class"`` (MONAI ``PanopticQualityMetric`` convention: ``y`` is (B, 2, ...) with the
-            instance ids in channel 0 and the class ids in channel 1) or ``"per_class"`` (``y`` is a class
-            instance stack (B, C, ...), see :py:func:`instances_from_maps`).
+            instance ids in channel 0 and the class ids in channel 1, optionally the ambiguous mask in a channel 2)
+            or ``"per_class"`` (``y`` is a class instance stack (B, C, ...), see :py:func:`instances_from_maps`,
+            optionally followed by the ambiguous mask: (B, C + 1, ...)).
     """
 
     def __init__(
@@ -331,7 +399,7 @@ class PooledPQMetric(CumulativeIterationMetric):
         """
         Args:
             y_pred: binarised prediction (B, C, H, W[, D]).
-            y: ground truth, see ``y_format``.
+            y: ground truth, see ``y_format`` (with or without the ambiguous-mask channel).
 
         Returns:
             (B, C, 5) float64: tp, fp, fn, iou_sum and the official per-image PQ per image and class.
@@ -345,18 +413,27 @@ class PooledPQMetric(CumulativeIterationMetric):
         n_classes = pred.shape[1]
         out = np.zeros((pred.shape[0], n_classes, 5), dtype=np.float64)
         for b in range(pred.shape[0]):
+            ambiguous = None
             if self.y_format == "instance_class":
-                if gt.shape[1] != 2:
-                    raise ValueError(f"y_format 'instance_class' needs y with 2 channels, got {gt.shape[1]}.")
+                if gt.shape[1] not in (2, 3):
+                    raise ValueError(f"y_format 'instance_class' needs y with 2 channels (instance ids, class ids) "
+                                     f"or 3 (and the ambiguous mask), got {gt.shape[1]}.")
                 gt_stack = instances_from_maps(gt[b, 1], gt[b, 0], n_classes)
+                ambiguous = gt[b, 2] if gt.shape[1] == 3 else None
             else:
-                if gt.shape[1] != n_classes:
-                    raise ValueError(f"y has {gt.shape[1]} channels but y_pred has {n_classes}.")
-                gt_stack = gt[b].astype(np.int64)
+                if gt.shape[1] not in (n_classes, n_classes + 1):
+                    raise ValueError(f"y has {gt.shape[1]} channels but y_pred has {n_classes} (y may add one "
+                                     "channel: the ambiguous mask).")
+                gt_stack = gt[b, :n_classes].astype(np.int64)
+                ambiguous = gt[b, n_classes] if gt.shape[1] == n_classes + 1 else None
             pred_stack = instances_from_semantic(pred[b], connectivity=self.connectivity)
+            if ambiguous is not None and not np.any(ambiguous):
+                ambiguous = None
+            scored_gt = exclude_ambiguous_instances(gt_stack, ambiguous)
+            scored_pred = exclude_ambiguous_instances(pred_stack, ambiguous)
             for c in range(n_classes):
-                out[b, c, :4] = pq_counts(gt_stack[c], pred_stack[c], self.iou_threshold)
-            out[b, :, 4] = _official_image_scores(gt_stack, pred_stack, None)
+                out[b, c, :4] = pq_counts(scored_gt[c], scored_pred[c], self.iou_threshold)
+            out[b, :, 4] = _official_image_scores(gt_stack, pred_stack, ambiguous)
         return torch.as_tensor(out)
 
     def counts(self) -> torch.Tensor:

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_nasscam.fileio import atomic_write_text
+
 __all__ = ["CLASS_NAMES", "metrics_dict", "write_metrics_json"]
 
 #: MoNuSAC class names by class id 1..4; network channel ``c`` is class id ``c + 1``.
@@ -77,11 +79,8 @@ def metrics_dict(
 
 def write_metrics_json(path: str | os.PathLike, dice: Any, pq: Any, protocol: Mapping[str, Any] | None = None,
                        **kwargs: Any) -> dict[str, Any]:
-    """Write :py:func:`metrics_dict` (same arguments) to ``path`` as JSON (strict: no NaN) and return it."""
+    """Write :py:func:`metrics_dict` (same arguments) to ``path`` as JSON (strict: no NaN; NaN values are written
+    as ``null``) atomically (a temporary file renamed into place), and return it."""
     data = metrics_dict(dice, pq, protocol, **kwargs)
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, allow_nan=False)
-        f.write("\n")
+    atomic_write_text(os.fspath(path), json.dumps(data, indent=2, allow_nan=False) + "\n")
     return data
