@@ -1,13 +1,15 @@
 """Checks and data lists of the search workflow, called by ``bundle/configs/search.yaml`` before training.
 
 Every problem a user can cause from the command line (no prepared dataset, a dataset without training or
-validation images, an attention that cannot be searched, inconsistent epoch counts, nothing to resume) gives a
-clear message here, before a network is built or a batch loaded.
+validation images, an attention that cannot be searched, inconsistent epoch counts, nothing to resume, a setting
+out of range) gives a clear message here, before a network is built, a batch loaded or a file written: an
+:class:`~monai_nasscam.errors.InputError` naming the key or the file, which the run reports as one line.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import warnings
@@ -15,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_nasscam.errors import input_check
 from monai_nasscam.networks.blocks import ATTENTIONS, NAS_ATTENTIONS
 
 __all__ = [
@@ -22,6 +25,9 @@ __all__ = [
     "as_bool",
     "check_search_inputs",
     "check_search_attention",
+    "check_device",
+    "check_roi_size",
+    "check_run_settings",
     "read_datalist",
     "search_datalists",
     "split_architecture",
@@ -41,6 +47,7 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 
+@input_check
 def as_bool(value: Any, name: str = "value") -> bool:
     """``value`` as a bool; accepts bools, 0/1 and the strings true/false, yes/no, on/off, 1/0 (what the command
     line gives for ``--synchronous false``). Anything else is a ``ValueError`` naming ``name``."""
@@ -53,6 +60,7 @@ def as_bool(value: Any, name: str = "value") -> bool:
     raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
+@input_check
 def check_search_attention(attention: str) -> str:
     """``attention`` if it is a searchable (NAS) attention, else a ``ValueError`` naming the choices."""
     if attention not in NAS_ATTENTIONS:
@@ -64,6 +72,7 @@ def check_search_attention(attention: str) -> str:
     return attention
 
 
+@input_check
 def read_datalist(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     """Read ``dataset_dir/datalist.json`` (DESIGN.md §5) with paths made absolute.
 
@@ -106,6 +115,7 @@ def read_datalist(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     return out
 
 
+@input_check
 def split_architecture(
     training: Sequence[Mapping], arch_fraction: float = 0.5, seed: int = 0
 ) -> tuple[list[dict], list[dict]]:
@@ -132,6 +142,7 @@ def split_architecture(
     return [items[i] for i in weights], [items[i] for i in arch]
 
 
+@input_check
 def search_datalists(dataset_dir: str | os.PathLike, arch_fraction: float = 0.5, seed: int = 0) -> dict[str, list]:
     """The search's data lists: ``{"training": [...], "architecture": [...], "validation": [...]}``.
 
@@ -151,6 +162,168 @@ def search_datalists(dataset_dir: str | os.PathLike, arch_fraction: float = 0.5,
     return {"training": weights, "architecture": arch, "validation": list(data["validation"])}
 
 
+@input_check
+def check_device(device: Any, name: str = "device") -> Any:
+    """``device`` as a ``torch.device`` if this machine has it, else an error naming ``name`` (a CUDA device asked
+    for where CUDA is missing, or fewer GPUs; not a device string at all)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} {str(device)!r} is not a torch device; pass e.g. --{name} cpu or cuda:0.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {str(device)!r}: CUDA is not available on this machine; pass --{name} cpu.")
+        if (dev.index or 0) >= torch.cuda.device_count():
+            raise ValueError(
+                f"{name} {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                f"pass --{name} cuda:0."
+            )
+    return dev
+
+
+def _int(value: Any, name: str, low: int | None = None) -> int:
+    try:
+        number = int(value)
+        ok = float(value) == number and not isinstance(value, bool)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or (low is not None and number < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}.")
+    return number
+
+
+def _float(value: Any, name: str, low: float, high: float, low_open: bool = False, high_open: bool = True) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    ok = (number > low if low_open else number >= low) and (number < high if high_open else number <= high)
+    if not ok:
+        if low == 0 and low_open and high == float("inf"):
+            raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}.")
+    return number
+
+
+@input_check
+def check_run_settings(
+    device: Any = None,
+    seed: Any = None,
+    learning_rate: Any = None,
+    arch_learning_rate: Any = None,
+    val_interval: Any = None,
+    epochs: Any = None,
+    features: Any = None,
+    dropout: Any = None,
+    epoch_crops: Any = None,
+    arch_epoch_crops: Any = None,
+    crop_mode: Any = None,
+    num_workers: Any = None,
+    sw_batch_size: Any = None,
+    sw_overlap: Any = None,
+    epoch_cycle: Any = None,
+    progress: Any = None,
+    exclude_none: Any = None,
+) -> bool:
+    """Check the settings search.yaml and train.yaml share; ``None`` leaves a setting unchecked. ``True`` if all
+    are valid.
+
+    Args:
+        device: a device this machine has (:func:`check_device`).
+        seed: an integer.
+        learning_rate: a positive number.
+        arch_learning_rate: a positive number or ``"auto"``.
+        val_interval: an integer in ``[1, epochs]`` (``epochs`` given).
+        epochs: an integer >= 1.
+        features: 5 positive integers (the U-Net's input block and 4 down blocks).
+        dropout: a number in ``[0, 1)``.
+        epoch_crops, arch_epoch_crops: ``None`` (the paper's epoch) or an integer >= 1.
+        crop_mode: ``grid`` or ``pixel``.
+        num_workers: an integer >= 0.
+        sw_batch_size: an integer >= 1.
+        sw_overlap: a number in ``[0, 1)``.
+        epoch_cycle: an integer >= 2 (the epoch schedule trains weights one epoch in ``epoch_cycle``).
+        progress, exclude_none: true or false.
+
+    Raises:
+        InputError: naming the setting, its value and what it must be.
+    """
+    if device is not None:
+        check_device(device)
+    if seed is not None:
+        _int(seed, "seed")
+    if learning_rate is not None:
+        _float(learning_rate, "learning_rate", 0.0, float("inf"), low_open=True)
+    if arch_learning_rate is not None and not (
+        isinstance(arch_learning_rate, str) and arch_learning_rate.strip().lower() == "auto"
+    ):
+        try:
+            _float(arch_learning_rate, "arch_learning_rate", 0.0, float("inf"), low_open=True)
+        except ValueError:
+            raise ValueError(f"arch_learning_rate must be a positive number or 'auto', got {arch_learning_rate!r}.") from None
+    if epochs is not None:
+        _int(epochs, "epochs", 1)
+    if val_interval is not None:
+        interval = _int(val_interval, "val_interval", 1)
+        if epochs is not None and interval > int(epochs):
+            raise ValueError(
+                f"val_interval must lie in [1, epochs={epochs}] (validation picks the best result), got {val_interval}."
+            )
+    if features is not None:
+        widths = list(features) if isinstance(features, (list, tuple)) else None
+        if widths is None or len(widths) != 5 or any(_int_or_none(w) is None or int(w) < 1 for w in widths):
+            raise ValueError(
+                f"features must be 5 positive integers (widths of the U-Net's input block and 4 down blocks), "
+                f"got {features!r}."
+            )
+    if dropout is not None:
+        _float(dropout, "dropout", 0.0, 1.0)
+    for name, value in (("epoch_crops", epoch_crops), ("arch_epoch_crops", arch_epoch_crops)):
+        if value is not None and not (isinstance(value, str) and value.strip().lower() in ("null", "none")):
+            _int(value, name, 1)
+    if crop_mode is not None and crop_mode not in ("grid", "pixel"):
+        raise ValueError(f"crop_mode must be 'grid' (the paper's windows) or 'pixel', got {crop_mode!r}.")
+    if num_workers is not None:
+        _int(num_workers, "num_workers", 0)
+    if sw_batch_size is not None:
+        _int(sw_batch_size, "sw_batch_size", 1)
+    if sw_overlap is not None:
+        _float(sw_overlap, "sw_overlap", 0.0, 1.0)
+    if epoch_cycle is not None:
+        _int(epoch_cycle, "epoch_cycle", 2)
+    if progress is not None:
+        as_bool(progress, "progress")
+    if exclude_none is not None:
+        as_bool(exclude_none, "exclude_none")
+    return True
+
+
+@input_check
+def check_roi_size(roi_size: Any, name: str = "roi_size", multiple: int = 16) -> list[int]:
+    """``roi_size`` (an integer or 2 of them) as a list of 2 integers, each a positive multiple of ``multiple`` (the
+    U-Net pools 4 times), else an error naming ``name``."""
+    sizes = [roi_size] * 2 if not isinstance(roi_size, (list, tuple)) else list(roi_size)
+    values = [_int_or_none(r) for r in sizes]
+    if len(values) != 2 or any(v is None or v < multiple or v % multiple for v in values):
+        raise ValueError(
+            f"{name} must be multiples of {multiple} (the U-Net pools 4 times): 2 sizes, each a positive multiple "
+            f"of {multiple}, e.g. [256, 256]; got {roi_size!r}."
+        )
+    return [int(v) for v in values]  # type: ignore[arg-type]
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return _int(value, "value")
+    except ValueError:
+        return None
+
+
+@input_check
 def check_search_inputs(
     dataset_dir: str | os.PathLike,
     attention: str = "nas-scam-p",
@@ -163,14 +336,26 @@ def check_search_inputs(
     batch_size: int | None = None,
     schedule: str = "iteration",
     resume_path: str | None = None,
+    **settings: Any,
 ) -> bool:
     """Raise a clear error for anything that would make the search fail later; ``True`` otherwise.
 
     Checks the attention, ``synchronous``, the schedule, the epoch counts, the crop size (multiples of 16, the
     U-Net's 4 poolings), the batch size (whole groups of one crop per class), the dataset (``datalist.json``
     present, training images that can be split into weight and architecture parts, validation images, the first
-    image of each part on disk); ``resume_path`` is only reported.
+    image of each part on disk), and the further ``settings`` of :func:`check_run_settings` (device, learning
+    rates, widths, ...); ``resume_path`` is only reported.
+
+    Raises:
+        InputError: naming the setting or the file (``MissingInputError``, also a ``FileNotFoundError``, for a
+            file or folder that does not exist).
     """
+    check_run_settings(seed=seed, epochs=epochs, **settings)
+    _int(warmup_epochs, "warmup_epochs", 0)
+    if roi_size is not None:
+        check_roi_size(roi_size)
+    if batch_size is not None:
+        _int(batch_size, "batch_size", 1)
     check_search_attention(attention)
     as_bool(synchronous, "synchronous")
     if schedule not in ("iteration", "epoch"):
@@ -195,6 +380,7 @@ def check_search_inputs(
     return True
 
 
+@input_check
 def resolve_resume(resume: Any, output_dir: str | os.PathLike, filename: str = CHECKPOINT_NAME) -> str | None:
     """The checkpoint to resume from: ``None`` for ``resume`` false/None/"", ``OUTPUT/checkpoints/<filename>``
     for ``True`` (or "true", "auto"), else ``resume`` itself as a path.
@@ -247,7 +433,11 @@ def budget_arch_learning_rate(
         ValueError: ``arch_learning_rate`` is neither a positive number nor ``"auto"``.
     """
     if isinstance(arch_learning_rate, str) and arch_learning_rate.strip().lower() == "auto":
-        return max(float(floor), float(travel) / max(1, int(alpha_steps)))
+        value = max(float(floor), float(travel) / max(1, int(alpha_steps)))
+        logging.getLogger(__name__).info(
+            f"arch_learning_rate auto: {value:.4g} for {int(alpha_steps)} alpha steps (max(1e-3, {travel:g} / steps))"
+        )
+        return value
     try:
         value = float(arch_learning_rate)
     except (TypeError, ValueError):

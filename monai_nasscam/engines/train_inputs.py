@@ -2,8 +2,14 @@
 ``bundle/configs/evaluate.yaml``).
 
 Everything a user can get wrong on the command line -- no prepared dataset, an empty split, an unknown attention, a
-missing or mismatched genotype, a checkpoint of another architecture, inconsistent budgets -- gives a clear message
-naming the file at fault here, in the workflow's ``initialize`` step, before a batch is loaded or a step is made.
+missing or mismatched genotype, a checkpoint of another architecture, inconsistent budgets, a setting out of range
+-- gives a clear message naming the file or the key at fault here (an :class:`~monai_nasscam.errors.InputError`,
+reported as one line), in the workflow's ``initialize`` step, before a batch is loaded, a step is made or a file is
+written.
+
+A training run records the network it trained in ``RUN/network.json`` (:func:`record_run_inputs`), so that
+evaluation and inference of ``RUN/models/model.pt`` build the same network without ``--attention`` /
+``--genotype_path`` / ``--features`` again.
 """
 
 from __future__ import annotations
@@ -21,13 +27,23 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from monai_nasscam.engines.search_inputs import read_datalist
+from monai_nasscam.engines.search_inputs import check_roi_size, check_run_settings, read_datalist
+from monai_nasscam.errors import input_check
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.blocks import NAS_ATTENTIONS
 from monai_nasscam.networks.genotype import Genotype
+from monai_nasscam.serialization import install_cpu_fallback, load_checkpoint
+
+# checkpoints saved on a GPU load on a machine without one, whoever loads them (MONAI's ckpt_export builds its
+# network through this module)
+install_cpu_fallback()
 
 __all__ = [
     "TRAIN_CHECKPOINT_NAME",
+    "NETWORK_RECORD_NAME",
+    "DEFAULT_FEATURES",
+    "read_network_record",
+    "resolve_features",
     "BASELINE_ATTENTIONS",
     "TRAIN_ATTENTIONS",
     "resolve_network_choice",
@@ -45,6 +61,10 @@ __all__ = [
 
 #: file name of the resumable training checkpoint under ``RUN/checkpoints``.
 TRAIN_CHECKPOINT_NAME = "train_checkpoint.pt"
+#: file name of the record of the trained network in the run folder (written by :func:`record_run_inputs`).
+NETWORK_RECORD_NAME = "network.json"
+#: U-Net widths when neither the command line nor the run's record gives them.
+DEFAULT_FEATURES = (16, 32, 64, 128, 256)
 #: baselines of the paper's Table 2 (``unet`` is the plain U-Net, the same as attention ``none``).
 BASELINE_ATTENTIONS = ("unet", "none", "cbam", "scse", "deeplabv3plus")
 #: every ``attention`` value train.yaml accepts; NAS attentions need a searched genotype.
@@ -55,6 +75,41 @@ def _is_null(value: Any, nulls: tuple[str, ...] = ("", "null")) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in nulls)
 
 
+@input_check
+def read_network_record(run_dir: str | os.PathLike | None) -> dict[str, Any] | None:
+    """The network a training run recorded in ``run_dir/network.json`` (``attention``, ``genotype``: a path relative
+    to ``run_dir`` or absolute, or ``null``; ``features``, ``dropout``, ...), or ``None`` if there is no record.
+
+    Raises:
+        InputError: the file is not a JSON object with an ``attention`` (naming it).
+    """
+    if run_dir is None:
+        return None
+    path = Path(run_dir) / NETWORK_RECORD_NAME
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable network record ({e}); delete it and pass --attention.") from None
+    if not isinstance(record, Mapping) or not isinstance(record.get("attention"), str):
+        raise ValueError(f"{path}: not a network record (no 'attention'); delete it and pass --attention.")
+    out = dict(record)
+    if out.get("genotype"):
+        out["genotype"] = str(Path(run_dir) / out["genotype"])  # an absolute path stays itself
+    return out
+
+
+def resolve_features(features: Sequence[int] | None, output_dir: str | os.PathLike | None = None) -> list[int]:
+    """The U-Net widths: ``features`` when given, else those ``output_dir/network.json`` records, else
+    :data:`DEFAULT_FEATURES`."""
+    if _is_null(features, ("", "null", "none")):
+        record = read_network_record(output_dir)
+        features = (record or {}).get("features") or DEFAULT_FEATURES
+    return list(features)  # type: ignore[arg-type]
+
+
+@input_check
 def resolve_network_choice(
     attention: str | None = None,
     genotype_path: str | os.PathLike | None = None,
@@ -64,16 +119,23 @@ def resolve_network_choice(
 
     - ``genotype_path`` given: the derived (searched) network; ``attention``, when also given, must be the genotype's.
     - ``attention`` a baseline (``unet``/``none``, ``cbam``, ``scse``, ``deeplabv3plus``): that baseline, no genotype.
+    - neither given and ``output_dir/network.json`` (written by a training run into ``output_dir``): the network it
+      records (so evaluation and inference of a trained run need no network settings).
     - ``attention`` a NAS attention without ``genotype_path``, or neither given: the search's genotype
       ``output_dir/genotype.json`` (so ``search.yaml`` then ``train.yaml`` with the same ``--output_dir`` chain).
 
     Raises:
-        ValueError: unknown attention, a baseline given a genotype, or a genotype of another attention (naming the
-            file).
-        FileNotFoundError: no genotype where one is needed (naming the path looked at).
+        InputError: unknown attention, a baseline given a genotype, or a genotype of another attention (naming the
+            file); ``MissingInputError`` (a ``FileNotFoundError``): no genotype where one is needed (naming the
+            path looked at).
     """
     attention = None if _is_null(attention) else str(attention).strip().lower()
     genotype_path = None if _is_null(genotype_path, ("", "null", "none")) else str(genotype_path)
+    if attention is None and genotype_path is None:
+        record = read_network_record(output_dir)
+        if record is not None:
+            attention = record["attention"].strip().lower()
+            genotype_path = record.get("genotype") or None
     if attention is not None and attention not in TRAIN_ATTENTIONS:
         raise ValueError(
             f"unknown attention {attention!r}; train.yaml takes one of {list(TRAIN_ATTENTIONS)} "
@@ -104,13 +166,18 @@ def resolve_network_choice(
 
 def _no_genotype_message(attention: str | None, looked_at: Path | None) -> str:
     what = f"attention {attention!r} needs a searched genotype" if attention else "no network chosen"
-    where = f"; there is no {looked_at}" if looked_at is not None else ""
+    if attention is None and looked_at is not None:
+        where = (f": {looked_at.parent} has no {NETWORK_RECORD_NAME} (written by train.yaml) and there is no "
+                 f"{looked_at} (written by search.yaml)")
+    else:
+        where = f"; there is no {looked_at}" if looked_at is not None else ""
     return (
         f"{what}{where}. Pass --genotype_path RUN/genotype.json (written by search.yaml), or a baseline with "
         f"--attention {'|'.join(BASELINE_ATTENTIONS[:1] + BASELINE_ATTENTIONS[2:])}."
     )
 
 
+@input_check
 def build_network(
     attention: str | None = None,
     genotype_path: str | os.PathLike | None = None,
@@ -118,17 +185,23 @@ def build_network(
     spatial_dims: int = 2,
     in_channels: int = 3,
     out_channels: int = 4,
-    features: Sequence[int] = (16, 32, 64, 128, 256),
+    features: Sequence[int] | None = DEFAULT_FEATURES,
     dropout: float = 0.2,
     backbone: str = "resnet18",
 ) -> nn.Module:
     """The network of train.yaml's ``network_def`` (see :func:`resolve_network_choice` for the choice).
 
     U-Net variants are :class:`~monai_nasscam.networks.NASSCAMUNet` (``features``, ``dropout``); ``deeplabv3plus`` is
-    :class:`~monai_nasscam.networks.DeepLabV3Plus` (``backbone``). Both return logits.
+    :class:`~monai_nasscam.networks.DeepLabV3Plus` (``backbone``). Both return logits. ``features`` ``None``: the
+    widths ``output_dir/network.json`` records (inference of a trained run), else :data:`DEFAULT_FEATURES`.
+
+    Raises:
+        InputError: a bad network choice or setting (see :func:`resolve_network_choice`), naming it.
     """
     from monai_nasscam.networks import DeepLabV3Plus, NASSCAMUNet
 
+    features = resolve_features(features, output_dir)
+    check_run_settings(features=features, dropout=dropout)
     attention, genotype, _ = resolve_network_choice(attention, genotype_path, output_dir)
     if attention == "deeplabv3plus":
         return DeepLabV3Plus(spatial_dims, in_channels, out_channels, backbone=backbone)
@@ -143,6 +216,7 @@ def build_network(
     )
 
 
+@input_check
 def describe_network(
     attention: str | None = None,
     genotype_path: str | os.PathLike | None = None,
@@ -171,6 +245,7 @@ def describe_inferer(inferer: Any) -> dict[str, Any]:
     return out
 
 
+@input_check
 def split_entries(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
     """The entries of one split of ``dataset_dir/datalist.json`` (paths absolute); ``"all"``: every split, e.g. to
     evaluate on a whole prepared test release.
@@ -199,6 +274,7 @@ def _image_size(path: str) -> tuple[int, int]:
         return im.height, im.width
 
 
+@input_check
 def epoch_groups(
     entries: Sequence[Mapping],
     roi_size: Sequence[int] | int,
@@ -251,6 +327,7 @@ def label_class_weights(entries: Sequence[Mapping], num_classes: int = 4) -> tor
     return weights
 
 
+@input_check
 def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | None = None) -> bool:
     """Check that ``path`` holds weights for ``network`` (same parameter names and shapes); ``True`` if so.
 
@@ -261,8 +338,8 @@ def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | Non
             ``None`` accepts a plain state dict or one under ``"model"`` / ``"network"``.
 
     Raises:
-        FileNotFoundError: no such file.
-        ValueError: not a checkpoint, or weights of another architecture (which keys or shapes differ).
+        MissingInputError: no such file (also a ``FileNotFoundError``).
+        InputError: not a checkpoint, or weights of another architecture (which keys or shapes differ).
     """
     path = Path(path)
     if not path.is_file():
@@ -271,7 +348,7 @@ def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | Non
             "or pass --ckpt_path."
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path)  # CPU tensors, whatever device they were saved from
     except Exception as e:  # noqa: BLE001 - any unpickling error means "not a weights file"
         raise ValueError(f"{path} is not a weights-only PyTorch checkpoint ({type(e).__name__}: {e}).") from None
     if not isinstance(state, Mapping):
@@ -311,27 +388,18 @@ def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | Non
 
 def _check_budget(epochs: int, batch_size: int, roi_size: Sequence[int] | int, val_interval: int,
                   learning_rate: float, num_classes: int) -> None:
-    from monai.utils import ensure_tuple_rep
-
-    if int(epochs) < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}.")
+    check_run_settings(epochs=epochs, val_interval=val_interval, learning_rate=learning_rate)
+    check_roi_size(roi_size)
+    if not isinstance(batch_size, (int, float, str)) or not str(batch_size).strip().lstrip("-").isdigit():
+        raise ValueError(f"batch_size must be an integer multiple of {num_classes}, got {batch_size!r}.")
     if int(batch_size) < num_classes or int(batch_size) % num_classes:
         raise ValueError(
             f"batch_size counts crops and every batch holds the same number of crops of each of the {num_classes} "
             f"classes: it must be a multiple of {num_classes}, got {batch_size}."
         )
-    if not 1 <= int(val_interval) <= int(epochs):
-        raise ValueError(
-            f"val_interval must lie in [1, epochs={epochs}] (the best model is picked on validation Dice), "
-            f"got {val_interval}."
-        )
-    for r in ensure_tuple_rep(roi_size, 2):
-        if int(r) < 16 or int(r) % 16:
-            raise ValueError(f"roi_size must be a multiple of 16 (the U-Net pools 4 times), got {roi_size}.")
-    if not float(learning_rate) > 0:
-        raise ValueError(f"learning_rate must be > 0, got {learning_rate}.")
 
 
+@input_check
 def check_train_inputs(
     dataset_dir: str | os.PathLike,
     attention: str | None = None,
@@ -345,14 +413,23 @@ def check_train_inputs(
     resume_path: str | os.PathLike | None = None,
     network: nn.Module | None = None,
     num_classes: int = 4,
+    **settings: Any,
 ) -> bool:
     """Raise a clear error for anything that would make train.yaml fail later; ``True`` otherwise.
 
-    Checks the budget (epochs, crops per batch, validation interval, crop size, learning rate), the network choice
-    (attention, genotype file), the dataset (datalist with training and validation images that exist) and, when
-    resuming, that the resume checkpoint holds weights of ``network``.
+    Checks the budget (epochs, crops per batch, validation interval, crop size, learning rate), the further
+    ``settings`` of :func:`~monai_nasscam.engines.search_inputs.check_run_settings` (device, seed, widths, dropout,
+    crops per epoch, ...), the network choice (attention, genotype file), the dataset (datalist with training and
+    validation images that exist) and, when resuming with ``network`` given, that the resume checkpoint holds
+    weights of ``network``. (train.yaml checks the resume checkpoint in a second step, after the seed is set,
+    because building the network draws its initial weights.)
+
+    Raises:
+        InputError: naming the setting or the file (``MissingInputError``, also a ``FileNotFoundError``, for a
+            file or folder that does not exist).
     """
     _check_budget(epochs, batch_size, roi_size, val_interval, learning_rate, num_classes)
+    check_run_settings(**settings)
     resolve_network_choice(attention, genotype_path, output_dir)
     for split in ("training", "validation"):
         entries = split_entries(dataset_dir, split)
@@ -369,18 +446,27 @@ def record_run_inputs(
     output_dir: str | os.PathLike,
     genotype_path: str | os.PathLike | None = None,
     rank: int | None = None,
+    attention: str | None = None,
+    features: Sequence[int] | None = None,
+    dropout: float | None = None,
 ) -> bool:
     """Keep what inference needs beside the model, so that ``inference.yaml`` needs only ``--ckpt_path``.
 
     Writes ``RUN/stain.json`` (the stain reference of ``PREP/manifest.json``; ``{"method": "none"}`` when the
-    dataset has no manifest) and, for a derived network, ``RUN/genotype.json`` unless that file exists already
-    (a search into the same folder wrote it; it is never replaced). Atomic writes, by rank 0 only (``rank``: this
-    process's, default ``ignite.distributed.get_rank()``: the process group's rank, 0 without one).
+    dataset has no manifest), for a derived network ``RUN/genotype.json`` unless that file exists already
+    (a search into the same folder wrote it; it is never replaced), and ``RUN/network.json``, the network trained:
+    ``{"attention": ..., "genotype": "genotype.json" | an absolute path | null, "features": [...], "dropout": ...}``
+    (the network choice of :func:`resolve_network_choice` for ``attention``, ``genotype_path`` and ``output_dir``,
+    as it is before this call). Atomic writes, by rank 0 only (``rank``: this process's, default
+    ``ignite.distributed.get_rank()``: the process group's rank, 0 without one).
     """
     if rank is None:
         rank = idist.get_rank()
     if rank != 0:
         return False
+    chosen, _, chosen_genotype = resolve_network_choice(attention, genotype_path, output_dir)
+    if chosen != "deeplabv3plus":
+        features = resolve_features(features, output_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = Path(dataset_dir) / "manifest.json"
@@ -390,18 +476,27 @@ def record_run_inputs(
     atomic_write_text(out / "stain.json", json.dumps(stain, indent=1) + "\n")
     genotype_path = None if _is_null(genotype_path, ("", "null", "none")) else Path(genotype_path)  # type: ignore[arg-type]
     target = out / "genotype.json"
+    recorded_genotype: str | None = "genotype.json" if chosen_genotype is not None else None
     if genotype_path is not None and not target.exists():
         Genotype.load(genotype_path).save(target)
     elif genotype_path is not None and target.resolve() != genotype_path.resolve():
         if Genotype.load(target) != Genotype.load(genotype_path):
+            recorded_genotype = str(genotype_path.resolve())
             warnings.warn(
-                f"{target} (kept) differs from the trained genotype {genotype_path}: pass --genotype_path "
-                f"{genotype_path} to inference.yaml.",
+                f"{target} (kept) differs from the trained genotype {genotype_path}; {out / NETWORK_RECORD_NAME} "
+                f"points inference at {recorded_genotype}.",
                 stacklevel=2,
             )
+    record: dict[str, Any] = {"attention": "unet" if chosen == "none" else chosen, "genotype": recorded_genotype}
+    if features is not None:
+        record["features"] = [int(f) for f in features]
+    if dropout is not None:
+        record["dropout"] = float(dropout)
+    atomic_write_text(out / NETWORK_RECORD_NAME, json.dumps(record, indent=1) + "\n")
     return True
 
 
+@input_check
 def check_evaluate_inputs(
     dataset_dir: str | os.PathLike,
     split: str,
@@ -412,7 +507,11 @@ def check_evaluate_inputs(
     output_dir: str | os.PathLike | None = None,
 ) -> bool:
     """Raise a clear error for anything that would make evaluate.yaml fail later; ``True`` otherwise: the network
-    choice, the split (present, not empty, with instance maps for PQ) and the checkpoint (exists, same architecture)."""
+    choice, the split (present, not empty, with instance maps for PQ) and the checkpoint (exists, same architecture).
+
+    Raises:
+        InputError: naming the setting or the file.
+    """
     resolve_network_choice(attention, genotype_path, output_dir)
     entries = split_entries(dataset_dir, split)
     for key in ("image", "label", "instance"):

@@ -3,9 +3,10 @@
 MONAI's ``CheckpointSaver`` writes non-atomically and, on an exception, saves whatever state the interrupted
 iteration left (possibly half an optimiser step). :class:`SearchCheckpointer` instead
 
-- writes ``save_dir/filename`` through ignite's ``DiskSaver(atomic=True)`` (temporary file, then rename) at the
-  end of every ``epoch_interval``-th epoch, after every other end-of-epoch handler (validation, genotype
-  tracking), so the file always describes a consistent point;
+- writes ``save_dir/filename`` (every tensor moved to the CPU, so that it loads on any machine) through
+  ignite's ``DiskSaver(atomic=True)`` (temporary file, then rename) at the end of every ``epoch_interval``-th
+  epoch, after every other end-of-epoch handler (validation, genotype tracking), so the file always describes a
+  consistent point;
 - on Ctrl-C (SIGINT) or SIGTERM lets the running iteration finish, saves, and raises :class:`SearchInterrupted`
   (a ``KeyboardInterrupt``); a second signal interrupts at once, as usual. Data-loader worker processes
   (forked while the handler is installed) ignore the first signal, so a Ctrl-C or a SIGTERM to the whole process
@@ -32,6 +33,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 
 from monai_nasscam.engines.search_inputs import CHECKPOINT_NAME
+from monai_nasscam.serialization import to_cpu
 
 __all__ = ["SearchCheckpointer", "SearchInterrupted"]
 
@@ -118,7 +120,8 @@ class SearchCheckpointer:
 
     def save(self, engine: Engine | None = None) -> Path:
         """Write the checkpoint now; returns its path."""
-        checkpoint = {key: _state_dict(obj) for key, obj in self.save_dict.items()}
+        # CPU tensors, so that the file loads on any machine (resuming moves them to the run's device)
+        checkpoint = to_cpu({key: _state_dict(obj) for key, obj in self.save_dict.items()})
         self.save_dir.mkdir(parents=True, exist_ok=True)
         DiskSaver(str(self.save_dir), atomic=True, create_dir=True, require_empty=False)(checkpoint, self.filename)
         return self.path

@@ -20,6 +20,7 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver, from_engine
 
 from monai_nasscam.engines.bilevel import derive_seed
+from monai_nasscam.serialization import CPUStateDict
 
 __all__ = ["BestModelSaver", "EpochReseeder", "TrainProgressBar"]
 
@@ -29,7 +30,8 @@ _EPOCH_STREAM = 201  # seed stream of EpochReseeder (distinct from the search tr
 class BestModelSaver(CheckpointSaver):
     """Save the network's state dict to ``save_dir/filename`` whenever the evaluator's key metric improves.
 
-    A MONAI ``CheckpointSaver`` (``save_key_metric=True``, one file) whose file is a plain state dict (MONAI's
+    A MONAI ``CheckpointSaver`` (``save_key_metric=True``, one file) whose file is a plain state dict of CPU
+    tensors, whatever device the network trains on (MONAI's
     ``CheckpointLoader`` loads it with ``weights_only=True``; ``torch.load`` + ``load_state_dict`` too). Unlike the
     plain saver it has ``state_dict()`` / ``load_state_dict()``: put it in the resumable checkpoint
     (:class:`~monai_nasscam.handlers.SearchCheckpointer`'s ``save_dict``, ``CheckpointLoader``'s ``load_dict``) so
@@ -54,7 +56,7 @@ class BestModelSaver(CheckpointSaver):
     ) -> None:
         super().__init__(
             save_dir=os.fspath(save_dir),
-            save_dict={"model": network},
+            save_dict={"model": CPUStateDict(network)},  # CPU tensors: the file loads on any machine
             name=name,
             save_key_metric=True,
             key_metric_name=key_metric_name,

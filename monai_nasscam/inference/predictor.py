@@ -33,6 +33,7 @@ import torch.nn as nn
 
 from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.data.errors import DataError
+from monai_nasscam.errors import input_check
 from monai_nasscam.inference.nuclei import GeoJSONWriter, iter_nuclei
 from monai_nasscam.inference.outputs import (
     save_class_map_nifti,
@@ -399,6 +400,7 @@ class NucleiPredictor:
         return counts, areas
 
 
+@input_check  # one "error: ..." line naming the setting or file (monai_nasscam.errors)
 def check_inference_inputs(
     input_dir: str | os.PathLike,
     ckpt_path: str | os.PathLike,

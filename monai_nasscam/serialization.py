@@ -1,0 +1,118 @@
+"""Checkpoints that move between machines: saved with CPU tensors, loadable where CUDA is missing.
+
+PyTorch tags every tensor of a checkpoint with the device it was on when saved, and ``torch.load`` without a
+``map_location`` puts it back there: a ``model.pt`` saved from a GPU then fails on a CPU-only machine with
+"Attempting to deserialize object on a CUDA device but torch.cuda.is_available() is False". This project
+
+- saves CPU tensors (:func:`to_cpu`, used by the best-model saver and the resumable checkpoints), so its files
+  load anywhere; the loaders that resume a run move them to the run's device;
+- loads with ``map_location="cpu"`` where it reads checkpoints itself (:func:`load_checkpoint`);
+- and, for loaders it does not control (MONAI's ``ckpt_export`` / ``CheckpointLoader`` without ``map_location``,
+  ignite's ``Checkpoint.load_objects``) and for files saved by older versions with CUDA tensors, registers with
+  ``torch.serialization`` a restore rule that leaves a CUDA-tagged tensor on the CPU when this machine has no CUDA
+  device of that index (:func:`install_cpu_fallback`, done when ``monai_nasscam`` is imported, which every bundle
+  config does first). On a machine with that GPU nothing changes.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = ["to_cpu", "CPUStateDict", "load_checkpoint", "install_cpu_fallback", "cuda_location_missing"]
+
+#: priority of the restore rule in ``torch.serialization``'s registry: before CUDA's own (20), after the CPU's (10)
+_FALLBACK_PRIORITY = 19
+_CUDA_LOCATION = re.compile(r"^cuda(?::(\d+))?$")
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in it (nested dicts, lists, tuples) detached and moved to the CPU; other values are
+    returned as they are. A state dict on a GPU becomes one that ``torch.load`` reads on any machine."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        out = type(obj)()
+        for key, value in obj.items():
+            out[key] = to_cpu(value)
+        if hasattr(obj, "_metadata"):  # a module's state dict keeps its version metadata
+            out._metadata = obj._metadata  # type: ignore[attr-defined]
+        return out
+    if isinstance(obj, Mapping):
+        return {key: to_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # named tuple
+        return type(obj)(*(to_cpu(v) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+class CPUStateDict:
+    """A view of ``obj`` (a module, an optimiser, anything with ``state_dict`` / ``load_state_dict``) whose
+    ``state_dict()`` holds CPU tensors: give it to a saver (ignite's ``Checkpoint``, MONAI's ``CheckpointSaver``) so
+    that the file loads on any machine. A ``DataParallel`` / ``DistributedDataParallel`` module is saved without
+    its ``module.`` prefix. ``load_state_dict`` loads into ``obj`` (which moves the tensors to its own device).
+
+    Args:
+        obj: the object saved.
+    """
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def _target(self) -> Any:
+        if isinstance(self.obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            return self.obj.module
+        return self.obj
+
+    def state_dict(self) -> Any:
+        return to_cpu(self._target().state_dict())
+
+    def load_state_dict(self, state_dict: Mapping, *args: Any, **kwargs: Any) -> Any:
+        return self._target().load_state_dict(state_dict, *args, **kwargs)
+
+
+def cuda_location_missing(location: str) -> bool:
+    """``True`` if ``location`` (a storage's tag in a checkpoint, e.g. ``"cuda:1"``) names a CUDA device this
+    machine does not have (no CUDA at all, or fewer devices)."""
+    match = _CUDA_LOCATION.match(str(location))
+    if match is None:
+        return False
+    if not torch.cuda.is_available():
+        return True
+    return int(match.group(1) or 0) >= torch.cuda.device_count()
+
+
+def _restore_on_cpu(storage: Any, location: str) -> Any:
+    """``torch.serialization`` deserializer: a storage tagged with a missing CUDA device stays on the CPU (where
+    ``torch.load`` has read it); ``None`` (let the next rule decide) otherwise."""
+    if not cuda_location_missing(location):
+        return None
+    warnings.warn(
+        f"a checkpoint saved with {location} tensors is loaded onto the CPU: this machine has no {location}.",
+        stacklevel=2,
+    )
+    return storage
+
+
+def _no_tag(storage: Any) -> None:
+    return None  # tagging on save is left to torch's own rules
+
+
+def install_cpu_fallback() -> None:
+    """Register :func:`_restore_on_cpu` with ``torch.serialization`` (once per process)."""
+    registry = getattr(torch.serialization, "_package_registry", [])
+    if any(fn is _restore_on_cpu for _, _, fn in registry):
+        return
+    torch.serialization.register_package(_FALLBACK_PRIORITY, _no_tag, _restore_on_cpu)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", weights_only: bool = True) -> Any:
+    """``torch.load(path, map_location=map_location, weights_only=weights_only)``: by default the tensors on the
+    CPU whatever device they were saved from, and nothing but tensors and plain containers unpickled."""
+    return torch.load(os.fspath(path), map_location=map_location, weights_only=weights_only)

@@ -1,0 +1,247 @@
+"""Bad input ends a run with one ``error: ...`` line, before the run has written anything; checkpoints move between
+machines (saved with CPU tensors; a CUDA-tagged file loads and exports on a machine without CUDA).
+
+The search and train configs are run in this process (a failing run stops in its first step, in well under a
+second); one inference run goes through ``python -m monai.bundle`` to check the exit status and stderr as a user
+sees them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stderr
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torch.serialization as serialization
+
+from monai_nasscam.errors import (
+    InputError,
+    MissingInputError,
+    find_input_error,
+    input_check,
+    nasscam_excepthook,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundle" / "configs"
+SEARCH, TRAIN, INFERENCE = (str(CONFIGS / f"{n}.yaml") for n in ("search", "train", "inference"))
+META = str(CONFIGS / "metadata.json")
+FEATURES = [4, 4, 8, 8, 16]
+TINY = {"roi_size": [32, 32], "features": FEATURES, "num_workers": 0, "epoch_crops": 8, "progress": False,
+        "sw_batch_size": 16}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A tiny prepared dataset (8 synthetic tiles of 4 patients)."""
+    from monai_nasscam.data import generate_dataset, prepare_dataset
+
+    root = tmp_path_factory.mktemp("validation_data")
+    generate_dataset(root / "raw", n_images=8, n_patients=4, seed=0, min_size=64, max_size=96)
+    prepare_dataset(root / "raw", root / "prep", workers=0, progress=False)
+    return root / "prep"
+
+
+def _one_line(error: BaseException) -> str:
+    """What the installed ``sys.excepthook`` prints for ``error`` (stderr)."""
+    stream = io.StringIO()
+    with redirect_stderr(stream):
+        nasscam_excepthook(type(error), error, error.__traceback__)
+    return stream.getvalue()
+
+
+def _run_fails(config: str, output_dir: Path, **overrides) -> str:
+    """Run a bundle config that must fail its input checks; returns the line the user sees."""
+    from monai.bundle import run
+
+    with pytest.raises(Exception) as info:
+        run(config_file=config, meta_file=META, logging_file=False, output_dir=str(output_dir), **overrides)
+    assert find_input_error(info.value) is not None, f"not an input error: {info.value!r}"
+    printed = _one_line(info.value)
+    assert printed.count("\n") == 1 and printed.startswith("error: "), printed
+    return printed
+
+
+# ------------------------------------------------------------------------------------------ one line, exit 1
+def test_excepthook_prints_one_line_for_input_errors_only(monkeypatch):
+    monkeypatch.delenv("NASSCAM_TRACEBACK", raising=False)
+    try:
+        try:
+            raise MissingInputError("dataset_dir '/x' does not exist")
+        except MissingInputError as e:
+            raise RuntimeError("Failed to evaluate ConfigExpression: ...") from e  # as MONAI's parser wraps it
+    except RuntimeError as e:
+        wrapped = e
+    assert _one_line(wrapped) == "error: dataset_dir '/x' does not exist\n"
+
+    bug = ZeroDivisionError("division by zero")  # anything else keeps its traceback
+    printed = _one_line(bug)
+    assert "ZeroDivisionError: division by zero" in printed and not printed.startswith("error:")
+    monkeypatch.setenv("NASSCAM_TRACEBACK", "1")  # the full traceback on request
+    assert "Traceback" in _one_line(wrapped) or "RuntimeError" in _one_line(wrapped)
+
+
+def test_input_check_turns_check_errors_into_input_errors_keeping_their_type():
+    @input_check
+    def check(kind: str) -> None:
+        if kind == "missing":
+            raise FileNotFoundError("genotype /g.json does not exist")
+        if kind == "bad":
+            raise ValueError("epochs must be >= 1, got 0.")
+        raise KeyError("a bug")
+
+    with pytest.raises(MissingInputError, match="/g.json") as info:
+        check("missing")
+    assert isinstance(info.value, FileNotFoundError) and isinstance(info.value, InputError)
+    with pytest.raises(InputError, match="epochs"):
+        check("bad")
+    with pytest.raises(KeyError):  # not an input problem: unchanged
+        check("bug")
+
+
+# ----------------------------------------------------------------------- nothing written by a failing run
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"crop_mode": "diagonal"}, "crop_mode"),
+        ({"device": "gpu"}, "device"),
+        ({"features": [4, 4]}, "features"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"arch_learning_rate": "fast"}, "arch_learning_rate"),
+        ({"epoch_crops": 0}, "epoch_crops"),
+        ({"dropout": 1.5}, "dropout"),
+        ({"epochs": 2, "val_interval": 3}, "val_interval"),
+        ({"roi_size": [40, 40]}, "roi_size"),
+        ({"progress": "maybe"}, "progress"),
+        ({"resume": True}, "--resume true"),
+    ],
+)
+def test_search_with_a_bad_override_writes_nothing(prepared, tmp_path, overrides, key):
+    out = tmp_path / "out"
+    line = _run_fails(SEARCH, out, dataset_dir=str(prepared), **{"epochs": 1, "warmup_epochs": 0, **TINY, **overrides})
+    assert key in line
+    assert not out.exists(), f"{sorted(out.rglob('*'))} written before the inputs were checked"
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"attention": "unet", "features": [4, 4]}, "features"),
+        ({"attention": "unet", "epoch_crops": 0}, "epoch_crops"),
+        ({"attention": "unet", "crop_mode": "diagonal"}, "crop_mode"),
+        ({"attention": "unet", "num_workers": -1}, "num_workers"),
+        ({"attention": "unet", "sw_overlap": 1}, "sw_overlap"),
+        ({"attention": "unet", "device": "cuda:99"}, "device"),
+        ({"attention": "unet", "seed": "abc"}, "seed"),
+        ({"attention": "transformer"}, "attention"),
+        ({}, "genotype.json"),  # nothing chosen, no search output
+        ({"attention": "unet", "resume": True}, "train_checkpoint.pt"),
+        ({"attention": "unet", "dataset_dir": "/no/such/prep"}, "dataset_dir"),
+    ],
+)
+def test_train_with_a_bad_override_writes_nothing(prepared, tmp_path, overrides, key):
+    out = tmp_path / "out"
+    settings = {"dataset_dir": str(prepared), "epochs": 1, **TINY, **overrides}
+    line = _run_fails(TRAIN, out, **settings)
+    assert key in line
+    assert not out.exists(), f"{sorted(out.rglob('*'))} written before the inputs were checked"
+
+
+def test_inference_without_a_network_exits_with_one_line_and_writes_nothing(prepared, tmp_path):
+    """The reported case: a checkpoint whose folder records no network (no network.json, no genotype.json)."""
+    from monai_nasscam.engines.train_inputs import build_network
+
+    run = tmp_path / "lonely"
+    (run / "models").mkdir(parents=True)
+    torch.save(build_network(attention="unet", features=FEATURES).state_dict(), run / "models" / "model.pt")
+    out = tmp_path / "pred"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", INFERENCE,
+           "--input_dir", str(prepared / "images"), "--output_dir", str(out),
+           "--ckpt_path", str(run / "models" / "model.pt"), "--stain", "none", "--roi_size", "[32,32]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("NASSCAM_TRACEBACK", None)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no network chosen") and str(run / "genotype.json") in last, proc.stderr[-2000:]
+    assert "network.json" in last and "--attention" in last
+    assert "Traceback" not in proc.stderr and "ConfigExpression" not in proc.stderr
+    assert not out.exists()
+
+    # a checkpoint of another architecture is refused in the same way, before the output folder is made
+    line = _run_fails(INFERENCE, out, input_dir=str(prepared / "images"), ckpt_path=str(run / "models" / "model.pt"),
+                      attention="cbam", features=FEATURES, stain="none", roi_size=[32, 32])
+    assert "model.pt" in line and "another architecture" in line
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ checkpoints between machines
+def _save_cuda_tagged(state: dict, path: Path) -> None:
+    """``torch.save`` as on a GPU machine: every storage tagged ``cuda:0`` (the values stay the same)."""
+    with mock.patch.object(serialization, "location_tag", lambda storage: "cuda:0"):
+        torch.save(state, path)
+
+
+def test_a_cuda_tagged_checkpoint_loads_and_exports_on_cpu(tmp_path, monkeypatch):
+    from monai.bundle import ckpt_export
+    from monai.data import load_net_with_metadata
+
+    from monai_nasscam.engines.train_inputs import build_network, check_checkpoint
+    from monai_nasscam.serialization import _restore_on_cpu
+
+    torch.manual_seed(0)
+    net = build_network(attention="unet", features=FEATURES).eval()
+    ckpt = tmp_path / "models" / "model.pt"
+    ckpt.parent.mkdir()
+    _save_cuda_tagged(net.state_dict(), ckpt)
+
+    if not torch.cuda.is_available():  # the file is what a GPU writes: without the fallback, torch refuses it
+        registry = [entry for entry in serialization._package_registry if entry[2] is not _restore_on_cpu]
+        monkeypatch.setattr(serialization, "_package_registry", registry)
+        with pytest.raises(RuntimeError, match="Attempting to deserialize object on a CUDA device"):
+            torch.load(ckpt, weights_only=True)
+        monkeypatch.undo()
+
+    # what the project loads itself (map_location="cpu")
+    assert check_checkpoint(ckpt, build_network(attention="unet", features=FEATURES))
+    # MONAI's ckpt_export, exactly as documented (ignite loads the file without a map_location)
+    with mock.patch.object(torch.cuda, "is_available", lambda: False):
+        ckpt_export(net_id="network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(ckpt), meta_file=META,
+                    config_file=TRAIN, use_trace=True, input_shape=[1, 3, 32, 32], attention="unet",
+                    features=FEATURES)
+    exported = load_net_with_metadata(str(tmp_path / "model.ts"))[0]
+    x = torch.rand(1, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), net(x), rtol=1e-5, atol=1e-5)
+
+
+def test_savers_write_cpu_tensors(tmp_path):
+    from ignite.engine import Engine
+
+    from monai_nasscam.handlers import SearchCheckpointer
+    from monai_nasscam.handlers.training import BestModelSaver
+    from monai_nasscam.serialization import CPUStateDict, to_cpu
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    state = net.state_dict()
+    moved = to_cpu({"network": state, "list": [torch.ones(2)], "n": 3})
+    assert moved["network"]._metadata == state._metadata  # load_state_dict's version information survives
+    assert all(t.device.type == "cpu" for t in moved["network"].values()) and moved["n"] == 3
+    wrapped = CPUStateDict(torch.nn.DataParallel(net))  # saved without the module. prefix
+    assert list(wrapped.state_dict()) == list(state)
+
+    saver = BestModelSaver(tmp_path / "models", net)
+    assert isinstance(saver._key_metric_checkpoint.to_save["model"], CPUStateDict)
+
+    seen = []
+    checkpointer = SearchCheckpointer(tmp_path / "ckpt", {"network": net})
+    with mock.patch("monai_nasscam.handlers.checkpoint.to_cpu", side_effect=lambda c: seen.append(c) or to_cpu(c)):
+        path = checkpointer.save(Engine(lambda e, b: None))
+    assert seen and set(torch.load(path, weights_only=True)["network"]) == set(state)
