@@ -84,7 +84,7 @@ def write_random_genotype(path: str | os.PathLike, model: str, seed: int) -> Gen
         ValueError: ``path`` exists and holds another genotype (it is not overwritten: delete it, and the run's
             ``train`` folder, to draw again).
     """
-    genotype = random_genotype(seed=seed, **RANDOM_MODELS[model])
+    genotype = random_genotype(seed=int(seed), **RANDOM_MODELS[model])
     path = Path(path)
     if path.is_file():
         existing = Genotype.load(path)
