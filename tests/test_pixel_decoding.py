@@ -261,3 +261,16 @@ def test_plain_files_openslide_cannot_read_still_read(tmp_path):
     with open_image(tmp_path / "tiled.tif", tiled=True) as reader:
         assert reader.backend == "tifffile"
         np.testing.assert_array_equal(reader.read(5, 33, 9, 41), rgb[5:33, 9:41])
+
+
+def test_a_slide_openslide_recognises_but_cannot_open_is_read_by_tifffile(tmp_path, caplog):
+    rgb = synth_tile(np.random.default_rng(9), 100, 120).image
+    path = tmp_path / "png_tiles.svs"  # Aperio description, tiles in a compression OpenSlide lacks (PNG, 34933)
+    tifffile.imwrite(path, rgb, tile=(64, 64), compression="png", photometric="rgb", metadata=None,
+                     description=APERIO.format(w=120, h=100, t=64))
+    assert openslide_format(path) == "aperio"
+    with caplog.at_level("INFO", logger="monai_nasscam.data.slide"):
+        with open_image(path, tiled=True) as reader:
+            assert reader.backend == "tifffile"
+            np.testing.assert_array_equal(reader.read(0, 100, 0, 120), rgb)
+    assert "OpenSlide (aperio) cannot open it" in caplog.text and "reading it with tifffile" in caplog.text

@@ -471,13 +471,21 @@ def _read_pil(path: str) -> np.ndarray:
 
 
 def _tiff_reader(path: str, swap: bool) -> TiffRegionReader | OpenSlideRegionReader:
+    """OpenSlide for a vendor whole-slide file, tifffile for any other TIFF or when OpenSlide cannot open it."""
     vendor = openslide_format(path)
+    refused: DataError | None = None
     if vendor is not None:
         try:
             return OpenSlideRegionReader(path, swap_rb=swap)
         except DataError as e:
-            logger.info("%s: OpenSlide (%s) cannot open it (%s); reading it with tifffile", path, vendor, e.message)
-    return TiffRegionReader(path, swap_rb=swap)
+            refused = e
+            logger.info("%s: OpenSlide (%s) cannot open it (%s); reading it with tifffile", path, vendor, e.problem)
+    try:
+        return TiffRegionReader(path, swap_rb=swap)
+    except DataError as e:
+        if refused is None:
+            raise
+        raise DataError(path, f"{refused.problem}; tifffile: {e.problem}") from None
 
 
 def open_image(
