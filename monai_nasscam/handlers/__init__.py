@@ -1,12 +1,17 @@
-"""Handlers of the search: architecture logging, alpha figures, genotype saving, the resumable checkpoint."""
+"""Handlers of the search: architecture logging, alpha figures and verdict, genotype saving, the divergence check,
+the resumable checkpoint."""
 
 from monai_nasscam.handlers.architecture import (
     AlphaHeatmapSaver,
     AlphaTensorBoardHandler,
     BestGenotypeSaver,
+    DivergenceGuard,
     GenotypeSaver,
+    SearchDiagnosticsHandler,
+    SearchDiverged,
     alpha_weights,
     plot_alpha_heatmap,
+    search_diagnostics,
 )
 from monai_nasscam.handlers.checkpoint import SearchCheckpointer, SearchInterrupted
 
@@ -14,9 +19,13 @@ __all__ = [
     "AlphaHeatmapSaver",
     "AlphaTensorBoardHandler",
     "BestGenotypeSaver",
+    "DivergenceGuard",
     "GenotypeSaver",
+    "SearchDiagnosticsHandler",
+    "SearchDiverged",
     "SearchCheckpointer",
     "SearchInterrupted",
     "alpha_weights",
     "plot_alpha_heatmap",
+    "search_diagnostics",
 ]

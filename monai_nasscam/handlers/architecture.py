@@ -1,5 +1,7 @@
-"""Handlers that record the architecture during a search: softmax(alpha) to TensorBoard, an alpha heatmap
-figure, the current genotype at each validation and the best genotype at the end of the run.
+"""Handlers that record the architecture during a search: softmax(alpha) to TensorBoard, the figures and the
+verdict of the alphas at each validation (:class:`SearchDiagnosticsHandler`), an alpha heatmap figure, the
+current genotype at each validation, the best genotype at the end of the run, and the divergence check that
+stops a search whose loss or alphas became non-finite (:class:`DivergenceGuard`).
 
 They follow MONAI's handler habits: small classes configured in ``__init__`` and hooked to an engine by
 ``attach(engine)``.
@@ -8,26 +10,35 @@ They follow MONAI's handler habits: small classes configured in ``__init__`` and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
+from monai.engines.utils import IterationEvents
+from monai.utils import CommonKeys as Keys
 
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents
-from monai_nasscam.networks.cell import EDGES, NASAttentionCell
+from monai_nasscam.networks.cell import EDGES, NASAttentionCell, arch_parameters
+from monai_nasscam.networks.diagnostics import CONVERGED, SearchDiagnostics, VerdictRule, diagnose, verdict_advice
 from monai_nasscam.networks.genotype import Genotype, attention_blocks
 
 __all__ = [
     "alpha_weights",
+    "search_diagnostics",
     "plot_alpha_heatmap",
     "AlphaTensorBoardHandler",
+    "SearchDiagnosticsHandler",
     "AlphaHeatmapSaver",
     "GenotypeSaver",
     "BestGenotypeSaver",
+    "DivergenceGuard",
+    "SearchDiverged",
 ]
 
 
@@ -51,45 +62,97 @@ def alpha_weights(network: nn.Module) -> dict[str, dict[str, tuple[tuple[str, ..
     return out
 
 
+def _is_shared(network: nn.Module) -> bool:
+    """One set of alphas for all modules (a non-synchronous search): as many distinct alpha tensors as cell kinds."""
+    cells = [m for block in attention_blocks(_unwrap(network)).values() for m in block.modules() if isinstance(m, NASAttentionCell) and m.searchable]
+    kinds = {c.kind for c in cells}
+    return len({id(c.alpha) for c in cells}) == len(kinds) and len(cells) > len(kinds)
+
+
+def search_diagnostics(
+    network: nn.Module,
+    previous: Mapping[str, Mapping[str, Any]] | None = None,
+    rule: VerdictRule | None = None,
+    epoch: int | None = None,
+) -> SearchDiagnostics:
+    """:func:`~monai_nasscam.networks.diagnostics.diagnose` of a searchable network's current softmax(alpha)
+    (:func:`alpha_weights`), shared alphas counted once.
+
+    Args:
+        network: the searchable network (a ``DataParallel`` / ``DistributedDataParallel`` wrapper is unwrapped).
+        previous: the best operations of the previous validation (``SearchDiagnostics.best_ops()``), or ``None``.
+        rule: the verdict's thresholds (default: the module constants of :mod:`monai_nasscam.networks.diagnostics`).
+        epoch: recorded in the result.
+    """
+    return diagnose(alpha_weights(network), previous=previous, rule=rule, shared=_is_shared(network), epoch=epoch)
+
+
 def _edge_label(e: int) -> str:
     s, t = EDGES[e]
     return f"n{s}->n{t}"
 
 
-def plot_alpha_heatmap(network: nn.Module, title: str | None = None):
+def plot_alpha_heatmap(
+    network: nn.Module | None = None,
+    title: str | None = None,
+    diagnostics: SearchDiagnostics | None = None,
+    weights: Mapping[str, Mapping[str, tuple[Any, torch.Tensor]]] | None = None,
+):
     """A matplotlib ``Figure`` (Agg canvas, no pyplot state) of softmax(alpha): one heatmap per module (rows, in
-    ``POSITIONS`` order) and cell kind (columns), edges x candidate operations, the chosen (argmax) op of
-    each edge framed in red. Each column has its own colour scale (from its smallest to its largest weight over
-    the 8 modules), so the early, nearly uniform weights of a search still show their differences."""
+    ``POSITIONS`` order) and cell kind (columns), edges x candidate operations, the chosen (argmax) op of each edge
+    framed in red.
+
+    The colour scale shows the departure from uniform: a diverging map centred at the uniform weight ``1/K`` of the
+    kind (white), purple above it and orange below, from 0 to 1 (``TwoSlopeNorm``). A search whose alphas stayed
+    near uniform looks flat and white; an edge that chose is one dark purple cell in an orange row. Each panel's
+    title gives its cell's mean normalised entropy ``H`` and mean margin ``p1 - p2`` (see
+    :mod:`monai_nasscam.networks.diagnostics`).
+
+    Args:
+        network: the searchable network (or give ``weights``).
+        title: the figure's title (e.g. the epoch and the verdict).
+        diagnostics: the figures of the same alphas (default: computed, without a previous validation).
+        weights: ``{position: {kind: (candidate names, softmax weights (6, K))}}`` instead of ``network``.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    weights = alpha_weights(network)
+    if weights is None:
+        if network is None:
+            raise ValueError("plot_alpha_heatmap needs a network or weights.")
+        weights = alpha_weights(network)
+    if diagnostics is None:
+        diagnostics = diagnose(weights, shared=_is_shared(network) if network is not None else None)
     kinds = list(next(iter(weights.values())).keys())
-    fig = Figure(figsize=(4.6 * len(kinds) + 0.6, 1.55 * len(weights) + 0.8), layout="constrained")
+    fig = Figure(figsize=(4.6 * len(kinds) + 0.9, 1.55 * len(weights) + 1.0), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(weights), len(kinds), squeeze=False)
     for col, kind in enumerate(kinds):
-        values = torch.stack([per[kind][1] for per in weights.values()])
-        vmin, vmax = float(values.min()), float(values.max())
-        if vmax - vmin < 1e-6:
-            vmin, vmax = vmin - 1e-3, vmax + 1e-3
+        k = len(next(iter(weights.values()))[kind][0])
+        norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0 / k, vmax=1.0)
         image = None
         for row, (position, per) in enumerate(weights.items()):
             ax = axes[row][col]
             names, w = per[kind]
-            image = ax.imshow(w.numpy(), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+            w = torch.as_tensor(w, dtype=torch.float32)
+            image = ax.imshow(w.numpy(), cmap="PuOr", norm=norm, aspect="auto", interpolation="nearest")
             for e, choice in enumerate(w.argmax(dim=-1).tolist()):
-                ax.add_patch(Rectangle((choice - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.5))
+                ax.add_patch(Rectangle((choice - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=1.6))
             ax.set_yticks(range(len(EDGES)), [_edge_label(e) for e in range(len(EDGES))], fontsize=6)
             last = row == len(weights) - 1
             ax.set_xticks(range(len(names)), names if last else [""] * len(names), fontsize=6, rotation=45)
-            ax.set_title(f"{position} {kind.upper()}", fontsize=8)
+            cell = diagnostics.cells.get(position, {}).get(kind)
+            figures = "" if cell is None else f"  H {cell.mean_entropy:.2f}  margin {cell.mean_margin:.2f}"
+            ax.set_title(f"{position} {kind.upper()}{figures}", fontsize=7)
         if image is not None:
-            fig.colorbar(image, ax=[axes[r][col] for r in range(len(weights))], shrink=0.4, aspect=30, label=f"{kind.upper()} softmax(alpha)")
-    if title:
-        fig.suptitle(title, fontsize=10)
+            bar = fig.colorbar(image, ax=[axes[r][col] for r in range(len(weights))], shrink=0.5, aspect=30)
+            bar.set_label(f"{kind.upper()} softmax(alpha); white = uniform 1/{k}", fontsize=7)
+            bar.set_ticks([0.0, 1.0 / k, 0.5, 1.0], labels=["0", f"1/{k}", "0.5", "1"])
+            bar.ax.tick_params(labelsize=6)
+    text = title or "softmax(alpha)"
+    fig.suptitle(f"{text}\n{diagnostics.summary()}; red frame: the chosen op", fontsize=8)
     return fig
 
 
@@ -166,10 +229,111 @@ class AlphaTensorBoardHandler:
             self._writer.close()
 
 
+class SearchDiagnosticsHandler:
+    """At each validation (attach to the evaluator; its epoch is the trainer's), compute the figures and the verdict
+    of the current alphas (:func:`search_diagnostics`: entropy, margin, none share, decided share, best operations
+    changed since the previous validation) and
+
+    - put the scalar aggregates into ``engine.state.metrics`` (``alpha_entropy``, ``alpha_margin``,
+      ``alpha_none_share``, ``alpha_decided`` and, from the second validation on, ``alpha_changed``), so the
+      evaluator's stats, TensorBoard and MLflow handlers attached after this one log them;
+    - write the per-module figures to TensorBoard as ``{tag}/{position}/{kind}/{entropy|margin|none_share|decided|
+      changed}`` at the trainer's epoch (one position ``shared`` for a non-synchronous search);
+    - log one line with the verdict.
+
+    Attach it before the handlers that log the metrics. Its state (``state_dict`` / ``load_state_dict``: the best
+    operations of the last validation) goes into the search checkpoint, so "changed" is right after a resume.
+    :class:`AlphaHeatmapSaver`, :class:`GenotypeSaver` and :class:`BestGenotypeSaver` given this handler reuse its
+    result (:meth:`for_epoch`).
+
+    Args:
+        network: the searchable network.
+        summary_writer: a TensorBoard ``SummaryWriter``; ``None``: no TensorBoard figures.
+        rule: the verdict's thresholds (default: the module constants of :mod:`monai_nasscam.networks.diagnostics`).
+        tag: prefix of the TensorBoard tags.
+        metric_prefix: prefix of the metric names.
+        name: logger name (default: the engine's logger).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        summary_writer: Any = None,
+        rule: VerdictRule | Mapping[str, Any] | None = None,
+        tag: str = "alpha_diagnostics",
+        metric_prefix: str = "alpha_",
+        name: str | None = None,
+    ) -> None:
+        self.network = network
+        self._writer = summary_writer
+        self.rule = VerdictRule.from_dict(rule) if isinstance(rule, Mapping) else (rule or VerdictRule())
+        self.tag = tag
+        self.metric_prefix = metric_prefix
+        self._name = name
+        self.logger = logging.getLogger(name)
+        self.previous: dict[str, dict[str, list[str]]] | None = None
+        self.previous_epoch: int = -1
+        self.latest: SearchDiagnostics | None = None
+
+    def attach(self, engine: Engine) -> None:
+        if self._name is None:
+            self.logger = engine.logger
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def compute(self, epoch: int) -> SearchDiagnostics:
+        """The diagnostics of the current alphas at ``epoch``, against the last recorded validation (not recorded)."""
+        previous = self.previous if self.previous_epoch < epoch else None
+        return search_diagnostics(self.network, previous=previous, rule=self.rule, epoch=epoch)
+
+    def for_epoch(self, epoch: int) -> SearchDiagnostics:
+        """The diagnostics this handler recorded at ``epoch`` or, if it did not, freshly computed ones."""
+        if self.latest is not None and self.latest.epoch == epoch:
+            return self.latest
+        return self.compute(epoch)
+
+    def __call__(self, engine: Engine) -> None:
+        epoch = int(engine.state.epoch)
+        diagnostics = self.compute(epoch)
+        engine.state.metrics.update(diagnostics.metrics(self.metric_prefix))
+        if self._writer is not None:
+            self.write(diagnostics, epoch)
+        self.latest = diagnostics
+        self.previous, self.previous_epoch = diagnostics.best_ops(), epoch
+        self.logger.info(f"epoch {epoch} alphas: {diagnostics.summary()}")
+
+    def write(self, diagnostics: SearchDiagnostics, step: int) -> None:
+        """Write the per-module figures to TensorBoard at ``step``."""
+        cells = diagnostics.cells
+        if diagnostics.shared:
+            cells = {"shared": next(iter(cells.values()))}
+        for position, per in cells.items():
+            for kind, cell in per.items():
+                tag = f"{self.tag}/{position}/{kind}"
+                self._writer.add_scalar(f"{tag}/entropy", cell.mean_entropy, step)
+                self._writer.add_scalar(f"{tag}/margin", cell.mean_margin, step)
+                self._writer.add_scalar(f"{tag}/none_share", cell.none_share, step)
+                self._writer.add_scalar(f"{tag}/decided", cell.decided / cell.edges, step)
+                if cell.changed is not None:
+                    self._writer.add_scalar(f"{tag}/changed", cell.changed, step)
+        self._writer.flush()
+
+    def state_dict(self) -> dict:
+        return {"previous": self.previous, "previous_epoch": self.previous_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.previous = state.get("previous")
+        self.previous_epoch = int(state.get("previous_epoch", -1))
+        self.latest = None
+
+
+def _diagnostics_at(source: SearchDiagnosticsHandler | None, network: nn.Module, epoch: int) -> SearchDiagnostics:
+    return source.for_epoch(epoch) if source is not None else search_diagnostics(network, epoch=epoch)
+
+
 class AlphaHeatmapSaver:
     """At each validation (attach to the evaluator; its epoch is the trainer's), save the alpha heatmap
-    (:func:`plot_alpha_heatmap`) as ``output_dir/alpha/alpha_epoch{epoch:04d}.png`` and as
-    ``output_dir/alpha_heatmap.png`` (the latest).
+    (:func:`plot_alpha_heatmap`, titled with the epoch and the verdict) as
+    ``output_dir/alpha/alpha_epoch{epoch:04d}.png`` and as ``output_dir/alpha_heatmap.png`` (the latest).
 
     Args:
         network: the searchable network.
@@ -177,6 +341,8 @@ class AlphaHeatmapSaver:
         latest_name: file name of the latest figure under ``output_dir`` (None: no copy).
         history_dir: sub-folder of the per-epoch figures (None: none kept).
         dpi: resolution of the PNG.
+        diagnostics: the :class:`SearchDiagnosticsHandler` of the same evaluator, whose verdict (with the changed
+            count) the title shows; default: the verdict is computed without a previous validation.
     """
 
     def __init__(
@@ -186,19 +352,22 @@ class AlphaHeatmapSaver:
         latest_name: str | None = "alpha_heatmap.png",
         history_dir: str | None = "alpha",
         dpi: int = 110,
+        diagnostics: SearchDiagnosticsHandler | None = None,
     ) -> None:
         self.network = network
         self.output_dir = Path(output_dir)
         self.latest_name = latest_name
         self.history_dir = history_dir
         self.dpi = int(dpi)
+        self.diagnostics = diagnostics
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def save(self, epoch: int) -> Path:
         """Render and write the figure for ``epoch``; returns the path written."""
-        fig = plot_alpha_heatmap(self.network, title=f"softmax(alpha), epoch {epoch}")
+        diagnostics = _diagnostics_at(self.diagnostics, self.network, epoch)
+        fig = plot_alpha_heatmap(self.network, title=f"softmax(alpha), epoch {epoch}", diagnostics=diagnostics)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.history_dir:
             path = self.output_dir / self.history_dir / f"alpha_epoch{epoch:04d}.png"
@@ -228,16 +397,24 @@ class GenotypeSaver:
         output_dir: the run folder.
         exclude_none: never choose ``none`` (see :meth:`Genotype.from_model`).
         name: logger name (default: the engine's logger).
+        diagnostics: the :class:`SearchDiagnosticsHandler` of the same evaluator, whose figures (with the epoch and
+            the changed count) become the genotype's ``search`` section; default: computed from the alphas alone.
     """
 
     def __init__(
-        self, network: nn.Module, output_dir: str | os.PathLike, exclude_none: bool = False, name: str | None = None
+        self,
+        network: nn.Module,
+        output_dir: str | os.PathLike,
+        exclude_none: bool = False,
+        name: str | None = None,
+        diagnostics: SearchDiagnosticsHandler | None = None,
     ) -> None:
         self.network = network
         self.output_dir = Path(output_dir)
         self.exclude_none = exclude_none
         self._name = name
         self.logger = logging.getLogger(name)
+        self.diagnostics = diagnostics
 
     def attach(self, engine: Engine) -> None:
         if self._name is None:
@@ -245,9 +422,11 @@ class GenotypeSaver:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none)
-        path = genotype.save(self.output_dir / "genotypes" / f"genotype_epoch{engine.state.epoch:04d}.json")
-        self.logger.info(f"epoch {engine.state.epoch} genotype ({path.name}): {summarize(genotype)}")
+        epoch = int(engine.state.epoch)
+        search = _diagnostics_at(self.diagnostics, self.network, epoch).to_dict()
+        genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none, search=search)
+        path = genotype.save(self.output_dir / "genotypes" / f"genotype_epoch{epoch:04d}.json")
+        self.logger.info(f"epoch {epoch} genotype ({path.name}): {summarize(genotype)}")
 
 
 def summarize(genotype: Genotype) -> str:
@@ -263,9 +442,11 @@ def summarize(genotype: Genotype) -> str:
 
 class BestGenotypeSaver:
     """Keep the genotype of the best validation (the evaluator's key metric, the pooled mean Dice) and write it
-    to ``output_path`` (``RUN/genotype.json``) when the run ends. Attach to the trainer; it follows the given
-    evaluator's validations. With no validation at all, the final genotype is written (with a warning). Its state
-    (``state_dict`` / ``load_state_dict``) goes into the search checkpoint so a resumed run keeps the best.
+    to ``output_path`` (``RUN/genotype.json``) when the run ends, with the ``search`` section of that validation's
+    alphas (figures and verdict); then log the verdict and, unless it is ``converged``, what to change. Attach to
+    the trainer; it follows the given evaluator's validations. With no validation at all, the final genotype is
+    written (with a warning). Its state (``state_dict`` / ``load_state_dict``) goes into the search checkpoint so
+    a resumed run keeps the best.
 
     Args:
         network: the searchable network.
@@ -274,6 +455,8 @@ class BestGenotypeSaver:
         metric_name: metric to maximise; default the evaluator's key metric.
         exclude_none: never choose ``none`` (see :meth:`Genotype.from_model`).
         name: logger name (default: the trainer's logger).
+        diagnostics: the evaluator's :class:`SearchDiagnosticsHandler` (attached to it before this saver), whose
+            figures of the best validation become the ``search`` section; default: computed from the alphas alone.
     """
 
     def __init__(
@@ -284,6 +467,7 @@ class BestGenotypeSaver:
         metric_name: str | None = None,
         exclude_none: bool = False,
         name: str | None = None,
+        diagnostics: SearchDiagnosticsHandler | None = None,
     ) -> None:
         self.network = network
         self.evaluator = evaluator
@@ -292,6 +476,7 @@ class BestGenotypeSaver:
         self.exclude_none = exclude_none
         self._name = name
         self.logger = logging.getLogger(name)
+        self.diagnostics = diagnostics
         self.best_metric: float | None = None
         self.best_epoch: int = -1
         self.best_genotype: dict | None = None
@@ -311,13 +496,14 @@ class BestGenotypeSaver:
         if value != value:  # NaN: nothing to compare
             return
         if self.best_metric is None or value > self.best_metric:
-            self.best_metric = value
-            self.best_epoch = int(evaluator.state.epoch)
-            self.best_genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none).to_dict()
+            epoch = int(evaluator.state.epoch)
+            search = _diagnostics_at(self.diagnostics, self.network, epoch).to_dict()
+            genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none, search=search)
+            self.best_metric, self.best_epoch, self.best_genotype = value, epoch, genotype.to_dict()
             self.logger.info(f"best genotype so far at epoch {self.best_epoch}: {name}={value:.4f}")
 
     def write(self, engine: Engine | None = None) -> Path:
-        """Write the best genotype (or the current one if nothing was validated)."""
+        """Write the best genotype (or the current one if nothing was validated), then log its verdict."""
         if self.best_genotype is None:
             self.logger.warning("no validation ran during the search; writing the final genotype instead of the best.")
             genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none)
@@ -325,7 +511,26 @@ class BestGenotypeSaver:
             genotype = Genotype.from_dict(self.best_genotype, source="best genotype")
         path = genotype.save(self.output_path)
         self.logger.info(f"genotype of epoch {self.best_epoch} (best validation {self.best_metric}) written to {path}")
+        self.log_verdict(genotype, path)
         return path
+
+    def log_verdict(self, genotype: Genotype, path: str | os.PathLike) -> None:
+        """Log the verdict of the ``search`` section of ``genotype`` (written to ``path``) and what to do about it."""
+        search = genotype.search or {}
+        verdict = search.get("verdict")
+        if verdict is None:
+            return
+        epoch = search.get("epoch")
+        where = f"the alphas of epoch {epoch}" if epoch is not None else "the final alphas"
+        figures = (
+            f"decided {search.get('decided', float('nan')):.0%} of {search.get('edges')} edges, entropy "
+            f"{search.get('entropy', float('nan')):.3f}, margin {search.get('margin', float('nan')):.3f}"
+        )
+        reasons = "; ".join(search.get("reasons") or [])
+        line = f"search verdict for {path} ({where}): {verdict.upper()}: {figures}" + (f" ({reasons})" if reasons else "")
+        log = self.logger.info if verdict == CONVERGED else self.logger.warning
+        log(line)
+        log(("next: " if verdict == CONVERGED else "what to change: ") + verdict_advice(verdict))
 
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "best_genotype": self.best_genotype}
@@ -335,3 +540,121 @@ class BestGenotypeSaver:
         self.best_epoch = int(state.get("best_epoch", -1))
         self.best_genotype = state.get("best_genotype")
 
+
+class SearchDiverged(FloatingPointError):
+    """The search's loss or alphas became non-finite (NaN or infinite): it stopped, and no genotype is written.
+
+    Attributes:
+        epoch: the trainer's epoch.
+        iteration: the trainer's (global) iteration.
+        what: what was non-finite.
+    """
+
+    def __init__(self, epoch: int, iteration: int, what: str, advice: str = "") -> None:
+        self.epoch = int(epoch)
+        self.iteration = int(iteration)
+        self.what = what
+        message = f"search diverged at epoch {self.epoch}, iteration {self.iteration}: {what}."
+        super().__init__(message + (f" {advice}" if advice else ""))
+
+
+def _lr(optimizer: Any) -> str:
+    groups = getattr(optimizer, "param_groups", None) or []
+    rates = sorted({float(g["lr"]) for g in groups if "lr" in g})
+    return ", ".join(f"{r:g}" for r in rates) if rates else "?"
+
+
+def _nonfinite(value: Any) -> str | None:
+    """``"nan"`` / ``"inf"`` when a number or tensor holds a non-finite value, else ``None``."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        if value.numel() == 0 or bool(torch.isfinite(value).all()):
+            return None
+        return "nan" if bool(torch.isnan(value).any()) else "inf"
+    if isinstance(value, (int, float)):
+        return None if math.isfinite(value) else ("nan" if value != value else "inf")
+    return None
+
+
+class DivergenceGuard:
+    """Stop a search with :class:`SearchDiverged` as soon as a weight-step loss, the network's output in a weight
+    step, an alpha-step loss or an alpha is non-finite (NaN or infinite). Attach to the
+    :class:`~monai_nasscam.engines.BilevelSearchTrainer`; it checks at MONAI's ``IterationEvents.LOSS_COMPLETED``
+    (weight steps) and ``BilevelEvents.ARCH_STEP_COMPLETED`` (alpha steps).
+
+    Unlike ignite's ``TerminateOnNan`` (which ends the run normally, so the end-of-run handlers would write a
+    genotype of NaN alphas), the exception ends the run with an error: no genotype is written, and the search
+    checkpoint keeps the last finished epoch (:class:`~monai_nasscam.handlers.SearchCheckpointer` also refuses to
+    write a non-finite state). The network's output is checked too because a loss can hide a NaN (the exponential
+    logarithmic loss counts a NaN Dice term as 0).
+
+    With mixed precision (``engine.amp``) the gradient scaler skips the steps whose gradients overflow, and a float16
+    forward pass may overflow once in a while: there, a non-finite loss or output stops the search only after
+    ``amp_patience`` consecutive such steps of the same kind; non-finite alphas always stop it.
+
+    Args:
+        network: the searchable network; default the engine's ``network``.
+        amp_patience: consecutive non-finite steps tolerated with mixed precision.
+        name: logger name (default: the engine's logger).
+    """
+
+    def __init__(self, network: nn.Module | None = None, amp_patience: int = 10, name: str | None = None) -> None:
+        self.network = network
+        self.amp_patience = int(amp_patience)
+        self._name = name
+        self.logger = logging.getLogger(name)
+        self._streak = {"weight": 0, "arch": 0}
+
+    def attach(self, engine: Engine) -> None:
+        if self._name is None:
+            self.logger = engine.logger
+        engine.add_event_handler(IterationEvents.LOSS_COMPLETED, self.check_weight_step)
+        if engine.has_registered_events(BilevelEvents.ARCH_STEP_COMPLETED):
+            engine.add_event_handler(BilevelEvents.ARCH_STEP_COMPLETED, self.check_arch_step)
+
+    def _fail(self, engine: Engine, what: str) -> None:
+        advice = (
+            f"No genotype is written. Search again with a lower --learning_rate (now "
+            f"{_lr(getattr(engine, 'optimizer', None))}) / --arch_learning_rate (now "
+            f"{_lr(getattr(engine, 'arch_optimizer', None))}); start a new run, not --resume (a checkpoint keeps "
+            "the learning rates it was saved with)"
+        )
+        raise SearchDiverged(engine.state.epoch, engine.state.iteration, what, advice)
+
+    def _bad_step(self, engine: Engine, kind: str, what: str | None) -> None:
+        if what is None:
+            self._streak[kind] = 0
+            return
+        self._streak[kind] += 1
+        if getattr(engine, "amp", False) and self._streak[kind] <= self.amp_patience:
+            self.logger.warning(
+                f"epoch {engine.state.epoch}, iteration {engine.state.iteration}: {what} (mixed precision: the step is "
+                f"skipped; {self._streak[kind]} in a row, the search stops after {self.amp_patience})"
+            )
+            return
+        if getattr(engine, "amp", False):
+            what += f" on {self._streak[kind]} {kind} steps in a row"
+        self._fail(engine, what)
+
+    def check_weight_step(self, engine: Engine) -> None:
+        """After a weight step's loss: the loss and the network's output must be finite."""
+        output = engine.state.output or {}
+        bad = _nonfinite(output.get(Keys.LOSS))
+        what = None if bad is None else f"the weight-step loss is {bad}"
+        if what is None:
+            bad = _nonfinite(output.get(Keys.PRED))
+            what = None if bad is None else f"the network's output in the weight step holds {bad} values"
+        self._bad_step(engine, "weight", what)
+
+    def check_arch_step(self, engine: Engine) -> None:
+        """After an alpha step: the alpha-step loss and every alpha must be finite."""
+        network = self.network if self.network is not None else getattr(engine, "network", None)
+        params = arch_parameters(_unwrap(network)) if network is not None else []
+        if params and not bool(torch.isfinite(torch.cat([p.detach().flatten() for p in params])).all()):
+            for position, block in attention_blocks(_unwrap(network)).items():
+                for cell in (m for m in block.modules() if isinstance(m, NASAttentionCell) and m.searchable):
+                    bad = _nonfinite(cell.alpha)
+                    if bad is not None:
+                        self._fail(engine, f"the alphas of the {cell.kind} cell at {position} hold {bad} values")
+        bad = _nonfinite((engine.state.output or {}).get(ARCH_LOSS))
+        self._bad_step(engine, "arch", None if bad is None else f"the alpha-step loss is {bad}")

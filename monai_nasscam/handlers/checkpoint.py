@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
@@ -59,6 +60,23 @@ def _state_dict(obj: Any) -> Any:
     if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         obj = obj.module
     return obj.state_dict()
+
+
+def _first_nonfinite(value: Any, key: str = "") -> str | None:
+    """The key path (``network/conv.weight``) of the first floating-point tensor holding NaN or inf, or ``None``."""
+    if isinstance(value, torch.Tensor):
+        return key if value.is_floating_point() and not bool(torch.isfinite(value).all()) else None
+    if isinstance(value, Mapping):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        found = _first_nonfinite(v, f"{key}/{k}" if key else str(k))
+        if found is not None:
+            return found
+    return None
 
 
 class SearchCheckpointer:
@@ -119,9 +137,20 @@ class SearchCheckpointer:
             engine.run = run_with_signals  # type: ignore[method-assign]
 
     def save(self, engine: Engine | None = None) -> Path:
-        """Write the checkpoint now; returns its path."""
+        """Write the checkpoint now; returns its path.
+
+        Raises:
+            FloatingPointError: a floating-point tensor of the state holds NaN or inf (a diverged run); nothing is
+                written, so the file on disk stays the last finite, resumable state.
+        """
         # CPU tensors, so that the file loads on any machine (resuming moves them to the run's device)
         checkpoint = to_cpu({key: _state_dict(obj) for key, obj in self.save_dict.items()})
+        bad = _first_nonfinite(checkpoint)
+        if bad is not None:  # a diverged run: keep the last good checkpoint rather than one that resumes into NaN
+            raise FloatingPointError(
+                f"not writing the checkpoint {self.path}: {bad} holds non-finite values (the run diverged); the "
+                "previous checkpoint is kept."
+            )
         self.save_dir.mkdir(parents=True, exist_ok=True)
         DiskSaver(str(self.save_dir), atomic=True, create_dir=True, require_empty=False)(checkpoint, self.filename)
         return self.path

@@ -3,6 +3,7 @@
 from monai_nasscam.networks.add_attention import add_attention
 from monai_nasscam.networks.blocks import CBAMBlock, NASCAMBlock, NASSAMBlock, NASSCAMBlock, SCSEBlock
 from monai_nasscam.networks.cell import NASAttentionCell, arch_parameters, weight_parameters
+from monai_nasscam.networks.diagnostics import VERDICTS, SearchDiagnostics, VerdictRule, diagnose, diagnose_genotype
 from monai_nasscam.networks.genotype import POSITIONS, Genotype, agreement, consensus, random_genotype
 from monai_nasscam.networks.nets.deeplabv3plus import DeepLabV3Plus
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
@@ -18,6 +19,11 @@ __all__ = [
     "DeepLabV3Plus",
     "Genotype",
     "POSITIONS",
+    "SearchDiagnostics",
+    "VERDICTS",
+    "VerdictRule",
+    "diagnose",
+    "diagnose_genotype",
     "random_genotype",
     "consensus",
     "agreement",

@@ -1,30 +1,36 @@
 """Genotype: the architecture chosen by a search, derived from alphas and stored as versioned JSON.
 
-The file (DESIGN.md §3) names, for each of the 8 attention positions, the 6 operations of each searched
-cell in edge order, and keeps the softmax weights for the record. It is enough to rebuild the network
-without the search checkpoint.
+The file names, for each of the 8 attention positions, the 6 operations of each searched cell in edge order,
+and keeps the softmax weights for the record. It is enough to rebuild the network without the search
+checkpoint. Version 2 adds a ``search`` section: the figures and the verdict of the alphas the genotype was
+derived from (:mod:`monai_nasscam.networks.diagnostics`); version-1 files (without it) still load.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.blocks import ATTENTIONS, NAS_ATTENTIONS, NASCAMBlock, NASSAMBlock, NASSCAMBlock
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell
+from monai_nasscam.networks.diagnostics import VERDICTS, diagnose
 from monai_nasscam.networks.ops import OPS
 
 __all__ = ["POSITIONS", "Genotype", "attention_blocks"]
 
 FORMAT = "nasscam-genotype"
-VERSION = 1
+VERSION = 2
+#: the versions this release reads (1: no ``search`` section).
+READ_VERSIONS = (1, 2)
 #: the 8 attention positions, shallow to deep along the encoder, then deep to shallow along the decoder.
 POSITIONS: tuple[str, ...] = ("down1", "down2", "down3", "down4", "up1", "up2", "up3", "up4")
 # where add_attention puts the blocks in a MONAI BasicUNet (its upcat_4 is the deepest up block)
@@ -65,26 +71,38 @@ class Genotype:
         synchronous: whether each module was searched with its own alphas.
         modules: one entry per position (:data:`POSITIONS` order): ``{"position": ..., "sam": [6 names],
             "cam": [6 names]}``, with only the cell kinds the attention uses.
-        alphas: softmax weights per position and kind, for the record (not needed to rebuild).
+        alphas: softmax weights per position and kind, for the record (not needed to rebuild); finite numbers.
+        search: the figures and the verdict of the alphas it was derived from
+            (:meth:`monai_nasscam.networks.diagnostics.SearchDiagnostics.to_dict`: ``verdict``, ``epoch``,
+            aggregates, per-module figures, ``rule``); ``None`` when unknown (a version-1 file, a hand-made genotype).
+            For the record: not compared by ``==``.
     """
 
     attention: str
     synchronous: bool
     modules: list[dict[str, Any]]
     alphas: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self._validate()
 
     @classmethod
-    def from_model(cls, model: nn.Module, exclude_none: bool = False) -> Genotype:
+    def from_model(cls, model: nn.Module, exclude_none: bool = False, search: Mapping[str, Any] | None = None) -> Genotype:
         """Derive the genotype of a searchable model: the argmax operation of every edge's alpha.
 
         Args:
             model: a searchable ``NASSCAMUNet`` (or a BasicUNet given searchable NAS attention).
             exclude_none: never choose ``none`` (the DARTS habit); by default ``none`` may win, as in the paper.
+            search: the ``search`` section to record (e.g. a validation's diagnostics with its epoch and changed
+                count); default: :func:`~monai_nasscam.networks.diagnostics.diagnose` of the model's alphas
+                (no epoch, no previous validation).
+
+        Raises:
+            ValueError: a fixed cell, mixed attention types, or non-finite alphas ("model: ... the search diverged").
         """
         modules, alphas, names, shared = [], {}, set(), set()
+        weights_by_cell: dict[str, dict[str, Any]] = {}
         for position, block in attention_blocks(model).items():
             name, cells = _cells(block)
             names.add(name)
@@ -94,7 +112,13 @@ class Genotype:
                 if cell.alpha is None:
                     raise ValueError(f"the {kind} cell at {position} is fixed; derive a genotype from a searchable model.")
                 shared.add(id(cell.alpha))
-                weights = cell.op_weights().detach().cpu()
+                weights = cell.op_weights().detach().float().cpu()
+                if not bool(torch.isfinite(cell.alpha.detach()).all() and torch.isfinite(weights).all()):
+                    raise ValueError(
+                        f"model: the alphas of the {kind} cell at {position} hold non-finite values (the search "
+                        "diverged); no genotype can be derived."
+                    )
+                weights_by_cell.setdefault(position, {})[kind] = (tuple(cell.candidates), weights)
                 choice = weights.clone()
                 if exclude_none:
                     choice[:, cell.candidates.index("none")] = -1.0
@@ -105,7 +129,9 @@ class Genotype:
             raise ValueError(f"the model mixes attention types {sorted(names)}; a genotype describes one.")
         kinds = len(ATTENTIONS[next(iter(names))])
         synchronous = len(shared) > kinds  # shared alphas: one object per kind for all 8 modules
-        return cls(attention=names.pop(), synchronous=synchronous, modules=modules, alphas=alphas)
+        if search is None:
+            search = diagnose(weights_by_cell, shared=not synchronous).to_dict()
+        return cls(attention=names.pop(), synchronous=synchronous, modules=modules, alphas=alphas, search=dict(search))
 
     def entry(self, position: str) -> dict[str, list[str]]:
         """The op lists of the module at ``position``: ``{"sam": [...], "cam": [...]}``."""
@@ -115,7 +141,8 @@ class Genotype:
         raise KeyError(f"no module at position {position!r}; positions are {list(POSITIONS)}.")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The JSON structure (current :data:`VERSION`); ``search`` only when known."""
+        data = {
             "format": FORMAT,
             "version": VERSION,
             "attention": self.attention,
@@ -124,6 +151,9 @@ class Genotype:
             "modules": self.modules,
             "alphas": self.alphas,
         }
+        if self.search is not None:
+            data["search"] = self.search
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "genotype") -> Genotype:
@@ -132,8 +162,9 @@ class Genotype:
             raise ValueError(f"{source}: expected a JSON object, got {type(data).__name__}.")
         if data.get("format") != FORMAT:
             raise ValueError(f"{source}: 'format' must be {FORMAT!r}, got {data.get('format')!r}.")
-        if data.get("version") != VERSION:
-            raise ValueError(f"{source}: unknown genotype version {data.get('version')!r}; this release reads version {VERSION}.")
+        version = data.get("version")
+        if isinstance(version, bool) or version not in READ_VERSIONS:
+            raise ValueError(f"{source}: unknown genotype version {version!r}; this release reads versions {list(READ_VERSIONS)}.")
         edges = data.get("edges", [list(e) for e in EDGES])
         if [list(e) for e in edges] != [list(e) for e in EDGES]:
             raise ValueError(f"{source}: 'edges' must be {[list(e) for e in EDGES]}, got {edges}.")
@@ -141,13 +172,24 @@ class Genotype:
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}.")
         try:
-            return cls(data["attention"], data["synchronous"], data["modules"], dict(data.get("alphas") or {}))
+            search = data.get("search")
+            return cls(data["attention"], data["synchronous"], data["modules"], dict(data.get("alphas") or {}), search)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the JSON file atomically (temporary file, then rename); returns the path."""
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        """Write the JSON file atomically (temporary file, then rename); returns the path.
+
+        Raises:
+            ValueError: the genotype is invalid or holds non-finite numbers (the message names ``path``); nothing
+                is written.
+        """
+        try:
+            self._validate()
+            text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        except ValueError as e:
+            raise ValueError(f"{path}: not written: {e}") from None
+        return atomic_write_text(path, text + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Genotype:
@@ -185,6 +227,38 @@ class Genotype:
             first = {k: self.modules[0][k] for k in kinds}
             if any({k: m[k] for k in kinds} != first for m in self.modules):
                 raise ValueError("a non-synchronous genotype must have the same operations at all 8 positions.")
+        if not isinstance(self.alphas, Mapping):
+            raise ValueError(f"'alphas' must be a JSON object, got {type(self.alphas).__name__}.")
+        for position, per in self.alphas.items():
+            if not isinstance(per, Mapping):
+                raise ValueError(f"'alphas' of {position} must be a JSON object of cell kinds, got {type(per).__name__}.")
+            for kind, rows in per.items():
+                if not _all_finite(rows):
+                    raise ValueError(
+                        f"the alphas of the {kind} cell at {position} hold non-finite or non-numeric values (the search "
+                        "diverged?)."
+                    )
+        if self.search is not None:
+            if not isinstance(self.search, Mapping):
+                raise ValueError(f"'search' must be a JSON object or absent, got {type(self.search).__name__}.")
+            if "verdict" in self.search and self.search["verdict"] not in VERDICTS:
+                raise ValueError(f"'search': unknown verdict {self.search['verdict']!r}; expected one of {list(VERDICTS)}.")
+            if not _all_finite(self.search, numbers_only=False):
+                raise ValueError("'search' holds non-finite numbers.")
+
+
+def _all_finite(value: Any, numbers_only: bool = True) -> bool:
+    """Whether every number in a nested structure of lists / dicts is finite (``numbers_only``: and nothing else
+    than numbers and lists)."""
+    if isinstance(value, bool):
+        return not numbers_only
+    if isinstance(value, (int, float)):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v, numbers_only) for v in value)
+    if isinstance(value, Mapping) and not numbers_only:
+        return all(_all_finite(v, numbers_only) for v in value.values())
+    return not numbers_only
 
 
 # ----------------------------------------------------------------- random draws, and seeds compared with each other

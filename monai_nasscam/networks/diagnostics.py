@@ -1,0 +1,425 @@
+"""Did the search choose? Figures of softmax(alpha) and a verdict.
+
+A search whose alphas never left uniform still derives a genotype (the argmax of near-equal weights), so the
+figures below say how far the alphas are from uniform and whether the chosen operations are stable:
+
+- **entropy**: the normalised entropy of an edge's softmax weights ``p`` over its ``K`` candidates,
+  ``-sum(p ln p) / ln K`` in [0, 1] (1: uniform, 0: one candidate holds all the weight);
+- **margin**: ``p1 - p2``, the weight of the best candidate minus that of the second best, in [0, 1];
+- **none share**: the share of edges whose best candidate is ``none``;
+- **changed**: how many edges' best candidate differs from the previous validation's;
+- **decided**: the share of edges whose margin is at least :data:`DECIDED_MARGIN`.
+
+The verdict (:class:`VerdictRule`, thresholds as module-level constants):
+
+1. ``"collapsed"`` when some cell has all 6 edges decided on ``none`` (the cell outputs a constant: the
+   attention module does nothing), or when one operation is the decided best operation on at least
+   :data:`COLLAPSE_OP_SHARE` of the distinct edges of a cell kind over the whole network, counted only when the
+   kind has at least :data:`COLLAPSE_MIN_EDGES` distinct edges (a synchronous search: 8 modules x 6 edges = 48).
+   Only decided edges count: the argmax of near-uniform weights (an exactly uniform row's argmax is ``none``,
+   the first candidate) is no choice, so an undecided search is never "collapsed". A shared (non-synchronous)
+   search has one cell per kind, 6 distinct edges: the same operation on all 6 of them is a possible choice
+   rather than evidence of a collapse, so only the all-``none`` rule applies there;
+2. otherwise ``"converged"`` when at least :data:`CONVERGED_DECIDED_SHARE` of the distinct edges are decided and,
+   when there was a previous validation, at most :data:`CONVERGED_MAX_CHANGED_SHARE` of them changed their best
+   operation since;
+3. otherwise ``"not converged"``.
+
+Edges are counted once per distinct cell: in a shared search the 8 modules hold the same alphas, so a kind
+has 6 edges, not 48.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from monai_nasscam.networks.ops import OPS
+
+__all__ = [
+    "DECIDED_MARGIN",
+    "CONVERGED_DECIDED_SHARE",
+    "CONVERGED_MAX_CHANGED_SHARE",
+    "COLLAPSE_OP_SHARE",
+    "COLLAPSE_MIN_EDGES",
+    "VERDICTS",
+    "VerdictRule",
+    "CellDiagnostics",
+    "SearchDiagnostics",
+    "edge_figures",
+    "diagnose",
+    "diagnose_genotype",
+    "genotype_weights",
+    "verdict_advice",
+]
+
+#: an edge is *decided* when the margin between its two best weights is at least this.
+DECIDED_MARGIN = 0.05
+#: ``converged`` needs at least this share of the distinct edges decided ...
+CONVERGED_DECIDED_SHARE = 0.8
+#: ... and at most this share of them with a best operation changed since the previous validation.
+CONVERGED_MAX_CHANGED_SHARE = 0.1
+#: ``collapsed`` when one operation is the best on at least this share of a kind's distinct edges ...
+COLLAPSE_OP_SHARE = 0.9
+#: ... counted only when the kind has at least this many distinct edges (a synchronous search has 48).
+COLLAPSE_MIN_EDGES = 12
+
+NOT_CONVERGED, CONVERGED, COLLAPSED = "not converged", "converged", "collapsed"
+#: the possible verdicts.
+VERDICTS: tuple[str, ...] = (NOT_CONVERGED, CONVERGED, COLLAPSED)
+
+#: ``{position: {kind: (candidate names, softmax weights (6, K))}}``, as ``handlers.alpha_weights`` returns.
+Weights = Mapping[str, Mapping[str, tuple[Sequence[str], Any]]]
+
+
+@dataclass(frozen=True)
+class VerdictRule:
+    """The thresholds of the verdict (see the module docstring).
+
+    Args:
+        decided_margin: an edge is decided when ``p1 - p2 >= decided_margin``.
+        converged_decided_share: ``converged`` needs at least this share of decided edges.
+        converged_max_changed_share: ``converged`` needs at most this share of edges with a changed best
+            operation since the previous validation (ignored at the first validation).
+        collapse_op_share: ``collapsed`` when one operation is the best on at least this share of a kind's edges.
+        collapse_min_edges: ... counted only when the kind has at least this many distinct edges.
+    """
+
+    decided_margin: float = DECIDED_MARGIN
+    converged_decided_share: float = CONVERGED_DECIDED_SHARE
+    converged_max_changed_share: float = CONVERGED_MAX_CHANGED_SHARE
+    collapse_op_share: float = COLLAPSE_OP_SHARE
+    collapse_min_edges: int = COLLAPSE_MIN_EDGES
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> VerdictRule:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+def edge_figures(weights: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-edge figures of softmax weights.
+
+    Args:
+        weights: softmax(alpha) of one cell, shape ``(E, K)`` (rows sum to 1), a tensor or nested lists.
+
+    Returns:
+        ``(entropy, margin, best)``: the normalised entropy ``-sum(p ln p) / ln K`` (float64, ``(E,)``, in
+        [0, 1]), the margin ``p1 - p2`` (float64, ``(E,)``) and the index of the best candidate (int64, ``(E,)``).
+
+    Raises:
+        ValueError: when the weights are not a 2-D array with at least 2 candidates, or hold non-finite values.
+    """
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    if w.ndim != 2 or w.shape[1] < 2:
+        raise ValueError(f"softmax weights must have shape (edges, candidates >= 2), got {tuple(w.shape)}.")
+    if not torch.isfinite(w).all():
+        raise ValueError("softmax weights hold non-finite values (the search diverged).")
+    p = w.clamp(min=0.0)
+    entropy = -(torch.xlogy(p, p)).sum(-1) / math.log(w.shape[1])
+    top = torch.topk(w, 2, dim=-1).values
+    return entropy.clamp(0.0, 1.0), top[:, 0] - top[:, 1], w.argmax(-1)
+
+
+@dataclass
+class CellDiagnostics:
+    """The figures of one cell (a module's SAM or CAM cell).
+
+    Attributes:
+        entropy: normalised entropy per edge, in [0, 1].
+        margin: ``p1 - p2`` per edge.
+        best: the best (argmax) candidate per edge.
+        changed: edges whose best candidate differs from the previous validation; ``None`` without one.
+        decided: edges with ``margin >= rule.decided_margin``.
+    """
+
+    entropy: tuple[float, ...]
+    margin: tuple[float, ...]
+    best: tuple[str, ...]
+    changed: int | None
+    decided: int
+
+    @property
+    def edges(self) -> int:
+        return len(self.best)
+
+    @property
+    def mean_entropy(self) -> float:
+        return sum(self.entropy) / len(self.entropy)
+
+    @property
+    def mean_margin(self) -> float:
+        return sum(self.margin) / len(self.margin)
+
+    @property
+    def none_share(self) -> float:
+        return sum(b == "none" for b in self.best) / len(self.best)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The per-cell figures of the genotype's ``search`` section (means over the cell's edges)."""
+        return {
+            "entropy": round(self.mean_entropy, 6),
+            "margin": round(self.mean_margin, 6),
+            "none_share": round(self.none_share, 6),
+            "decided": round(self.decided / self.edges, 6),
+            "changed": self.changed,
+            "best": list(self.best),
+        }
+
+
+@dataclass
+class SearchDiagnostics:
+    """The figures of a network's alphas and the verdict (see the module docstring).
+
+    Attributes:
+        verdict: one of :data:`VERDICTS`.
+        reasons: why, in words (one sentence per reason).
+        cells: ``{position: {kind: CellDiagnostics}}``, every position (a shared search repeats the same cell).
+        shared: one set of alphas for all modules (a non-synchronous search); edges are counted once.
+        edges: distinct edges over the network.
+        entropy: mean normalised entropy over the distinct edges.
+        margin: mean margin over the distinct edges.
+        none_share: share of the distinct edges whose best operation is ``none``.
+        decided: share of the distinct edges that are decided.
+        changed: distinct edges whose best operation changed since the previous validation (``None``: no previous).
+        dominant: per kind, the operation that is the decided best on most distinct edges and its share of all the
+            kind's distinct edges (``(None, 0.0)`` when no edge of the kind is decided).
+        rule: the thresholds used.
+        epoch: the (trainer) epoch of the alphas, when known.
+    """
+
+    verdict: str
+    reasons: tuple[str, ...]
+    cells: dict[str, dict[str, CellDiagnostics]]
+    shared: bool
+    edges: int
+    entropy: float
+    margin: float
+    none_share: float
+    decided: float
+    changed: int | None
+    dominant: dict[str, tuple[str | None, float]]
+    rule: VerdictRule = field(default_factory=VerdictRule)
+    epoch: int | None = None
+
+    @property
+    def changed_share(self) -> float | None:
+        return None if self.changed is None else self.changed / self.edges
+
+    def best_ops(self) -> dict[str, dict[str, list[str]]]:
+        """``{position: {kind: [best op per edge]}}``: the ``previous`` of the next :func:`diagnose`."""
+        return {p: {k: list(c.best) for k, c in per.items()} for p, per in self.cells.items()}
+
+    def metrics(self, prefix: str = "alpha_") -> dict[str, float]:
+        """The scalar aggregates, e.g. for ``engine.state.metrics``: ``{prefix}entropy``, ``{prefix}margin``,
+        ``{prefix}none_share``, ``{prefix}decided`` (shares and means in [0, 1]) and, from the second validation on,
+        ``{prefix}changed`` (a count of edges)."""
+        out = {
+            f"{prefix}entropy": self.entropy,
+            f"{prefix}margin": self.margin,
+            f"{prefix}none_share": self.none_share,
+            f"{prefix}decided": self.decided,
+        }
+        if self.changed is not None:
+            out[f"{prefix}changed"] = float(self.changed)
+        return out
+
+    def summary(self) -> str:
+        """One line: the verdict, the aggregates and the reasons."""
+        changed = "" if self.changed is None else f", changed {self.changed}/{self.edges}"
+        line = (
+            f"{self.verdict}: decided {self.decided:.0%} of {self.edges} edges, entropy {self.entropy:.3f}, "
+            f"margin {self.margin:.3f}, none {self.none_share:.0%}{changed}"
+        )
+        return f"{line} ({'; '.join(self.reasons)})" if self.reasons else line
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (a genotype's ``search`` section)."""
+        return {
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "epoch": self.epoch,
+            "shared": self.shared,
+            "edges": self.edges,
+            "entropy": round(self.entropy, 6),
+            "margin": round(self.margin, 6),
+            "none_share": round(self.none_share, 6),
+            "decided": round(self.decided, 6),
+            "changed": self.changed,
+            "dominant": {k: {"op": op, "share": round(share, 6)} for k, (op, share) in self.dominant.items()},
+            "modules": {p: {k: c.to_dict() for k, c in per.items()} for p, per in self.cells.items()},
+            "rule": self.rule.to_dict(),
+        }
+
+
+def _detect_shared(weights: Weights) -> bool:
+    """Every position holds exactly the same weights (a shared search)."""
+    per = [{k: torch.as_tensor(w) for k, (_, w) in kinds.items()} for kinds in weights.values()]
+    first = per[0]
+    return len(per) > 1 and all(p.keys() == first.keys() and all(torch.equal(p[k], first[k]) for k in p) for p in per[1:])
+
+
+def diagnose(
+    weights: Weights,
+    previous: Mapping[str, Mapping[str, Sequence[str]]] | None = None,
+    rule: VerdictRule | None = None,
+    shared: bool | None = None,
+    epoch: int | None = None,
+) -> SearchDiagnostics:
+    """The figures and the verdict of a network's softmax(alpha).
+
+    Args:
+        weights: ``{position: {kind: (candidate names, softmax weights (6, K))}}``
+            (:func:`monai_nasscam.handlers.alpha_weights`).
+        previous: the best operation per edge at the previous validation, ``{position: {kind: [names]}}``
+            (:meth:`SearchDiagnostics.best_ops`); ``None``: no previous validation, nothing is counted as changed.
+        rule: the thresholds; default :class:`VerdictRule` with the module's constants.
+        shared: whether all modules share one set of alphas (counted once); ``None``: detected (every position
+            holds the same weights).
+        epoch: recorded in the result.
+
+    Returns:
+        a :class:`SearchDiagnostics`.
+
+    Raises:
+        ValueError: no cells, or weights with non-finite values (the message names the position and kind).
+    """
+    rule = rule or VerdictRule()
+    if not weights or not any(weights.values()):
+        raise ValueError("no alphas to diagnose: the network has no searchable cells.")
+    shared = _detect_shared(weights) if shared is None else bool(shared)
+    cells: dict[str, dict[str, CellDiagnostics]] = {}
+    decided_by_cell: dict[tuple[str, str], list[str]] = {}
+    for position, kinds in weights.items():
+        cells[position] = {}
+        for kind, (names, w) in kinds.items():
+            try:
+                entropy, margin, best = edge_figures(w)
+            except ValueError as e:
+                raise ValueError(f"the {kind} cell at {position}: {e}") from None
+            best_names = tuple(names[i] for i in best.tolist())
+            changed = None
+            if previous is not None:
+                before = list((previous.get(position) or {}).get(kind) or [])
+                changed = sum(a != b for a, b in zip(before, best_names)) + abs(len(before) - len(best_names))
+            decided_best = [b for b, m in zip(best_names, margin.tolist()) if m >= rule.decided_margin]
+            decided_by_cell[(position, kind)] = decided_best
+            cells[position][kind] = CellDiagnostics(
+                entropy=tuple(entropy.tolist()),
+                margin=tuple(margin.tolist()),
+                best=best_names,
+                changed=changed,
+                decided=int((margin >= rule.decided_margin).sum()),
+            )
+    distinct = [next(iter(cells.values()))] if shared else list(cells.values())
+    pool = [(kind, c) for per in distinct for kind, c in per.items()]
+    edges = sum(c.edges for _, c in pool)
+    entropy = sum(sum(c.entropy) for _, c in pool) / edges
+    margin = sum(sum(c.margin) for _, c in pool) / edges
+    none_share = sum(c.none_share * c.edges for _, c in pool) / edges
+    decided = sum(c.decided for _, c in pool) / edges
+    changed = None if previous is None else sum(c.changed or 0 for _, c in pool)
+
+    dominant: dict[str, tuple[str | None, float]] = {}
+    kind_edges: dict[str, int] = {}
+    positions = list(cells)[:1] if shared else list(cells)
+    for kind in dict.fromkeys(k for k, _ in pool):
+        kind_edges[kind] = sum(c.edges for k, c in pool if k == kind)
+        best = [b for p in positions for b in decided_by_cell.get((p, kind), [])]
+        counts = {op: best.count(op) for op in dict.fromkeys(best)}
+        op = max(counts, key=counts.get) if counts else None
+        dominant[kind] = (op, counts[op] / kind_edges[kind] if op is not None else 0.0)
+
+    reasons: list[str] = []
+    for position in positions:
+        for kind, c in cells[position].items():
+            if len(decided_by_cell[(position, kind)]) == c.edges and c.none_share == 1.0:
+                where = "the shared" if shared else f"the {position}"
+                reasons.append(f"{where} {kind.upper()} cell has all {c.edges} edges decided on none")
+    for kind, (op, share) in dominant.items():
+        if op is not None and kind_edges[kind] >= rule.collapse_min_edges and share >= rule.collapse_op_share:
+            reasons.append(f"{op} is the decided best op on {share:.0%} of the {kind_edges[kind]} {kind.upper()} edges")
+    if reasons:
+        verdict = COLLAPSED
+    else:
+        if decided < rule.converged_decided_share:
+            reasons.append(
+                f"{decided:.0%} of the edges decided (margin >= {rule.decided_margin:g}), "
+                f"{rule.converged_decided_share:.0%} needed"
+            )
+        if changed is not None and changed / edges > rule.converged_max_changed_share:
+            reasons.append(
+                f"{changed / edges:.0%} of the best ops changed since the previous validation, "
+                f"at most {rule.converged_max_changed_share:.0%} allowed"
+            )
+        verdict = NOT_CONVERGED if reasons else CONVERGED
+    return SearchDiagnostics(
+        verdict=verdict,
+        reasons=tuple(reasons),
+        cells=cells,
+        shared=shared,
+        edges=edges,
+        entropy=entropy,
+        margin=margin,
+        none_share=none_share,
+        decided=decided,
+        changed=changed,
+        dominant=dominant,
+        rule=rule,
+        epoch=epoch,
+    )
+
+
+def genotype_weights(alphas: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, tuple[tuple[str, ...], Any]]]:
+    """A genotype's recorded ``alphas`` (``{position: {kind: (6, K) lists}}``) with the candidate names of each kind
+    (:data:`~monai_nasscam.networks.ops.OPS` order, the order of the cell's alphas)."""
+    out: dict[str, dict[str, tuple[tuple[str, ...], Any]]] = {}
+    for position, kinds in alphas.items():
+        out[position] = {}
+        for kind, rows in kinds.items():
+            names = tuple(OPS[kind]) if kind in OPS else ()
+            w = torch.as_tensor(rows, dtype=torch.float64)
+            if w.ndim != 2 or w.shape[1] != len(names):
+                raise ValueError(f"alphas of the {kind} cell at {position} must have shape (6, {len(names)}), got {tuple(w.shape)}.")
+            out[position][kind] = (names, w)
+    return out
+
+
+def diagnose_genotype(genotype: Any, rule: VerdictRule | None = None) -> SearchDiagnostics:
+    """:func:`diagnose` of a :class:`~monai_nasscam.networks.Genotype`'s recorded alphas (no previous validation;
+    the ``epoch`` of its ``search`` section, if any).
+
+    Raises:
+        ValueError: the genotype records no alphas.
+    """
+    if not genotype.alphas:
+        raise ValueError("the genotype records no alphas to diagnose.")
+    epoch = (genotype.search or {}).get("epoch") if isinstance(getattr(genotype, "search", None), Mapping) else None
+    return diagnose(genotype_weights(genotype.alphas), rule=rule, shared=not genotype.synchronous, epoch=epoch)
+
+
+def verdict_advice(verdict: str) -> str:
+    """What to do after a search with this verdict, in one paragraph (the end of a search log)."""
+    if verdict == CONVERGED:
+        return "the alphas chose: retrain the derived network (train.yaml --genotype_path RUN/genotype.json)."
+    if verdict == COLLAPSED:
+        return (
+            "one operation took over: the genotype is degenerate (all-none cells make their attention module "
+            "output a constant). Search again with a lower --arch_learning_rate, a longer --warmup_epochs (the weights "
+            "learn before the alphas move) or alpha weight decay (--arch_optimizer#weight_decay 1e-3); if none took "
+            "over, --exclude_none true derives the best operation other than none."
+        )
+    if verdict == NOT_CONVERGED:
+        return (
+            "the alphas have not chosen yet: the derived operations are close to a random pick. Give the search more "
+            "alpha steps (more --epochs after the warm-up, more --epoch_crops / --arch_epoch_crops), a higher alpha "
+            "learning rate (--arch_learning_rate auto, or a value above the current one) or a shorter "
+            "--warmup_epochs."
+        )
+    raise ValueError(f"unknown verdict {verdict!r}; expected one of {list(VERDICTS)}.")
