@@ -163,7 +163,7 @@ def _summary(records: list[dict], split_of: dict[str, str], mapping: dict[int, i
 def _annotated_classes(case: MoNuSACCase) -> set[str]:
     """The nucleus classes annotated in a case's XML (empty when it cannot be read: reported later)."""
     try:
-        return {r.label for r in read_imagescope_xml(case.xml).regions if r.label in CLASS_NAMES}
+        return {r.label for r in read_imagescope_xml(case.xml).regions if r.label in CLASS_NAMES and not r.negative}
     except Exception:
         return set()
 
