@@ -158,7 +158,7 @@ def test_regions_that_are_not_areas_are_skipped_by_kind(tmp_path):
     assert len(ann.regions) == 1 and ann.skipped == 6
     text = " | ".join(ann.warnings)
     for words in ("region 2: arrow region (not an area)", "region 3: ruler region", "region 4: Type=7 region",
-                  "region 5: ellipse of zero width or height", "region 6: ellipse with 1 vertices",
+                  "region 5: ellipse of zero width or height", "region 6: ellipse with 1 vertex/vertices",
                   "region 7: polygon with 3 vertices, fewer than 3 distinct"):
         assert words in text
     assert not any("ellipse" in w and "fewer than 3" in w for w in ann.warnings)  # no longer blamed on vertices

@@ -203,7 +203,7 @@ def _shape_vertices(kind: str, verts: np.ndarray) -> tuple[np.ndarray, str | Non
     distinct = len(np.unique(verts, axis=0))
     if kind == "ellipse":
         if len(verts) < 2:
-            return verts, f"ellipse with {len(verts)} vertices (needs its 2 bounding-box corners)"
+            return verts, f"ellipse with {len(verts)} vertex/vertices (needs its 2 bounding-box corners)"
         lo, hi = verts.min(axis=0), verts.max(axis=0)
         if np.any(hi - lo <= 0):
             return verts, f"ellipse of zero width or height (corners {verts[0].tolist()}, {verts[-1].tolist()})"
