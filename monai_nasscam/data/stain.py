@@ -147,7 +147,7 @@ class _Normalizer:
         image = np.asarray(image, dtype=np.uint8)
         try:
             stats = self.estimate(image)
-        except (StainEstimationError, np.linalg.LinAlgError) as e:
+        except (ValueError, np.linalg.LinAlgError) as e:  # StainEstimationError, or MONAI's own checks
             return image, f"{STAIN_SKIPPED} ({e})"
         return self.transform(image, stats), None
 
