@@ -151,8 +151,11 @@ def plot_alpha_heatmap(
             bar.set_label(f"{kind.upper()} softmax(alpha); white = uniform 1/{k}", fontsize=7)
             bar.set_ticks([0.0, 1.0 / k, 0.5, 1.0], labels=["0", f"1/{k}", "0.5", "1"])
             bar.ax.tick_params(labelsize=6)
-    text = title or "softmax(alpha)"
-    fig.suptitle(f"{text}\n{diagnostics.summary()}; red frame: the chosen op", fontsize=8)
+    import textwrap
+
+    width = int(14 * fig.get_figwidth())  # characters of the 8-point title per line
+    lines = [title or "softmax(alpha)", textwrap.fill(f"{diagnostics.summary()}; red frame: the chosen op", width)]
+    fig.suptitle("\n".join(lines), fontsize=8)
     return fig
 
 
