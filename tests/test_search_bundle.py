@@ -141,11 +141,18 @@ def test_search_end_to_end_interrupted_and_resumed(tmp_path, prepared):
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
     assert {"train_loss", "val_dice", "arch_loss", "alpha/down1/sam/n0->n1/conv3", "alpha/up4/cam/n2->n3/conv15"} <= tags
+    # the search diagnostics: metrics of the validation (logged by the evaluator's TensorBoard handler), per-module figures
+    assert {"alpha_entropy", "alpha_margin", "alpha_none_share", "alpha_decided", "alpha_changed"} <= tags
+    assert {"alpha_diagnostics/down1/sam/entropy", "alpha_diagnostics/up4/cam/margin", "alpha_diagnostics/up1/cam/changed"} <= tags
+    # genotype format 2: the verdict of the best validation's alphas; the verdict is the last thing the run logs
+    assert genotype.search["verdict"] in ("not converged", "converged", "collapsed") and genotype.search["epoch"] in (1, 2, 3)
+    assert "search verdict for " in done.stdout + done.stderr
 
     import torch
 
     state = torch.load(checkpoint, weights_only=True)
     assert state["trainer"]["iteration"] == 6 and state["best_genotype"]["best_genotype"] is not None
+    assert state["search_diagnostics"]["previous_epoch"] == 3  # "changed since the last validation" survives a resume
 
 
 def test_reference_preset_and_shared_search_build(tmp_path, prepared):
