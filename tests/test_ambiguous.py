@@ -178,7 +178,8 @@ def mixed_prep(tmp_path_factory) -> Path:
                 mask[: h // 3, : w // 2] = 1
                 Image.fromarray(mask).save(prep / "ambiguous" / f"{entry['name']}.png")
                 entry["ambiguous"] = f"ambiguous/{entry['name']}.png"
-    assert any("ambiguous" in e for e in datalist["training"]) and not all("ambiguous" in e for e in datalist["training"])
+    has_mask = ["ambiguous" in e for e in datalist["training"]]
+    assert any(has_mask) and not all(has_mask)
     (prep / "datalist.json").write_text(json.dumps(datalist))
     return prep
 

@@ -95,7 +95,9 @@ AMBIGUOUS_KEY = "ambiguous"
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
-    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x)
+    if isinstance(x, MetaTensor):
+        return x.as_tensor()
+    return x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
 
 
 def _source(d: Mapping[Hashable, Any], key: Hashable) -> str:

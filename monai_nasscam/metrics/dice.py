@@ -198,8 +198,10 @@ def mean_over_scored_images(values: torch.Tensor | np.ndarray | Sequence) -> tor
         float64 tensor (C,): the mean over the non-NaN values of each class, NaN for a class no image scored
         (MONAI's own ``aggregate`` reports 0 there, which would read as a total failure).
     """
-    v = torch.as_tensor(values.detach().cpu() if isinstance(values, torch.Tensor) else np.asarray(values, dtype=np.float64))
-    v = v.to(torch.float64)
+    if isinstance(values, torch.Tensor):
+        v = values.detach().cpu().to(torch.float64)
+    else:
+        v = torch.as_tensor(np.asarray(values, dtype=np.float64))
     v = v.reshape(-1, v.shape[-1])
     scored = ~torch.isnan(v)
     counts = scored.sum(dim=0)
