@@ -248,6 +248,36 @@ def test_transparent_half_of_a_slide_is_glass_at_inference(tmp_path, tiled):
     assert features and all(max(x for x, _ in f["geometry"]["coordinates"][0]) <= 256 for f in features)
 
 
+class _EverythingIsNucleus(torch.nn.Module):
+    """A stand-in network that calls every pixel Lymphocyte, glass included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.tensor([-5.0, 5.0, -5.0, -5.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bias.view(1, 4, 1, 1).expand(x.shape[0], 4, *x.shape[2:]) + 0 * x[:, :1]
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png"])
+def test_transparent_pixels_never_get_a_class(tmp_path, suffix):
+    """Even a network that sees nuclei on glass gives none where the file is transparent (one piece and blocks)."""
+    from monai.inferers import SlidingWindowInferer
+
+    _, rgba = _rgba_half_transparent(128, 160, 10)
+    path = tmp_path / f"half{suffix}"
+    if suffix == ".tif":
+        tifffile.imwrite(path, rgba, photometric="rgb", tile=(32, 32), extrasamples=["unassalpha"])
+    else:
+        Image.fromarray(rgba, "RGBA").save(path)
+    inferer = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=8, overlap=0.5)
+    net = _EverythingIsNucleus().eval()
+    for tiled, block in ((False, None), (suffix == ".tif", 48)):
+        with open_region_reader(path, tiled=tiled) as reader:
+            class_map, info = predict_class_map(reader, net, inferer, block_size=block, skip_empty=False)
+        assert (class_map[:, :80] == 2).all() and not class_map[:, 80:].any(), (tiled, block)
+
+
 def test_plain_files_openslide_cannot_read_still_read(tmp_path):
     rgb = synth_tile(np.random.default_rng(8), 40, 50).image
     Image.fromarray(rgb).save(tmp_path / "t.png")

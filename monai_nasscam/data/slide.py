@@ -151,25 +151,42 @@ class ArrayRegionReader:
         path: the file it came from (for messages).
         mpp: microns per pixel, if known.
         backend: the library that decoded the image (reported in logs).
+        transparent: ``(H, W)`` bool, the pixels the file marks fully transparent (alpha 0: nothing scanned there;
+            they hold white in ``image``), or ``None`` when there are none.
 
     Raises:
-        ValueError: ``image`` is not an RGB uint8 ``(H, W, 3)`` array.
+        ValueError: ``image`` is not an RGB uint8 ``(H, W, 3)`` array, or ``transparent`` has another shape.
     """
 
     tiled = False
 
-    def __init__(self, image: np.ndarray, path: str = "<array>", mpp: float | None = None, backend: str = "array") -> None:
+    def __init__(
+        self,
+        image: np.ndarray,
+        path: str = "<array>",
+        mpp: float | None = None,
+        backend: str = "array",
+        transparent: np.ndarray | None = None,
+    ) -> None:
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"{path}: expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+        if transparent is not None and tuple(transparent.shape) != tuple(image.shape[:2]):
+            raise ValueError(f"{path}: transparency mask of shape {transparent.shape} for an image of {image.shape[:2]}")
         self.image = image
         self.path = path
         self.mpp = mpp
         self.backend = backend
+        self.transparent = transparent
         self.shape: tuple[int, int] = (int(image.shape[0]), int(image.shape[1]))
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         """Pixels ``[y0:y1, x0:x1]`` (inside the image) as a contiguous RGB uint8 array."""
         return np.ascontiguousarray(self.image[y0:y1, x0:x1])
+
+    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(read(...), transparent)``: the pixels and a bool mask of the fully transparent ones (``None``: none)."""
+        clear = None if self.transparent is None else self.transparent[y0:y1, x0:x1]
+        return self.read(y0, y1, x0, x1), (clear if clear is not None and clear.any() else None)
 
     def close(self) -> None:
         self.image = np.zeros((0, 0, 3), np.uint8)
@@ -328,6 +345,15 @@ class TiffRegionReader:
         Raises:
             DataError: a segment cannot be decoded (truncated or corrupt file).
         """
+        return self.read_region(y0, y1, x0, x1)[0]
+
+    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(read(...), transparent)``: the pixels and a bool mask of those with alpha 0 or in a segment the file
+        does not store (``None``: no such pixel).
+
+        Raises:
+            DataError: a segment cannot be decoded (truncated or corrupt file).
+        """
         h, w = y1 - y0, x1 - x0
         out = np.zeros((h, w, max(self.samples, 1)), dtype=self._dtype)
         missing: list[tuple[int, int, int, int]] = []
@@ -352,21 +378,27 @@ class TiffRegionReader:
                     out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0, plane] = block[..., 0]
                 else:
                     out[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] = block
+            clear = None
             if self._colormap is not None:
                 rgb = self._colormap[out[..., 0].astype(np.intp)]
             else:
+                if self._alpha is not None:
+                    clear = out[..., 1 if self.samples == 2 else 3] == 0
                 if self._invert:
                     out = ~out if out.dtype == bool else np.iinfo(out.dtype).max - out
                 rgb = _samples_to_rgb(out, self._alpha)
+            if missing:
+                clear = np.zeros((h, w), dtype=bool) if clear is None else clear
             for my0, my1, mx0, mx1 in missing:
                 rgb[my0:my1, mx0:mx1] = 255
+                clear[my0:my1, mx0:mx1] = True  # type: ignore[index]
         except DataError:
             raise
         except Exception as e:  # noqa: BLE001 - decoder errors name the file
             raise DataError(self.path, f"cannot decode region y {y0}:{y1}, x {x0}:{x1} ({type(e).__name__}: {e})") from None
         if self.swap_rb:
             rgb = rgb[..., ::-1]
-        return np.ascontiguousarray(rgb)
+        return np.ascontiguousarray(rgb), (clear if clear is not None and clear.any() else None)
 
     def close(self) -> None:
         self._cache.clear()
@@ -433,15 +465,25 @@ class OpenSlideRegionReader:
         Raises:
             DataError: OpenSlide cannot decode the region.
         """
+        return self.read_region(y0, y1, x0, x1)[0]
+
+    def read_region(self, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(read(...), transparent)``: the pixels and a bool mask of those with alpha 0 (outside the scanned area,
+        missing tiles; ``None``: no such pixel).
+
+        Raises:
+            DataError: OpenSlide cannot decode the region.
+        """
         try:
             region = self._slide.read_region((int(x0), int(y0)), 0, (int(x1 - x0), int(y1 - y0)))
             rgba = np.asarray(region)  # straight (un-premultiplied) RGBA
         except Exception as e:  # noqa: BLE001
             raise DataError(self.path, f"cannot decode region y {y0}:{y1}, x {x0}:{x1} ({type(e).__name__}: {e})") from None
         rgb = composite_on_white(rgba[..., :3], rgba[..., 3])
+        clear = rgba[..., 3] == 0
         if self.swap_rb:
             rgb = rgb[..., ::-1]
-        return np.ascontiguousarray(rgb)
+        return np.ascontiguousarray(rgb), (clear if clear.any() else None)
 
     def close(self) -> None:
         self._slide.close()
@@ -456,18 +498,21 @@ class OpenSlideRegionReader:
 RegionReader = Union[ArrayRegionReader, TiffRegionReader, OpenSlideRegionReader]
 
 
-def _read_pil(path: str) -> np.ndarray:
+def _read_pil(path: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """RGB uint8 and the mask of fully transparent pixels (``None``: none) of a PNG / JPEG / BMP ... file."""
     from PIL import Image
 
     with Image.open(path) as im:
         if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
             im = im.convert("RGBa" if im.mode in ("RGBa", "La") else "RGBA")
             arr = np.asarray(im)
-            return composite_on_white(arr[..., :3], arr[..., 3], premultiplied=im.mode == "RGBa")
+            clear = arr[..., 3] == 0
+            rgb = composite_on_white(arr[..., :3], arr[..., 3], premultiplied=im.mode == "RGBa")
+            return rgb, (clear if clear.any() else None)
         if im.mode.startswith("I;16"):
-            return _samples_to_rgb(np.asarray(im).astype(np.uint16))
+            return _samples_to_rgb(np.asarray(im).astype(np.uint16)), None
         arr = np.asarray(im if im.mode in ("RGB", "L", "1") else im.convert("RGB"))
-    return _samples_to_rgb(arr)
+    return _samples_to_rgb(arr), None
 
 
 def _tiff_reader(path: str, swap: bool) -> TiffRegionReader | OpenSlideRegionReader:
@@ -503,7 +548,8 @@ def open_image(
 
     Returns:
         a reader with ``shape`` ``(H, W)``, ``mpp`` (microns per pixel or ``None``), ``backend``, ``tiled``,
-        ``read(y0, y1, x0, x1)`` and ``close()``; the whole image is decoded by the same reader either way.
+        ``read(y0, y1, x0, x1)`` (RGB uint8), ``read_region(y0, y1, x0, x1)`` (RGB and the bool mask of fully
+        transparent pixels, or ``None``) and ``close()``; the whole image is decoded by the same reader either way.
 
     Raises:
         DataError: naming the file, when it is missing, empty or cannot be read.
@@ -524,17 +570,17 @@ def open_image(
         if isinstance(reader, TiffRegionReader):
             reader.cache_bytes = 0  # each segment is decoded once: nothing to keep
         try:
-            whole = reader.read(0, reader.shape[0], 0, reader.shape[1])
+            whole, clear = reader.read_region(0, reader.shape[0], 0, reader.shape[1])
         finally:
             reader.close()
-        return ArrayRegionReader(whole, path, reader.mpp, backend=reader.backend)
+        return ArrayRegionReader(whole, path, reader.mpp, backend=reader.backend, transparent=clear)
     try:
-        image = _read_pil(path)
+        image, clear = _read_pil(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure becomes one message naming the file
         raise DataError(path, f"unreadable image ({type(e).__name__}: {e})") from None
     if swap:
         image = np.ascontiguousarray(image[..., ::-1])
-    return ArrayRegionReader(image, path, backend="PIL")
+    return ArrayRegionReader(image, path, backend="PIL", transparent=clear)
 
 
 def read_rgb(path: str | os.PathLike, swap_rb: bool = False) -> np.ndarray:

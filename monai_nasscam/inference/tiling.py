@@ -9,7 +9,9 @@ is blended from exactly the windows -- in the same order -- that the one-piece i
 of the two paths are therefore the same, while a block needs a few hundred MB whatever the slide size.
 
 Logits of overlapping windows are averaged (MONAI's default), then ``sigmoid > threshold`` per channel; where
-several channels pass, the most probable wins. Channel ``c`` is class ``c + 1``; 0 is background.
+several channels pass, the most probable wins. Channel ``c`` is class ``c + 1``; 0 is background. Pixels the file
+marks fully transparent (alpha 0: nothing was scanned there; the readers give them as white) are background
+whatever the network predicts.
 """
 
 from __future__ import annotations
@@ -116,6 +118,14 @@ class _Prepared:
     block: BlockPlan
     canvas: np.ndarray | None  # normalised block, white-padded; None when the core holds no tissue
     raw_core: np.ndarray  # raw pixels of the core (for the overview image)
+    clear_core: np.ndarray | None = None  # fully transparent pixels of the core (nothing scanned): never a class
+
+
+def _read_block(reader: Any, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pixels and transparency mask of a rectangle (readers without ``read_region`` have no transparent pixels)."""
+    if hasattr(reader, "read_region"):
+        return reader.read_region(y0, y1, x0, x1)
+    return reader.read(y0, y1, x0, x1), None
 
 
 def predict_class_map(
@@ -144,7 +154,9 @@ def predict_class_map(
         out: ``(H, W)`` uint8 array (e.g. a memory map) receiving the class map; allocated when ``None``.
         block_size: core size of the blocks; ``None``: the whole image in one piece.
         threshold: sigmoid threshold.
-        skip_empty: a block whose core holds no stained pixel (glass) is not inferred; its classes are 0.
+        skip_empty: a block whose core holds no stained pixel (glass) is not inferred; its classes are 0. Fully
+            transparent pixels (read as white by the reader: nothing was scanned there) are class 0 whatever the
+            network predicts.
         tissue_beta: optical-density threshold of a stained pixel (for ``skip_empty``).
         prefetch: blocks read and normalised ahead in background threads (0: none).
         overview_step: also return a raw RGB overview subsampled every ``overview_step`` pixels (for overlays).
@@ -178,14 +190,16 @@ def predict_class_map(
 
     def prepare(block: BlockPlan) -> _Prepared:
         ry1, rx1 = min(block.ry1, height), min(block.rx1, width)
-        raw = reader.read(block.ry0, ry1, block.rx0, rx1)
-        core = raw[block.y0 - block.ry0 : block.y1 - block.ry0, block.x0 - block.rx0 : block.x1 - block.rx0]
+        raw, clear = _read_block(reader, block.ry0, ry1, block.rx0, rx1)
+        inner = (slice(block.y0 - block.ry0, block.y1 - block.ry0), slice(block.x0 - block.rx0, block.x1 - block.rx0))
+        core = raw[inner]
+        clear_core = None if clear is None or not clear[inner].any() else clear[inner]
         if skip_empty and not tissue_mask(core, beta=tissue_beta).any():
             return _Prepared(block, None, core)
         norm = normalizer.apply(raw) if normalizer is not None else raw
         canvas = np.full((block.ry1 - block.ry0, block.rx1 - block.rx0, 3), 255, dtype=np.uint8)
         canvas[: norm.shape[0], : norm.shape[1]] = norm
-        return _Prepared(block, canvas, core)
+        return _Prepared(block, canvas, core, clear_core)
 
     bar = tqdm(total=len(blocks), desc="blocks", unit="block", disable=not progress or len(blocks) < 2, leave=False)
     try:
@@ -205,8 +219,11 @@ def predict_class_map(
                 with torch.inference_mode():
                     logits = inferer(x, network)
                     logits = logits[0, :, b.y0 - b.ry0 : b.y1 - b.ry0, b.x0 - b.rx0 : b.x1 - b.rx0]
-                    out[b.y0 : b.y1, b.x0 : b.x1] = logits_to_class_map(logits.float().cpu(), threshold).numpy()
-                del x, logits
+                    classes = logits_to_class_map(logits.float().cpu(), threshold).numpy()
+                if item.clear_core is not None:
+                    classes[item.clear_core] = 0
+                out[b.y0 : b.y1, b.x0 : b.x1] = classes
+                del x, logits, classes
             bar.update()
     finally:
         bar.close()
