@@ -180,6 +180,11 @@ def test_inference_without_a_network_exits_with_one_line_and_writes_nothing(prep
                       attention="cbam", features=FEATURES, stain="none", roi_size=[32, 32])
     assert "model.pt" in line and "another architecture" in line
     assert not out.exists()
+    # and so is a bad setting of the predictor itself
+    line = _run_fails(INFERENCE, out, input_dir=str(prepared / "images"), ckpt_path=str(run / "models" / "model.pt"),
+                      attention="unet", features=FEATURES, stain="none", roi_size=[32, 32], object_type="polygon")
+    assert "object_type" in line
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------ checkpoints between machines

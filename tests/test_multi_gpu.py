@@ -140,7 +140,9 @@ def test_train_two_ranks_stay_identical_and_only_rank0_writes(prepared, tmp_path
     _same_state(r0["state"], r1["state"])
     assert r0["loss"] != r1["loss"]
     events = [f"tensorboard/{p.name}" for p in (out / "tensorboard").iterdir()]
-    assert _files(out) == sorted(["checkpoints/train_checkpoint.pt", "models/model.pt", "stain.json", *events])
+    assert _files(out) == sorted(
+        ["checkpoints/train_checkpoint.pt", "models/model.pt", "network.json", "stain.json", *events]
+    )
     assert len(list((out / "tensorboard").iterdir())) == 1
     assert _files(tmp_path / "run_rank1") == []
     assert _files(cwd) == []

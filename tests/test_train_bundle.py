@@ -434,3 +434,60 @@ def test_progress_bar_shows_the_loss():
     TrainProgressBar(file=stream, persist=True).attach(engine)
     engine.run([1, 2], max_epochs=1)
     assert "loss=0.5" in stream.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------- the run's network
+def test_the_run_records_its_network_so_export_and_inference_need_no_network_settings(
+    prepared, trained_unet, tmp_path, monkeypatch
+):
+    """RUN/network.json: ``inference.yaml --ckpt_path RUN/models/model.pt`` alone builds the trained U-Net (no
+    --attention, no --features), and so does ``ckpt_export`` with ``--output_dir RUN``."""
+    import shutil
+
+    from monai.bundle import ckpt_export
+    from monai.data import load_net_with_metadata
+
+    from monai_nasscam.engines.train_inputs import build_network, describe_network, split_entries
+
+    record = json.loads((trained_unet / "network.json").read_text())
+    assert record == {"attention": "unet", "genotype": None, "features": FEATURES, "dropout": 0.2}
+    net = build_network(output_dir=trained_unet, features=None)  # no network setting at all
+    net.load_state_dict(torch.load(trained_unet / "models" / "model.pt", weights_only=True))  # strict: same network
+    assert describe_network(None, None, trained_unet)["attention"] == "unet"
+
+    ts = tmp_path / "model.ts"
+    ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(trained_unet / "models" / "model.pt"),
+                meta_file=META, config_file=TRAIN, use_trace=True, input_shape=[1, 3, 32, 32],
+                output_dir=str(trained_unet))
+    x = torch.rand(1, 3, 32, 64)
+    net.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(load_net_with_metadata(str(ts))[0](x), net(x), rtol=1e-5, atol=1e-5)
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(split_entries(prepared, "test")[0]["image"], images / "a.png")
+    monkeypatch.chdir(tmp_path)
+    bundle_run(str(CONFIGS / "inference.yaml"), input_dir=str(images), output_dir=str(tmp_path / "pred"),
+               ckpt_path=str(trained_unet / "models" / "model.pt"), roi_size=[32, 32], progress=False,
+               optimize="none", save_nifti=False, parallel=1, tune_malloc=False)
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert summary["succeeded"] == 1
+
+
+def test_network_record_points_at_the_trained_genotype(prepared, tmp_path):
+    from monai_nasscam.engines.train_inputs import record_run_inputs, resolve_network_choice
+
+    run = tmp_path / "run"
+    _nas_genotype(run / "genotype.json")  # a search wrote RUN/genotype.json
+    assert record_run_inputs(prepared, run, None, features=FEATURES)  # trained on the search's genotype
+    assert json.loads((run / "network.json").read_text()) == {
+        "attention": "nas-scam-p", "genotype": "genotype.json", "features": FEATURES}
+    other = _nas_genotype(tmp_path / "other.json", attention="nas-scam-s")
+    with pytest.warns(UserWarning, match="differs from the trained genotype"):
+        record_run_inputs(prepared, run, other, features=FEATURES, dropout=0.1)  # another one, into the same folder
+    record = json.loads((run / "network.json").read_text())
+    assert record == {"attention": "nas-scam-s", "genotype": str(Path(other).resolve()), "features": FEATURES,
+                      "dropout": 0.1}
+    attention, _, path = resolve_network_choice(None, None, run)  # what evaluation and inference then build
+    assert attention == "nas-scam-s" and path == str(Path(other).resolve())

@@ -476,14 +476,15 @@ def record_run_inputs(
     atomic_write_text(out / "stain.json", json.dumps(stain, indent=1) + "\n")
     genotype_path = None if _is_null(genotype_path, ("", "null", "none")) else Path(genotype_path)  # type: ignore[arg-type]
     target = out / "genotype.json"
-    recorded_genotype: str | None = "genotype.json" if chosen_genotype is not None else None
     if genotype_path is not None and not target.exists():
         Genotype.load(genotype_path).save(target)
-    elif genotype_path is not None and target.resolve() != genotype_path.resolve():
-        if Genotype.load(target) != Genotype.load(genotype_path):
-            recorded_genotype = str(genotype_path.resolve())
+    recorded_genotype: str | None = None
+    if chosen_genotype is not None:
+        same = target.is_file() and Genotype.load(target) == Genotype.load(chosen_genotype)
+        recorded_genotype = "genotype.json" if same else str(Path(chosen_genotype).resolve())
+        if not same and target.is_file():
             warnings.warn(
-                f"{target} (kept) differs from the trained genotype {genotype_path}; {out / NETWORK_RECORD_NAME} "
+                f"{target} (kept) differs from the trained genotype {chosen_genotype}; {out / NETWORK_RECORD_NAME} "
                 f"points inference at {recorded_genotype}.",
                 stacklevel=2,
             )

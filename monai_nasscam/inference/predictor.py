@@ -33,7 +33,7 @@ import torch.nn as nn
 
 from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.data.errors import DataError
-from monai_nasscam.errors import input_check
+from monai_nasscam.errors import InputError, input_check
 from monai_nasscam.inference.nuclei import GeoJSONWriter, iter_nuclei
 from monai_nasscam.inference.outputs import (
     save_class_map_nifti,
@@ -67,7 +67,7 @@ def _as_bool(value: Any, name: str) -> bool:
         return True
     if text in ("false", "0", "no", "off"):
         return False
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
+    raise InputError(f"{name} must be true or false, got {value!r}.")
 
 
 def run_dir_of(ckpt_path: str | os.PathLike) -> str:
@@ -193,7 +193,7 @@ class NucleiPredictor:
         self.device = torch.device(device)
         self.threshold = float(threshold)
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
+            raise InputError(f"threshold must lie in (0, 1), got {threshold}.")
         self.tiled: bool | str = "auto" if str(tiled).strip().lower() == "auto" else _as_bool(tiled, "tiled")
         self.max_whole_pixels = int(max_whole_pixels)
         self.block_size = int(block_size)
@@ -202,7 +202,7 @@ class NucleiPredictor:
         self.tif_bgr = _as_bool(tif_bgr, "tif_bgr")
         self.recursive = _as_bool(recursive, "recursive")
         if object_type not in ("detection", "annotation"):
-            raise ValueError(f"object_type must be 'detection' or 'annotation', got {object_type!r}.")
+            raise InputError(f"object_type must be 'detection' or 'annotation', got {object_type!r}.")
         self.object_type = object_type
         self.polygon_tolerance = float(polygon_tolerance)
         self.min_area = int(min_area)
