@@ -80,13 +80,18 @@ def composite_on_white(rgb: np.ndarray, alpha: np.ndarray, premultiplied: bool =
         ``(..., 3)`` uint8: ``c * a + 255 * (1 - a)`` (``c + 255 * (1 - a)`` when premultiplied), rounded; a
         transparent pixel is ``(255, 255, 255)`` and an opaque one is unchanged.
     """
-    c = rgb.astype(np.int32)
-    a = alpha.astype(np.int32)[..., None]
+    see_through = alpha < 255
+    out = np.array(rgb[..., :3], dtype=np.uint8, order="C")
+    if not see_through.any():  # the usual case: an opaque image or region, nothing to blend
+        return out
+    c = out[see_through].astype(np.int32)
+    a = alpha[see_through].astype(np.int32)[:, None]
     if premultiplied:
-        out = c + (255 - a)
+        blended = c + (255 - a)
     else:
-        out = (c * a + 255 * (255 - a) + 127) // 255
-    return np.clip(out, 0, 255).astype(np.uint8)
+        blended = (c * a + 255 * (255 - a) + 127) // 255
+    out[see_through] = np.clip(blended, 0, 255).astype(np.uint8)
+    return out
 
 
 def _c_round(x: np.ndarray) -> np.ndarray:
