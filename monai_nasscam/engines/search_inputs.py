@@ -264,7 +264,9 @@ def check_run_settings(
         try:
             _float(arch_learning_rate, "arch_learning_rate", 0.0, float("inf"), low_open=True)
         except ValueError:
-            raise ValueError(f"arch_learning_rate must be a positive number or 'auto', got {arch_learning_rate!r}.") from None
+            raise ValueError(
+                f"arch_learning_rate must be a positive number or 'auto', got {arch_learning_rate!r}."
+            ) from None
     if epochs is not None:
         _int(epochs, "epochs", 1)
     if val_interval is not None:
