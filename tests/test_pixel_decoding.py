@@ -188,8 +188,8 @@ def test_alpha_is_composited_onto_white(tmp_path):
     for name in ("a.png", "straight.tif", "assoc.tif"):
         assert np.abs(read_rgb(tmp_path / name).astype(int) - expected).max() <= 1, name
     # grey + alpha, palette, min-is-white: what a viewer shows
-    tifffile.imwrite(tmp_path / "la.tif", np.stack([np.full((2, 3), 60, np.uint8), np.array([[0, 255, 255]] * 2, np.uint8)], -1),
-                     photometric="minisblack", extrasamples=["unassalpha"])
+    grey_alpha = np.stack([np.full((2, 3), 60, np.uint8), np.array([[0, 255, 255]] * 2, np.uint8)], -1)
+    tifffile.imwrite(tmp_path / "la.tif", grey_alpha, photometric="minisblack", extrasamples=["unassalpha"])
     np.testing.assert_array_equal(read_rgb(tmp_path / "la.tif")[0], [[255] * 3, [60] * 3, [60] * 3])
     cmap = np.zeros((3, 256), np.uint16)
     cmap[:, 1] = [65535, 0, 32768]
@@ -234,7 +234,7 @@ def test_transparent_half_of_a_slide_is_glass_at_inference(tmp_path, tiled):
     np.testing.assert_array_equal(image[:, :256], rgb[:, :256])
 
     out = tmp_path / "out"
-    inferer = SlidingWindowInferer(roi_size=(64, 64), sw_batch_size=8, overlap=0.5, cval=1.0)  # stride 32: blocks of 256
+    inferer = SlidingWindowInferer(roi_size=(64, 64), sw_batch_size=8, overlap=0.5, cval=1.0)  # stride 32: 256 blocks
     settings = {"tiled": True, "block_size": 256} if tiled else {"tiled": False}
     NucleiPredictor(_DarkIsNucleus(), inferer, src, out, stain="none", optimize="none", progress=False,
                     tune_malloc=False, num_threads=1, **settings).run()

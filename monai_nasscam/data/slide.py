@@ -8,16 +8,18 @@ Which reader reads what:
   Leica, Philips, Ventana ...), level 0, through :class:`OpenSlideRegionReader`.
 - **tifffile** (``imagecodecs`` codecs) reads every other TIFF -- plain tiled or stripped TIFFs, MoNuSAC ``.tif``
   copies, ``.svs`` files OpenSlide does not take as Aperio (e.g. written with a second ``ImageDescription`` tag) --
-  segment by segment, through :class:`TiffRegionReader`. OpenSlide's generic-TIFF driver is not used: it reads
-  only tiled files, through libtiff's 8-bit RGBA path, while tifffile reads strips, 16-bit, planar and grey
-  samples exactly.
+  segment by segment, through :class:`TiffRegionReader`; also a vendor file OpenSlide recognises but cannot open
+  (e.g. tiles in a compression it lacks). OpenSlide's generic-TIFF driver is not used: it reads only tiled files,
+  through libtiff's 8-bit RGBA path, while tifffile reads strips, 16-bit, planar and grey samples exactly.
 - **PIL** reads PNG, JPEG, BMP (decoded whole), through :class:`ArrayRegionReader`.
 
 What stays hand-written, because no reader does it: transparent pixels are composited onto **white** (OpenSlide
 returns them as ``(0, 0, 0, 0)``, tifffile and PIL return the raw samples), so a transparent slide margin reads as
 glass; and where tifffile hands back a JPEG 2000 ``33003`` codestream's Y, Cb, Cr samples unconverted (a codestream
 without chroma subsampling) or an uncompressed YCbCr TIFF, they are converted to RGB with OpenSlide's arithmetic
-(:func:`ycbcr_to_rgb`).
+(:func:`ycbcr_to_rgb`). Every reader's ``read_region`` also returns the mask of fully transparent pixels, which
+inference keeps out of the class map. MONAI's ``WSIReader`` is not used: its OpenSlide backend is this same library,
+and its tifffile backend returns 33003 tiles as Y, Cb, Cr and drops alpha like a bare tifffile read.
 """
 
 from __future__ import annotations
@@ -176,7 +178,7 @@ class ArrayRegionReader:
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"{path}: expected an RGB uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
         if transparent is not None and tuple(transparent.shape) != tuple(image.shape[:2]):
-            raise ValueError(f"{path}: transparency mask of shape {transparent.shape} for an image of {image.shape[:2]}")
+            raise ValueError(f"{path}: transparency mask of shape {transparent.shape}, image of shape {image.shape[:2]}")
         self.image = image
         self.path = path
         self.mpp = mpp
@@ -508,7 +510,8 @@ def _read_pil(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     from PIL import Image
 
     with Image.open(path) as im:
-        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
+        has_alpha = im.mode in ("RGBA", "LA", "PA", "RGBa", "La")
+        if has_alpha or (im.mode in ("P", "L", "RGB") and "transparency" in im.info):
             im = im.convert("RGBa" if im.mode in ("RGBa", "La") else "RGBA")
             arr = np.asarray(im)
             clear = arr[..., 3] == 0
