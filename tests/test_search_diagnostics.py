@@ -420,6 +420,12 @@ def test_divergence_guard_in_process():
     assert message.startswith("search diverged at epoch 2, iteration 3: the weight-step loss is nan.")
     assert "--learning_rate (now 0.0001) / --arch_learning_rate (now 0.003)" in message
     assert (info.value.epoch, info.value.iteration) == (2, 3)
+    from monai_nasscam.errors import find_input_error
+
+    assert find_input_error(RuntimeError("wrapped by MONAI's config parser")) is None
+    wrapped = RuntimeError("Failed to evaluate ConfigExpression")
+    wrapped.__cause__ = info.value
+    assert find_input_error(wrapped) is info.value  # the bundle run ends with the one line "error: search diverged ..."
 
     # non-finite alphas after an alpha step
     with torch.no_grad():

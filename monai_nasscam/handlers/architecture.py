@@ -24,6 +24,7 @@ from monai.engines.utils import IterationEvents
 from monai.utils import CommonKeys as Keys
 
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents
+from monai_nasscam.errors import InputError
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell, arch_parameters
 from monai_nasscam.networks.diagnostics import CONVERGED, SearchDiagnostics, VerdictRule, diagnose, verdict_advice
 from monai_nasscam.networks.genotype import Genotype, attention_blocks
@@ -64,7 +65,8 @@ def alpha_weights(network: nn.Module) -> dict[str, dict[str, tuple[tuple[str, ..
 
 def _is_shared(network: nn.Module) -> bool:
     """One set of alphas for all modules (a non-synchronous search): as many distinct alpha tensors as cell kinds."""
-    cells = [m for block in attention_blocks(_unwrap(network)).values() for m in block.modules() if isinstance(m, NASAttentionCell) and m.searchable]
+    blocks = attention_blocks(_unwrap(network)).values()
+    cells = [m for b in blocks for m in b.modules() if isinstance(m, NASAttentionCell) and m.searchable]
     kinds = {c.kind for c in cells}
     return len({id(c.alpha) for c in cells}) == len(kinds) and len(cells) > len(kinds)
 
@@ -544,8 +546,12 @@ class BestGenotypeSaver:
         self.best_genotype = state.get("best_genotype")
 
 
-class SearchDiverged(FloatingPointError):
+class SearchDiverged(FloatingPointError, InputError):
     """The search's loss or alphas became non-finite (NaN or infinite): it stopped, and no genotype is written.
+
+    A ``FloatingPointError``; also an :class:`~monai_nasscam.errors.InputError` (the learning rates are too high for
+    the run), so a bundle run ends with the one line ``error: search diverged at ...`` (exit status 1) instead of a
+    traceback.
 
     Attributes:
         epoch: the trainer's epoch.
