@@ -192,6 +192,14 @@ def test_reference_preset_overrides_search():
 
     patent = ConfigParser()
     patent.read_config(str(REPO / "bundle/configs/search.yaml"))
-    expected = {"epochs": 120, "warmup_epochs": 40, "learning_rate": 1e-4, "arch_learning_rate": 1e-3, "batch_size": 4}
+    expected = {"epochs": 120, "warmup_epochs": 40, "learning_rate": 1e-4, "arch_learning_rate": "auto", "batch_size": 4}
     assert {k: patent[k] for k in expected} == expected
+    # the budget-aware alpha rate is the patent's 1e-3 at the patent's budget (80 alpha epochs of 4,803 crops / 4)
+    from monai_nasscam.engines import budget_arch_learning_rate, count_alpha_steps
+
+    assert budget_arch_learning_rate("auto", count_alpha_steps(120, 40, 4803 // 4)) == 1e-3
+    # and the paper preset fixes it at any budget
+    fixed = ConfigParser()
+    fixed.read_config([str(REPO / "bundle/configs/search.yaml"), str(REPO / "bundle/configs/patent.yaml")])
+    assert fixed["arch_learning_rate"] == 1e-3 and fixed["learning_rate"] == 1e-4 and fixed["warmup_epochs"] == 40
     assert patent["roi_size"] == [256, 256] and patent["synchronous"] is True and patent["schedule"] == "iteration"
