@@ -1,4 +1,4 @@
-"""ExpLogLoss: hand-computed values, the reference preset, numerics in the edge cases of SPEC.md §5."""
+"""ExpLogLoss: hand-computed values, the reference preset, numerics in the edge cases of docs/method.md §6.4."""
 
 import math
 

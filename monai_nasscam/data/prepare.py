@@ -1,6 +1,6 @@
 """``nasscam prepare``: a MoNuSAC release -> stain-normalised PNGs, label maps, a split and ``datalist.json``.
 
-Output (``PREP``, see DESIGN.md §5)::
+Output (``PREP``, see docs/data.md §2)::
 
     PREP/datalist.json      decathlon-style: "labels", "training", "validation", "test"
     PREP/manifest.json      counts per split and class, the settings, the fitted stain reference, skipped files

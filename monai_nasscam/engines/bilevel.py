@@ -1,4 +1,4 @@
-"""First-order bilevel architecture search (SPEC §4) as a MONAI ``SupervisedTrainer``.
+"""First-order bilevel architecture search (docs/method.md §5) as a MONAI ``SupervisedTrainer``.
 
 Weight steps minimise the training loss on training batches with the weight optimiser only; architecture
 (alpha) steps minimise the loss on batches of a held-out architecture split with the alpha optimiser only.

@@ -74,7 +74,7 @@ def check_search_attention(attention: str) -> str:
 
 @input_check
 def read_datalist(dataset_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read ``dataset_dir/datalist.json`` (DESIGN.md §5) with paths made absolute.
+    """Read ``dataset_dir/datalist.json`` (docs/data.md §2) with paths made absolute.
 
     Raises:
         FileNotFoundError: no dataset folder or no ``datalist.json`` in it.

@@ -1,4 +1,4 @@
-"""The evaluation report of ``bundle/configs/evaluate.yaml``: ``RUN/metrics.json`` (DESIGN.md §5) and a Markdown
+"""The evaluation report of ``bundle/configs/evaluate.yaml``: ``RUN/metrics.json`` (docs/train_evaluate.md §2) and a Markdown
 table ``RUN/metrics.md``, written when the evaluator completes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The evaluation summary written to ``RUN/metrics.json`` (DESIGN.md §5)."""
+"""The evaluation summary written to ``RUN/metrics.json`` (format: docs/train_evaluate.md §2)."""
 
 from __future__ import annotations
 

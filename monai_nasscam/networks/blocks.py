@@ -1,4 +1,4 @@
-"""Attention blocks: NAS-SAM, NAS-CAM, NAS-SCAM (SPEC §1.3) and the CBAM and scSE baselines (SPEC §8).
+"""Attention blocks: NAS-SAM, NAS-CAM, NAS-SCAM (docs/method.md §2) and the CBAM and scSE baselines (§3.4).
 
 Every block maps ``(B, C, *spatial)`` to a tensor of the same shape and takes ``(spatial_dims, in_channels)``
 first, like MONAI's own blocks. A NAS block is searchable when built without a genotype and fixed

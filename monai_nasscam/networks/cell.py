@@ -1,4 +1,4 @@
-"""The 4-node NAS-SCAM attention cell (SPEC §1.1), searchable or fixed.
+"""The 4-node NAS-SCAM attention cell (docs/method.md §1.1), searchable or fixed.
 
 Nodes: ``n0`` is the input, ``n1`` and ``n2`` have ``hidden_channels`` channels, ``n3`` has one channel.
 Every earlier node feeds every later one (:data:`EDGES`). An edge is a mixed operation

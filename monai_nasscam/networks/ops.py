@@ -1,4 +1,4 @@
-"""Candidate operations of the NAS-SCAM attention cell (SPEC §1.2).
+"""Candidate operations of the NAS-SCAM attention cell (docs/method.md §1.2).
 
 Every candidate except ``none`` is a convolution (with bias) followed by batch normalisation; the cell
 applies the activation. ``none`` outputs zeros and has no parameters. Operations are described by

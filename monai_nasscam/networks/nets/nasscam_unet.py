@@ -1,4 +1,4 @@
-"""NASSCAMUNet: the U-Net of SPEC §2 with an attention module after each of its 4 down and 4 up blocks."""
+"""NASSCAMUNet: the U-Net of docs/method.md §3 with an attention module after each of its 4 down and 4 up blocks."""
 
 from __future__ import annotations
 
