@@ -6,7 +6,7 @@ that needs ``conv15``, and a NAS-SAM cell with a constant target (``none`` on it
 search runs ``BilevelSearchTrainer`` with the workflow's alpha settings (Adam, ``schedule="iteration"``, the
 budget-aware alpha learning rate); it must rank every planted op first. With the alpha steps disabled or an alpha
 learning rate of 0 the alphas stay at their random initialisation and this test fails (checked when it was
-written: 1 or 2 of the 6 planted edges ranked first).
+written: 0 of the 6 planted edges ranked first; with ascending alpha steps the planted ops rank 5th or 6th).
 """
 
 from __future__ import annotations
