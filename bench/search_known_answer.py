@@ -56,8 +56,8 @@ from monai_nasscam.networks.cell import EDGES, arch_parameters, weight_parameter
 from monai_nasscam.networks.ops import CAM_OPS, SAM_OPS
 
 __all__ = [
-    "Probe", "PROBES", "planted_kernel", "competitor_shares", "Teacher", "KnownAnswerNet", "ProbeMSE", "SyntheticStream",
-    "SearchResult", "run_search", "main",
+    "Probe", "PROBES", "planted_kernel", "competitor_shares", "Teacher", "KnownAnswerNet", "ProbeMSE",
+    "SyntheticStream", "SearchResult", "run_search", "main",
 ]
 
 #: share of the planted kernel's energy on taps that only the planted operation has.
