@@ -390,8 +390,9 @@ def plot_dice_bars(summary: Mapping[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(keys) * max(1, len(summary)) / 3), 4), dpi=100)
     width = 0.8 / max(1, len(summary))
     for i, row in enumerate(summary.values()):
-        means = [100 * (row["dice"][k]["mean"] or 0.0) for k in keys]
-        sds = [100 * (row["dice"][k]["sd"] or 0.0) for k in keys]
+        # an undefined value (no seed scored the class) is no bar, not a bar at 0
+        means = [np.nan if row["dice"][k]["mean"] is None else 100 * row["dice"][k]["mean"] for k in keys]
+        sds = [0.0 if row["dice"][k]["sd"] is None else 100 * row["dice"][k]["sd"] for k in keys]
         ax.bar(np.arange(len(keys)) + (i - (len(summary) - 1) / 2) * width, means, width, yerr=sds, capsize=2, label=row["label"])
     ax.set_xticks(np.arange(len(keys)), keys)
     ax.set_ylabel("pooled Dice (%)")
