@@ -219,6 +219,44 @@ def test_prepare_reads_a_transparent_half_as_white(tmp_path):
     np.testing.assert_array_equal(prepared[:, :48], rgb[:, :48])
 
 
+def _square(rid: int, x0: int, y0: int, x1: int, y1: int) -> str:
+    return (f'<Region Id="{rid}" Type="0"><Vertices><Vertex X="{x0}" Y="{y0}"/><Vertex X="{x1}" Y="{y0}"/>'
+            f'<Vertex X="{x1}" Y="{y1}"/><Vertex X="{x0}" Y="{y1}"/></Vertices></Region>')
+
+
+def test_prepare_clears_annotation_on_transparent_pixels(tmp_path, caplog):
+    """Nuclei drawn on the transparent half are no target: background in the class and instance maps, one warning."""
+    from monai_nasscam.data import rasterize_regions, read_imagescope_xml
+
+    _, rgba = _rgba_half_transparent(96, 96, 8)  # columns 48: transparent
+    xml = ('<Annotations><Annotation Id="1"><Attributes><Attribute Name="Lymphocyte"/></Attributes><Regions>'
+           + _square(1, 60, 10, 70, 20)  # entirely on glass: dropped
+           + _square(2, 40, 40, 56, 50)  # straddles the edge: keeps its opaque part
+           + _square(3, 10, 60, 20, 70)  # entirely on tissue: untouched
+           + "</Regions></Annotation></Annotations>")
+    name = "TCGA-ZZ-0000-01Z-00-DX1_1"
+    folder = tmp_path / "raw" / "TCGA-ZZ-0000-01Z-00-DX1"
+    folder.mkdir(parents=True)
+    tifffile.imwrite(folder / f"{name}.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    (folder / f"{name}.xml").write_text(xml)
+    full = rasterize_regions(read_imagescope_xml(folder / f"{name}.xml").regions, (96, 96))  # without the alpha
+    on_glass = int((full.class_map[:, 48:] > 0).sum())
+    assert on_glass > 0 and (full.instance_map[:, :48] == 2).any() and (full.instance_map[:, 48:] == 2).any()
+
+    with caplog.at_level("WARNING", logger="monai_nasscam.data.prepare"):
+        manifest = prepare_dataset(tmp_path / "raw", tmp_path / "prep", workers=0, progress=False, stain="none")
+    labels = np.asarray(Image.open(tmp_path / "prep" / "labels" / f"{name}.png"))
+    instances = tifffile.imread(tmp_path / "prep" / "instances" / f"{name}.tif")
+    assert not labels[:, 48:].any() and not instances[:, 48:].any()
+    np.testing.assert_array_equal(labels[:, :48], full.class_map[:, :48])  # the opaque half is unchanged
+    np.testing.assert_array_equal(instances[:, :48], full.instance_map[:, :48])
+    assert set(np.unique(instances)) == {0, 2, 3}  # nucleus 1 is gone
+    assert manifest["counts"]["total"]["nuclei"]["Lymphocyte"] == 2
+    warned = [r.getMessage() for r in caplog.records if "transparent" in r.getMessage()]
+    assert warned == [f"{name}: {on_glass} annotated pixels (2 nuclei) lie on transparent pixels; set to background"
+                      " (1 nucleus removed entirely)"]
+
+
 @pytest.mark.parametrize("tiled", [True, False], ids=["block-wise", "whole"])
 def test_transparent_half_of_a_slide_is_glass_at_inference(tmp_path, tiled):
     """A 512 x 512 tiled RGBA slide (associated alpha), right half transparent: skipped as glass, no nuclei."""
