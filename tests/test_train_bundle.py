@@ -273,6 +273,30 @@ def test_record_run_inputs_copies_the_genotype_without_replacing_one(prepared, t
     assert not (tmp_path / "rank1").exists()
 
 
+@pytest.mark.parametrize("verdict", ["not converged", "collapsed", "converged", None])
+def test_a_genotype_whose_search_did_not_converge_is_named_once_at_the_start_of_training(tmp_path, caplog, verdict):
+    from monai_nasscam.engines.train_inputs import record_run_inputs
+
+    path = _nas_genotype(tmp_path / "search" / "genotype.json")
+    data = json.loads(path.read_text())
+    if verdict is None:  # a version-1 file: no search section, nothing known, nothing said
+        data["version"] = 1
+        data.pop("search", None)
+    else:
+        data["search"]["verdict"] = verdict
+    path.write_text(json.dumps(data))
+    with caplog.at_level("WARNING", logger="monai_nasscam.engines.train_inputs"):
+        assert record_run_inputs(tmp_path / "no_prep", tmp_path / "run", path, rank=0)
+    said = [r.getMessage() for r in caplog.records if "converge" in r.getMessage()]
+    if verdict in ("converged", None):
+        assert said == []
+    else:
+        assert said == [
+            f"{path}: the genotype comes from a search whose verdict is {verdict!r}, not 'converged'; a genotype "
+            "from a search that did not converge is close to a random pick; see docs/search.md"
+        ]
+
+
 # ------------------------------------------------------------------------------------------------------- resume
 def test_run_workflow_resumes_an_interrupted_run_and_restarts_a_changed_one(prepared, tmp_path):
     from monai_nasscam.workflow import DONE_MARKER, STARTED_MARKER, run_workflow

@@ -15,6 +15,7 @@ evaluation and inference of ``RUN/models/model.pt`` build the same network witho
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import warnings
@@ -31,6 +32,7 @@ from monai_nasscam.engines.search_inputs import check_roi_size, check_run_settin
 from monai_nasscam.errors import input_check
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.blocks import NAS_ATTENTIONS
+from monai_nasscam.networks.diagnostics import CONVERGED
 from monai_nasscam.networks.genotype import Genotype
 from monai_nasscam.serialization import install_cpu_fallback, load_checkpoint
 
@@ -57,6 +59,7 @@ __all__ = [
     "check_train_inputs",
     "check_evaluate_inputs",
     "record_run_inputs",
+    "warn_unconverged_genotype",
 ]
 
 #: file name of the resumable training checkpoint under ``RUN/checkpoints``.
@@ -399,6 +402,34 @@ def _check_budget(epochs: int, batch_size: int, roi_size: Sequence[int] | int, v
         )
 
 
+def warn_unconverged_genotype(genotype: Genotype | None, path: str | os.PathLike | None) -> str | None:
+    """Log one warning when ``genotype`` records a search whose verdict is not ``"converged"``.
+
+    A version-2 genotype file holds a ``search`` section (:attr:`~monai_nasscam.networks.genotype.Genotype.search`)
+    with the verdict of the alphas it was derived from; retraining a genotype whose search did not converge (or
+    collapsed) is allowed, but said once at the start of training. A genotype without that section (version 1, a
+    hand-made file) or without a verdict is not warned about.
+
+    Args:
+        genotype: the genotype to be trained, or ``None`` (a baseline: nothing to say).
+        path: the genotype file, named in the message.
+
+    Returns:
+        the message logged, or ``None`` when there is nothing to warn about.
+    """
+    if genotype is None or not genotype.search:
+        return None
+    verdict = genotype.search.get("verdict")
+    if verdict is None or verdict == CONVERGED:
+        return None
+    message = (
+        f"{path}: the genotype comes from a search whose verdict is {verdict!r}, not 'converged'; a genotype from a "
+        "search that did not converge is close to a random pick; see docs/search.md"
+    )
+    logging.getLogger(__name__).warning(message)
+    return message
+
+
 @input_check
 def check_train_inputs(
     dataset_dir: str | os.PathLike,
@@ -457,14 +488,16 @@ def record_run_inputs(
     (a search into the same folder wrote it; it is never replaced), and ``RUN/network.json``, the network trained:
     ``{"attention": ..., "genotype": "genotype.json" | an absolute path | null, "features": [...], "dropout": ...}``
     (the network choice of :func:`resolve_network_choice` for ``attention``, ``genotype_path`` and ``output_dir``,
-    as it is before this call). Atomic writes, by rank 0 only (``rank``: this process's, default
+    as it is before this call). A genotype whose search did not converge is named in one warning
+    (:func:`warn_unconverged_genotype`). Atomic writes, by rank 0 only (``rank``: this process's, default
     ``ignite.distributed.get_rank()``: the process group's rank, 0 without one).
     """
     if rank is None:
         rank = idist.get_rank()
     if rank != 0:
         return False
-    chosen, _, chosen_genotype = resolve_network_choice(attention, genotype_path, output_dir)
+    chosen, chosen_net, chosen_genotype = resolve_network_choice(attention, genotype_path, output_dir)
+    warn_unconverged_genotype(chosen_net, chosen_genotype)  # once, at the start of training (rank 0)
     if chosen != "deeplabv3plus":
         features = resolve_features(features, output_dir)
     out = Path(output_dir)
