@@ -137,7 +137,8 @@ def test_verdict_not_converged_uniform():
 
 def test_verdict_converged_and_unstable():
     first = diagnose(_varied())
-    assert first.verdict == "converged" and first.decided == 1.0 and first.reasons == ()
+    # one validation: converged, but the reasons say the stability was not checked
+    assert first.verdict == "converged" and first.decided == 1.0 and first.reasons == ("stability not checked (one validation)",)
     same = diagnose(_varied(), previous=first.best_ops())
     assert same.verdict == "converged" and same.changed == 0
     moved = diagnose(_varied(shift=1), previous=first.best_ops())  # every best op changed

@@ -21,12 +21,21 @@ import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
+from monai.handlers import ValidationHandler
 from monai.utils import CommonKeys as Keys
 
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents
 from monai_nasscam.errors import InputError
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell, arch_parameters
-from monai_nasscam.networks.diagnostics import CONVERGED, SearchDiagnostics, VerdictRule, diagnose, verdict_advice
+from monai_nasscam.networks.diagnostics import (
+    CONVERGED,
+    SearchDiagnostics,
+    VerdictRule,
+    diagnose,
+    diagnose_genotype,
+    genotype_weights,
+    verdict_advice,
+)
 from monai_nasscam.networks.genotype import Genotype, attention_blocks
 
 __all__ = [
@@ -38,6 +47,7 @@ __all__ = [
     "AlphaHeatmapSaver",
     "GenotypeSaver",
     "BestGenotypeSaver",
+    "SearchValidationHandler",
     "DivergenceGuard",
     "SearchDiverged",
 ]
@@ -82,7 +92,8 @@ def search_diagnostics(
 
     Args:
         network: the searchable network (a ``DataParallel`` / ``DistributedDataParallel`` wrapper is unwrapped).
-        previous: the best operations of the previous validation (``SearchDiagnostics.best_ops()``), or ``None``.
+        previous: the best operations of the previous validation (``SearchDiagnostics.decided_ops()``: ``None`` on
+            the edges undecided then), or ``None``.
         rule: the verdict's thresholds (default: the module constants of :mod:`monai_nasscam.networks.diagnostics`).
         epoch: recorded in the result.
     """
@@ -237,7 +248,7 @@ class AlphaTensorBoardHandler:
 class SearchDiagnosticsHandler:
     """At each validation (attach to the evaluator; its epoch is the trainer's), compute the figures and the verdict
     of the current alphas (:func:`search_diagnostics`: entropy, margin, none share, decided share, best operations
-    changed since the previous validation) and
+    of the edges decided at the previous validation that changed since) and
 
     - put the scalar aggregates into ``engine.state.metrics`` (``alpha_entropy``, ``alpha_margin``,
       ``alpha_none_share``, ``alpha_decided`` and, from the second validation on, ``alpha_changed``), so the
@@ -303,7 +314,7 @@ class SearchDiagnosticsHandler:
         if self._writer is not None:
             self.write(diagnostics, epoch)
         self.latest = diagnostics
-        self.previous, self.previous_epoch = diagnostics.best_ops(), epoch
+        self.previous, self.previous_epoch = diagnostics.decided_ops(), epoch
         self.logger.info(f"epoch {epoch} alphas: {diagnostics.summary()}")
 
     def write(self, diagnostics: SearchDiagnostics, step: int) -> None:
@@ -445,13 +456,52 @@ def summarize(genotype: Genotype) -> str:
     return " | ".join(parts)
 
 
+class SearchValidationHandler(ValidationHandler):
+    """MONAI's ``ValidationHandler`` (run the validator every ``interval`` epochs of the trainer, at the trainer's
+    epoch) that also validates the trainer's final epoch (``state.max_epochs``) when ``interval`` does not divide
+    it, so the last epochs of a search are never left out of the choice of the best genotype. The final validation
+    runs at the end of that epoch, before the epoch's checkpoint (:class:`~monai_nasscam.handlers.SearchCheckpointer`
+    registers its handler when the run starts), so the checkpoint holds its result. Attach to the trainer on every
+    rank (a sharded validation needs all of them).
+
+    Args:
+        validator: the evaluator.
+        interval: validate every N epochs (and at the final epoch).
+        epoch_level: only ``True`` (epoch-level validation) is supported.
+        exec_at_start: also validate before training (see ``ValidationHandler``).
+
+    Raises:
+        ValueError: ``epoch_level`` is false.
+    """
+
+    def __init__(self, validator: Any = None, interval: int = 1, epoch_level: bool = True, exec_at_start: bool = False) -> None:
+        if not epoch_level:
+            raise ValueError("SearchValidationHandler validates at epoch level only (epoch_level=True).")
+        super().__init__(interval=interval, validator=validator, epoch_level=True, exec_at_start=exec_at_start)
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._final)
+
+    def _final(self, engine: Engine) -> None:
+        epoch, last = int(engine.state.epoch), engine.state.max_epochs
+        if last is not None and epoch == int(last) and epoch % self.interval != 0:
+            self(engine)
+
+
 class BestGenotypeSaver:
     """Keep the genotype of the best validation (the evaluator's key metric, the pooled mean Dice) and write it
     to ``output_path`` (``RUN/genotype.json``) when the run ends, with the ``search`` section of that validation's
-    alphas (figures and verdict); then log the verdict and, unless it is ``converged``, what to change. Attach to
-    the trainer; it follows the given evaluator's validations. With no validation at all, the final genotype is
-    written (with a warning). Its state (``state_dict`` / ``load_state_dict``) goes into the search checkpoint so
-    a resumed run keeps the best.
+    alphas (figures and verdict), and its alpha heatmap next to it (``heatmap_name``); then log the verdict and,
+    unless it is ``converged``, what to change. Attach to the trainer; it follows the given evaluator's
+    validations. Its state (``state_dict`` / ``load_state_dict``) goes into the search checkpoint so a resumed run
+    keeps the best.
+
+    A validation during the warm-up (trainer epoch ``<= warmup_epochs``: the alphas have not moved, the derived
+    operations are the argmax of their initial values) is a candidate only while no validation after the warm-up
+    happened: the first validation after it replaces a warm-up best whatever its metric. When every validation was
+    in the warm-up, the best of them is written with a warning; with no validation at all, the final genotype is
+    written (with a warning).
 
     Args:
         network: the searchable network.
@@ -462,6 +512,10 @@ class BestGenotypeSaver:
         name: logger name (default: the trainer's logger).
         diagnostics: the evaluator's :class:`SearchDiagnosticsHandler` (attached to it before this saver), whose
             figures of the best validation become the ``search`` section; default: computed from the alphas alone.
+        warmup_epochs: the trainer's weight-only epochs; ``None``: the attached trainer's ``warmup_epochs`` (0 when
+            it has none).
+        heatmap_name: file name, next to ``output_path``, of the alpha heatmap of the written genotype (its recorded
+            alphas, titled with its epoch and verdict); ``None``: not written.
     """
 
     def __init__(
@@ -473,6 +527,8 @@ class BestGenotypeSaver:
         exclude_none: bool = False,
         name: str | None = None,
         diagnostics: SearchDiagnosticsHandler | None = None,
+        warmup_epochs: int | None = None,
+        heatmap_name: str | None = "genotype_heatmap.png",
     ) -> None:
         self.network = network
         self.evaluator = evaluator
@@ -485,10 +541,17 @@ class BestGenotypeSaver:
         self.best_metric: float | None = None
         self.best_epoch: int = -1
         self.best_genotype: dict | None = None
+        self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
+        self.heatmap_name = heatmap_name
+
+    def _warmup(self) -> int:
+        return self.warmup_epochs or 0
 
     def attach(self, engine: Engine) -> None:
         if self._name is None:
             self.logger = engine.logger
+        if self.warmup_epochs is None:
+            self.warmup_epochs = int(getattr(engine, "warmup_epochs", 0) or 0)
         self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.record)
         engine.add_event_handler(Events.COMPLETED, self.write)
 
@@ -500,12 +563,15 @@ class BestGenotypeSaver:
         value = float(evaluator.state.metrics[name])
         if value != value:  # NaN: nothing to compare
             return
-        if self.best_metric is None or value > self.best_metric:
-            epoch = int(evaluator.state.epoch)
+        epoch = int(evaluator.state.epoch)
+        warm = epoch <= self._warmup()
+        best_warm = self.best_genotype is not None and self.best_epoch <= self._warmup()
+        if self.best_genotype is None or (warm == best_warm and value > self.best_metric) or (best_warm and not warm):
             search = _diagnostics_at(self.diagnostics, self.network, epoch).to_dict()
             genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none, search=search)
             self.best_metric, self.best_epoch, self.best_genotype = value, epoch, genotype.to_dict()
-            self.logger.info(f"best genotype so far at epoch {self.best_epoch}: {name}={value:.4f}")
+            note = " (a warm-up validation: kept only until one after the warm-up)" if warm else ""
+            self.logger.info(f"best genotype so far at epoch {self.best_epoch}: {name}={value:.4f}{note}")
 
     def write(self, engine: Engine | None = None) -> Path:
         """Write the best genotype (or the current one if nothing was validated), then log its verdict."""
@@ -514,9 +580,33 @@ class BestGenotypeSaver:
             genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none)
         else:
             genotype = Genotype.from_dict(self.best_genotype, source="best genotype")
+            if self.best_epoch <= self._warmup():
+                self.logger.warning(
+                    f"no validation after the warm-up (epochs 1-{self._warmup()}, the alphas do not move): the genotype "
+                    f"of epoch {self.best_epoch} is the argmax of alphas that never trained; search with more --epochs "
+                    "than --warmup_epochs."
+                )
         path = genotype.save(self.output_path)
         self.logger.info(f"genotype of epoch {self.best_epoch} (best validation {self.best_metric}) written to {path}")
+        if self.heatmap_name:
+            self.save_heatmap(genotype, path.parent / self.heatmap_name)
         self.log_verdict(genotype, path)
+        return path
+
+    def save_heatmap(self, genotype: Genotype, path: str | os.PathLike, dpi: int = 110) -> Path | None:
+        """Write the alpha heatmap of ``genotype``'s recorded alphas to ``path`` (atomically), titled with the
+        genotype's epoch; ``None`` (nothing written) when the genotype records no alphas."""
+        if not genotype.alphas:
+            return None
+        path = Path(path)
+        search = genotype.search or {}
+        epoch = search.get("epoch")
+        title = f"{self.output_path.name}: softmax(alpha) of " + (f"epoch {epoch}" if epoch is not None else "the final alphas")
+        fig = plot_alpha_heatmap(weights=genotype_weights(genotype.alphas), title=title, diagnostics=diagnose_genotype(genotype))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, path)
         return path
 
     def log_verdict(self, genotype: Genotype, path: str | os.PathLike) -> None:
@@ -535,7 +625,7 @@ class BestGenotypeSaver:
         line = f"search verdict for {path} ({where}): {verdict.upper()}: {figures}" + (f" ({reasons})" if reasons else "")
         log = self.logger.info if verdict == CONVERGED else self.logger.warning
         log(line)
-        log(("next: " if verdict == CONVERGED else "what to change: ") + verdict_advice(verdict))
+        log(("next: " if verdict == CONVERGED else "what to change: ") + verdict_advice(verdict, search))
 
     def state_dict(self) -> dict:
         return {"best_metric": self.best_metric, "best_epoch": self.best_epoch, "best_genotype": self.best_genotype}

@@ -7,7 +7,8 @@ figures below say how far the alphas are from uniform and whether the chosen ope
   ``-sum(p ln p) / ln K`` in [0, 1] (1: uniform, 0: one candidate holds all the weight);
 - **margin**: ``p1 - p2``, the weight of the best candidate minus that of the second best, in [0, 1];
 - **none share**: the share of edges whose best candidate is ``none``;
-- **changed**: how many edges' best candidate differs from the previous validation's;
+- **changed**: how many edges that were decided at the previous validation have a different best candidate now
+  (the flip of an edge that was undecided then, an argmax of near-equal weights, is no change of a choice);
 - **decided**: the share of edges whose margin is at least :data:`DECIDED_MARGIN`.
 
 The verdict (:class:`VerdictRule`, thresholds as module-level constants):
@@ -22,7 +23,8 @@ The verdict (:class:`VerdictRule`, thresholds as module-level constants):
    rather than evidence of a collapse, so only the all-``none`` rule applies there;
 2. otherwise ``"converged"`` when at least :data:`CONVERGED_DECIDED_SHARE` of the distinct edges are decided and,
    when there was a previous validation, at most :data:`CONVERGED_MAX_CHANGED_SHARE` of them changed their best
-   operation since;
+   operation since; without a previous validation the stability is not checked, and the reasons of a
+   ``converged`` verdict say so (:data:`STABILITY_UNCHECKED`);
 3. otherwise ``"not converged"``.
 
 Edges are counted once per distinct cell: in a shared search the 8 modules hold the same alphas, so a kind
@@ -47,6 +49,7 @@ __all__ = [
     "COLLAPSE_OP_SHARE",
     "COLLAPSE_MIN_EDGES",
     "VERDICTS",
+    "STABILITY_UNCHECKED",
     "VerdictRule",
     "CellDiagnostics",
     "SearchDiagnostics",
@@ -71,6 +74,9 @@ COLLAPSE_MIN_EDGES = 12
 NOT_CONVERGED, CONVERGED, COLLAPSED = "not converged", "converged", "collapsed"
 #: the possible verdicts.
 VERDICTS: tuple[str, ...] = (NOT_CONVERGED, CONVERGED, COLLAPSED)
+#: the reason added when there is no previous validation to compare with (a ``converged`` verdict is then only
+#: "decided", not "stable").
+STABILITY_UNCHECKED = "stability not checked (one validation)"
 
 #: ``{position: {kind: (candidate names, softmax weights (6, K))}}``, as ``handlers.alpha_weights`` returns.
 Weights = Mapping[str, Mapping[str, tuple[Sequence[str], Any]]]
@@ -135,7 +141,7 @@ class CellDiagnostics:
         entropy: normalised entropy per edge, in [0, 1].
         margin: ``p1 - p2`` per edge.
         best: the best (argmax) candidate per edge.
-        changed: edges whose best candidate differs from the previous validation; ``None`` without one.
+        changed: edges decided at the previous validation whose best candidate differs now; ``None`` without one.
         decided: edges with ``margin >= rule.decided_margin``.
     """
 
@@ -187,7 +193,8 @@ class SearchDiagnostics:
         margin: mean margin over the distinct edges.
         none_share: share of the distinct edges whose best operation is ``none``.
         decided: share of the distinct edges that are decided.
-        changed: distinct edges whose best operation changed since the previous validation (``None``: no previous).
+        changed: distinct edges, decided at the previous validation, whose best operation changed since (``None``:
+            no previous validation).
         dominant: per kind, the operation that is the decided best on most distinct edges and its share of all the
             kind's distinct edges (``(None, 0.0)`` when no edge of the kind is decided).
         rule: the thresholds used.
@@ -213,8 +220,16 @@ class SearchDiagnostics:
         return None if self.changed is None else self.changed / self.edges
 
     def best_ops(self) -> dict[str, dict[str, list[str]]]:
-        """``{position: {kind: [best op per edge]}}``: the ``previous`` of the next :func:`diagnose`."""
+        """``{position: {kind: [best op per edge]}}``, decided or not."""
         return {p: {k: list(c.best) for k, c in per.items()} for p, per in self.cells.items()}
+
+    def decided_ops(self) -> dict[str, dict[str, list[str | None]]]:
+        """``{position: {kind: [best op per edge, None where the edge is undecided]}}``: the ``previous`` of the
+        next :func:`diagnose` (only the edges decided now can count as changed then)."""
+        return {
+            p: {k: [b if m >= self.rule.decided_margin else None for b, m in zip(c.best, c.margin)] for k, c in per.items()}
+            for p, per in self.cells.items()
+        }
 
     def metrics(self, prefix: str = "alpha_") -> dict[str, float]:
         """The scalar aggregates, e.g. for ``engine.state.metrics``: ``{prefix}entropy``, ``{prefix}margin``,
@@ -271,6 +286,7 @@ def diagnose(
     rule: VerdictRule | None = None,
     shared: bool | None = None,
     epoch: int | None = None,
+    changed: int | None = None,
 ) -> SearchDiagnostics:
     """The figures and the verdict of a network's softmax(alpha).
 
@@ -278,11 +294,14 @@ def diagnose(
         weights: ``{position: {kind: (candidate names, softmax weights (6, K))}}``
             (:func:`monai_nasscam.handlers.alpha_weights`).
         previous: the best operation per edge at the previous validation, ``{position: {kind: [names]}}``
-            (:meth:`SearchDiagnostics.best_ops`); ``None``: no previous validation, nothing is counted as changed.
+            (:meth:`SearchDiagnostics.decided_ops`); an edge given as ``None`` was undecided then and is never
+            counted as changed. ``None``: no previous validation, nothing is counted as changed.
         rule: the thresholds; default :class:`VerdictRule` with the module's constants.
         shared: whether all modules share one set of alphas (counted once); ``None``: detected (every position
             holds the same weights).
         epoch: recorded in the result.
+        changed: with ``previous=None``, the changed count recorded elsewhere (a genotype's ``search`` section),
+            used in the verdict as if it came from a previous validation; ignored when ``previous`` is given.
 
     Returns:
         a :class:`SearchDiagnostics`.
@@ -304,17 +323,18 @@ def diagnose(
             except ValueError as e:
                 raise ValueError(f"the {kind} cell at {position}: {e}") from None
             best_names = tuple(names[i] for i in best.tolist())
-            changed = None
+            cell_changed = None
             if previous is not None:
                 before = list((previous.get(position) or {}).get(kind) or [])
-                changed = sum(a != b for a, b in zip(before, best_names)) + abs(len(before) - len(best_names))
+                cell_changed = sum(a is not None and a != b for a, b in zip(before, best_names))
+                cell_changed += abs(len(before) - len(best_names))
             decided_best = [b for b, m in zip(best_names, margin.tolist()) if m >= rule.decided_margin]
             decided_by_cell[(position, kind)] = decided_best
             cells[position][kind] = CellDiagnostics(
                 entropy=tuple(entropy.tolist()),
                 margin=tuple(margin.tolist()),
                 best=best_names,
-                changed=changed,
+                changed=cell_changed,
                 decided=int((margin >= rule.decided_margin).sum()),
             )
     distinct = [next(iter(cells.values()))] if shared else list(cells.values())
@@ -324,7 +344,8 @@ def diagnose(
     margin = sum(sum(c.margin) for _, c in pool) / edges
     none_share = sum(c.none_share * c.edges for _, c in pool) / edges
     decided = sum(c.decided for _, c in pool) / edges
-    changed = None if previous is None else sum(c.changed or 0 for _, c in pool)
+    recorded = changed
+    changed = sum(c.changed or 0 for _, c in pool) if previous is not None else (None if recorded is None else int(recorded))
 
     dominant: dict[str, tuple[str | None, float]] = {}
     kind_edges: dict[str, int] = {}
@@ -359,6 +380,8 @@ def diagnose(
                 f"at most {rule.converged_max_changed_share:.0%} allowed"
             )
         verdict = NOT_CONVERGED if reasons else CONVERGED
+        if verdict == CONVERGED and changed is None:  # decided, but not shown to be stable
+            reasons.append(STABILITY_UNCHECKED)
     return SearchDiagnostics(
         verdict=verdict,
         reasons=tuple(reasons),
@@ -392,21 +415,59 @@ def genotype_weights(alphas: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[
 
 
 def diagnose_genotype(genotype: Any, rule: VerdictRule | None = None) -> SearchDiagnostics:
-    """:func:`diagnose` of a :class:`~monai_nasscam.networks.Genotype`'s recorded alphas (no previous validation;
-    the ``epoch`` of its ``search`` section, if any).
+    """:func:`diagnose` of a :class:`~monai_nasscam.networks.Genotype`'s recorded alphas, agreeing with the verdict
+    its ``search`` section recorded during the search: the section's ``changed`` count (edges whose best operation
+    changed since the validation before, which the alphas alone cannot tell), per cell and in total, its ``rule``
+    (unless ``rule`` is given) and its ``epoch`` are used. Without a section (or with ``changed`` null), nothing is
+    counted as changed and the reasons say the stability was not checked.
+
+    Args:
+        genotype: a :class:`~monai_nasscam.networks.Genotype` with recorded alphas.
+        rule: the thresholds; default the section's ``rule``, else :class:`VerdictRule`.
 
     Raises:
         ValueError: the genotype records no alphas.
     """
     if not genotype.alphas:
         raise ValueError("the genotype records no alphas to diagnose.")
-    epoch = (genotype.search or {}).get("epoch") if isinstance(getattr(genotype, "search", None), Mapping) else None
-    return diagnose(genotype_weights(genotype.alphas), rule=rule, shared=not genotype.synchronous, epoch=epoch)
+    search = genotype.search if isinstance(getattr(genotype, "search", None), Mapping) else {}
+    if rule is None and isinstance(search.get("rule"), Mapping):
+        rule = VerdictRule.from_dict(search["rule"])
+    changed = search.get("changed")
+    result = diagnose(
+        genotype_weights(genotype.alphas),
+        rule=rule,
+        shared=not genotype.synchronous,
+        epoch=search.get("epoch"),
+        changed=None if changed is None else int(changed),
+    )
+    modules = search.get("modules") if isinstance(search.get("modules"), Mapping) else {}
+    for position, per in result.cells.items():
+        for kind, cell in per.items():
+            recorded = ((modules.get(position) or {}).get(kind) or {}).get("changed")
+            cell.changed = None if recorded is None else int(recorded)
+    return result
 
 
-def verdict_advice(verdict: str) -> str:
-    """What to do after a search with this verdict, in one paragraph (the end of a search log)."""
+def verdict_advice(verdict: str, search: SearchDiagnostics | Mapping[str, Any] | None = None) -> str:
+    """What to do after a search with this verdict, in one paragraph (the end of a search log).
+
+    Args:
+        verdict: one of :data:`VERDICTS`.
+        search: the figures behind the verdict (a :class:`SearchDiagnostics` or a genotype's ``search`` section):
+            for ``"not converged"``, the advice then names the criterion that failed (too few edges decided, or
+            decided edges still changing); ``None``: the advice covers both.
+
+    Raises:
+        ValueError: an unknown verdict.
+    """
     if verdict == CONVERGED:
+        if search is not None and _get(search, "changed") is None:
+            return (
+                "the alphas chose, but their stability was not checked (one validation): retrain the derived "
+                "network (train.yaml --genotype_path RUN/genotype.json), or search longer with more validations "
+                "after the warm-up to confirm the choice."
+            )
         return "the alphas chose: retrain the derived network (train.yaml --genotype_path RUN/genotype.json)."
     if verdict == COLLAPSED:
         return (
@@ -416,10 +477,32 @@ def verdict_advice(verdict: str) -> str:
             "over, --exclude_none true derives the best operation other than none."
         )
     if verdict == NOT_CONVERGED:
-        return (
-            "the alphas have not chosen yet: the derived operations are close to a random pick. Give the search more "
-            "alpha steps (more --epochs after the warm-up, more --epoch_crops / --arch_epoch_crops), a higher alpha "
-            "learning rate (--arch_learning_rate auto, or a value above the current one) or a shorter "
-            "--warmup_epochs."
-        )
+        undecided = changing = True
+        if search is not None:
+            rule = _get(search, "rule")
+            rule = rule if isinstance(rule, VerdictRule) else VerdictRule.from_dict(rule or {})
+            decided, changed, edges = _get(search, "decided"), _get(search, "changed"), _get(search, "edges")
+            undecided = decided is None or decided < rule.converged_decided_share
+            changing = changed is not None and bool(edges) and changed / edges > rule.converged_max_changed_share
+            if not (undecided or changing):
+                undecided = changing = True  # figures that do not explain the verdict: give all the advice
+        parts = []
+        if undecided:
+            parts.append(
+                "the alphas have not chosen yet: the operations derived on undecided edges are close to a random pick. "
+                "Give the search more alpha steps (more --epochs after the warm-up, more --epoch_crops / "
+                "--arch_epoch_crops), a higher alpha learning rate (--arch_learning_rate auto, or a value above the "
+                "current one) or a shorter --warmup_epochs."
+            )
+        if changing:
+            parts.append(
+                "decided edges still change their best operation between validations: the choice has not settled. "
+                "Search longer (more --epochs) so that it settles, or lower --arch_learning_rate if the choices "
+                "keep flipping."
+            )
+        return " ".join(parts)
     raise ValueError(f"unknown verdict {verdict!r}; expected one of {list(VERDICTS)}.")
+
+
+def _get(search: SearchDiagnostics | Mapping[str, Any], key: str) -> Any:
+    return search.get(key) if isinstance(search, Mapping) else getattr(search, key, None)
