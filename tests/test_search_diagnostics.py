@@ -487,3 +487,84 @@ def search_data(tmp_path_factory) -> Path:
     generate_dataset(root / "raw", n_images=8, n_patients=4, seed=0, min_size=80, max_size=120)
     prepare_dataset(root / "raw", root / "prep", split="image", stain="none", progress=False, workers=1)
     return root / "prep"
+
+
+# ------------------------------------------------ changed counts only decided edges; stability; genotype agreement
+def test_changed_counts_only_edges_decided_at_the_previous_validation():
+    sam = _rows(6, [1, 2, 3, 4, 5, 1], 0.5, 0.1)  # 6 decided edges
+    sam[4] = _rows(6, [2], 0.2, 0.19)[0]  # edge 4 undecided (margin 0.01), argmax conv3
+    cam = _rows(8, [1, 2, 3, 4, 5, 6], 0.5, 0.1)
+    first = diagnose({"down1": {"sam": (SAM, sam), "cam": (CAM, cam)}})
+    assert first.decided_ops()["down1"]["sam"] == ["conv1", "conv3", "conv5", "dil_conv3", None, "conv1"]
+    sam2, cam2 = sam.clone(), cam.clone()
+    sam2[4] = sam2[4].roll(1)  # the undecided edge flips: no change of a choice
+    cam2[0] = cam2[0].roll(1)  # a decided edge changes its best op
+    again = {"down1": {"sam": (SAM, sam2), "cam": (CAM, cam2)}}
+    d = diagnose(again, previous=first.decided_ops())
+    assert (d.cells["down1"]["sam"].changed, d.cells["down1"]["cam"].changed, d.changed) == (0, 1, 1)
+    # every name given (best_ops): every flip counts, as before
+    assert diagnose(again, previous=first.best_ops()).changed == 2
+
+
+def test_first_validation_after_the_warmup_can_converge():
+    # the warm-up's near-uniform alphas: every edge undecided, argmax arbitrary; then every edge decided elsewhere
+    warm = diagnose(_network_weights(_rows(6, [0] * 6, 0.17, 0.166), _rows(8, [0] * 6, 0.126, 0.125)))
+    assert warm.decided == 0.0 and warm.verdict == "not converged"
+    after = diagnose(_varied(), previous=warm.decided_ops())
+    assert after.changed == 0 and after.verdict == "converged" and after.reasons == ()
+    # with every flip counted it could never converge
+    assert diagnose(_varied(), previous=warm.best_ops()).verdict == "not converged"
+
+
+def test_one_validation_says_stability_not_checked(tmp_path):
+    first = diagnose(_varied())
+    assert first.verdict == "converged" and first.changed is None
+    assert first.summary().endswith("(stability not checked (one validation))")
+    assert first.to_dict()["reasons"] == ["stability not checked (one validation)"]
+    assert "stability was not checked" in verdict_advice("converged", first)
+    assert "stability" not in verdict_advice("converged", diagnose(_varied(), previous=first.decided_ops()))
+
+
+def test_not_converged_advice_names_the_failing_criterion():
+    rule = VerdictRule().to_dict()
+    still_changing = {"decided": 0.9, "changed": 30, "edges": 96, "rule": rule}
+    undecided = {"decided": 0.5, "changed": 0, "edges": 96, "rule": rule}
+    both = {"decided": 0.5, "changed": 30, "edges": 96, "rule": rule}
+    text = verdict_advice("not converged", still_changing)
+    assert "still change" in text and "random pick" not in text
+    text = verdict_advice("not converged", undecided)
+    assert "random pick" in text and "still change" not in text
+    text = verdict_advice("not converged", both)
+    assert "random pick" in text and "still change" in text
+
+
+def _plant_varied(net: NASSCAMUNet, shift: int, boost: float = 3.0) -> None:
+    """Every edge decided (softmax weight ~0.8 on one op), the op varied over cells and edges, never none."""
+    with torch.no_grad():
+        for i, a in enumerate(net.arch_parameters()):
+            a.zero_()
+            for e in range(a.shape[0]):
+                a[e, 1 + (i + e + shift) % (a.shape[1] - 1)] = boost
+
+
+def test_diagnose_genotype_agrees_with_the_recorded_verdict(tmp_path):
+    net = _net()
+    handler = SearchDiagnosticsHandler(net)
+    evaluator = Engine(lambda e, b: None)
+
+    @evaluator.on(Events.EPOCH_STARTED)
+    def _move(engine):  # epoch 2: every decided edge moves to another op
+        _plant_varied(net, shift=engine.state.epoch - 1)
+
+    handler.attach(evaluator)
+    GenotypeSaver(net, tmp_path, diagnostics=handler).attach(evaluator)
+    evaluator.run([0], max_epochs=2)
+    first = Genotype.load(tmp_path / "genotypes" / "genotype_epoch0001.json")
+    second = Genotype.load(tmp_path / "genotypes" / "genotype_epoch0002.json")
+    assert first.search["verdict"] == "converged" and first.search["reasons"] == ["stability not checked (one validation)"]
+    assert second.search["verdict"] == "not converged" and second.search["changed"] == 96
+    for genotype in (first, second):
+        again = diagnose_genotype(genotype)
+        assert again.verdict == genotype.search["verdict"] and list(again.reasons) == genotype.search["reasons"]
+        assert again.changed == genotype.search["changed"] and again.epoch == genotype.search["epoch"]
+        assert again.cells["up3"]["cam"].changed == genotype.search["modules"]["up3"]["cam"]["changed"]

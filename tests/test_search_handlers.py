@@ -19,6 +19,7 @@ from monai_nasscam.handlers import (
     SearchCheckpointer,
     alpha_weights,
 )
+from monai_nasscam.handlers.architecture import SearchValidationHandler
 from monai_nasscam.networks import POSITIONS, Genotype, NASSCAMUNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -203,3 +204,71 @@ def test_reference_preset_overrides_search():
     fixed.read_config([str(REPO / "bundle/configs/search.yaml"), str(REPO / "bundle/configs/patent.yaml")])
     assert fixed["arch_learning_rate"] == 1e-3 and fixed["learning_rate"] == 1e-4 and fixed["warmup_epochs"] == 40
     assert patent["roi_size"] == [256, 256] and patent["synchronous"] is True and patent["schedule"] == "iteration"
+
+
+def _validating_trainer(net, evaluator) -> Engine:
+    """A trainer that moves the alphas every epoch and validates at its epoch, as MONAI's ValidationHandler does."""
+    trainer = Engine(lambda e, b: None)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _search_and_validate(engine):
+        with torch.no_grad():
+            for a in net.arch_parameters():
+                a.add_(torch.randn_like(a))
+        evaluator.state.max_epochs, evaluator.state.epoch, evaluator.state.iteration = engine.state.epoch, engine.state.epoch - 1, 0
+        evaluator.state.epoch_length = 1
+        evaluator.run([0])
+
+    return trainer
+
+
+def test_warmup_validation_is_never_the_best_genotype(tmp_path, caplog):
+    net = _net()
+    evaluator = _evaluator([0.9, 0.5, 0.6, 0.55])  # epoch 1 (warm-up) has the highest Dice
+    saver = BestGenotypeSaver(net, evaluator, tmp_path / "genotype.json")
+    trainer = _validating_trainer(net, evaluator)
+    trainer.warmup_epochs = 1  # read from the trainer, as from a BilevelSearchTrainer
+    genotypes = []
+    saver.attach(trainer)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: genotypes.append(Genotype.from_model(net)))
+    trainer.run([0], max_epochs=4)
+    assert saver.warmup_epochs == 1 and saver.best_epoch == 3 and saver.best_metric == 0.6
+    assert Genotype.load(tmp_path / "genotype.json") == genotypes[2]
+    assert (tmp_path / "genotype_heatmap.png").stat().st_size > 0  # the written genotype's heatmap
+
+    # only warm-up validations: the best of them, with a warning
+    evaluator = _evaluator([0.3, 0.4])
+    saver = BestGenotypeSaver(net, evaluator, tmp_path / "warm.json", warmup_epochs=5, heatmap_name=None)
+    trainer = _validating_trainer(net, evaluator)
+    saver.attach(trainer)
+    with caplog.at_level("WARNING"):
+        trainer.run([0], max_epochs=2)
+    assert saver.best_epoch == 2 and Genotype.load(tmp_path / "warm.json").search["epoch"] == 2
+    assert any("no validation after the warm-up (epochs 1-5" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("interval, validated", [(2, [2, 4, 5]), (1, [1, 2, 3, 4, 5]), (5, [5]), (3, [3, 5])])
+def test_final_epoch_is_always_validated_and_checkpointed(tmp_path, interval, validated):
+    from monai.engines import Evaluator
+
+    net = _net()
+    evaluator = Evaluator(device="cpu", val_data_loader=[0], iteration_update=lambda e, b: None)
+    evaluator.state.key_metric_name = "val_dice"
+    epochs = []
+
+    @evaluator.on(Events.EPOCH_COMPLETED)
+    def _metric(e):  # Dice grows every epoch: the last validation is the best
+        epochs.append(e.state.epoch)
+        e.state.metrics = {"val_dice": 0.1 * e.state.epoch}
+
+    trainer = Engine(lambda e, b: None)
+    SearchValidationHandler(evaluator, interval=interval).attach(trainer)
+    saver = BestGenotypeSaver(net, evaluator, tmp_path / "genotype.json", heatmap_name=None)
+    saver.attach(trainer)
+    SearchCheckpointer(tmp_path / "ckpt", {"best_genotype": saver}, handle_signals=False).attach(trainer)
+    trainer.run([0], max_epochs=5)
+    assert epochs == validated
+    assert saver.best_epoch == 5 and Genotype.load(tmp_path / "genotype.json").search["epoch"] == 5
+    # the epoch's checkpoint is written after the final validation, so a resume keeps it
+    state = torch.load(tmp_path / "ckpt" / "search_checkpoint.pt", weights_only=False)
+    assert state["best_genotype"]["best_epoch"] == 5
