@@ -106,6 +106,21 @@ def test_input_check_turns_check_errors_into_input_errors_keeping_their_type():
         check("bug")
 
 
+def test_a_search_without_an_alpha_step_is_an_input_error(tmp_path):
+    """warmup_epochs == epochs would write a genotype of untouched alphas: refused before the dataset is read."""
+    from monai_nasscam.engines import check_search_inputs
+
+    for epochs in (1, 3):
+        with pytest.raises(InputError) as info:
+            check_search_inputs(tmp_path / "no_prep", epochs=epochs, warmup_epochs=epochs)
+        assert str(info.value) == (
+            f"warmup_epochs ({epochs}) must be smaller than epochs ({epochs}): no alpha step would run, and the "
+            "genotype would be a random pick."
+        )
+    with pytest.raises(MissingInputError):  # one alpha epoch: the epochs pass, the missing dataset is named
+        check_search_inputs(tmp_path / "no_prep", epochs=3, warmup_epochs=2)
+
+
 # ----------------------------------------------------------------------- nothing written by a failing run
 @pytest.mark.parametrize(
     "overrides, key",
@@ -118,6 +133,7 @@ def test_input_check_turns_check_errors_into_input_errors_keeping_their_type():
         ({"epoch_crops": 0}, "epoch_crops"),
         ({"dropout": 1.5}, "dropout"),
         ({"epochs": 2, "val_interval": 3}, "val_interval"),
+        ({"epochs": 2, "warmup_epochs": 2}, "warmup_epochs (2) must be smaller than epochs (2)"),
         ({"roi_size": [40, 40]}, "roi_size"),
         ({"progress": "maybe"}, "progress"),
         ({"resume": True}, "--resume true"),

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import random
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -342,7 +341,8 @@ def check_search_inputs(
 ) -> bool:
     """Raise a clear error for anything that would make the search fail later; ``True`` otherwise.
 
-    Checks the attention, ``synchronous``, the schedule, the epoch counts, the crop size (multiples of 16, the
+    Checks the attention, ``synchronous``, the schedule, the epoch counts (at least one epoch after the
+    ``warmup_epochs``: without an alpha step the genotype would be a random pick), the crop size (multiples of 16, the
     U-Net's 4 poolings), the batch size (whole groups of one crop per class), the dataset (``datalist.json``
     present, training images that can be split into weight and architecture parts, validation images, the first
     image of each part on disk), and the further ``settings`` of :func:`check_run_settings` (device, learning
@@ -367,7 +367,10 @@ def check_search_inputs(
     if not 0 <= int(warmup_epochs) <= int(epochs):
         raise ValueError(f"warmup_epochs must lie in [0, epochs={epochs}], got {warmup_epochs}.")
     if int(warmup_epochs) == int(epochs):
-        warnings.warn(f"warmup_epochs == epochs ({epochs}): no architecture step will run.", stacklevel=2)
+        raise ValueError(
+            f"warmup_epochs ({int(warmup_epochs)}) must be smaller than epochs ({int(epochs)}): no alpha step would "
+            "run, and the genotype would be a random pick."
+        )
     if roi_size is not None:
         sizes = [int(roi_size)] * 2 if isinstance(roi_size, (int, float)) else [int(r) for r in roi_size]
         if any(r < 16 or r % 16 for r in sizes):
