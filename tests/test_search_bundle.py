@@ -130,6 +130,7 @@ def test_search_end_to_end_interrupted_and_resumed(tmp_path, prepared):
     genotype = Genotype.load(run / "genotype.json")
     assert genotype.attention == "nas-scam-p" and genotype.synchronous
     assert (run / "alpha_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "genotype_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the genotype's epoch
     assert sorted(p.name for p in (run / "genotypes").iterdir()) == [f"genotype_epoch000{e}.json" for e in (1, 2, 3)]
     assert len(list((run / "alpha").glob("alpha_epoch*.png"))) == 3
 
