@@ -227,9 +227,9 @@ def test_warmup_validation_is_never_the_best_genotype(tmp_path, caplog):
     evaluator = _evaluator([0.9, 0.5, 0.6, 0.55])  # epoch 1 (warm-up) has the highest Dice
     saver = BestGenotypeSaver(net, evaluator, tmp_path / "genotype.json")
     trainer = _validating_trainer(net, evaluator)
-    trainer.warmup_epochs = 1  # read from the trainer, as from a BilevelSearchTrainer
     genotypes = []
     saver.attach(trainer)
+    trainer.warmup_epochs = 1  # read from the trainer when needed (a BilevelSearchTrainer sets it after attaching)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: genotypes.append(Genotype.from_model(net)))
     trainer.run([0], max_epochs=4)
     assert saver.warmup_epochs == 1 and saver.best_epoch == 3 and saver.best_metric == 0.6

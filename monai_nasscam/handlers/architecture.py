@@ -541,17 +541,25 @@ class BestGenotypeSaver:
         self.best_metric: float | None = None
         self.best_epoch: int = -1
         self.best_genotype: dict | None = None
-        self.warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
+        self._warmup_epochs = None if warmup_epochs is None else int(warmup_epochs)
+        self._trainer: Engine | None = None
         self.heatmap_name = heatmap_name
 
+    @property
+    def warmup_epochs(self) -> int:
+        """The warm-up epochs: the given ones, else the attached trainer's ``warmup_epochs`` (read when needed: a
+        trainer attaches its handlers before it sets its own attributes), else 0."""
+        if self._warmup_epochs is not None:
+            return self._warmup_epochs
+        return int(getattr(self._trainer, "warmup_epochs", 0) or 0)
+
     def _warmup(self) -> int:
-        return self.warmup_epochs or 0
+        return self.warmup_epochs
 
     def attach(self, engine: Engine) -> None:
         if self._name is None:
             self.logger = engine.logger
-        if self.warmup_epochs is None:
-            self.warmup_epochs = int(getattr(engine, "warmup_epochs", 0) or 0)
+        self._trainer = engine
         self.evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.record)
         engine.add_event_handler(Events.COMPLETED, self.write)
 
