@@ -18,8 +18,8 @@ import numpy as np
 
 from .errors import DataError
 from .imagescope import Annotations, read_imagescope_xml
-from .raster import Masks, rasterize_regions
-from .slide import read_rgb
+from .raster import Masks, clear_transparent, rasterize_regions
+from .slide import open_image
 
 __all__ = ["MoNuSACCase", "scan_monusac", "load_case", "IMAGE_SUFFIXES"]
 
@@ -107,7 +107,9 @@ def scan_monusac(root: str | os.PathLike) -> tuple[list[MoNuSACCase], list[DataE
 def load_case(
     case: MoNuSACCase, remap: Mapping[int, int] | str | None = None, tif_bgr: bool = False
 ) -> tuple[np.ndarray, Masks, Annotations]:
-    """Read the image and rasterise the annotation of one case.
+    """Read the image and rasterise the annotation of one case. Annotation on fully transparent (alpha 0) pixels,
+    where nothing was scanned, is set to background (:func:`~monai_nasscam.data.raster.clear_transparent`; the
+    returned ``masks.transparent_note`` says what was removed, "" when nothing).
 
     Args:
         case: from :func:`scan_monusac`.
@@ -122,6 +124,11 @@ def load_case(
     """
     annotations = read_imagescope_xml(case.xml)
     swap = tif_bgr and not case.image.lower().endswith(".svs")
-    image = read_rgb(case.image, swap_rb=swap)
+    reader = open_image(case.image, swap_rb=swap, tiled=False)
+    try:
+        image, transparent = reader.read_region(0, reader.shape[0], 0, reader.shape[1])
+    finally:
+        reader.close()
     masks = rasterize_regions(annotations.regions, image.shape[:2], remap=remap)
+    clear_transparent(masks, transparent)  # nothing was scanned there: no target (masks.transparent_note says so)
     return image, masks, annotations

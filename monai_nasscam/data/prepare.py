@@ -28,13 +28,12 @@ from ..fileio import staged_dir
 from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
 from .errors import DataError
 from .imagescope import read_imagescope_xml
-from .monusac import MoNuSACCase, scan_monusac
-from .raster import Masks, rasterize_regions
-from .slide import open_image, read_rgb
+from .monusac import MoNuSACCase, load_case, scan_monusac
+from .slide import read_rgb
 from .split import SPLITS, make_split
 from .stain import IdentityNormalizer, create_stain_normalizer, tissue_fraction
 
-__all__ = ["prepare_dataset", "clear_transparent", "write_png", "write_instance_tiff", "MANIFEST_FORMAT"]
+__all__ = ["prepare_dataset", "write_png", "write_instance_tiff", "MANIFEST_FORMAT"]
 
 logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = "nasscam-prepared"
@@ -54,60 +53,10 @@ def write_instance_tiff(path: str, array: np.ndarray) -> None:
     tifffile.imwrite(path, np.ascontiguousarray(array, dtype=np.int32), compression="zlib", compressionargs={"level": 1})
 
 
-def clear_transparent(masks: Masks, transparent: np.ndarray | None) -> tuple[int, int, int]:
-    """Set the annotation on fully transparent pixels to background, in place.
-
-    A pixel with alpha 0 holds nothing scanned (it reads as white glass), so a nucleus drawn there is no target:
-    its pixels become 0 in ``masks.class_map`` and ``masks.instance_map``; a nucleus lying entirely there
-    disappears from the instance map. The ``Ambiguous`` mask is left as it is (it only excludes pixels).
-
-    Args:
-        masks: the rasterised annotation of one image (``class_map`` uint8 ``(H, W)``, ``instance_map`` int32
-            ``(H, W)``); modified in place.
-        transparent: ``(H, W)`` bool mask of the fully transparent pixels, or ``None`` (none).
-
-    Returns:
-        ``(pixels, nuclei, dropped)``: annotated pixels set to background, nuclei touching them, and nuclei
-        removed entirely.
-    """
-    if transparent is None:
-        return 0, 0, 0
-    hit = transparent & ((masks.class_map > 0) | (masks.instance_map > 0))
-    pixels = int(hit.sum())
-    if not pixels:
-        return 0, 0, 0
-    touched = np.unique(masks.instance_map[hit])
-    touched = touched[touched > 0]
-    masks.class_map[hit] = 0
-    masks.instance_map[hit] = 0
-    dropped = int(np.count_nonzero(~np.isin(touched, masks.instance_map)))
-    return pixels, int(touched.size), dropped
-
-
-def _load_case(case: MoNuSACCase, remap: Mapping[int, int], tif_bgr: bool) -> tuple[np.ndarray, Masks, Any, str]:
-    """Read the image and the annotation of one case (as :func:`~monai_nasscam.data.monusac.load_case`) and clear
-    the annotation on fully transparent pixels; the last item is the console note about that ("" when none)."""
-    annotations = read_imagescope_xml(case.xml)
-    reader = open_image(case.image, swap_rb=tif_bgr and not case.image.lower().endswith(".svs"), tiled=False)
-    try:
-        image, transparent = reader.read_region(0, reader.shape[0], 0, reader.shape[1])
-    finally:
-        reader.close()
-    masks = rasterize_regions(annotations.regions, image.shape[:2], remap=remap)
-    pixels, nuclei, dropped = clear_transparent(masks, transparent)
-    note = ""
-    if pixels:
-        note = (
-            f"{pixels} annotated pixels ({nuclei} {'nucleus' if nuclei == 1 else 'nuclei'}) lie on transparent "
-            "pixels; set to background"
-            + (f" ({dropped} {'nucleus' if dropped == 1 else 'nuclei'} removed entirely)" if dropped else "")
-        )
-    return image, masks, annotations, note
-
-
 def _process_case(case: MoNuSACCase, tmp: str, normalizer: Any, remap: dict[int, int], tif_bgr: bool) -> dict:
     """Convert one case into files under ``tmp``; returns its datalist entry, statistics and notes."""
-    image, masks, annotations, transparent_note = _load_case(case, remap=remap, tif_bgr=tif_bgr)
+    image, masks, annotations = load_case(case, remap=remap, tif_bgr=tif_bgr)
+    transparent_note = masks.transparent_note
     # skipped / unusable regions (not the clipped ones: they are used), reported on the console per file
     region_notes = list(annotations.warnings) + [w for w in masks.warnings if "clipped" not in w]
     notes = list(region_notes) + ([transparent_note] if transparent_note else [])

@@ -42,6 +42,7 @@ class Masks:
             remove nothing.
         unusable: number of regions that contribute no pixel (entirely outside the image, smaller than a pixel,
             wholly removed by a hole of their layer, or a hole that removes nothing).
+        transparent_note: what :func:`clear_transparent` removed ("" when nothing).
     """
 
     class_map: np.ndarray
@@ -50,6 +51,44 @@ class Masks:
     ambiguous: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
     unusable: int = 0
+    transparent_note: str = ""
+
+
+def clear_transparent(masks: Masks, transparent: np.ndarray | None) -> tuple[int, int, int]:
+    """Set the annotation on fully transparent pixels to background, in place, and note it in
+    ``masks.transparent_note``.
+
+    A pixel with alpha 0 holds nothing scanned (it reads as white glass), so a nucleus drawn there is no target:
+    its pixels become 0 in ``masks.class_map`` and ``masks.instance_map``; a nucleus lying entirely there
+    disappears from the instance map. The ``Ambiguous`` mask is left as it is (it only excludes pixels).
+
+    Args:
+        masks: the rasterised annotation of one image (``class_map`` uint8 ``(H, W)``, ``instance_map`` int32
+            ``(H, W)``); modified in place.
+        transparent: ``(H, W)`` bool mask of the fully transparent pixels, or ``None`` (none).
+
+    Returns:
+        ``(pixels, nuclei, dropped)``: annotated pixels set to background, nuclei touching them, and nuclei
+        removed entirely.
+    """
+    if transparent is None:
+        return 0, 0, 0
+    hit = transparent & ((masks.class_map > 0) | (masks.instance_map > 0))
+    pixels = int(hit.sum())
+    if not pixels:
+        return 0, 0, 0
+    touched = np.unique(masks.instance_map[hit])
+    touched = touched[touched > 0]
+    masks.class_map[hit] = 0
+    masks.instance_map[hit] = 0
+    dropped = int(np.count_nonzero(~np.isin(touched, masks.instance_map)))
+    nuclei = int(touched.size)
+    masks.transparent_note = (
+        f"{pixels} annotated pixels ({nuclei} {'nucleus' if nuclei == 1 else 'nuclei'}) lie on transparent "
+        "pixels; set to background"
+        + (f" ({dropped} {'nucleus' if dropped == 1 else 'nuclei'} removed entirely)" if dropped else "")
+    )
+    return pixels, nuclei, dropped
 
 
 def region_pixels(region: Region, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
