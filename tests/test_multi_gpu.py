@@ -120,7 +120,7 @@ def test_search_two_ranks_stay_identical_and_only_rank0_writes(prepared, tmp_pat
 
     assert _files(out) == sorted([
         "alpha/alpha_epoch0001.png", "alpha/alpha_epoch0002.png", "alpha_heatmap.png",
-        "checkpoints/search_checkpoint.pt", "genotype.json", "genotypes/genotype_epoch0001.json",
+        "checkpoints/search_checkpoint.pt", "genotype.json", "genotype_heatmap.png", "genotypes/genotype_epoch0001.json",
         "genotypes/genotype_epoch0002.json", *[f"tensorboard/{p.name}" for p in (out / "tensorboard").iterdir()],
     ])
     assert len(list((out / "tensorboard").iterdir())) == 1
