@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from monai_nasscam.networks.cell import EDGES, NASAttentionCell
 from monai_nasscam.networks.diagnostics import VERDICTS, diagnose
 from monai_nasscam.networks.ops import OPS
 
-__all__ = ["POSITIONS", "Genotype", "attention_blocks"]
+__all__ = ["POSITIONS", "Genotype", "attention_blocks", "random_genotype", "consensus", "agreement"]
 
 FORMAT = "nasscam-genotype"
 VERSION = 2
@@ -262,11 +263,6 @@ def _all_finite(value: Any, numbers_only: bool = True) -> bool:
 
 
 # ----------------------------------------------------------------- random draws, and seeds compared with each other
-import math  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-
-__all__ += ["random_genotype", "consensus", "agreement"]
-
 
 def _op_names(kind: str) -> list[str]:
     return list(OPS[kind])
@@ -293,8 +289,6 @@ def random_genotype(attention: str = "nas-scam-p", synchronous: bool = True, see
     Raises:
         ValueError: ``attention`` is not a NAS attention, or ``seed`` is not a non-negative integer.
     """
-    import random
-
     if attention not in NAS_ATTENTIONS:
         raise ValueError(f"'attention' must be one of {list(NAS_ATTENTIONS)}, got {attention!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
