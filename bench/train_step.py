@@ -27,7 +27,7 @@ def _one(name: str, steps: int, batch: int, tile: int) -> dict:
     from monai.inferers import SlidingWindowInferer
 
     from monai_nasscam.allocator import tune_allocator
-    from monai_nasscam.engines.train_inputs import build_network
+    from monai_nasscam.networks.run_folder import build_network
     from monai_nasscam.losses import ExpLogLoss
     from monai_nasscam.networks import Genotype, NASSCAMUNet
 

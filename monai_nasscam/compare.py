@@ -430,7 +430,8 @@ def plot_panel(dataset_dir, output_dir: Path, models: Sequence[str], seed: int, 
     from monai.inferers import SlidingWindowInferer
     from PIL import Image
 
-    from monai_nasscam.engines.train_inputs import build_network, split_entries
+    from monai_nasscam.data.datalist import split_entries
+    from monai_nasscam.networks.run_folder import build_network
 
     dataset_dir = Path(dataset_dir)
     entries = split_entries(dataset_dir, "test") or split_entries(dataset_dir, "validation")

@@ -164,7 +164,7 @@ def mixed_prep(tmp_path_factory) -> Path:
     generate_dataset(root / "raw", n_images=8, n_patients=4, seed=0, min_size=64, max_size=128)
     prep = root / "prep"
     prepare_dataset(root / "raw", prep, workers=0, progress=False)
-    from monai_nasscam.engines import search_datalists
+    from monai_nasscam.data.datalist import search_datalists
 
     parts = search_datalists(str(prep), 0.5, 0)  # the search's weight / architecture images (seed 0)
     marked = {Path(part[0]["image"]).stem for part in (parts["training"], parts["architecture"])}
@@ -198,7 +198,7 @@ def test_train_on_mixed_ambiguous_entries(mixed_trained):
 
 
 def test_search_on_mixed_ambiguous_entries(mixed_prep):
-    from monai_nasscam.engines import search_datalists
+    from monai_nasscam.data.datalist import search_datalists
 
     parts = search_datalists(str(mixed_prep), 0.5, 0)
     for part in ("training", "architecture"):  # both loaders batch tiles with and without a mask

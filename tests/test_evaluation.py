@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from monai_nasscam.engines.stitching import CentreStitchingInferer
+from monai_nasscam.inference.stitching import CentreStitchingInferer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 

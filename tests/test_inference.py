@@ -20,7 +20,7 @@ from PIL import Image
 
 from monai_nasscam.data import CLASS_NAMES, DataError, MacenkoNormalizer, read_rgb
 from monai_nasscam.data.synth import synth_tile, write_svs
-from monai_nasscam.engines.train_inputs import build_network
+from monai_nasscam.networks.run_folder import build_network
 from monai_nasscam.inference import (
     ArrayRegionReader,
     InferenceError,

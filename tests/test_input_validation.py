@@ -172,7 +172,7 @@ def test_train_with_a_bad_override_writes_nothing(prepared, tmp_path, overrides,
 
 def test_inference_without_a_network_exits_with_one_line_and_writes_nothing(prepared, tmp_path):
     """The reported case: a checkpoint whose folder records no network (no network.json, no genotype.json)."""
-    from monai_nasscam.engines.train_inputs import build_network
+    from monai_nasscam.networks.run_folder import build_network
 
     run = tmp_path / "lonely"
     (run / "models").mkdir(parents=True)
@@ -214,7 +214,7 @@ def test_a_cuda_tagged_checkpoint_loads_and_exports_on_cpu(tmp_path, monkeypatch
     from monai.bundle import ckpt_export
     from monai.data import load_net_with_metadata
 
-    from monai_nasscam.engines.train_inputs import build_network, check_checkpoint
+    from monai_nasscam.networks.run_folder import build_network, check_checkpoint
     from monai_nasscam.serialization import _restore_on_cpu
 
     torch.manual_seed(0)

@@ -10,7 +10,8 @@ import pytest
 import torch
 from ignite.engine import Engine, Events
 
-from monai_nasscam.engines import as_bool, read_datalist, resolve_resume, split_architecture
+from monai_nasscam.data.datalist import read_datalist, split_architecture
+from monai_nasscam.engines import as_bool, resolve_resume
 from monai_nasscam.handlers import (
     AlphaHeatmapSaver,
     AlphaTensorBoardHandler,

@@ -92,7 +92,7 @@ def trained_unet(workdir, prepared) -> Path:
 
 
 def _tiny_network(**kwargs):
-    from monai_nasscam.engines.train_inputs import build_network
+    from monai_nasscam.networks.run_folder import build_network
 
     return build_network(features=FEATURES, **kwargs)
 
@@ -159,7 +159,7 @@ def _pooled_dice_by_hand(net, entries, roi_size) -> np.ndarray:
 
 
 def test_evaluate_writes_metrics_json_and_markdown(workdir, prepared, trained_unet):
-    from monai_nasscam.engines.train_inputs import split_entries
+    from monai_nasscam.data.datalist import split_entries
     from monai_nasscam.metrics import CLASS_NAMES
 
     bundle_cli(
@@ -357,7 +357,8 @@ def test_missing_and_mismatched_genotype_fail_before_training(prepared, tmp_path
 
 
 def test_choice_and_budget_errors():
-    from monai_nasscam.engines.train_inputs import check_train_inputs, resolve_network_choice
+    from monai_nasscam.engines.train_inputs import check_train_inputs
+    from monai_nasscam.networks.run_folder import resolve_network_choice
 
     assert resolve_network_choice("unet")[:2] == ("none", None)
     assert resolve_network_choice("deeplabv3plus")[0] == "deeplabv3plus"
@@ -471,7 +472,8 @@ def test_the_run_records_its_network_so_export_and_inference_need_no_network_set
     from monai.bundle import ckpt_export
     from monai.data import load_net_with_metadata
 
-    from monai_nasscam.engines.train_inputs import build_network, describe_network, split_entries
+    from monai_nasscam.data.datalist import split_entries
+    from monai_nasscam.networks.run_folder import build_network, describe_network
 
     record = json.loads((trained_unet / "network.json").read_text())
     assert record == {"attention": "unet", "genotype": None, "features": FEATURES, "dropout": 0.2}
@@ -500,7 +502,8 @@ def test_the_run_records_its_network_so_export_and_inference_need_no_network_set
 
 
 def test_network_record_points_at_the_trained_genotype(prepared, tmp_path):
-    from monai_nasscam.engines.train_inputs import record_run_inputs, resolve_network_choice
+    from monai_nasscam.engines.train_inputs import record_run_inputs
+    from monai_nasscam.networks.run_folder import resolve_network_choice
 
     run = tmp_path / "run"
     _nas_genotype(run / "genotype.json")  # a search wrote RUN/genotype.json

@@ -7,7 +7,7 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
 from monai_nasscam.networks import POSITIONS, Genotype, NASSCAMUNet, add_attention, arch_parameters
-from monai_nasscam.networks.blocks import ATTENTIONS
+from monai_nasscam.networks.attentions import ATTENTIONS
 
 from pathlib import Path
 

@@ -1,7 +1,9 @@
 """MoNuSAC 2020 data: ImageScope XML reading, rasterisation, the prepare step, a synthetic generator,
-stain normalisation, splits, and MONAI training / validation transforms."""
+stain normalisation, splits, the prepared datalist and its class weights, and MONAI training / validation
+transforms."""
 
 from .classes import CLASS_IDS, CLASS_NAMES, NUM_CLASSES, labels_dict, normalize_layer_name, parse_remap
+from .datalist import epoch_groups, label_class_weights, read_datalist, search_datalists, split_architecture, split_entries
 from .errors import DataError
 from .imagescope import Annotations, Region, read_imagescope_xml, write_imagescope_xml
 from .loader import SignalSafeDataLoader
@@ -35,6 +37,12 @@ __all__ = [
     "labels_dict",
     "normalize_layer_name",
     "parse_remap",
+    "read_datalist",
+    "split_entries",
+    "split_architecture",
+    "search_datalists",
+    "epoch_groups",
+    "label_class_weights",
     "DataError",
     "Annotations",
     "Region",

@@ -1,4 +1,7 @@
-"""Engines: the first-order bilevel architecture search and the checks of its inputs."""
+"""Engines: the first-order bilevel architecture search and the checks of the workflows' inputs.
+
+Data lists live in :mod:`monai_nasscam.data.datalist`, the choice of a run's network in
+:mod:`monai_nasscam.networks.run_folder` and the stitching inferer in :mod:`monai_nasscam.inference.stitching`."""
 
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents, BilevelSearchTrainer, derive_seed
 from monai_nasscam.engines.search_inputs import (
@@ -12,10 +15,7 @@ from monai_nasscam.engines.search_inputs import (
     check_run_settings,
     check_search_attention,
     check_search_inputs,
-    read_datalist,
     resolve_resume,
-    search_datalists,
-    split_architecture,
 )
 
 __all__ = [
@@ -33,8 +33,5 @@ __all__ = [
     "check_search_attention",
     "check_search_inputs",
     "derive_seed",
-    "read_datalist",
     "resolve_resume",
-    "search_datalists",
-    "split_architecture",
 ]

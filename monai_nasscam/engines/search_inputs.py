@@ -1,4 +1,5 @@
-"""Checks and data lists of the search workflow, called by ``bundle/configs/search.yaml`` before training.
+"""Checks of the search workflow's settings, called by ``bundle/configs/search.yaml`` before training (its data lists
+come from :mod:`monai_nasscam.data.datalist`), and the settings shared with ``train.yaml``.
 
 Every problem a user can cause from the command line (no prepared dataset, a dataset without training or
 validation images, an attention that cannot be searched, inconsistent epoch counts, nothing to resume, a setting
@@ -8,16 +9,16 @@ out of range) gives a clear message here, before a network is built, a batch loa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_nasscam.data.datalist import search_datalists
 from monai_nasscam.errors import input_check
-from monai_nasscam.networks.blocks import ATTENTIONS, NAS_ATTENTIONS
+from monai_nasscam.networks.attentions import attention_names
+from monai_nasscam.networks.run_folder import check_network_settings
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -27,9 +28,6 @@ __all__ = [
     "check_device",
     "check_roi_size",
     "check_run_settings",
-    "read_datalist",
-    "search_datalists",
-    "split_architecture",
     "resolve_resume",
     "ALPHA_TRAVEL",
     "count_alpha_steps",
@@ -38,8 +36,6 @@ __all__ = [
 
 #: file name of the resumable search checkpoint under ``RUN/checkpoints``.
 CHECKPOINT_NAME = "search_checkpoint.pt"
-#: datalist keys that hold paths relative to the prepared dataset folder.
-PATH_KEYS = ("image", "label", "instance", "ambiguous")
 
 
 _TRUE = ("true", "yes", "on", "1")
@@ -62,103 +58,14 @@ def as_bool(value: Any, name: str = "value") -> bool:
 @input_check
 def check_search_attention(attention: str) -> str:
     """``attention`` if it is a searchable (NAS) attention, else a ``ValueError`` naming the choices."""
-    if attention not in NAS_ATTENTIONS:
-        what = "is not searchable (it has no architecture to search)" if attention in ATTENTIONS else "is unknown"
+    searchable = attention_names(searchable=True)
+    if attention not in searchable:
+        what = "is not searchable (it has no architecture to search)" if attention in attention_names() else "is unknown"
         raise ValueError(
-            f"attention {attention!r} {what}; the search takes one of {list(NAS_ATTENTIONS)} "
+            f"attention {attention!r} {what}; the search takes one of {list(searchable)} "
             f"(e.g. --attention nas-scam-p)."
         )
     return attention
-
-
-@input_check
-def read_datalist(dataset_dir: str | os.PathLike) -> dict[str, Any]:
-    """Read ``dataset_dir/datalist.json`` (docs/data.md §2) with paths made absolute.
-
-    Raises:
-        FileNotFoundError: no dataset folder or no ``datalist.json`` in it.
-        ValueError: the file is not valid JSON or not a datalist.
-    """
-    root = Path(dataset_dir).expanduser()
-    path = root / "datalist.json"
-    if not root.is_dir():
-        raise FileNotFoundError(
-            f"dataset_dir {str(root)!r} does not exist; prepare a dataset with `nasscam prepare --data-dir RAW "
-            f"--out-dir PREP` and pass --dataset_dir PREP."
-        )
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} not found: dataset_dir must be a folder written by `nasscam prepare --data-dir RAW --out-dir PREP`."
-        )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}).") from None
-    if not isinstance(data, Mapping):
-        raise ValueError(f"{path}: expected a JSON object with 'training' and 'validation' lists.")
-    out: dict[str, Any] = dict(data)
-    for split in ("training", "validation", "test"):
-        entries = data.get(split, [])
-        if not isinstance(entries, list):
-            raise ValueError(f"{path}: {split!r} must be a list, got {type(entries).__name__}.")
-        fixed = []
-        for i, entry in enumerate(entries):
-            if not isinstance(entry, Mapping) or "image" not in entry or "label" not in entry:
-                raise ValueError(f"{path}: {split}[{i}] must be an object with 'image' and 'label'.")
-            item = dict(entry)
-            for key in PATH_KEYS:
-                if isinstance(item.get(key), str):
-                    item[key] = str(root / item[key])
-            fixed.append(item)
-        out[split] = fixed
-    return out
-
-
-@input_check
-def split_architecture(
-    training: Sequence[Mapping], arch_fraction: float = 0.5, seed: int = 0
-) -> tuple[list[dict], list[dict]]:
-    """Split the training images into weight and architecture parts (seeded, disjoint, both non-empty).
-
-    Args:
-        training: the datalist's training entries.
-        arch_fraction: share of the images held out for the alpha steps (rounded, at least one each side).
-        seed: the split's seed.
-    """
-    if not 0.0 < float(arch_fraction) < 1.0:
-        raise ValueError(f"arch_fraction must lie strictly between 0 and 1, got {arch_fraction}.")
-    items = [dict(t) for t in training]
-    if len(items) < 2:
-        raise ValueError(
-            f"the search needs at least 2 training images (one for the weights, one held out for the "
-            f"architecture), the dataset has {len(items)}."
-        )
-    order = sorted(range(len(items)), key=lambda i: str(items[i].get("name", items[i]["image"])))
-    random.Random(int(seed)).shuffle(order)
-    n_arch = min(max(1, round(len(items) * float(arch_fraction))), len(items) - 1)
-    arch = sorted(order[:n_arch])
-    weights = sorted(order[n_arch:])
-    return [items[i] for i in weights], [items[i] for i in arch]
-
-
-@input_check
-def search_datalists(dataset_dir: str | os.PathLike, arch_fraction: float = 0.5, seed: int = 0) -> dict[str, list]:
-    """The search's data lists: ``{"training": [...], "architecture": [...], "validation": [...]}``.
-
-    ``training`` feeds the weight steps and ``architecture`` (a seeded held-out part of the datalist's training
-    images) the alpha steps; ``validation`` picks the best genotype. Paths are absolute.
-    """
-    data = read_datalist(dataset_dir)
-    path = Path(dataset_dir) / "datalist.json"
-    if not data.get("training"):
-        raise ValueError(f"{path} lists no training images; the search needs training images to learn from.")
-    if not data.get("validation"):
-        raise ValueError(
-            f"{path} lists no validation images; the search picks its genotype on validation Dice "
-            "(re-run `nasscam prepare` with more images or another split)."
-        )
-    weights, arch = split_architecture(data["training"], arch_fraction, seed)
-    return {"training": weights, "architecture": arch, "validation": list(data["validation"])}
 
 
 @input_check
@@ -274,15 +181,7 @@ def check_run_settings(
             raise ValueError(
                 f"val_interval must lie in [1, epochs={epochs}] (validation picks the best result), got {val_interval}."
             )
-    if features is not None:
-        widths = list(features) if isinstance(features, (list, tuple)) else None
-        if widths is None or len(widths) != 5 or any(_int_or_none(w) is None or int(w) < 1 for w in widths):
-            raise ValueError(
-                f"features must be 5 positive integers (widths of the U-Net's input block and 4 down blocks), "
-                f"got {features!r}."
-            )
-    if dropout is not None:
-        _float(dropout, "dropout", 0.0, 1.0)
+    check_network_settings(features=features, dropout=dropout)
     for name, value in (("epoch_crops", epoch_crops), ("arch_epoch_crops", arch_epoch_crops)):
         if value is not None and not (isinstance(value, str) and value.strip().lower() in ("null", "none")):
             _int(value, name, 1)

@@ -14,9 +14,11 @@ from monai_nasscam.inference.predictor import (
 )
 from monai_nasscam.inference.regions import ArrayRegionReader, TiffRegionReader, open_region_reader
 from monai_nasscam.inference.stain import SlideStainNormalizer, load_stain_reference, resolve_stain_spec
+from monai_nasscam.inference.stitching import CentreStitchingInferer
 from monai_nasscam.inference.tiling import BlockPlan, logits_to_class_map, plan_blocks, predict_class_map
 
 __all__ = [
+    "CentreStitchingInferer",
     "CLASS_COLORS",
     "GeoJSONWriter",
     "Nucleus",

@@ -105,7 +105,7 @@ def load_weights(network: nn.Module, ckpt_path: str | os.PathLike) -> nn.Module:
     Raises:
         FileNotFoundError / ValueError: naming the checkpoint, and for another architecture which weights differ.
     """
-    from monai_nasscam.engines.train_inputs import check_checkpoint
+    from monai_nasscam.networks.run_folder import check_checkpoint
 
     check_checkpoint(ckpt_path, network)
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
@@ -418,7 +418,7 @@ def check_inference_inputs(
     """Raise a clear error, naming the file or setting at fault, for anything that stops inference before the first
     image: no input image, no checkpoint, a missing or mismatched genotype, no stain reference, bad settings.
     (A checkpoint of another architecture is reported when the weights are loaded, naming the file.)"""
-    from monai_nasscam.engines.train_inputs import resolve_network_choice
+    from monai_nasscam.networks.run_folder import resolve_network_choice
     from monai_nasscam.inference.tiling import window_geometry
 
     find_images(input_dir, _as_bool(recursive, "recursive"))

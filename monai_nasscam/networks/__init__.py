@@ -1,14 +1,35 @@
-"""NAS-SCAM networks: the searchable attention cell, attention blocks, the U-Net and baselines."""
+"""NAS-SCAM networks: the searchable attention cell, attention blocks and their registry, the U-Net and baselines,
+and the choice of a run folder's network."""
 
 from monai_nasscam.networks.add_attention import add_attention
+from monai_nasscam.networks.attentions import (
+    ATTENTIONS,
+    Attention,
+    attention_block,
+    attention_names,
+    get_attention,
+    register_attention,
+    registered_attentions,
+)
 from monai_nasscam.networks.blocks import CBAMBlock, NASCAMBlock, NASSAMBlock, NASSCAMBlock, SCSEBlock
 from monai_nasscam.networks.cell import NASAttentionCell, arch_parameters, weight_parameters
 from monai_nasscam.networks.diagnostics import VERDICTS, SearchDiagnostics, VerdictRule, diagnose, diagnose_genotype
 from monai_nasscam.networks.genotype import POSITIONS, Genotype, agreement, consensus, random_genotype
 from monai_nasscam.networks.nets.deeplabv3plus import DeepLabV3Plus
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
+from monai_nasscam.networks.run_folder import build_network, check_checkpoint, resolve_network_choice
 
 __all__ = [
+    "Attention",
+    "ATTENTIONS",
+    "register_attention",
+    "get_attention",
+    "registered_attentions",
+    "attention_names",
+    "attention_block",
+    "build_network",
+    "check_checkpoint",
+    "resolve_network_choice",
     "NASSAMBlock",
     "NASCAMBlock",
     "NASSCAMBlock",

@@ -7,7 +7,7 @@ import os
 import torch.nn as nn
 from monai.networks.nets import BasicUNet
 
-from monai_nasscam.networks.blocks import ATTENTIONS, attention_block, check_attention
+from monai_nasscam.networks.attentions import attention_block, check_attention, share_alphas
 from monai_nasscam.networks.genotype import BASIC_UNET_POSITIONS, Genotype
 
 __all__ = ["add_attention"]
@@ -33,7 +33,7 @@ def add_attention(
 
     Args:
         net: the ``BasicUNet`` to modify (spatial_dims and features are read from it).
-        attention: an attention name (see ``monai_nasscam.networks.blocks.ATTENTIONS``).
+        attention: an attention name (a block attention of :mod:`monai_nasscam.networks.attentions`).
         genotype: a :class:`Genotype` or its JSON path for fixed NAS blocks; ``None`` for searchable ones.
         synchronous: ``False`` shares one set of alphas between the 8 searchable modules.
 
@@ -48,20 +48,17 @@ def add_attention(
         raise ValueError(f"attention {attention!r} does not match the genotype's {genotype.attention!r}.")
     check_attention(attention)
     spatial_dims = net.final_conv.weight.ndim - 2
-    cells = {kind: [] for kind in ATTENTIONS[attention]}
+    blocks = []
     for position, name in BASIC_UNET_POSITIONS.items():
         block = getattr(net, name)
         if isinstance(block, _AttentionAfter):
             raise ValueError(f"{name} already has attention; build a new BasicUNet.")
         channels = _out_channels(block)
         attn = attention_block(attention, spatial_dims, channels, genotype.entry(position) if genotype else None)
-        for kind in cells:
-            cells[kind].append(getattr(attn, kind, attn).cell)
+        blocks.append(attn)
         setattr(net, name, _AttentionAfter(block, attn))
     if not synchronous and genotype is None:
-        for same_kind in cells.values():
-            for cell in same_kind[1:]:
-                cell.alpha = same_kind[0].alpha
+        share_alphas(blocks)
     return net
 
 

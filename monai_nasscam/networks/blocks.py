@@ -2,12 +2,14 @@
 
 Every block maps ``(B, C, *spatial)`` to a tensor of the same shape and takes ``(spatial_dims, in_channels)``
 first, like MONAI's own blocks. A NAS block is searchable when built without a genotype and fixed
-when built with one.
+when built with one; it exposes its cells with ``cells()`` (``(kind, NASAttentionCell)`` pairs) and its attention
+name as ``attention_name``. The names, labels and builders of all attentions are registered in
+:mod:`monai_nasscam.networks.attentions`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,6 +40,12 @@ class NASSAMBlock(nn.Module):
             raise ValueError(f"NASSAMBlock supports spatial_dims 2 or 3, got {spatial_dims}.")
         self.cell = NASAttentionCell("sam", spatial_dims, in_channels, genotype, hidden_channels)
 
+    attention_name = "nas-sam"
+
+    def cells(self) -> Iterator[tuple[str, NASAttentionCell]]:
+        """The block's cell: ``("sam", cell)``."""
+        yield "sam", self.cell
+
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial attention map, ``(B, 1, *spatial)`` in (0, 1)."""
         return self.cell(x)
@@ -65,6 +73,12 @@ class NASCAMBlock(nn.Module):
             raise ValueError(f"NASCAMBlock supports spatial_dims 2 or 3, got {spatial_dims}.")
         self.in_channels = in_channels
         self.cell = NASAttentionCell("cam", 1, 1, genotype, hidden_channels)
+
+    attention_name = "nas-cam"
+
+    def cells(self) -> Iterator[tuple[str, NASAttentionCell]]:
+        """The block's cell: ``("cam", cell)``."""
+        yield "cam", self.cell
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights, ``(B, C, 1, ...)`` in (0, 1)."""
@@ -105,6 +119,16 @@ class NASSCAMBlock(nn.Module):
         self.mode = mode
         self.sam = NASSAMBlock(spatial_dims, in_channels, None if genotype is None else genotype["sam"], hidden_channels)
         self.cam = NASCAMBlock(spatial_dims, in_channels, None if genotype is None else genotype["cam"], hidden_channels)
+
+    @property
+    def attention_name(self) -> str:
+        """``"nas-scam-s"`` (serial) or ``"nas-scam-p"`` (parallel)."""
+        return "nas-scam-s" if self.mode == "serial" else "nas-scam-p"
+
+    def cells(self) -> Iterator[tuple[str, NASAttentionCell]]:
+        """The block's cells: ``("sam", cell)`` then ``("cam", cell)``."""
+        yield from self.sam.cells()
+        yield from self.cam.cells()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "serial":
@@ -155,54 +179,3 @@ class SCSEBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.channel(x) + x * torch.sigmoid(self.spatial(x))
-
-
-#: attention names accepted at the 8 positions of the U-Net, and the cell kinds each one searches.
-ATTENTIONS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "cbam": (),
-    "scse": (),
-    "nas-sam": ("sam",),
-    "nas-cam": ("cam",),
-    "nas-scam-s": ("sam", "cam"),
-    "nas-scam-p": ("sam", "cam"),
-}
-NAS_ATTENTIONS = tuple(name for name, kinds in ATTENTIONS.items() if kinds)
-
-
-def check_attention(name: str) -> str:
-    """Return ``name`` if it is a known attention, else raise a ``ValueError`` listing the known ones."""
-    if name not in ATTENTIONS:
-        raise ValueError(f"unknown attention {name!r}, expected one of {list(ATTENTIONS)}.")
-    return name
-
-
-def attention_block(
-    name: str, spatial_dims: int, in_channels: int, genotype: Mapping[str, Sequence[str]] | None = None
-) -> nn.Module:
-    """Build the attention block called ``name`` (see :data:`ATTENTIONS`).
-
-    Args:
-        name: attention name; "none" gives ``nn.Identity``.
-        spatial_dims: 2 or 3.
-        in_channels: channels of the feature map it weights.
-        genotype: for NAS attentions, a mapping with the 6 op names of each searched cell
-            (``{"sam": [...], "cam": [...]}``, only the kinds the attention uses); ``None`` for a searchable block.
-    """
-    check_attention(name)
-    if name == "none":
-        return nn.Identity()
-    if name == "cbam":
-        return CBAMBlock(spatial_dims, in_channels)
-    if name == "scse":
-        return SCSEBlock(spatial_dims, in_channels)
-    if genotype is not None:
-        missing = [k for k in ATTENTIONS[name] if k not in genotype]
-        if missing:
-            raise ValueError(f"a {name} genotype entry needs op lists for {list(ATTENTIONS[name])}, missing {missing}.")
-    if name == "nas-sam":
-        return NASSAMBlock(spatial_dims, in_channels, None if genotype is None else genotype["sam"])
-    if name == "nas-cam":
-        return NASCAMBlock(spatial_dims, in_channels, None if genotype is None else genotype["cam"])
-    mode = "serial" if name == "nas-scam-s" else "parallel"
-    return NASSCAMBlock(spatial_dims, in_channels, mode, genotype)

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 
 from monai_nasscam.fileio import atomic_write_text
-from monai_nasscam.networks.blocks import ATTENTIONS, NAS_ATTENTIONS, NASCAMBlock, NASSAMBlock, NASSCAMBlock
+from monai_nasscam.networks.attentions import attention_names, block_cells, get_attention
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell
 from monai_nasscam.networks.diagnostics import VERDICTS, diagnose
 from monai_nasscam.networks.ops import OPS
@@ -53,14 +53,18 @@ def attention_blocks(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def _cells(block: nn.Module) -> tuple[str, dict[str, NASAttentionCell]]:
-    """The attention name of a NAS block and its cells by kind."""
-    if isinstance(block, NASSCAMBlock):
-        return ("nas-scam-s" if block.mode == "serial" else "nas-scam-p"), {"sam": block.sam.cell, "cam": block.cam.cell}
-    if isinstance(block, NASSAMBlock):
-        return "nas-sam", {"sam": block.cell}
-    if isinstance(block, NASCAMBlock):
-        return "nas-cam", {"cam": block.cell}
-    raise ValueError(f"{type(block).__name__} is not a NAS attention block; only NAS blocks have a genotype.")
+    """The attention name of a NAS block (its ``attention_name``) and its cells by kind (its ``cells()``)."""
+    cells = block_cells(block)
+    if not cells:
+        raise ValueError(f"{type(block).__name__} is not a NAS attention block; only NAS blocks have a genotype.")
+    return block.attention_name, cells
+
+
+def _kinds(attention: str) -> tuple[str, ...]:
+    """The cell kinds a searchable attention searches, else a ``ValueError`` naming the searchable attentions."""
+    if attention not in attention_names(searchable=True, aliases=False):
+        raise ValueError(f"'attention' must be one of {list(attention_names(searchable=True))}, got {attention!r}.")
+    return get_attention(attention).cells
 
 
 @dataclass
@@ -128,7 +132,7 @@ class Genotype:
             modules.append(entry)
         if len(names) != 1:
             raise ValueError(f"the model mixes attention types {sorted(names)}; a genotype describes one.")
-        kinds = len(ATTENTIONS[next(iter(names))])
+        kinds = len(_kinds(next(iter(names))))
         synchronous = len(shared) > kinds  # shared alphas: one object per kind for all 8 modules
         if search is None:
             search = diagnose(weights_by_cell, shared=not synchronous).to_dict()
@@ -205,14 +209,12 @@ class Genotype:
         return cls.from_dict(data, source=str(path))
 
     def _validate(self) -> None:
-        if self.attention not in NAS_ATTENTIONS:
-            raise ValueError(f"'attention' must be one of {list(NAS_ATTENTIONS)}, got {self.attention!r}.")
+        kinds = _kinds(self.attention)
         if not isinstance(self.synchronous, bool):
             raise ValueError(f"'synchronous' must be true or false, got {self.synchronous!r}.")
         if not isinstance(self.modules, list) or len(self.modules) != len(POSITIONS):
             count = len(self.modules) if isinstance(self.modules, list) else type(self.modules).__name__
             raise ValueError(f"'modules' must list {len(POSITIONS)} modules, got {count}.")
-        kinds = ATTENTIONS[self.attention]
         for i, (module, position) in enumerate(zip(self.modules, POSITIONS)):
             if not isinstance(module, Mapping) or module.get("position") != position:
                 got = module.get("position") if isinstance(module, Mapping) else module
@@ -289,12 +291,10 @@ def random_genotype(attention: str = "nas-scam-p", synchronous: bool = True, see
     Raises:
         ValueError: ``attention`` is not a NAS attention, or ``seed`` is not a non-negative integer.
     """
-    if attention not in NAS_ATTENTIONS:
-        raise ValueError(f"'attention' must be one of {list(NAS_ATTENTIONS)}, got {attention!r}.")
+    kinds = _kinds(attention)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"'seed' must be a non-negative integer, got {seed!r}.")
     rng = random.Random(seed)
-    kinds = ATTENTIONS[attention]
 
     def draw() -> dict[str, list[str]]:
         cells = {}
@@ -357,7 +357,7 @@ def consensus(genotypes: Sequence[Genotype]) -> Genotype:
     """
     genotypes = _same_space(genotypes, 1)
     first = genotypes[0]
-    kinds = ATTENTIONS[first.attention]
+    kinds = get_attention(first.attention).cells
     modules, alphas = [], {}
     for position in POSITIONS if first.synchronous else POSITIONS[:1]:
         entry: dict[str, Any] = {"position": position}
@@ -411,7 +411,7 @@ def agreement(genotypes: Sequence[Genotype]) -> dict[str, dict[str, Any]]:
     n = len(genotypes)
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
     out: dict[str, dict[str, Any]] = {}
-    for kind in ATTENTIONS[genotypes[0].attention]:
+    for kind in get_attention(genotypes[0].attention).cells:
         k = len(OPS[kind])
         positions, unanimous = {}, 0
         for position in POSITIONS:

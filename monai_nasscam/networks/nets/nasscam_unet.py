@@ -10,7 +10,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Pool
 
-from monai_nasscam.networks.blocks import ATTENTIONS, attention_block, check_attention
+from monai_nasscam.networks.attentions import attention_block, check_attention, share_alphas
 from monai_nasscam.networks.cell import arch_parameters, weight_parameters
 from monai_nasscam.networks.genotype import POSITIONS, Genotype
 
@@ -36,8 +36,8 @@ class NASSCAMUNet(nn.Module):
         spatial_dims: 2 or 3.
         in_channels: input channels (3 for RGB).
         out_channels: output channels (4 nucleus types; 5 for a softmax head with background).
-        attention: one of "none", "cbam", "scse", "nas-sam", "nas-cam", "nas-scam-s", "nas-scam-p"; ``None``
-            takes the genotype's.
+        attention: a block attention of :mod:`monai_nasscam.networks.attentions` ("none", "cbam", "scse",
+            "nas-sam", "nas-cam", "nas-scam-s", "nas-scam-p", or a registered one); ``None`` takes the genotype's.
         synchronous: for a searchable network, each module has its own alphas (``True``, the method) or
             all 8 share one set (``False``, the ablation).
         genotype: a :class:`Genotype`, or the path of its JSON file, to build the derived (fixed) network;
@@ -110,16 +110,8 @@ class NASSCAMUNet(nn.Module):
             for k in (3, 2, 1, 0)
         )
         if not synchronous and genotype is None:
-            self._share_alphas()
+            share_alphas(self.attention_blocks().values())  # the non-synchronous ablation: one set of alphas
         self.final_conv = Conv[Conv.CONV, spatial_dims](f[0], out_channels, kernel_size=1)
-
-    def _share_alphas(self) -> None:
-        """Make all 8 modules use the first module's alphas (the non-synchronous ablation)."""
-        cells = list(self.attention_blocks().values())
-        for kind in ATTENTIONS[self.attention]:
-            shared = [getattr(c, kind, c).cell for c in cells]
-            for cell in shared[1:]:
-                cell.alpha = shared[0].alpha
 
     def attention_blocks(self) -> dict[str, nn.Module]:
         """The attention block at each of the 8 positions."""
