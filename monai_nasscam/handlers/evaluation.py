@@ -14,7 +14,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_nasscam.fileio import atomic_write_text
-from monai_nasscam.metrics import CLASS_NAMES, mean_over_scored_images, write_metrics_json
+from monai_nasscam.metrics import CLASS_NAMES, instance_metrics_dict, mean_over_scored_images, mpq_plus, write_metrics_json
 
 __all__ = ["MetricsReportWriter", "metrics_markdown"]
 
@@ -23,6 +23,15 @@ _ROWS = (
     ("dice_per_image", "Dice, per image, mean over images (MONAI DiceMetric)"),
     ("pq", "PQ, pooled counts (correct)"),
     ("pq_monusac_official", "PQ, MoNuSAC 2020 official script (with its known bugs)"),
+    ("f1_classification", "F1 of classification, HoVer-Net rule (centroid pairing)"),
+)
+
+#: split-level instance metrics (one value each), in the second table
+_SCALAR_ROWS = (
+    ("mpq_plus", "mPQ+ (per-class PQ from pooled counts, mean over classes)"),
+    ("aji", "AJI (Kumar et al. 2017), mean over images"),
+    ("aji_plus", "AJI+ (one-to-one pairing), mean over images"),
+    ("f1_detection", "F1 of detection, HoVer-Net rule (centroid pairing)"),
 )
 
 
@@ -64,6 +73,10 @@ def metrics_markdown(
         row = metrics.get(key)
         if isinstance(row, Mapping):
             lines.append("| " + " | ".join([label, *[_cell(row.get(n)) for n in [*class_names, "mean"]]]) + " |")
+    scalars = [(label, metrics[key]) for key, label in _SCALAR_ROWS if key in metrics]
+    if scalars:
+        lines += ["", "| instance metric (%) | value |", "|---|---:|"]
+        lines += [f"| {label} | {_cell(value)} |" for label, value in scalars]
     lines += [
         "",
         "n/a: undefined, left out of the mean (pooled metrics: the class is in neither prediction nor ground truth of "
@@ -88,6 +101,9 @@ class MetricsReportWriter:
     - ``pq_monusac_official``: the MoNuSAC 2020 official script's per-class PQ, bugs included (labelled as such);
     - ``dice_per_image``: MONAI ``DiceMetric`` per image, averaged over the images whose ground truth has the class
       (``null`` when no image has it);
+    - with ``instance`` given: ``aji``, ``aji_plus`` (means over the images), ``f1_detection``,
+      ``f1_classification`` (per class, with ``mean``) and ``mpq_plus`` (the mean over classes of the pooled PQ)
+      (definitions: :mod:`monai_nasscam.metrics.instance`);
     - ``protocol``: how the numbers were obtained (``protocol`` as given, plus the number of images).
 
     Args:
@@ -95,6 +111,8 @@ class MetricsReportWriter:
         dice: the :class:`~monai_nasscam.metrics.PooledDiceHandler` of the evaluator.
         pq: an ``IgniteMetricHandler`` of :class:`~monai_nasscam.metrics.PooledPQMetric`.
         dice_per_image: an ``IgniteMetricHandler`` of MONAI ``DiceMetric`` (optional).
+        instance: an ``IgniteMetricHandler`` of :class:`~monai_nasscam.metrics.InstanceMetric` (optional): adds the
+            instance metrics.
         protocol: the evaluation settings to record.
         class_names: class names in channel order.
         json_name, markdown_name: file names.
@@ -112,8 +130,10 @@ class MetricsReportWriter:
         json_name: str = "metrics.json",
         markdown_name: str = "metrics.md",
         title: str | None = None,
+        instance: Any = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.instance = instance
         self.dice = dice
         self.pq = pq
         self.dice_per_image = dice_per_image
@@ -135,6 +155,13 @@ class MetricsReportWriter:
         extra: dict[str, Any] = {}
         if self.dice_per_image is not None:
             extra["dice_per_image"] = _per_class(_mean_over_images(self.dice_per_image.metric_fn), self.class_names)
+        if self.instance is not None:
+            result = self.instance.metric_fn.results()
+            extra.update(instance_metrics_dict(
+                aji=result["aji"], aji_plus=result["aji_plus"], f1_detection=result["f1_detection"],
+                f1_classification=_values(result["f1_classification"]), mpq_plus=mpq_plus(pq_fn.counts()),
+                class_names=self.class_names,
+            ))
         protocol = {**self.protocol, "images": n_images}
         self.metrics = write_metrics_json(
             self.output_dir / self.json_name,

@@ -4,7 +4,8 @@ challenge's official variant, reproduced with its known bugs and labelled as suc
 
 Instances of a class are stored as a "class instance stack": an integer array (C, *spatial) whose channel ``c``
 holds the instance ids of class id ``c + 1`` (0 = none). Predictions get their instances from the (multi-label)
-semantic output by connected components (scikit-image ``label``); the ground truth from the class map and the
+semantic output by a separation given as ``PooledPQMetric(instance_fn=...)``, connected components (scikit-image
+``label``) by default; the ground truth from the class map and the
 instance map of the prepared data.
 
 Ambiguous regions (MoNuSAC's test release). The correct PQ leaves out every instance, ground truth or predicted,
@@ -17,7 +18,7 @@ keeps that rule).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import scipy.ndimage
@@ -341,8 +342,8 @@ class PooledPQMetric(CumulativeIterationMetric):
     """
     Per-class panoptic quality on instances derived from the semantic output, accumulated over a split.
 
-    Each iteration turns every channel of the binarised prediction into instances by connected components
-    (:py:func:`instances_from_semantic`), matches them to the ground-truth instances of the same class (IoU > 0.5)
+    Each iteration turns every channel of the binarised prediction into instances (``instance_fn``; by default
+    connected components, :py:func:`instances_from_semantic`), matches them to the ground-truth instances of the same class (IoU > 0.5)
     and buffers, per image and class, ``[tp, fp, fn, iou_sum, official]`` (shape (B, C, 5), float64), where
     ``official`` is the MoNuSAC official per-image value (NaN when the class is absent from the image's ground
     truth).
@@ -366,7 +367,14 @@ class PooledPQMetric(CumulativeIterationMetric):
         reduction: ``"mean"`` (scalar, nanmean over classes) or ``"none"`` (per class, (C,)).
         variant: default variant of :py:meth:`aggregate`.
         iou_threshold: matching threshold of the correct PQ (the official variant always uses 0.5).
-        connectivity: connected-component connectivity for the predicted instances.
+        connectivity: connected-component connectivity for the predicted instances (when ``instance_fn`` is
+            ``None``).
+        instance_fn: how instances are cut out of the prediction: a callable taking the binary (C, *spatial) mask
+            of one image and returning its class instance stack (C, *spatial) of ints; ``None``: connected
+            components (:py:func:`instances_from_semantic`, the paper's protocol). Evaluation passes the project's
+            instance separation (``monai_nasscam.inference.instances.InstanceSeparator``, a marker-controlled
+            watershed by default, see ``instance_method`` in ``bundle/configs/evaluate.yaml``); this module does
+            not depend on it.
         y_format: ``"instance_class"`` (MONAI ``PanopticQualityMetric`` convention: ``y`` is (B, 2, ...) with the
             instance ids in channel 0 and the class ids in channel 1, optionally the ambiguous mask in a channel 2)
             or ``"per_class"`` (``y`` is a class instance stack (B, C, ...), see :py:func:`instances_from_maps`,
@@ -381,8 +389,11 @@ class PooledPQMetric(CumulativeIterationMetric):
         iou_threshold: float = 0.5,
         connectivity: int = 1,
         y_format: str = "instance_class",
+        instance_fn: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         super().__init__()
+        if instance_fn is not None and not callable(instance_fn):
+            raise ValueError(f"instance_fn must be callable (mask -> class instance stack), got {instance_fn!r}.")
         if variant not in PQ_VARIANTS:
             raise ValueError(f"variant must be one of {PQ_VARIANTS}, got '{variant}'.")
         if y_format not in ("instance_class", "per_class"):
@@ -394,6 +405,16 @@ class PooledPQMetric(CumulativeIterationMetric):
         self.iou_threshold = iou_threshold
         self.connectivity = connectivity
         self.y_format = y_format
+        self.instance_fn = instance_fn
+
+    def instances(self, mask: np.ndarray) -> np.ndarray:
+        """The class instance stack (C, *spatial) of one image's binary (C, *spatial) prediction."""
+        if self.instance_fn is None:
+            return instances_from_semantic(mask, connectivity=self.connectivity)
+        stack = np.asarray(self.instance_fn(mask))
+        if stack.shape != mask.shape:
+            raise ValueError(f"instance_fn returned shape {stack.shape} for a mask of shape {mask.shape}.")
+        return stack
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """
@@ -426,7 +447,7 @@ class PooledPQMetric(CumulativeIterationMetric):
                                      "channel: the ambiguous mask).")
                 gt_stack = gt[b, :n_classes].astype(np.int64)
                 ambiguous = gt[b, n_classes] if gt.shape[1] == n_classes + 1 else None
-            pred_stack = instances_from_semantic(pred[b], connectivity=self.connectivity)
+            pred_stack = self.instances(pred[b])
             if ambiguous is not None and not np.any(ambiguous):
                 ambiguous = None
             scored_gt = exclude_ambiguous_instances(gt_stack, ambiguous)

@@ -13,7 +13,7 @@ import torch
 
 from monai_nasscam.fileio import atomic_write_text
 
-__all__ = ["CLASS_NAMES", "metrics_dict", "write_metrics_json"]
+__all__ = ["CLASS_NAMES", "INSTANCE_KEYS", "instance_metrics_dict", "metrics_dict", "write_metrics_json"]
 
 #: MoNuSAC class names by class id 1..4; network channel ``c`` is class id ``c + 1``.
 CLASS_NAMES = ("Epithelial", "Lymphocyte", "Neutrophil", "Macrophage")
@@ -40,6 +40,35 @@ def _per_class(values: Sequence[float] | Mapping[str, float] | torch.Tensor | np
     defined = [v for v in out.values() if v is not None]
     out["mean"] = float(np.mean(defined)) if defined else None
     return out
+
+
+#: the instance metrics' keys in ``metrics.json`` (beside ``dice`` and ``pq``; absent when not computed)
+INSTANCE_KEYS = ("aji", "aji_plus", "f1_detection", "f1_classification", "mpq_plus")
+
+
+def instance_metrics_dict(
+    aji: float,
+    aji_plus: float,
+    f1_detection: float,
+    f1_classification: Sequence[float] | Mapping[str, float] | torch.Tensor | np.ndarray,
+    mpq_plus: float,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> dict[str, Any]:
+    """
+    The instance metrics' part of ``metrics.json`` (fractions in [0, 1], ``null`` where undefined):
+    ``{"aji": x, "aji_plus": x, "f1_detection": x, "f1_classification": {class: x, ..., "mean": x}, "mpq_plus": x}``
+    (definitions: :mod:`monai_nasscam.metrics.instance`). Pass it as ``extra`` to :func:`metrics_dict`.
+    """
+    def scalar(v: Any) -> float | None:
+        return _float_or_none(v.item() if isinstance(v, torch.Tensor) else v)
+
+    return {
+        "aji": scalar(aji),
+        "aji_plus": scalar(aji_plus),
+        "f1_detection": scalar(f1_detection),
+        "f1_classification": _per_class(f1_classification, class_names),
+        "mpq_plus": scalar(mpq_plus),
+    }
 
 
 def metrics_dict(

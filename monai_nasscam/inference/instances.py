@@ -1,0 +1,270 @@
+"""
+Nucleus instances from a semantic output: connected components, or a marker-controlled watershed that separates
+touching nuclei of one class.
+
+The network predicts, per class, which pixels are nucleus (multi-label sigmoid channels, or a class map); it does
+not say where one nucleus ends and the next begins. Two ways turn a class mask into instances:
+
+- ``"connected_components"``: each 4-connected (``connectivity=1``) region is one nucleus -- the paper's protocol
+  and the MoNuSAC challenge's; touching nuclei of one class become one.
+- ``"watershed"`` (default): per class, the Euclidean distance transform of the mask (distance of each nucleus
+  pixel to the nearest background pixel, in pixels, ``scipy.ndimage.distance_transform_edt``), optionally smoothed
+  by a Gaussian of ``sigma`` pixels, has one hill per roughly convex nucleus. Its regional maxima that rise at
+  least ``h`` pixels above their surroundings (``skimage.morphology.h_maxima``), and lie at least ``min_distance``
+  pixels apart (``skimage.feature.peak_local_max`` spacing; ``min_distance`` 0 keeps every h-maximum), are the
+  markers; ``skimage.segmentation.watershed`` floods the inverted distance from them, restricted to the mask. A
+  connected component that receives no marker stays one nucleus, so no foreground pixel is lost, and every
+  instance lies inside one connected component.
+
+:class:`InstanceSeparator` holds the method and its parameters; it is the callable that evaluation takes
+(``PooledPQMetric(instance_fn=...)``, ``InstanceMetric(instance_fn=...)``, ``instance_method`` in
+``bundle/configs/evaluate.yaml``) and that inference applies to a class map (:func:`instances_from_class_map`).
+The defaults were tuned on the validation split of the calibrated synthetic benchmark (docs/results.md, "Instance
+separation").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "INSTANCE_METHODS",
+    "WATERSHED_DEFAULTS",
+    "InstanceSeparator",
+    "connected_component_instances",
+    "watershed_instances",
+    "separate_instances",
+    "instances_from_class_map",
+]
+
+INSTANCE_METHODS = ("watershed", "connected_components")
+
+#: default watershed parameters, in pixels (tuned on the validation split, see docs/results.md)
+WATERSHED_DEFAULTS: dict[str, float] = {"h": 2.0, "min_distance": 0, "sigma": 1.0}
+
+
+def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def connected_component_instances(mask: np.ndarray | torch.Tensor, connectivity: int = 1) -> np.ndarray:
+    """
+    Instances of one binary mask by connected components (scikit-image ``label``).
+
+    Args:
+        mask: (*spatial) binary, any non-zero value is foreground.
+        connectivity: 1 (4-neighbourhood in 2-D, 6 in 3-D) up to ``mask.ndim`` (full neighbourhood).
+
+    Returns:
+        int32 instance map (*spatial), ids 1..n, 0 = background.
+    """
+    from skimage.measure import label
+
+    return label(_to_numpy(mask) != 0, connectivity=connectivity, background=0).astype(np.int32)
+
+
+def watershed_instances(
+    mask: np.ndarray | torch.Tensor,
+    h: float = WATERSHED_DEFAULTS["h"],
+    min_distance: int = int(WATERSHED_DEFAULTS["min_distance"]),
+    sigma: float = WATERSHED_DEFAULTS["sigma"],
+    connectivity: int = 1,
+) -> np.ndarray:
+    """
+    Instances of one binary mask by a marker-controlled watershed of its distance transform.
+
+    Args:
+        mask: (*spatial) binary, any non-zero value is foreground (2-D or 3-D).
+        h: minimum dynamic of a marker in pixels of distance: a regional maximum of the (smoothed) distance map that
+            is not at least ``h`` higher than the saddle to a higher maximum is no marker (``h_maxima``). Larger:
+            fewer splits. Must be > 0.
+        min_distance: minimum spacing of two markers in pixels (``peak_local_max``); 0: no spacing rule.
+        sigma: standard deviation in pixels of the Gaussian smoothing of the distance map before the markers are
+            taken (0: none); smoothing removes the spurious maxima of a ragged outline.
+        connectivity: connectivity of the connected components and of the watershed flooding (1: 4-neighbourhood).
+
+    Returns:
+        int32 instance map (*spatial), ids 1..n, 0 = background; its foreground equals ``mask != 0``.
+
+    Raises:
+        ValueError: ``h`` <= 0, ``min_distance`` < 0 or ``sigma`` < 0.
+    """
+    import scipy.ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.measure import label
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    if not h > 0:
+        raise ValueError(f"watershed h must be > 0 pixels, got {h}.")
+    if min_distance < 0 or sigma < 0:
+        raise ValueError(f"watershed min_distance and sigma must be >= 0, got {min_distance} and {sigma}.")
+    fg = _to_numpy(mask) != 0
+    components = label(fg, connectivity=connectivity, background=0)
+    if components.max() == 0:
+        return components.astype(np.int32)
+    distance = ndi.distance_transform_edt(fg)
+    if sigma > 0:
+        distance = ndi.gaussian_filter(distance, sigma) * fg
+    peaks = h_maxima(distance, h) != 0
+    peaks &= fg
+    if min_distance > 0 and peaks.any():
+        # thin the h-maxima: keep the highest, drop the others closer than min_distance (plateaus count once)
+        plateau = label(peaks, connectivity=fg.ndim)
+        keep = peak_local_max(
+            np.where(peaks, distance, 0.0), min_distance=int(min_distance), labels=components,
+            exclude_border=False, num_peaks_per_label=np.inf,
+        )
+        kept = np.zeros_like(peaks)
+        kept[tuple(keep.T)] = True
+        peaks = np.isin(plateau, np.unique(plateau[kept & peaks]))
+    markers = label(peaks, connectivity=fg.ndim)
+    out = watershed(-distance, markers, mask=fg, connectivity=connectivity)
+    unreached = fg & (out == 0)
+    if unreached.any():  # components without a marker stay whole
+        rest = label(unreached, connectivity=connectivity, background=0)
+        out = np.where(rest > 0, rest + out.max(), out)
+    from skimage.segmentation import relabel_sequential
+
+    return relabel_sequential(out.astype(np.int32))[0]
+
+
+def separate_instances(
+    mask: np.ndarray | torch.Tensor, method: str = "watershed", connectivity: int = 1, **params: Any
+) -> np.ndarray:
+    """
+    Class instance stack from a (multi-label) binary prediction: the instances of every channel.
+
+    Args:
+        mask: (C, *spatial) binary (channel ``c`` is class id ``c + 1``), numpy or torch.
+        method: ``"watershed"`` or ``"connected_components"``.
+        connectivity: see :func:`watershed_instances`.
+        params: watershed parameters ``h``, ``min_distance``, ``sigma`` (ignored by connected components).
+
+    Returns:
+        int32 (C, *spatial), ids 1..n_c per channel, 0 = none.
+
+    Raises:
+        ValueError: unknown method or watershed parameter.
+    """
+    if method not in INSTANCE_METHODS:
+        raise ValueError(f"instance method must be one of {INSTANCE_METHODS}, got {method!r}.")
+    unknown = set(params) - set(WATERSHED_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown watershed parameters {sorted(unknown)}; expected {sorted(WATERSHED_DEFAULTS)}.")
+    mask = _to_numpy(mask)
+    out = np.zeros(mask.shape, dtype=np.int32)
+    for c in range(mask.shape[0]):
+        if method == "connected_components":
+            out[c] = connected_component_instances(mask[c], connectivity)
+        else:
+            out[c] = watershed_instances(mask[c], connectivity=connectivity, **params)
+    return out
+
+
+class InstanceSeparator:
+    """
+    The instance separation of evaluation and inference, as one picklable callable.
+
+    ``InstanceSeparator("watershed", h=2, min_distance=0, sigma=1)(mask)`` gives the class instance stack of a
+    (C, H, W) binary mask; ``InstanceSeparator("connected_components")`` the paper's protocol.
+
+    Args:
+        method: ``"watershed"`` (default) or ``"connected_components"``.
+        h, min_distance, sigma: watershed parameters in pixels (:func:`watershed_instances`); ``None``: the defaults
+            :data:`WATERSHED_DEFAULTS`.
+        connectivity: connected-component / flooding connectivity (1: 4-neighbourhood).
+
+    Raises:
+        ValueError: unknown method or invalid parameter (checked at construction).
+    """
+
+    def __init__(
+        self,
+        method: str = "watershed",
+        h: float | None = None,
+        min_distance: int | None = None,
+        sigma: float | None = None,
+        connectivity: int = 1,
+    ) -> None:
+        if method not in INSTANCE_METHODS:
+            raise ValueError(f"instance_method must be one of {INSTANCE_METHODS}, got {method!r}.")
+        self.method = method
+        self.h = float(WATERSHED_DEFAULTS["h"] if h is None else h)
+        self.min_distance = int(WATERSHED_DEFAULTS["min_distance"] if min_distance is None else min_distance)
+        self.sigma = float(WATERSHED_DEFAULTS["sigma"] if sigma is None else sigma)
+        self.connectivity = int(connectivity)
+        if method == "watershed":
+            watershed_instances(np.zeros((1, 1), bool), self.h, self.min_distance, self.sigma)  # validates
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The watershed parameters (empty for connected components)."""
+        if self.method != "watershed":
+            return {}
+        return {"h": self.h, "min_distance": self.min_distance, "sigma": self.sigma}
+
+    def __call__(self, mask: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(C, *spatial) binary mask -> int32 class instance stack (C, *spatial)."""
+        return separate_instances(mask, self.method, self.connectivity, **self.params)
+
+    def describe(self) -> str:
+        """One line for the evaluation protocol (``metrics.json``)."""
+        conn = f"{self.connectivity}-connectivity" if self.connectivity != 1 else "4-connectivity"
+        if self.method == "connected_components":
+            return f"connected components ({conn}) of each class channel"
+        return (f"marker-controlled watershed of each class channel's distance transform (Gaussian sigma "
+                f"{self.sigma:g} px; markers: h-maxima, h {self.h:g} px, min distance {self.min_distance} px; {conn})")
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {k}={v!r}" for k, v in self.params.items())
+        return f"InstanceSeparator({self.method!r}{extra}, connectivity={self.connectivity})"
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any] | str | None) -> InstanceSeparator:
+        """From a method name or a mapping ``{"method": ..., "h": ..., ...}`` (``None``: the default watershed)."""
+        if config is None:
+            return cls()
+        if isinstance(config, str):
+            return cls(config)
+        return cls(**dict(config))
+
+
+def instances_from_class_map(
+    class_map: np.ndarray | torch.Tensor,
+    num_classes: int = 4,
+    separator: InstanceSeparator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Nuclei of a class map (inference's output): one instance map with ids unique over all classes, and the class of
+    each id.
+
+    Args:
+        class_map: (H, W) integer map, 0 background, 1..num_classes (e.g. ``logits_to_class_map``'s uint8 output).
+        num_classes: number of classes.
+        separator: the instance separation (default: ``InstanceSeparator()``, the tuned watershed).
+
+    Returns:
+        ``(instance_map, classes)``: int32 (H, W) with ids 1..n (0 background) and int64 (n,) with
+        ``classes[i - 1]`` the class id of instance ``i``.
+    """
+    separator = InstanceSeparator() if separator is None else separator
+    class_map = _to_numpy(class_map)
+    masks = np.stack([class_map == c for c in range(1, num_classes + 1)])
+    stack = separator(masks)
+    out = np.zeros(class_map.shape, dtype=np.int32)
+    classes: list[np.ndarray] = []
+    offset = 0
+    for c in range(num_classes):
+        n = int(stack[c].max())
+        if n:
+            out = np.where(stack[c] > 0, stack[c] + offset, out)
+            classes.append(np.full(n, c + 1, dtype=np.int64))
+            offset += n
+    return out, (np.concatenate(classes) if classes else np.zeros(0, dtype=np.int64))
