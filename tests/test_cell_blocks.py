@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -152,3 +154,49 @@ def test_fixed_blocks_script_and_trace():
     block = NASSCAMBlock(2, 16, "parallel", {"sam": ["conv3"] * 6, "cam": ["conv5"] * 6}).eval()
     traced = torch.jit.trace(block, x)
     torch.testing.assert_close(traced(x), block(x))
+
+
+CELL_CASES = [("sam", 2, (2, 6, 9, 11)), ("sam", 3, (1, 4, 5, 6, 4)), ("cam", 1, (2, 1, 24))]
+
+
+@pytest.mark.parametrize("kind,dims,shape", CELL_CASES)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fused_forward_equals_the_mixed_edge_definition(kind, dims, shape, mode):
+    """forward (fused convolutions, weights folded into the BN affine) == reference_forward (edge by edge)."""
+    torch.manual_seed(0)
+    cell = NASAttentionCell(kind, dims, shape[1]).train()
+    cell(torch.randn(shape))  # non-trivial running statistics for eval mode
+    with torch.no_grad():
+        cell.alpha.normal_(0.0, 1.0)  # far from uniform: every candidate with its own weight
+    x = torch.randn(shape)
+    fused, reference = copy.deepcopy(cell), copy.deepcopy(cell)
+    getattr(fused, mode)(), getattr(reference, mode)()
+    torch.testing.assert_close(fused(x), reference.reference_forward(x), atol=1e-5, rtol=1e-5)
+    if mode == "train":  # both update every candidate's running statistics the same way
+        for (k, a), (_, b) in zip(fused.state_dict().items(), reference.state_dict().items()):
+            torch.testing.assert_close(a, b, msg=k)
+
+
+@pytest.mark.parametrize("kind,dims,shape", CELL_CASES)
+@pytest.mark.parametrize(
+    "ops",
+    [
+        ["conv3", "conv1", "dil_conv5", "conv3", "none", "conv5"],
+        ["none", "none", "conv5", "conv1", "dil_conv3", "none"],  # n1 and n2 without live inputs
+        ["none"] * 6,
+    ],
+)
+def test_folded_cell_equals_the_fixed_cell_in_evaluation(kind, dims, shape, ops):
+    from monai_nasscam.networks import FoldedAttentionCell, fold_attention_cells
+
+    torch.manual_seed(0)
+    cell = NASAttentionCell(kind, dims, shape[1], ops).train()
+    cell(torch.randn(shape) + 1.0)  # running statistics that are not the identity
+    cell.eval()
+    x = torch.randn(shape)
+    torch.testing.assert_close(FoldedAttentionCell(cell)(x), cell(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cell.reference_forward(x), cell(x), atol=1e-5, rtol=1e-5)
+    wrapper = torch.nn.Sequential(copy.deepcopy(cell))
+    assert fold_attention_cells(wrapper) == 1 and isinstance(wrapper[0], FoldedAttentionCell)
+    with pytest.raises(ValueError, match="only a fixed"):
+        FoldedAttentionCell(NASAttentionCell(kind, dims, shape[1]))

@@ -3,7 +3,7 @@ inference into a uint8 class map, nuclei (connected components) with counts and 
 and network preparation for fast CPU inference. Driven by ``bundle/configs/inference.yaml``."""
 
 from monai_nasscam.inference.nuclei import CLASS_COLORS, GeoJSONWriter, Nucleus, count_components, iter_nuclei, nucleus_feature
-from monai_nasscam.inference.optimize import FoldedAttentionCell, PreparedNetwork, fold_attention_cells, prepare_network
+from monai_nasscam.inference.optimize import PreparedNetwork, prepare_network
 from monai_nasscam.inference.predictor import (
     InferenceError,
     NucleiPredictor,
@@ -25,9 +25,7 @@ __all__ = [
     "count_components",
     "iter_nuclei",
     "nucleus_feature",
-    "FoldedAttentionCell",
     "PreparedNetwork",
-    "fold_attention_cells",
     "prepare_network",
     "InferenceError",
     "NucleiPredictor",

@@ -3,8 +3,8 @@
 :func:`prepare_network` returns a callable for the sliding-window inferer. Its modes:
 
 - ``none``: the network as it is (evaluation mode);
-- ``eager``: a copy whose fixed attention cells are replaced by :class:`FoldedAttentionCell` (batch norms folded
-  into the convolutions, one convolution per source node and kernel shape) and whose ReLUs work in place, run in
+- ``eager``: a copy whose fixed attention cells are replaced by
+  :class:`~monai_nasscam.networks.folded_cell.FoldedAttentionCell` (batch norms folded into the convolutions) and whose ReLUs work in place, run in
   channels-last memory format on CPU;
 - ``trace``: ``eager``, traced with TorchScript and frozen (``torch.jit.freeze``);
 - ``auto``: ``trace`` on CPU, ``eager`` on GPU; falls back to ``eager`` when tracing fails.
@@ -25,112 +25,14 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from monai_nasscam.allocator import tune_allocator
-from monai_nasscam.networks.cell import EDGES, NASAttentionCell
-from monai_nasscam.networks.ops import OPS
+from monai_nasscam.networks.folded_cell import fold_attention_cells
 
-__all__ = ["FoldedAttentionCell", "fold_attention_cells", "inplace_activations", "prepare_network", "PreparedNetwork", "PREPARE_MODES", "default_workers", "tune_allocator"]
+__all__ = ["inplace_activations", "prepare_network", "PreparedNetwork", "PREPARE_MODES", "default_workers"]
 
 logger = logging.getLogger(__name__)
 PREPARE_MODES = ("auto", "none", "eager", "trace")
-_OUTPUT = 3
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-
-
-def _fold(module: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights and bias of ``Sequential(conv, batchnorm)`` with the (evaluation) batch norm folded in."""
-    conv, bn = module[0], module[1]
-    w, b = conv.weight.detach(), conv.bias.detach() if conv.bias is not None else torch.zeros(conv.out_channels)
-    if bn.running_mean is None:
-        raise ValueError("a batch norm without running statistics cannot be folded")
-    scale = (bn.weight.detach() if bn.weight is not None else 1.0) / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias.detach() if bn.bias is not None else 0.0
-    return w * scale.view(-1, *([1] * (w.ndim - 1))), (b - bn.running_mean) * scale + shift
-
-
-def _embed(w: torch.Tensor, dilation: int, footprint: int) -> torch.Tensor:
-    """A (dilated) kernel placed in a dense ``footprint``-wide kernel (zeros elsewhere); 1-D or N-D."""
-    k = w.shape[-1]
-    out = w.new_zeros(*w.shape[:2], *([footprint] * (w.ndim - 2)))
-    start = footprint // 2 - dilation * (k - 1) // 2
-    taps = (slice(start, start + dilation * (k - 1) + 1, dilation),) * (w.ndim - 2)
-    out[(slice(None), slice(None)) + taps] = w
-    return out
-
-
-class FoldedAttentionCell(nn.Module):
-    """Evaluation-only equivalent of a fixed :class:`~monai_nasscam.networks.cell.NASAttentionCell`.
-
-    Every batch norm is folded into its convolution. Each ReLU edge (into ``n1``/``n2``) is one convolution whose
-    output is used in place. Each sigmoid edge (into the one-channel output node) is computed in two cheap steps
-    instead of one convolution with a single output channel, which CPU convolution libraries run at a small
-    fraction of their speed: a 1 x 1 convolution gives the ``k^d`` per-tap channel sums, then a fixed one-hot
-    ``k x k`` (dilated) convolution adds the shifted taps -- the same sum of products in another order.
-
-    Args:
-        cell: a fixed cell in evaluation mode (its batch norms' running statistics are used).
-    """
-
-    def __init__(self, cell: NASAttentionCell) -> None:
-        super().__init__()
-        if cell.ops is None:
-            raise ValueError("only a fixed (derived) cell can be folded; this one is searchable.")
-        self.spatial_dims = int(cell.spatial_dims)
-        self.hidden = int(cell.hidden_channels)
-        self.in_channels = int(cell.in_channels)
-        specs = OPS[cell.kind]
-        self.half_count = sum(1 for e, (_, t) in enumerate(EDGES) if t == _OUTPUT and cell.ops[e] == "none")
-        #: per live edge, in EDGES order: (source, target, padding, dilation, kernel)
-        self.plan: list[tuple[int, int, int, int, int]] = []
-        for e, (src, dst) in enumerate(EDGES):
-            name = cell.ops[e]
-            if name == "none":
-                continue
-            spec = specs[name]
-            w, b = _fold(cell.edges[e][name])
-            i = len(self.plan)
-            if dst != _OUTPUT:
-                self.register_buffer(f"weight_{i}", w.contiguous())
-                self.register_buffer(f"bias_{i}", b.contiguous())
-            else:
-                k, d = spec.kernel_size, spec.dilation
-                taps = k**self.spatial_dims
-                # (1, C, k, ..) -> (taps, C, 1, ..): channel sums per tap; then a one-hot (1, taps, k, ..) kernel
-                self.register_buffer(f"weight_{i}", w.reshape(w.shape[1], taps).t().reshape(taps, w.shape[1], *([1] * self.spatial_dims)).contiguous())
-                gather = torch.zeros(taps, taps)
-                gather[torch.arange(taps), torch.arange(taps)] = 1.0
-                self.register_buffer(f"gather_{i}", gather.reshape(1, taps, *([k] * self.spatial_dims)))
-                self.register_buffer(f"bias_{i}", b.contiguous())
-            self.plan.append((src, dst, spec.padding, spec.dilation, spec.kernel_size))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        conv = _CONV[self.spatial_dims]
-        nodes: list[torch.Tensor | None] = [x, None, None]
-        out: torch.Tensor | None = None
-        for i, (src, dst, padding, dilation, kernel) in enumerate(self.plan):
-            source = nodes[src]
-            if source is None:  # an inner node without live inputs is zero
-                source = x.new_zeros((x.shape[0], self.hidden, *x.shape[2:]))
-                nodes[src] = source
-            weight, bias = getattr(self, f"weight_{i}"), getattr(self, f"bias_{i}")
-            if dst != _OUTPUT:
-                y = torch.relu_(conv(source, weight, bias, padding=padding, dilation=dilation))
-                current = nodes[dst]
-                nodes[dst] = y if current is None else current.add_(y)  # the node's own buffer
-                continue
-            if kernel == 1:
-                y = conv(source, weight, bias)
-            else:
-                y = conv(conv(source, weight), getattr(self, f"gather_{i}"), bias, padding=padding, dilation=dilation)
-            y = torch.sigmoid_(y)
-            out = y if out is None else out.add_(y)
-        if out is None:
-            out = x.new_zeros((x.shape[0], 1, *x.shape[2:]))
-        if self.half_count:
-            out = out + 0.5 * self.half_count
-        return out / 3.0
 
 
 def inplace_activations(network: nn.Module) -> int:
@@ -145,18 +47,6 @@ def inplace_activations(network: nn.Module) -> int:
                 if isinstance(child, nn.ReLU) and not child.inplace:
                     child.inplace = True
                     count += 1
-    return count
-
-
-def fold_attention_cells(network: nn.Module) -> int:
-    """Replace, in place, every fixed attention cell of ``network`` by a :class:`FoldedAttentionCell`; returns how
-    many were replaced (searchable cells are left alone)."""
-    count = 0
-    for parent in list(network.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, NASAttentionCell) and child.ops is not None:
-                setattr(parent, name, FoldedAttentionCell(child))
-                count += 1
     return count
 
 

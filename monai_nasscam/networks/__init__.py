@@ -14,6 +14,7 @@ from monai_nasscam.networks.attentions import (
 from monai_nasscam.networks.blocks import CBAMBlock, NASCAMBlock, NASSAMBlock, NASSCAMBlock, SCSEBlock
 from monai_nasscam.networks.cell import NASAttentionCell, arch_parameters, weight_parameters
 from monai_nasscam.networks.diagnostics import VERDICTS, SearchDiagnostics, VerdictRule, diagnose, diagnose_genotype
+from monai_nasscam.networks.folded_cell import FoldedAttentionCell, fold_attention_cells
 from monai_nasscam.networks.genotype import POSITIONS, Genotype, agreement, consensus, random_genotype
 from monai_nasscam.networks.nets.deeplabv3plus import DeepLabV3Plus
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
@@ -36,6 +37,8 @@ __all__ = [
     "CBAMBlock",
     "SCSEBlock",
     "NASAttentionCell",
+    "FoldedAttentionCell",
+    "fold_attention_cells",
     "NASSCAMUNet",
     "DeepLabV3Plus",
     "Genotype",

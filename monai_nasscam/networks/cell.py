@@ -6,10 +6,14 @@ Every earlier node feeds every later one (:data:`EDGES`). An edge is a mixed ope
 ``n1``/``n2`` sum their inputs and ``n3`` is the mean of its three edges, so it lies in (0, 1). A fixed
 cell has one operation per edge and computes only those.
 
-All candidates that read the same node and share a kernel shape run as one convolution whose output
+The definition is written out plainly in :meth:`NASAttentionCell.reference_forward` (one mixed edge at a
+time, :meth:`NASAttentionCell.mixed_edge`). :meth:`NASAttentionCell.forward` computes the same function faster:
+all candidates that read the same node and share a kernel shape run as one convolution whose output
 channels are the concatenation of the edges' outputs; batch normalisation is per channel, so this is
 exactly the per-edge computation, with fewer and larger kernels. On ReLU edges the positive mixing
-weight is folded into the batch-norm affine (``w * relu(y) == relu(w * y)`` for ``w > 0``).
+weight is folded into the batch-norm affine (``w * relu(y) == relu(w * y)`` for ``w > 0``). The two are tested
+equal. For inference, :mod:`monai_nasscam.networks.folded_cell` folds a fixed cell's batch norms into its
+convolutions.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ import torch.nn.functional as F
 
 from monai_nasscam.networks.ops import OPS, build_op, op_names
 
-__all__ = ["EDGES", "NASAttentionCell", "arch_parameters", "weight_parameters"]
+__all__ = ["EDGES", "OUTPUT_NODE", "OUTPUT_FAN_IN", "CONV_FUNCTIONS", "NASAttentionCell", "arch_parameters", "weight_parameters"]
 
 #: the 6 edges of the cell as (source node, target node), in genotype order.
 EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+#: the one-channel output node; ``n1`` .. ``OUTPUT_NODE - 1`` are the inner (hidden) nodes.
 OUTPUT_NODE = 3
-_OUTPUT_FAN_IN = sum(t == OUTPUT_NODE for _, t in EDGES)  # the output node is the mean of its edges
-_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+#: the output node is the mean of its incoming (sigmoid) edges, so it lies in (0, 1).
+OUTPUT_FAN_IN = sum(t == OUTPUT_NODE for _, t in EDGES)
+#: the functional convolution for each ``spatial_dims``.
+CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
 class _Group(NamedTuple):
@@ -59,7 +66,7 @@ class NASAttentionCell(nn.Module):
         super().__init__()
         self.kind = kind
         self.candidates = op_names(kind)
-        if spatial_dims not in _CONV:
+        if spatial_dims not in CONV_FUNCTIONS:
             raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims}.")
         if ops is not None:
             ops = list(ops)
@@ -126,7 +133,50 @@ class NASAttentionCell(nn.Module):
         """``softmax(alpha)`` per edge, ``(6, n_candidates)``; ``None`` for a fixed cell."""
         return None if self.alpha is None else self.alpha.softmax(dim=-1)
 
+    def mixed_edge(self, e: int, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Edge ``e`` as defined: ``sum_o weights[e, o] * act(BN(op_o(x)))`` over its candidates.
+
+        ``act`` is ReLU into the inner nodes and sigmoid into the output node; ``none`` is zero before the
+        activation (so it adds 0 on a ReLU edge and 0.5 on a sigmoid edge). A fixed cell's edge is its one op.
+
+        Args:
+            e: the edge index in :data:`EDGES` order.
+            x: the edge's source node, ``(B, C_source, *spatial)``.
+            weights: ``softmax(alpha)`` of shape ``(6, n_candidates)``; ``None`` for a fixed cell.
+
+        Returns:
+            ``(B, C_target, *spatial)``, the edge's contribution to its target node.
+        """
+        target = EDGES[e][1]
+        act = torch.sigmoid if target == OUTPUT_NODE else torch.relu
+        shape = (x.shape[0], self.node_channels[target], *x.shape[2:])
+        names = self.candidates if self.ops is None else (self.ops[e],)
+        out = x.new_zeros(shape)
+        for name in names:
+            y = act(self.edges[e][name](x)) if name in self.edges[e] else act(x.new_zeros(shape))
+            out = out + (y if weights is None else weights[e, self.candidates.index(name)] * y)
+        return out
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The cell as defined (docs/method.md §1.1), one mixed edge at a time: slow, for reading and testing.
+
+        Node ``t`` sums its incoming mixed edges; the output node is their mean. :meth:`forward` computes the same
+        function with fused convolutions (tested equal).
+
+        Args:
+            x: the input node ``n0``, ``(B, in_channels, *spatial)``.
+
+        Returns:
+            the attention map ``(B, 1, *spatial)`` in (0, 1).
+        """
+        weights = self.op_weights()
+        nodes = [x]
+        for t in range(1, OUTPUT_NODE + 1):
+            nodes.append(sum(self.mixed_edge(e, nodes[s], weights) for e, (s, d) in enumerate(EDGES) if d == t))
+        return nodes[OUTPUT_NODE] / OUTPUT_FAN_IN
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused execution of :meth:`reference_forward`: ``(B, in_channels, *spatial)`` -> ``(B, 1, *spatial)``."""
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}).")
         weights = self.op_weights()
@@ -148,13 +198,13 @@ class NASAttentionCell(nn.Module):
             elif not isinstance(node, torch.Tensor) or node.shape != shape:
                 node = x.new_zeros(shape) + node
             nodes.append(node)
-        return nodes[OUTPUT_NODE] / _OUTPUT_FAN_IN
+        return nodes[OUTPUT_NODE] / OUTPUT_FAN_IN
 
     def _run_group(self, src: torch.Tensor, group: _Group, weights: torch.Tensor | None, acc: list) -> None:
         """One fused convolution + batch norm for ``group``'s (edge, op) entries, added into the target nodes."""
         modules = [self.edges[e][name] for e, name in group.entries]
         convs, norms = [m[0] for m in modules], [m[1] for m in modules]
-        y = _CONV[self.spatial_dims](
+        y = CONV_FUNCTIONS[self.spatial_dims](
             src, self._fused_kernel(group, convs), _cat([c.bias for c in convs]), padding=group.padding, dilation=group.dilation
         )
 
