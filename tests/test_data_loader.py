@@ -10,7 +10,7 @@ SCRIPT = textwrap.dedent(
     from monai_nasscam.data import SignalSafeDataLoader
 
     owner = os.getpid()
-    # as SearchCheckpointer's handler: workers (forked with it) ignore SIGTERM, the main process would stop
+    # as ResumableCheckpointSaver's handler: workers (forked with it) ignore SIGTERM, the main process would stop
     signal.signal(signal.SIGTERM, lambda signum, frame: None if os.getpid() != owner else os._exit(3))
     stream = iter(SignalSafeDataLoader(list(range(64)), batch_size=2, num_workers=2))
     print(next(stream).tolist(), flush=True)  # the pool stays open, as the search's architecture stream does

@@ -246,7 +246,7 @@ def test_a_cuda_tagged_checkpoint_loads_and_exports_on_cpu(tmp_path, monkeypatch
 def test_savers_write_cpu_tensors(tmp_path):
     from ignite.engine import Engine
 
-    from monai_nasscam.handlers import SearchCheckpointer
+    from monai_nasscam.handlers import ResumableCheckpointSaver
     from monai_nasscam.handlers.training import BestModelSaver
     from monai_nasscam.serialization import CPUStateDict, to_cpu
 
@@ -262,7 +262,7 @@ def test_savers_write_cpu_tensors(tmp_path):
     assert isinstance(saver._key_metric_checkpoint.to_save["model"], CPUStateDict)
 
     seen = []
-    checkpointer = SearchCheckpointer(tmp_path / "ckpt", {"network": net})
+    checkpointer = ResumableCheckpointSaver(tmp_path / "ckpt", {"network": net})
     with mock.patch("monai_nasscam.handlers.checkpoint.to_cpu", side_effect=lambda c: seen.append(c) or to_cpu(c)):
         path = checkpointer.save(Engine(lambda e, b: None))
     assert seen and set(torch.load(path, weights_only=True)["network"]) == set(state)

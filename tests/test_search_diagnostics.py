@@ -19,7 +19,7 @@ from monai_nasscam.handlers import (
     BestGenotypeSaver,
     DivergenceGuard,
     GenotypeSaver,
-    SearchCheckpointer,
+    ResumableCheckpointSaver,
     SearchDiagnosticsHandler,
     SearchDiverged,
     search_diagnostics,
@@ -444,7 +444,7 @@ def test_divergence_guard_tolerates_a_few_steps_with_mixed_precision():
 
 def test_checkpointer_refuses_a_non_finite_state(tmp_path):
     net = _net()
-    saver = SearchCheckpointer(tmp_path, {"network": net}, handle_signals=False)
+    saver = ResumableCheckpointSaver(tmp_path, {"network": net}, handle_signals=False)
     first = saver.save()
     before = first.read_bytes()
     with torch.no_grad():

@@ -16,7 +16,7 @@ from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 from monai.utils import set_determinism
 
 from monai_nasscam.engines import ARCH_LOSS, BilevelEvents, BilevelSearchTrainer
-from monai_nasscam.handlers import SearchCheckpointer, SearchInterrupted
+from monai_nasscam.handlers import ResumableCheckpointSaver, SearchInterrupted
 from monai_nasscam.networks import Genotype, NASSCAMUNet
 
 FEATURES = (4, 8, 8, 8, 8)
@@ -184,7 +184,7 @@ def test_interrupt_and_resume_is_exact(tmp_path, stop_at):
     # interrupted run: a real SIGINT during iteration `stop_at`; the iteration finishes, is saved, the run stops
     net, trainer = _setup(**kwargs)
     save = {"network": net, "optimizer": trainer.optimizer, "arch_optimizer": trainer.arch_optimizer, "trainer": trainer}
-    saver = SearchCheckpointer(tmp_path, save, epoch_interval=1)
+    saver = ResumableCheckpointSaver(tmp_path, save, epoch_interval=1)
     saver.attach(trainer)
     trainer.add_event_handler(Events.ITERATION_STARTED(once=stop_at), lambda e: os.kill(os.getpid(), signal.SIGINT))
     previous = signal.getsignal(signal.SIGINT)

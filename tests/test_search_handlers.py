@@ -17,7 +17,7 @@ from monai_nasscam.handlers import (
     AlphaTensorBoardHandler,
     BestGenotypeSaver,
     GenotypeSaver,
-    SearchCheckpointer,
+    ResumableCheckpointSaver,
     alpha_weights,
 )
 from monai_nasscam.handlers.architecture import SearchValidationHandler
@@ -131,7 +131,7 @@ def test_best_genotype_without_validation_writes_final(tmp_path):
 def test_checkpointer_is_atomic_and_stops_on_request(tmp_path):
     net = _net()
     trainer = Engine(lambda e, b: None)
-    saver = SearchCheckpointer(tmp_path, {"network": net, "trainer": trainer}, handle_signals=False)
+    saver = ResumableCheckpointSaver(tmp_path, {"network": net, "trainer": trainer}, handle_signals=False)
     saver.attach(trainer)
     trainer.add_event_handler(Events.ITERATION_STARTED(once=5), lambda e: saver.request_stop())
     from monai_nasscam.handlers import SearchInterrupted
@@ -266,7 +266,7 @@ def test_final_epoch_is_always_validated_and_checkpointed(tmp_path, interval, va
     SearchValidationHandler(evaluator, interval=interval).attach(trainer)
     saver = BestGenotypeSaver(net, evaluator, tmp_path / "genotype.json", heatmap_name=None)
     saver.attach(trainer)
-    SearchCheckpointer(tmp_path / "ckpt", {"best_genotype": saver}, handle_signals=False).attach(trainer)
+    ResumableCheckpointSaver(tmp_path / "ckpt", {"best_genotype": saver}, handle_signals=False).attach(trainer)
     trainer.run([0], max_epochs=5)
     assert epochs == validated
     assert saver.best_epoch == 5 and Genotype.load(tmp_path / "genotype.json").search["epoch"] == 5

@@ -2,7 +2,7 @@
 
 A terminal's Ctrl-C, ``timeout``, ``kill -TERM -PGID`` and batch schedulers signal every process of the job. The
 search and train workflows stop cleanly on such a signal (finish the iteration, save, stop: see
-:class:`~monai_nasscam.handlers.SearchCheckpointer`), but torch's worker loop installs its own SIGTERM handler,
+:class:`~monai_nasscam.handlers.ResumableCheckpointSaver`), but torch's worker loop installs its own SIGTERM handler,
 which kills a worker signalled by anyone but its parent, and the run then fails on the dead worker before the
 main process can save. Here the signals are blocked while the workers are forked; each worker re-installs the
 handler it inherited (the checkpointer's, which ignores the signal outside the main process) before unblocking

@@ -13,7 +13,7 @@ from monai_nasscam.handlers.architecture import (
     plot_alpha_heatmap,
     search_diagnostics,
 )
-from monai_nasscam.handlers.checkpoint import SearchCheckpointer, SearchInterrupted
+from monai_nasscam.handlers.checkpoint import ResumableCheckpointSaver, SearchInterrupted
 
 __all__ = [
     "AlphaHeatmapSaver",
@@ -21,9 +21,9 @@ __all__ = [
     "BestGenotypeSaver",
     "DivergenceGuard",
     "GenotypeSaver",
+    "ResumableCheckpointSaver",
     "SearchDiagnosticsHandler",
     "SearchDiverged",
-    "SearchCheckpointer",
     "SearchInterrupted",
     "alpha_weights",
     "plot_alpha_heatmap",

@@ -460,9 +460,9 @@ class SearchValidationHandler(ValidationHandler):
     """MONAI's ``ValidationHandler`` (run the validator every ``interval`` epochs of the trainer, at the trainer's
     epoch) that also validates the trainer's final epoch (``state.max_epochs``) when ``interval`` does not divide
     it, so the last epochs of a search are never left out of the choice of the best genotype. The final validation
-    runs at the end of that epoch, before the epoch's checkpoint (:class:`~monai_nasscam.handlers.SearchCheckpointer`
-    registers its handler when the run starts), so the checkpoint holds its result. Attach to the trainer on every
-    rank (a sharded validation needs all of them).
+    runs at the end of that epoch, before the epoch's checkpoint
+    (:class:`~monai_nasscam.handlers.ResumableCheckpointSaver` registers its handler when the run starts), so the
+    checkpoint holds its result. Attach to the trainer on every rank (a sharded validation needs all of them).
 
     Args:
         validator: the evaluator.
@@ -691,7 +691,7 @@ class DivergenceGuard:
 
     Unlike ignite's ``TerminateOnNan`` (which ends the run normally, so the end-of-run handlers would write a
     genotype of NaN alphas), the exception ends the run with an error: no genotype is written, and the search
-    checkpoint keeps the last finished epoch (:class:`~monai_nasscam.handlers.SearchCheckpointer` also refuses to
+    checkpoint keeps the last finished epoch (:class:`~monai_nasscam.handlers.ResumableCheckpointSaver` also refuses to
     write a non-finite state). The network's output is checked too because a loss can hide a NaN (the exponential
     logarithmic loss counts a NaN Dice term as 0).
 

@@ -1,7 +1,8 @@
-"""A resumable search checkpoint: saved atomically every epoch and when the run is interrupted.
+"""The resumable checkpoint of a search or a training run: saved atomically every epoch and when the run is
+interrupted.
 
 MONAI's ``CheckpointSaver`` writes non-atomically and, on an exception, saves whatever state the interrupted
-iteration left (possibly half an optimiser step). :class:`SearchCheckpointer` instead
+iteration left (possibly half an optimiser step). :class:`ResumableCheckpointSaver` instead
 
 - writes ``save_dir/filename`` (every tensor moved to the CPU, so that it loads on any machine) through
   ignite's ``DiskSaver(atomic=True)`` (temporary file, then rename) at the end of every ``epoch_interval``-th
@@ -36,7 +37,7 @@ from ignite.handlers import DiskSaver
 from monai_nasscam.engines.search_inputs import CHECKPOINT_NAME
 from monai_nasscam.serialization import to_cpu
 
-__all__ = ["SearchCheckpointer", "SearchInterrupted"]
+__all__ = ["ResumableCheckpointSaver", "SearchInterrupted"]
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -79,8 +80,9 @@ def _first_nonfinite(value: Any, key: str = "") -> str | None:
     return None
 
 
-class SearchCheckpointer:
-    """Save ``{key: obj.state_dict()}`` of ``save_dict`` atomically to ``save_dir/filename``.
+class ResumableCheckpointSaver:
+    """Save ``{key: obj.state_dict()}`` of ``save_dict`` atomically to ``save_dir/filename``, every epoch and when
+    the run is interrupted, so that a search or a training run resumes from it (see the module docstring).
 
     Args:
         save_dir: folder of the checkpoint (created).

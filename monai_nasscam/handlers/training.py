@@ -34,7 +34,7 @@ class BestModelSaver(CheckpointSaver):
     tensors, whatever device the network trains on (MONAI's
     ``CheckpointLoader`` loads it with ``weights_only=True``; ``torch.load`` + ``load_state_dict`` too). Unlike the
     plain saver it has ``state_dict()`` / ``load_state_dict()``: put it in the resumable checkpoint
-    (:class:`~monai_nasscam.handlers.SearchCheckpointer`'s ``save_dict``, ``CheckpointLoader``'s ``load_dict``) so
+    (:class:`~monai_nasscam.handlers.ResumableCheckpointSaver`'s ``save_dict``, ``CheckpointLoader``'s ``load_dict``) so
     that a resumed run only replaces the file with a better model than the best one before the interruption, and
     the evaluator's ``best_metric`` / ``best_metric_epoch`` are restored.
 
@@ -98,7 +98,7 @@ class EpochReseeder:
     dataset, from ``seed`` and the epoch number.
 
     Nothing random then depends on earlier epochs, so a run resumed from a checkpoint taken at the end of an epoch
-    (what :class:`~monai_nasscam.handlers.SearchCheckpointer` writes every epoch) draws the same crops,
+    (what :class:`~monai_nasscam.handlers.ResumableCheckpointSaver` writes every epoch) draws the same crops,
     augmentations and dropout masks as an uninterrupted run (exactly so with ``num_workers=0``; with worker
     processes MONAI's ``worker_init_fn`` seeds the workers from the re-seeded torch generator).
 
