@@ -185,8 +185,9 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-dir", required=True, metavar="PREP", help="a prepared dataset (nasscam prepare)")
     p.add_argument("--output-dir", required=True, metavar="OUT", help="runs, table.md, results.json and figures go here")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="MODEL",
-                   help=f"any of {' '.join(MODELS)} (default: all); random: a uniformly random NAS-SCAM-P genotype "
-                   "per seed, retrained like the searched models, that they are paired with")
+                   help=f"any of {', '.join(f'{key} ({label})' for key, (label, _, _) in MODELS.items())} "
+                   "(default: all); random: a uniformly random NAS-SCAM-P genotype per seed, retrained like the "
+                   "searched models, that they are paired with")
     p.add_argument("--seeds", type=int, default=3, help="runs per model, seeds 0..N-1 (default: %(default)s)")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override for every workflow, e.g. roi_size=[64,64] num_workers=0")
     p.add_argument("--search-set", nargs="+", metavar="KEY=VALUE", help="search.yaml overrides, e.g. epochs=6 warmup_epochs=2")
@@ -223,8 +224,9 @@ register_command(
         "the paper's Table 2: search, retrain and evaluate every model x seed through the bundle, against random genotypes",
         _compare_arguments,
         _compare_run,
-        "Run U-Net, U-Net+CBAM, U-Net+scSE, DeepLab V3+, NAS-SCAM-S/-P (synchronous and not) and a random "
-        "NAS-SCAM-P genotype (model 'random': drawn from the seed, no search) for N seeds through the bundle's "
+        "Run the models of the attention registry (monai_nasscam.networks.attentions: by default U-Net, DeepLab V3+, "
+        "U-Net+CBAM, U-Net+scSE and NAS-SCAM-S/-P, synchronous and not; see --models) and a random NAS-SCAM-P "
+        "genotype (model 'random': drawn from the seed, no search) for N seeds through the bundle's "
         "search, train and evaluate workflows; write OUT/table.md (pooled Dice per class, mean +- sd across seeds, "
         "and PQ; each searched model minus the random genotype of the same seed; each search's verdict and the "
         "agreement of the seeds' derived operations against chance), OUT/results.json, "

@@ -26,12 +26,14 @@ import numpy as np
 
 from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.fileio import atomic_write_text
+from monai_nasscam.networks.attentions import get_attention, registered_attentions
 from monai_nasscam.networks.genotype import Genotype, agreement, consensus, random_genotype
 from monai_nasscam.workflow import run_workflow
 
 __all__ = [
     "MODELS",
     "RANDOM_MODELS",
+    "comparison_models",
     "run_comparison",
     "summarize",
     "architectures",
@@ -40,20 +42,36 @@ __all__ = [
     "write_random_genotype",
 ]
 
-#: model key -> (label in the table, train.yaml attention or None, search overrides or None)
-MODELS: dict[str, tuple[str, str | None, dict[str, Any] | None]] = {
-    "unet": ("U-Net", "unet", None),
-    "deeplabv3plus": ("DeepLab V3+", "deeplabv3plus", None),
-    "cbam": ("U-Net + CBAM", "cbam", None),
-    "scse": ("U-Net + scSE", "scse", None),
-    "nas-scam-s": ("NAS-SCAM-S (synchronous)", None, {"attention": "nas-scam-s", "synchronous": True}),
-    "nas-scam-p": ("NAS-SCAM-P (synchronous)", None, {"attention": "nas-scam-p", "synchronous": True}),
-    "nas-scam-s-shared": ("NAS-SCAM-S (non-synchronous)", None, {"attention": "nas-scam-s", "synchronous": False}),
-    "nas-scam-p-shared": ("NAS-SCAM-P (non-synchronous)", None, {"attention": "nas-scam-p", "synchronous": False}),
-    "random": ("Random genotype (NAS-SCAM-P)", None, None),
-}
 #: models that draw their genotype instead of searching it: model key -> random_genotype arguments (and the seed)
 RANDOM_MODELS: dict[str, dict[str, Any]] = {"random": {"attention": "nas-scam-p", "synchronous": True}}
+
+
+def comparison_models() -> dict[str, tuple[str, str | None, dict[str, Any] | None]]:
+    """The models of the comparison, from the attention registry (:mod:`monai_nasscam.networks.attentions`, the
+    entries with ``compare``): every baseline under its public name (retrained as is), every searchable attention
+    searched with its own alphas per module (``nas-scam-p``) and with one set for all 8 (``nas-scam-p-shared``), then
+    the :data:`RANDOM_MODELS`.
+
+    Returns:
+        model key -> (label in the table, train.yaml attention or ``None``, search overrides or ``None``).
+    """
+    entries = [entry for entry in registered_attentions() if entry.compare]
+    models: dict[str, tuple[str, str | None, dict[str, Any] | None]] = {
+        entry.public_name: (entry.label, entry.public_name, None) for entry in entries if not entry.searchable
+    }
+    for synchronous, suffix, what in ((True, "", "synchronous"), (False, "-shared", "non-synchronous")):
+        for entry in entries:
+            if entry.searchable:
+                search = {"attention": entry.name, "synchronous": synchronous}
+                models[entry.name + suffix] = (f"{entry.label} ({what})", None, search)
+    for key, drawn in RANDOM_MODELS.items():
+        models[key] = (f"Random genotype ({get_attention(drawn['attention']).label})", None, None)
+    return models
+
+
+#: model key -> (label in the table, train.yaml attention or None, search overrides or None); see
+#: :func:`comparison_models` (the registry's attentions when this module is imported).
+MODELS: dict[str, tuple[str, str | None, dict[str, Any] | None]] = comparison_models()
 #: the model that searched models are paired with, seed by seed
 BASELINE = "random"
 # the palette of class maps in figures: background, then CLASS_NAMES order

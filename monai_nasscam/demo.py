@@ -20,11 +20,15 @@ from typing import Any
 import yaml
 
 from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.networks.attentions import get_attention
 from monai_nasscam.workflow import BUNDLE_DIR, run_workflow
 
 __all__ = ["run_demo", "load_budgets"]
 
-MODELS = {"nas-scam-p": "NAS-SCAM-P (searched)", "unet": "U-Net"}
+#: the searched attention and the baseline of the demo
+SEARCHED, BASELINE = "nas-scam-p", "unet"
+#: model (output folder) -> label in the report, from the attention registry
+MODELS = {SEARCHED: f"{get_attention(SEARCHED).label} (searched)", BASELINE: get_attention(BASELINE).label}
 
 
 def load_budgets(path: str | Path, sets: Sequence[str] = ()) -> dict[str, Any]:
@@ -114,14 +118,14 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     print("prepared" if _prepare(raw, prep, dict(budgets["prepare"])) else "cached", prep)
 
     stage("search: NAS-SCAM-P, synchronous, bilevel (search.yaml)")
-    search = {"dataset_dir": str(prep), "attention": "nas-scam-p", "synchronous": True, **common, **(budgets.get("search") or {})}
+    search = {"dataset_dir": str(prep), "attention": SEARCHED, "synchronous": True, **common, **(budgets.get("search") or {})}
     _run(["search.yaml"], search, out / "search")
     genotype = out / "search" / "genotype.json"
 
     stage("retrain the derived NAS-SCAM-P network and a U-Net baseline (train.yaml)")
     runs = {}
     for model in MODELS:
-        choice = {"genotype_path": str(genotype)} if model == "nas-scam-p" else {"attention": "unet"}
+        choice = {"genotype_path": str(genotype)} if model == SEARCHED else {"attention": BASELINE}
         runs[model] = {"dataset_dir": str(prep), **choice, **common, **(budgets.get("train") or {})}
         print(f"-- {MODELS[model]}")
         _run(["train.yaml"], runs[model], out / model)
@@ -136,7 +140,7 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     images = _test_images(raw, prep, out / "test_images")
     inference = {
         # the genotype and the stain reference come from the training run's folder (RUN/genotype.json, RUN/stain.json)
-        "input_dir": str(images), "ckpt_path": str(out / "nas-scam-p" / "models" / "model.pt"),
+        "input_dir": str(images), "ckpt_path": str(out / SEARCHED / "models" / "model.pt"),
         **{k: v for k, v in common.items() if k in ("roi_size", "features", "num_workers", "device")},
         **(budgets.get("inference") or {}),
     }

@@ -26,6 +26,7 @@ from monai.utils import CommonKeys as Keys
 
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents
 from monai_nasscam.errors import InputError
+from monai_nasscam.networks.attentions import block_cells
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell, arch_parameters
 from monai_nasscam.networks.diagnostics import (
     CONVERGED,
@@ -57,18 +58,21 @@ def _unwrap(network: nn.Module) -> nn.Module:
     return network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
 
 
+def _searchable_cells(block: nn.Module) -> dict[str, NASAttentionCell]:
+    """The searchable cells of an attention block by kind (the block's ``cells()``)."""
+    return {kind: cell for kind, cell in block_cells(block).items() if cell.searchable}
+
+
 def alpha_weights(network: nn.Module) -> dict[str, dict[str, tuple[tuple[str, ...], torch.Tensor]]]:
     """``{position: {kind: (candidate names, softmax(alpha) of shape (6, n_candidates))}}`` of a searchable network,
-    positions in ``POSITIONS`` order, kinds ``"sam"`` / ``"cam"`` as the attention has them."""
+    positions in ``POSITIONS`` order, kinds ``"sam"`` / ``"cam"`` in the order of the blocks' ``cells()``."""
     out: dict[str, dict[str, tuple[tuple[str, ...], torch.Tensor]]] = {}
     for position, block in attention_blocks(_unwrap(network)).items():
-        cells = {m.kind: m for m in block.modules() if isinstance(m, NASAttentionCell) and m.searchable}
+        cells = _searchable_cells(block)
         if not cells:
             raise ValueError(f"the attention block at {position} has no searchable cell; is this a search network?")
         out[position] = {
-            kind: (tuple(cells[kind].candidates), cells[kind].op_weights().detach().float().cpu())
-            for kind in ("sam", "cam")
-            if kind in cells
+            kind: (tuple(cell.candidates), cell.op_weights().detach().float().cpu()) for kind, cell in cells.items()
         }
     return out
 
@@ -76,7 +80,7 @@ def alpha_weights(network: nn.Module) -> dict[str, dict[str, tuple[tuple[str, ..
 def _is_shared(network: nn.Module) -> bool:
     """One set of alphas for all modules (a non-synchronous search): as many distinct alpha tensors as cell kinds."""
     blocks = attention_blocks(_unwrap(network)).values()
-    cells = [m for b in blocks for m in b.modules() if isinstance(m, NASAttentionCell) and m.searchable]
+    cells = [cell for b in blocks for cell in _searchable_cells(b).values()]
     kinds = {c.kind for c in cells}
     return len({id(c.alpha) for c in cells}) == len(kinds) and len(cells) > len(kinds)
 
@@ -759,7 +763,7 @@ class DivergenceGuard:
         params = arch_parameters(_unwrap(network)) if network is not None else []
         if params and not bool(torch.isfinite(torch.cat([p.detach().flatten() for p in params])).all()):
             for position, block in attention_blocks(_unwrap(network)).items():
-                for cell in (m for m in block.modules() if isinstance(m, NASAttentionCell) and m.searchable):
+                for cell in _searchable_cells(block).values():
                     bad = _nonfinite(cell.alpha)
                     if bad is not None:
                         self._fail(engine, f"the alphas of the {cell.kind} cell at {position} hold {bad} values")
