@@ -197,3 +197,54 @@ def test_metrics_package_does_not_import_inference():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
                 assert not any("inference" in n for n in names), f"{path.name} imports inference"
+
+
+def _evaluate(tmp_path, items, **overrides):
+    """evaluate.yaml's postprocessing, metrics and report writer on fixed images through an identity network."""
+    import json
+
+    from monai.bundle import ConfigParser
+    from monai.engines import SupervisedEvaluator
+
+    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    parser = ConfigParser()
+    parser.read_config([str(configs / "train.yaml"), str(configs / "evaluate.yaml")])
+    parser["metrics_dir"] = str(tmp_path)
+    parser["validate#protocol"] = {"split": "fixed"}
+    parser["validate#handlers"] = [parser["validate#handlers"][-1]]  # only the report writer
+    for k, v in overrides.items():
+        parser[k] = v
+    SupervisedEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=items,
+        network=torch.nn.Identity(),
+        postprocessing=parser.get_parsed_content("validate#postprocessing"),
+        key_val_metric=parser.get_parsed_content("validate#key_metric"),
+        additional_metrics=parser.get_parsed_content("validate#additional_metrics"),
+        val_handlers=parser.get_parsed_content("validate#handlers"),
+    ).run()
+    return json.loads((tmp_path / "metrics.json").read_text()), (tmp_path / "metrics.md").read_text()
+
+
+def test_evaluate_yaml_scores_touching_discs_with_watershed_and_instance_metrics(tmp_path):
+    mask, gt = _two_discs()
+    pred = np.zeros((4, *mask.shape), np.float32)
+    pred[1] = mask  # two touching Lymphocytes, predicted exactly as one blob
+    cmap = np.where(gt > 0, 2, 0).astype(np.uint8)
+    items = [{
+        "image": torch.as_tensor(20 * pred - 10)[None],  # the "network" is the identity
+        "label": torch.as_tensor(np.stack([(cmap == c).astype(np.float32) for c in range(1, 5)]))[None],
+        "instance": torch.as_tensor(gt.astype(np.int32))[None, None],
+        "class_map": torch.as_tensor(cmap)[None, None],
+    }]
+    ws, table = _evaluate(tmp_path / "ws", items)
+    cc, _ = _evaluate(tmp_path / "cc", items, instance_method="connected_components")
+    assert ws["dice"] == cc["dice"]  # the pixels are the same, only the nuclei differ
+    assert ws["pq"]["Lymphocyte"] > 0.9 and cc["pq"]["Lymphocyte"] < 0.4
+    assert ws["pq"]["Epithelial"] is None and ws["f1_classification"]["Epithelial"] is None
+    assert ws["f1_detection"] == 1.0 and ws["f1_classification"]["Lymphocyte"] == 1.0
+    # connected components: the blob's centroid is 9 px from both discs' -> one pair, one miss: 2 / 3
+    assert cc["f1_detection"] == pytest.approx(2 / 3)
+    assert ws["aji"] > 0.9 and cc["aji"] == pytest.approx(1.0 * mask.sum() / (2 * mask.sum()))
+    assert ws["mpq_plus"] == pytest.approx(ws["pq"]["mean"])
+    assert "| AJI (Kumar et al. 2017), mean over images |" in table
