@@ -248,3 +248,16 @@ def test_evaluate_yaml_scores_touching_discs_with_watershed_and_instance_metrics
     assert ws["aji"] > 0.9 and cc["aji"] == pytest.approx(1.0 * mask.sum() / (2 * mask.sum()))
     assert ws["mpq_plus"] == pytest.approx(ws["pq"]["mean"])
     assert "| AJI (Kumar et al. 2017), mean over images |" in table
+
+
+def test_min_size_drops_specks_with_either_method():
+    mask = np.zeros((1, 20, 20), bool)
+    mask[0, 2:12, 2:12] = True  # 100 px
+    mask[0, 15:17, 15:17] = True  # a 4-px speck
+    for method in ("connected_components", "watershed"):
+        assert InstanceSeparator(method)(mask).max() == 2
+        kept = InstanceSeparator(method, min_size=5)(mask)
+        assert kept.max() == 1 and kept[0, 15:17, 15:17].max() == 0 and (kept[0, 2:12, 2:12] == 1).all()
+    assert "under 5 px dropped" in InstanceSeparator(min_size=5).describe()
+    with pytest.raises(ValueError, match="min_size"):
+        InstanceSeparator(min_size=-1)

@@ -14,7 +14,13 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_nasscam.fileio import atomic_write_text
-from monai_nasscam.metrics import CLASS_NAMES, instance_metrics_dict, mean_over_scored_images, mpq_plus, write_metrics_json
+from monai_nasscam.metrics import (
+    CLASS_NAMES,
+    instance_metrics_dict,
+    mean_over_scored_images,
+    mpq_plus,
+    write_metrics_json,
+)
 
 __all__ = ["MetricsReportWriter", "metrics_markdown"]
 
@@ -64,7 +70,8 @@ def _cell(value: float | None) -> str:
 def metrics_markdown(
     metrics: Mapping[str, Any], class_names: Sequence[str] = CLASS_NAMES, title: str | None = None
 ) -> str:
-    """A Markdown table (values in %) of the per-class metrics in a ``metrics.json`` dict, then its protocol."""
+    """Markdown tables (values in %) of the per-class metrics in a ``metrics.json`` dict and of its split-level
+    instance metrics (when present), then its protocol."""
     protocol = dict(metrics.get("protocol", {}))
     lines = [f"# {title or 'Evaluation'}", ""]
     header = ["metric (%)", *class_names, "mean"]

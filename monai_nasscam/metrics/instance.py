@@ -43,7 +43,13 @@ from monai.metrics import CumulativeIterationMetric
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from .panoptic import _to_numpy, exclude_ambiguous_instances, instances_from_maps, instances_from_semantic, pq_from_counts
+from .panoptic import (
+    _to_numpy,
+    exclude_ambiguous_instances,
+    instances_from_maps,
+    instances_from_semantic,
+    pq_from_counts,
+)
 
 __all__ = [
     "DETECTION_RADIUS_PX",
@@ -273,9 +279,9 @@ class InstanceMetric(CumulativeIterationMetric):
     counts and the per-class classification counts (:func:`detection_counts`): (B, 7 + 5 C) float64.
 
     :py:meth:`results` returns ``{"aji", "aji_plus", "f1_detection", "f1_classification"}``, :py:meth:`aggregate`
-    the AJI alone (a 0-dim tensor, as ignite's metric handlers expect): AJI and AJI+ are the means over the images with any nucleus (ground truth or predicted) of the per-image values; F1 from counts pooled
-    over all images; ``f1_classification`` is a (C,) tensor (NaN for a class in neither ground truth nor
-    prediction).
+    the AJI alone (a 0-dim tensor, as ignite's metric handlers expect). AJI and AJI+ are the means of the per-image
+    values over the images with any nucleus (ground truth or predicted); F1 from counts pooled over all images;
+    ``f1_classification`` is a (C,) tensor (NaN for a class in neither ground truth nor prediction).
 
     Args:
         include_background: keep channel 0 of ``y_pred``; after this, channel ``c`` is class id ``c + 1``.

@@ -343,10 +343,10 @@ class PooledPQMetric(CumulativeIterationMetric):
     Per-class panoptic quality on instances derived from the semantic output, accumulated over a split.
 
     Each iteration turns every channel of the binarised prediction into instances (``instance_fn``; by default
-    connected components, :py:func:`instances_from_semantic`), matches them to the ground-truth instances of the same class (IoU > 0.5)
-    and buffers, per image and class, ``[tp, fp, fn, iou_sum, official]`` (shape (B, C, 5), float64), where
-    ``official`` is the MoNuSAC official per-image value (NaN when the class is absent from the image's ground
-    truth).
+    connected components, :py:func:`instances_from_semantic`), matches them to the ground-truth instances of the
+    same class (IoU > 0.5) and buffers, per image and class, ``[tp, fp, fn, iou_sum, official]`` (shape (B, C, 5),
+    float64), where ``official`` is the MoNuSAC official per-image value (NaN when the class is absent from the
+    image's ground truth).
 
     Variants (``aggregate(variant=...)``):
 
