@@ -261,3 +261,18 @@ def test_min_size_drops_specks_with_either_method():
     assert "under 5 px dropped" in InstanceSeparator(min_size=5).describe()
     with pytest.raises(ValueError, match="min_size"):
         InstanceSeparator(min_size=-1)
+
+
+def test_watershed_of_a_block_equals_the_whole_image():
+    """Each component is split on its own: a block holding components whole gives the same nuclei."""
+    yy, xx = np.mgrid[:60, :90]
+    mask = np.zeros((60, 90), bool)
+    for cy, cx in ((15, 15), (15, 31), (45, 20), (40, 60), (48, 74), (30, 86)):
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 81
+    whole = watershed_instances(mask)
+    assert whole.max() >= 5
+    block = (slice(0, 60), slice(0, 50))  # the two left pairs whole, nothing of the right ones cut
+    assert not mask[:, 49].any()
+    part = watershed_instances(mask[block])
+    pairs = {(a, b) for a, b in zip(whole[block].ravel(), part.ravel())}
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})  # the same partition

@@ -14,7 +14,9 @@ not say where one nucleus ends and the next begins. Two ways turn a class mask i
   pixels apart (``skimage.feature.peak_local_max`` spacing; ``min_distance`` 0 keeps every h-maximum), are the
   markers; ``skimage.segmentation.watershed`` floods the inverted distance from them, restricted to the mask. A
   connected component that receives no marker stays one nucleus, so no foreground pixel is lost, and every
-  instance lies inside one connected component.
+  instance lies inside one connected component. Each component is split on its own (its distance map ignores the
+  other components), so the result does not depend on what lies around it: block-wise processing that keeps every
+  component whole gives the whole image's nuclei.
 
 Either method can then drop the instances smaller than ``min_size`` pixels (0, the default of the class: keep all;
 the paper's protocol keeps all), specks that are rarely nuclei and would count as false positives.
@@ -100,10 +102,7 @@ def watershed_instances(
         ValueError: ``h`` <= 0, ``min_distance`` < 0 or ``sigma`` < 0.
     """
     import scipy.ndimage as ndi
-    from skimage.feature import peak_local_max
     from skimage.measure import label
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
 
     if not h > 0:
         raise ValueError(f"watershed h must be > 0 pixels, got {h}.")
@@ -111,32 +110,51 @@ def watershed_instances(
         raise ValueError(f"watershed min_distance and sigma must be >= 0, got {min_distance} and {sigma}.")
     fg = _to_numpy(mask) != 0
     components = label(fg, connectivity=connectivity, background=0)
-    if components.max() == 0:
-        return components.astype(np.int32)
-    distance = ndi.distance_transform_edt(fg)
+    out = np.zeros(fg.shape, dtype=np.int32)
+    n = 0
+    for k, box in enumerate(ndi.find_objects(components), start=1):
+        if box is None:
+            continue
+        # the component's box grown by one pixel (inside the image): background around it, so that its split
+        # depends on the component alone -- the same in a whole image and in any block that holds it whole
+        box = tuple(slice(max(b.start - 1, 0), min(b.stop + 1, size)) for b, size in zip(box, fg.shape))
+        own = components[box] == k
+        parts = _split_component(own, h, min_distance, sigma, connectivity)
+        out[box][own] = parts[own] + n
+        n += int(parts.max())
+    return out
+
+
+def _split_component(
+    own: np.ndarray, h: float, min_distance: int, sigma: float, connectivity: int
+) -> np.ndarray:
+    """Watershed of one connected component (boolean ``own`` in its box): int32 ids 1..k on ``own``, 0 elsewhere."""
+    import scipy.ndimage as ndi
+    from skimage.feature import peak_local_max
+    from skimage.measure import label
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    distance = ndi.distance_transform_edt(own)
     if sigma > 0:
-        distance = ndi.gaussian_filter(distance, sigma) * fg
-    peaks = h_maxima(distance, h) != 0
-    peaks &= fg
+        distance = ndi.gaussian_filter(distance, sigma, mode="constant", cval=0.0) * own
+    peaks = (h_maxima(distance, h) != 0) & own
     if min_distance > 0 and peaks.any():
         # thin the h-maxima: keep the highest, drop the others closer than min_distance (plateaus count once)
-        plateau = label(peaks, connectivity=fg.ndim)
-        keep = peak_local_max(
-            np.where(peaks, distance, 0.0), min_distance=int(min_distance), labels=components,
-            exclude_border=False, num_peaks_per_label=np.inf,
-        )
+        plateau = label(peaks, connectivity=own.ndim)
+        keep = peak_local_max(np.where(peaks, distance, 0.0), min_distance=int(min_distance), exclude_border=False)
         kept = np.zeros_like(peaks)
         kept[tuple(keep.T)] = True
         peaks = np.isin(plateau, np.unique(plateau[kept & peaks]))
-    markers = label(peaks, connectivity=fg.ndim)
-    out = watershed(-distance, markers, mask=fg, connectivity=connectivity)
-    unreached = fg & (out == 0)
-    if unreached.any():  # components without a marker stay whole
+    markers = label(peaks, connectivity=own.ndim)
+    if markers.max() <= 1:  # one marker or none: the component stays whole
+        return own.astype(np.int32)
+    parts = watershed(-distance, markers, mask=own, connectivity=connectivity).astype(np.int32)
+    unreached = own & (parts == 0)
+    if unreached.any():  # pixels no flood reached (cut off by the connectivity) stay nuclei of their own
         rest = label(unreached, connectivity=connectivity, background=0)
-        out = np.where(rest > 0, rest + out.max(), out)
-    from skimage.segmentation import relabel_sequential
-
-    return relabel_sequential(out.astype(np.int32))[0]
+        parts = np.where(rest > 0, rest + parts.max(), parts).astype(np.int32)
+    return parts
 
 
 def remove_small_instances(instances: np.ndarray, min_size: int) -> np.ndarray:
