@@ -1,4 +1,25 @@
-"""Files written per image and per run by the inference workflow: class map PNG and NIfTI, colour overlay, tables."""
+"""Files written per image and per run by the inference workflow: class map PNG and NIfTI, colour overlay, nuclei
+GeoJSON, tables.
+
+The per-image files are written by a list of output writers (``outputs`` in ``bundle/configs/inference.yaml``), each
+a small class with the interface of :class:`OutputWriter`: :meth:`~OutputWriter.write` gets the
+:class:`InferredImage` (the class map, nucleus counts, overview image, file name base...) once the image is inferred
+and its nuclei counted; a writer that needs the nuclei themselves sets ``streams_nuclei`` and receives them one by one
+in :meth:`~OutputWriter.add_nucleus` (a slide may hold 10^5 of them, never held in memory together). A new output
+format is one such class and one entry in that list::
+
+    class CentroidsCSVWriter(OutputWriter):  # NAME_centroids.csv: one row per nucleus, its class and centre
+        streams_nuclei = True
+
+        def begin(self, image):
+            self.rows = []
+
+        def add_nucleus(self, nucleus):
+            self.rows.append({"class_id": nucleus.class_id, "x": nucleus.centroid[0], "y": nucleus.centroid[1]})
+
+        def write(self, image):
+            write_csv(image.base + "_centroids.csv", ["class_id", "x", "y"], self.rows)
+"""
 
 from __future__ import annotations
 
@@ -7,16 +28,33 @@ import io
 import json
 import os
 import textwrap
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.errors import InputError
 from monai_nasscam.fileio import atomic_write_text
-from monai_nasscam.inference.nuclei import CLASS_COLORS
+from monai_nasscam.inference.nuclei import CLASS_COLORS, GeoJSONWriter, Nucleus
 
-__all__ = ["write_class_map_png", "save_class_map_nifti", "write_overlay", "write_counts_csv", "write_summary"]
+__all__ = [
+    "InferredImage",
+    "OutputWriter",
+    "NucleiGeoJSONWriter",
+    "ClassMapPNGWriter",
+    "ClassMapNiftiWriter",
+    "OverlayWriter",
+    "default_outputs",
+    "write_class_map_png",
+    "save_class_map_nifti",
+    "write_overlay",
+    "write_csv",
+    "write_counts_csv",
+    "write_summary",
+]
 
 
 def write_class_map_png(path: str, class_map: np.ndarray) -> None:
@@ -139,7 +177,7 @@ def write_overlay(
 COUNT_FIELDS = ["image", "name", "status", "height", "width", *CLASS_NAMES, "total", "seconds", "message"]
 
 
-def _write_csv(path: str, fieldnames: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+def write_csv(path: str, fieldnames: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """A CSV with a header, written atomically; keys not in ``fieldnames`` are left out."""
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=list(fieldnames), extrasaction="ignore")
@@ -150,7 +188,7 @@ def _write_csv(path: str, fieldnames: Sequence[str], rows: Sequence[Mapping[str,
 
 def write_counts_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     """One row per input image: nuclei per class (``status`` ``ok`` or ``error`` with the ``message``)."""
-    _write_csv(path, COUNT_FIELDS, rows)
+    write_csv(path, COUNT_FIELDS, rows)
 
 
 def write_summary(csv_path: str, json_path: str, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> dict:
@@ -166,7 +204,7 @@ def write_summary(csv_path: str, json_path: str, rows: Sequence[Mapping[str, Any
             "images_with_class": int(sum(v > 0 for v in values)),
             "mean_per_image": round(float(np.mean(values)), 3) if values else 0.0,
         })
-    _write_csv(csv_path, list(table[0]), table)
+    write_csv(csv_path, list(table[0]), table)
     summary = {
         "images": len(rows),
         "succeeded": len(ok),
@@ -177,3 +215,152 @@ def write_summary(csv_path: str, json_path: str, rows: Sequence[Mapping[str, Any
     }
     atomic_write_text(json_path, json.dumps(summary, indent=2, default=str))
     return summary
+
+
+# ------------------------------------------------------------------------------------------ per-image writers
+@dataclass
+class InferredImage:
+    """One inferred image, as the output writers see it.
+
+    Attributes:
+        source: the input file.
+        base: the path prefix of its outputs, ``OUT/[sub/]NAME/NAME`` (the folder exists); a writer appends its
+            suffix, e.g. ``base + "_classmap.png"``.
+        name: ``[sub/]NAME``, the image's name in the tables and the overlay's title.
+        class_map: ``(H, W)`` uint8 class map, 0 background, 1..4 the classes of ``CLASS_NAMES`` (a memory map for a
+            slide inferred block by block); final when :meth:`OutputWriter.write` is called (nuclei under
+            ``min_area`` already removed).
+        overview: ``(h, w, 3)`` uint8 RGB image for display: the image itself, or for a large one a subsampled
+            overview of ``class_map[::overview_step, ::overview_step]``'s size.
+        overview_step: subsampling of ``overview`` (1: full resolution).
+        mpp: microns per pixel of the source, when known.
+        streamed: the image was inferred block by block (a slide): write from ``class_map`` without copies.
+        counts: nuclei per class id (filled after the nuclei pass).
+        areas: nucleus pixels per class id (filled after the nuclei pass).
+    """
+
+    source: str
+    base: str
+    name: str
+    class_map: np.ndarray
+    overview: np.ndarray
+    overview_step: int = 1
+    mpp: float | None = None
+    streamed: bool = False
+    counts: dict[int, int] = field(default_factory=dict)
+    areas: dict[int, int] = field(default_factory=dict)
+
+
+class OutputWriter(ABC):
+    """One per-image output of the inference workflow (see the module docstring).
+
+    For each image, :meth:`begin` is called before its nuclei are found, :meth:`add_nucleus` with every nucleus
+    (only where ``streams_nuclei`` is true), then :meth:`write` once the class map is final and the counts known.
+    If anything fails for that image, :meth:`abort` is called on every writer (also those that already wrote), and
+    must leave no partial file. Write files atomically (a temporary file renamed into place).
+    """
+
+    #: whether :meth:`add_nucleus` receives the nuclei (with their outlines, which cost time to compute)
+    streams_nuclei: bool = False
+
+    def begin(self, image: InferredImage) -> None:
+        """Start ``image`` (``class_map`` known, ``counts`` not yet)."""
+
+    def add_nucleus(self, nucleus: Nucleus) -> None:
+        """One nucleus of the current image, top to bottom (only when ``streams_nuclei``)."""
+
+    @abstractmethod
+    def write(self, image: InferredImage) -> None:
+        """Write the image's file(s)."""
+
+    def abort(self) -> None:
+        """Drop what :meth:`begin` / :meth:`add_nucleus` started for the current image."""
+
+
+class NucleiGeoJSONWriter(OutputWriter):
+    """``NAME_nuclei.geojson``: one QuPath-importable Polygon per nucleus, streamed to disk
+    (:class:`~monai_nasscam.inference.nuclei.GeoJSONWriter`, renamed into place when complete).
+
+    Args:
+        object_type: QuPath object type of the polygons, ``detection`` (light, the default) or ``annotation``.
+
+    Raises:
+        InputError: another ``object_type``.
+    """
+
+    streams_nuclei = True
+
+    def __init__(self, object_type: str = "detection") -> None:
+        if object_type not in ("detection", "annotation"):
+            raise InputError(f"object_type must be 'detection' or 'annotation', got {object_type!r}.")
+        self.object_type = object_type
+        self._writer: GeoJSONWriter | None = None
+
+    def begin(self, image: InferredImage) -> None:
+        self._writer = GeoJSONWriter(image.base + "_nuclei.geojson", object_type=self.object_type)
+
+    def add_nucleus(self, nucleus: Nucleus) -> None:
+        self._writer.add(nucleus)  # type: ignore[union-attr]
+
+    def write(self, image: InferredImage) -> None:
+        self._writer.close()  # type: ignore[union-attr]
+        self._writer = None
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+
+class ClassMapPNGWriter(OutputWriter):
+    """``NAME_classmap.png``: the class map as an 8-bit grey PNG (values 0-4, see :func:`write_class_map_png`)."""
+
+    def write(self, image: InferredImage) -> None:
+        write_class_map_png(image.base + "_classmap.png", image.class_map)
+
+
+class ClassMapNiftiWriter(OutputWriter):
+    """``NAME_classmap.nii.gz`` (or the saver's format): the class map through a MONAI ``SaveImage``, pixel spacing
+    from the slide's microns per pixel (see :func:`save_class_map_nifti`).
+
+    Args:
+        saver: a MONAI ``SaveImage`` with ``squeeze_end_dims=False`` and the inference's output folder;
+            ``None`` (e.g. a disabled ``saver`` in the bundle) writes nothing.
+    """
+
+    def __init__(self, saver: Any) -> None:
+        self.saver = saver
+
+    def write(self, image: InferredImage) -> None:
+        if self.saver is not None:
+            save_class_map_nifti(self.saver, image.class_map, image.source, image.mpp, stream=image.streamed)
+
+
+class OverlayWriter(OutputWriter):
+    """``NAME_overlay.png``: the image with the classes in colour and a legend with the counts
+    (see :func:`write_overlay`); a large image is shown subsampled (the predictor's ``overlay_max_size``).
+
+    Args:
+        alpha: opacity of the class colours over the image.
+    """
+
+    def __init__(self, alpha: float = 0.45) -> None:
+        self.alpha = float(alpha)
+
+    def write(self, image: InferredImage) -> None:
+        step = image.overview_step
+        small_map = np.asarray(image.class_map[::step, ::step]) if step > 1 else np.asarray(image.class_map)
+        overview = image.overview[: small_map.shape[0], : small_map.shape[1]]
+        note = f"subsampled 1:{step}" if step > 1 else ""
+        write_overlay(image.base + "_overlay.png", overview, small_map, image.counts, title=image.name,
+                      alpha=self.alpha, note=note)
+
+
+def default_outputs(saver: Any = None, object_type: str = "detection") -> list[OutputWriter]:
+    """The files ``inference.yaml`` writes per image: the nuclei GeoJSON, the class map PNG, the class map NIfTI
+    (when ``saver`` is given) and the overlay."""
+    outputs: list[OutputWriter] = [NucleiGeoJSONWriter(object_type), ClassMapPNGWriter()]
+    if saver is not None:
+        outputs.append(ClassMapNiftiWriter(saver))
+    outputs.append(OverlayWriter())
+    return outputs

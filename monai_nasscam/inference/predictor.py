@@ -1,7 +1,8 @@
 """The inference workflow of ``bundle/configs/inference.yaml``: a folder of images -> class maps, overlays, nucleus
 counts and QuPath polygons.
 
-Per input image ``IN/[sub/]NAME.ext`` it writes, in ``OUT/[sub/]NAME/`` (MONAI ``SaveImage``'s layout):
+Per input image ``IN/[sub/]NAME.ext`` its output writers (``outputs``, :mod:`monai_nasscam.inference.outputs`) write,
+in ``OUT/[sub/]NAME/`` (MONAI ``SaveImage``'s layout), by default:
 
 - ``NAME_classmap.png``: uint8 class map, 0 background, 1 Epithelial, 2 Lymphocyte, 3 Neutrophil, 4 Macrophage;
 - ``NAME_classmap.nii.gz``: the same through MONAI ``SaveImage`` (axes ``(x, y)``, spacing in mm when known);
@@ -23,7 +24,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +35,12 @@ import torch.nn as nn
 from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.data.errors import DataError
 from monai_nasscam.errors import InputError, input_check
-from monai_nasscam.inference.nuclei import GeoJSONWriter, iter_nuclei
+from monai_nasscam.inference.nuclei import iter_nuclei
 from monai_nasscam.inference.outputs import (
-    save_class_map_nifti,
-    write_class_map_png,
+    InferredImage,
+    OutputWriter,
+    default_outputs,
     write_counts_csv,
-    write_overlay,
     write_summary,
 )
 from monai_nasscam.inference.regions import IMAGE_SUFFIXES, open_region_reader
@@ -126,7 +127,10 @@ class NucleiPredictor:
         input_dir: a folder of images (searched recursively) or one image file.
         output_dir: where the outputs go.
         ckpt_path: weights (``RUN/models/model.pt``); ``None`` keeps the network's weights (tests).
-        saver: a MONAI ``SaveImage`` for the class map (NIfTI); ``None`` writes no NIfTI.
+        outputs: the per-image files, a sequence of :class:`~monai_nasscam.inference.outputs.OutputWriter` called in
+            this order (``None`` entries, e.g. disabled ones of a bundle, are skipped); default
+            :func:`~monai_nasscam.inference.outputs.default_outputs` of ``saver`` and ``object_type``.
+        saver: without ``outputs``: a MONAI ``SaveImage`` for the class map (NIfTI); ``None`` writes no NIfTI.
         stain: the stain reference: ``auto`` (``RUN/stain.json``, ``RUN/manifest.json`` or ``dataset_dir``'s
             ``manifest.json``), a ``manifest.json`` path, a JSON file / dict with the reference, or
             ``macenko`` / ``reinhard`` (default references) / ``none``.
@@ -141,10 +145,12 @@ class NucleiPredictor:
         num_workers: threads that read and normalise the next blocks while one is inferred.
         tif_bgr: ``.tif`` files store B, G, R (MoNuSAC ``.tif`` copies); ``.svs`` are always RGB.
         recursive: search ``input_dir`` recursively.
-        object_type: QuPath object type of the polygons, ``detection`` (light, the default) or ``annotation``.
+        object_type: without ``outputs``: QuPath object type of the polygons, ``detection`` (light, the default) or
+            ``annotation``.
         polygon_tolerance: Douglas-Peucker simplification of the polygons in pixels (0: exact contours).
         min_area: nuclei smaller than this many pixels are removed (from the class map too).
-        overlay_max_size: longest side of the overlay PNG; larger images are shown subsampled.
+        overlay_max_size: longest side of the overview image the writers get (the overlay PNG); larger images are
+            shown subsampled.
         optimize: network preparation, see :func:`monai_nasscam.inference.optimize.prepare_network`.
         progress: progress bars.
         num_threads: torch intra-op threads (``None``: torch's default, one per core; 1 when ``parallel`` > 1).
@@ -160,6 +166,7 @@ class NucleiPredictor:
         input_dir: str | os.PathLike,
         output_dir: str | os.PathLike,
         ckpt_path: str | os.PathLike | None = None,
+        outputs: Sequence[OutputWriter | None] | None = None,
         saver: Any = None,
         stain: Any = "auto",
         dataset_dir: str | os.PathLike | None = None,
@@ -187,7 +194,14 @@ class NucleiPredictor:
         self.input_dir = os.path.abspath(os.fspath(input_dir))
         self.output_dir = os.path.abspath(os.fspath(output_dir))
         self.ckpt_path = None if _is_null(ckpt_path) else os.fspath(ckpt_path)  # type: ignore[arg-type]
-        self.saver = saver
+        if outputs is None:
+            outputs = default_outputs(saver, object_type)
+        self.outputs: list[OutputWriter] = [w for w in outputs if w is not None]
+        for writer in self.outputs:
+            if not isinstance(writer, OutputWriter):
+                raise InputError(
+                    f"outputs must be OutputWriter objects (monai_nasscam.inference.outputs), got {writer!r}."
+                )
         self.stain = stain
         self.dataset_dir = None if _is_null(dataset_dir) else os.fspath(dataset_dir)  # type: ignore[arg-type]
         self.device = torch.device(device)
@@ -201,9 +215,6 @@ class NucleiPredictor:
         self.num_workers = max(0, int(num_workers))
         self.tif_bgr = _as_bool(tif_bgr, "tif_bgr")
         self.recursive = _as_bool(recursive, "recursive")
-        if object_type not in ("detection", "annotation"):
-            raise InputError(f"object_type must be 'detection' or 'annotation', got {object_type!r}.")
-        self.object_type = object_type
         self.polygon_tolerance = float(polygon_tolerance)
         self.min_area = int(min_area)
         self.overlay_max_size = int(overlay_max_size)
@@ -355,24 +366,26 @@ class NucleiPredictor:
         finally:
             reader.close()
         t1 = time.perf_counter()
+        image = InferredImage(source=path, base=base, name=name, class_map=class_map, overview=overview,
+                              overview_step=step, mpp=mpp, streamed=large)
         try:
-            counts, areas = self._nuclei(class_map, base + "_nuclei.geojson")
+            self._nuclei(image)
             t2 = time.perf_counter()
-            write_class_map_png(base + "_classmap.png", class_map)
-            if self.saver is not None:
-                save_class_map_nifti(self.saver, class_map, path, mpp, stream=large)
-            small_map = np.asarray(class_map[::step, ::step]) if step > 1 else np.asarray(class_map)
-            note = f"subsampled 1:{step}" if step > 1 else ""
-            write_overlay(base + "_overlay.png", overview[: small_map.shape[0], : small_map.shape[1]], small_map, counts,
-                          title=name, note=note)
+            for writer in self.outputs:
+                writer.write(image)
+            counts = image.counts
             logger.info(
                 "%s: %d x %d px, %d block(s) (%d without tissue), inference %.1f s, %d nuclei %.1f s, files %.1f s",
-                name, height, width, info["blocks"], info["skipped_blocks"], t1 - t0, sum(counts.values()), t2 - t1,
-                time.perf_counter() - t2,
+                name, height, width, info["blocks"], info["skipped_blocks"], t1 - t0, sum(counts.values()),
+                t2 - t1, time.perf_counter() - t2,
             )
+        except BaseException:
+            for writer in self.outputs:
+                writer.abort()
+            raise
         finally:
             if tmp_map is not None:
-                del class_map, out
+                del class_map, out, image
                 os.remove(tmp_map)
         row: dict[str, Any] = {"name": name, "status": "ok", "height": height, "width": width, "message": ""}
         for cid, cname in enumerate(CLASS_NAMES, start=1):
@@ -384,20 +397,22 @@ class NucleiPredictor:
             row["message"] = (row["message"] + "; " if row["message"] else "") + info["stain_note"]
         return row
 
-    def _nuclei(self, class_map: np.ndarray, geojson_path: str) -> tuple[dict[int, int], dict[int, int]]:
+    def _nuclei(self, image: InferredImage) -> None:
+        """Find the nuclei of ``image.class_map`` (removing those under ``min_area`` from it), count them into
+        ``image.counts`` / ``image.areas`` and stream them to the writers that take them."""
         counts = {c: 0 for c in range(1, len(CLASS_NAMES) + 1)}
         areas = dict(counts)
-        writer = GeoJSONWriter(geojson_path, object_type=self.object_type)
-        try:
-            for nucleus in iter_nuclei(class_map, tolerance=self.polygon_tolerance, min_area=self.min_area):
-                counts[nucleus.class_id] += 1
-                areas[nucleus.class_id] += nucleus.area
-                writer.add(nucleus)
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
-        return counts, areas
+        for writer in self.outputs:
+            writer.begin(image)
+        streams = [w for w in self.outputs if w.streams_nuclei]
+        nuclei = iter_nuclei(image.class_map, outlines=bool(streams), tolerance=self.polygon_tolerance,
+                             min_area=self.min_area)
+        for nucleus in nuclei:
+            counts[nucleus.class_id] += 1
+            areas[nucleus.class_id] += nucleus.area
+            for writer in streams:
+                writer.add_nucleus(nucleus)
+        image.counts, image.areas = counts, areas
 
 
 @input_check  # one "error: ..." line naming the setting or file (monai_nasscam.errors)

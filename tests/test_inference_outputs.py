@@ -1,0 +1,142 @@
+"""Inference outputs as a list of writers (monai_nasscam.inference.outputs, ``outputs`` in inference.yaml): a new
+format is one OutputWriter class and one list entry; the bundle's list and the overrides that reach it; a failing
+writer leaves no partial file."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
+from PIL import Image
+
+from monai_nasscam.inference import InferenceError, NucleiPredictor
+from monai_nasscam.inference.outputs import (
+    ClassMapNiftiWriter,
+    ClassMapPNGWriter,
+    NucleiGeoJSONWriter,
+    OutputWriter,
+    OverlayWriter,
+    write_csv,
+)
+
+CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "inference.yaml"
+# two dark squares on white: rows 8..15 x cols 10..21 (96 px, centre (16, 12)) and rows 40..49 x cols 30..39
+SQUARES = [((8, 16), (10, 22)), ((40, 50), (30, 40))]
+
+
+class _DarkIsEpithelial(torch.nn.Module):
+    """A stand-in network: class 1 (Epithelial) wherever the pixel is dark, background elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.tensor(20.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dark = self.scale * (0.45 - x.mean(dim=1, keepdim=True))
+        return torch.cat([dark, torch.full_like(dark, -10.0).expand(-1, 3, -1, -1)], dim=1)
+
+
+class CentroidsCSVWriter(OutputWriter):
+    """The example of docs/inference.md: NAME_centroids.csv, one row per nucleus."""
+
+    streams_nuclei = True
+
+    def begin(self, image):
+        self.rows = []
+
+    def add_nucleus(self, nucleus):
+        x, y = nucleus.centroid
+        self.rows.append({"class_id": nucleus.class_id, "x": round(x, 1), "y": round(y, 1)})
+
+    def write(self, image):
+        write_csv(image.base + "_centroids.csv", ["class_id", "x", "y"], self.rows)
+
+
+class _Fails(OutputWriter):
+    def write(self, image):
+        raise OSError("disk full")
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    src = tmp_path / "in"
+    src.mkdir()
+    image = np.full((64, 64, 3), 255, np.uint8)
+    for (r0, r1), (c0, c1) in SQUARES:
+        image[r0:r1, c0:c1] = 20
+    Image.fromarray(image).save(src / "tile.png")
+    return src
+
+
+def _predict(src: Path, out: Path, **kwargs) -> dict:
+    inferer = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=4, overlap=0.5, cval=1.0)
+    return NucleiPredictor(_DarkIsEpithelial(), inferer, src, out, stain="none", optimize="none", progress=False,
+                           tune_malloc=False, num_threads=1, parallel=1, **kwargs).run()
+
+
+def test_a_new_writer_is_one_class_and_one_list_entry(images, tmp_path):
+    out = tmp_path / "out"
+    summary = _predict(images, out, outputs=[ClassMapPNGWriter(), CentroidsCSVWriter()])
+    assert summary["nuclei"]["Epithelial"] == 2 and summary["total_nuclei"] == 2
+    # only the listed per-image files (and the run's tables)
+    assert sorted(p.name for p in (out / "tile").iterdir()) == ["tile_centroids.csv", "tile_classmap.png"]
+    class_map = np.asarray(Image.open(out / "tile" / "tile_classmap.png"))
+    expected = np.zeros((64, 64), np.uint8)
+    for (r0, r1), (c0, c1) in SQUARES:
+        expected[r0:r1, c0:c1] = 1
+    np.testing.assert_array_equal(class_map, expected)
+    rows = list(csv.DictReader(open(out / "tile" / "tile_centroids.csv")))
+    # top to bottom; the centre of each square in pixel-edge coordinates, ((c0 + c1) / 2, (r0 + r1) / 2), to within
+    # the outline's vertex mean
+    assert [r["class_id"] for r in rows] == ["1", "1"]
+    centres = [(float(r["x"]), float(r["y"])) for r in rows]
+    np.testing.assert_allclose(centres, [(16.0, 12.0), (35.0, 45.0)], atol=0.5)
+
+
+def test_default_writers_are_the_four_files_and_a_failing_writer_leaves_no_partial_file(images, tmp_path):
+    out = tmp_path / "default"
+    _predict(images, out)
+    assert sorted(p.name for p in (out / "tile").iterdir()) == [
+        "tile_classmap.png", "tile_nuclei.geojson", "tile_overlay.png"  # no saver: no NIfTI
+    ]
+    assert len(json.loads((out / "tile" / "tile_nuclei.geojson").read_text())["features"]) == 2
+
+    broken = tmp_path / "broken"
+    with pytest.raises(InferenceError, match="disk full"):
+        _predict(images, broken, outputs=[_Fails(), NucleiGeoJSONWriter()])
+    assert list((broken / "tile").iterdir()) == []  # the GeoJSON streamed so far (a temporary file) is removed
+    row = next(csv.DictReader(open(broken / "counts.csv")))
+    assert row["status"] == "error" and "disk full" in row["message"]
+
+
+def test_outputs_must_be_writers(images, tmp_path):
+    with pytest.raises(ValueError, match="OutputWriter"):
+        _predict(images, tmp_path / "o", outputs=["png"])
+
+
+def _bundle_outputs(tmp_path: Path, *extra: Path, **overrides) -> list:
+    parser = ConfigParser()
+    parser.read_config([str(CONFIG), *map(str, extra)])
+    parser.update({"input_dir": str(tmp_path), "output_dir": str(tmp_path / "out"), **overrides})
+    parser.parse()
+    return parser.get_parsed_content("outputs")
+
+
+def test_the_bundle_list_and_the_overrides_that_reach_it(tmp_path):
+    outputs = _bundle_outputs(tmp_path)
+    assert [type(w) for w in outputs] == [NucleiGeoJSONWriter, ClassMapPNGWriter, ClassMapNiftiWriter, OverlayWriter]
+    assert outputs[0].object_type == "detection" and outputs[2].saver is not None
+    outputs = _bundle_outputs(tmp_path, save_nifti="false", object_type="annotation")
+    assert [type(w) for w in outputs] == [NucleiGeoJSONWriter, ClassMapPNGWriter, OverlayWriter]
+    assert outputs[0].object_type == "annotation"
+    # one more format from an override file, as docs/inference.md shows (MONAI's `+` merge appends to the list)
+    extra = tmp_path / "centroids.yaml"
+    extra.write_text(f"+outputs:\n- _target_: {__name__}.CentroidsCSVWriter\n")
+    outputs = _bundle_outputs(tmp_path, extra)
+    assert [type(w).__name__ for w in outputs][-2:] == ["OverlayWriter", "CentroidsCSVWriter"] and len(outputs) == 5
