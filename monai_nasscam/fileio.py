@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write_text", "default_mode", "staged_dir"]
+__all__ = ["atomic_path", "atomic_write_text", "default_mode", "staged_dir"]
 
 
 def _umask() -> int:
@@ -29,20 +29,39 @@ def default_mode(path: str | os.PathLike) -> None:
     os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename; returns the path."""
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for any writer to write to; on success it is renamed to ``path``.
+
+    The temporary name keeps ``path``'s suffixes (``.png``, ``.nii.gz``, ``.pt``), so writers that choose the format
+    from the name (PIL, matplotlib, NIfTI writers) write the right one. On any error or interruption the temporary
+    file is removed and ``path`` is left as it was. Parent folders are created.
+
+    Args:
+        path: the final file path.
+
+    Yields:
+        the temporary path (not yet existing) in the same folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
+        yield Path(tmp)
         default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename; returns the path."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        f.write(text)
+    return Path(path)
 
 
 @contextmanager
