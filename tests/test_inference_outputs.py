@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 from PIL import Image
+from test_pixel_decoding import _DarkIsNucleus  # stand-in network: class 1 (Epithelial) wherever the pixel is dark
 
 from monai_nasscam.inference import InferenceError, NucleiPredictor
 from monai_nasscam.inference.outputs import (
@@ -28,18 +28,6 @@ from monai_nasscam.inference.outputs import (
 CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "inference.yaml"
 # two dark squares on white: rows 8..15 x cols 10..21 (96 px, centre (16, 12)) and rows 40..49 x cols 30..39
 SQUARES = [((8, 16), (10, 22)), ((40, 50), (30, 40))]
-
-
-class _DarkIsEpithelial(torch.nn.Module):
-    """A stand-in network: class 1 (Epithelial) wherever the pixel is dark, background elsewhere."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scale = torch.nn.Parameter(torch.tensor(20.0))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dark = self.scale * (0.45 - x.mean(dim=1, keepdim=True))
-        return torch.cat([dark, torch.full_like(dark, -10.0).expand(-1, 3, -1, -1)], dim=1)
 
 
 class CentroidsCSVWriter(OutputWriter):
@@ -76,7 +64,7 @@ def images(tmp_path: Path) -> Path:
 
 def _predict(src: Path, out: Path, **kwargs) -> dict:
     inferer = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=4, overlap=0.5, cval=1.0)
-    return NucleiPredictor(_DarkIsEpithelial(), inferer, src, out, stain="none", optimize="none", progress=False,
+    return NucleiPredictor(_DarkIsNucleus(), inferer, src, out, stain="none", optimize="none", progress=False,
                            tune_malloc=False, num_threads=1, parallel=1, **kwargs).run()
 
 
