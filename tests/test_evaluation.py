@@ -58,6 +58,7 @@ def test_evaluate_metrics_by_hand(tmp_path):
     parser["metrics_dir"] = str(tmp_path)
     parser["validate#protocol"] = {"split": "fixed"}
     parser["validate#handlers"] = [parser["validate#handlers"][-1]]  # only the report writer
+    parser["instance_method"] = "connected_components"  # the paper's nuclei: the 2 x 2 ones below are kept whole
     evaluator = SupervisedEvaluator(
         device=torch.device("cpu"),
         val_data_loader=_fixed_images(),

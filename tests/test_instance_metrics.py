@@ -175,9 +175,12 @@ def test_instances_from_class_map():
     mask, _ = _two_discs()
     class_map = np.where(mask, 2, 0).astype(np.uint8)
     class_map[:3, :3] = 4
-    inst, classes = instances_from_class_map(class_map)
+    inst, classes = instances_from_class_map(class_map, separator=InstanceSeparator(min_size=0))
     assert inst.max() == 3 and classes.tolist() == [2, 2, 4]
     assert (inst[:3, :3] == 3).all()
+    inst, classes = instances_from_class_map(class_map)  # the default drops the 9-px speck (min_size 200)
+    assert inst.max() == 2 and classes.tolist() == [2, 2] and not inst[:3, :3].any()
+    assert InstanceSeparator("connected_components").min_size == 0
 
 
 def test_metrics_json_and_markdown_rows():
@@ -255,7 +258,7 @@ def test_min_size_drops_specks_with_either_method():
     mask[0, 2:12, 2:12] = True  # 100 px
     mask[0, 15:17, 15:17] = True  # a 4-px speck
     for method in ("connected_components", "watershed"):
-        assert InstanceSeparator(method)(mask).max() == 2
+        assert InstanceSeparator(method, min_size=0)(mask).max() == 2
         kept = InstanceSeparator(method, min_size=5)(mask)
         assert kept.max() == 1 and kept[0, 15:17, 15:17].max() == 0 and (kept[0, 2:12, 2:12] == 1).all()
     assert "under 5 px dropped" in InstanceSeparator(min_size=5).describe()
