@@ -92,7 +92,7 @@ def tile_bench(size: int, batch: int, roi: int, workers: int, nets: list[str], m
 
     from monai_nasscam.data.synth import synth_tile
     from monai_nasscam.inference import ArrayRegionReader, predict_class_map, prepare_network
-    from monai_nasscam.inference.optimize import tune_allocator
+    from monai_nasscam.allocator import tune_allocator
     from monai_nasscam.inference.tiling import plan_blocks, window_geometry
 
     image = synth_tile(np.random.default_rng(0), size, size).image

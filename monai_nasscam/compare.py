@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.data.classes import BACKGROUND_COLOR, CLASS_COLORS, CLASS_NAMES
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.attentions import get_attention, registered_attentions
 from monai_nasscam.networks.genotype import Genotype, agreement, consensus, random_genotype
@@ -75,7 +75,7 @@ MODELS: dict[str, tuple[str, str | None, dict[str, Any] | None]] = comparison_mo
 #: the model that searched models are paired with, seed by seed
 BASELINE = "random"
 # the palette of class maps in figures: background, then CLASS_NAMES order
-PALETTE = np.array([[0, 0, 0], [230, 60, 60], [60, 120, 230], [250, 200, 40], [60, 200, 90]], dtype=np.uint8)
+PALETTE = np.array([BACKGROUND_COLOR] + [CLASS_COLORS[i + 1] for i in range(len(CLASS_NAMES))], dtype=np.uint8)
 
 
 def _train_overrides(model: str, run_dir: Path, dataset_dir: str, seed: int, common: Mapping, train: Mapping) -> dict:

@@ -66,9 +66,9 @@ class CPUStateDict:
         self.obj = obj
 
     def _target(self) -> Any:
-        if isinstance(self.obj, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
-            return self.obj.module
-        return self.obj
+        from monai_nasscam.networks.utils import unwrap_model  # networks import this module: import when called
+
+        return unwrap_model(self.obj) if isinstance(self.obj, torch.nn.Module) else self.obj
 
     def state_dict(self) -> Any:
         return to_cpu(self._target().state_dict())

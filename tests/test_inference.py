@@ -36,7 +36,7 @@ from monai_nasscam.inference import (
     predict_class_map,
     prepare_network,
 )
-from monai_nasscam.inference.optimize import tune_allocator
+from monai_nasscam.allocator import tune_allocator
 from monai_nasscam.networks import POSITIONS, Genotype
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,8 @@ import torch
 from ignite.engine import Engine, Events
 
 from monai_nasscam.data.datalist import read_datalist, split_architecture
-from monai_nasscam.engines import as_bool, resolve_resume
+from monai_nasscam.engines import resolve_resume
+from monai_nasscam.overrides import as_bool
 from monai_nasscam.handlers import (
     AlphaHeatmapSaver,
     AlphaTensorBoardHandler,

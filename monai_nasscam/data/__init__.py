@@ -2,7 +2,7 @@
 stain normalisation, splits, the prepared datalist and its class weights, and MONAI training / validation
 transforms."""
 
-from .classes import CLASS_IDS, CLASS_NAMES, NUM_CLASSES, labels_dict, normalize_layer_name, parse_remap
+from .classes import CLASS_COLORS, CLASS_IDS, CLASS_NAMES, NUM_CLASSES, labels_dict, normalize_layer_name, parse_remap
 from .datalist import epoch_groups, label_class_weights, read_datalist, search_datalists, split_architecture, split_entries
 from .errors import DataError
 from .imagescope import Annotations, Region, read_imagescope_xml, write_imagescope_xml
@@ -31,6 +31,7 @@ from .transforms import (
 
 __all__ = [
     "SignalSafeDataLoader",
+    "CLASS_COLORS",
     "CLASS_IDS",
     "CLASS_NAMES",
     "NUM_CLASSES",

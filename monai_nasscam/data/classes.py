@@ -9,6 +9,8 @@ __all__ = [
     "CLASS_NAMES",
     "CLASS_IDS",
     "NUM_CLASSES",
+    "CLASS_COLORS",
+    "BACKGROUND_COLOR",
     "AMBIGUOUS",
     "REMAP_PRESETS",
     "normalize_layer_name",
@@ -21,6 +23,11 @@ CLASS_NAMES: tuple[str, ...] = ("Epithelial", "Lymphocyte", "Neutrophil", "Macro
 #: class name -> id in the label maps written by ``nasscam prepare`` (before any remap).
 CLASS_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(CLASS_NAMES)}
 NUM_CLASSES: int = len(CLASS_NAMES)
+#: RGB colour (0-255) per class id, used by every picture and export (overlays, comparison figures, QuPath GeoJSON,
+#: the ImageScope XML of the synthetic generator).
+CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (230, 25, 75), 2: (0, 130, 200), 3: (255, 200, 0), 4: (60, 180, 75)}
+#: RGB colour of background (class id 0) in class-map pictures.
+BACKGROUND_COLOR: tuple[int, int, int] = (0, 0, 0)
 #: name of the test-release layer whose regions are excluded from scoring.
 AMBIGUOUS: str = "Ambiguous"
 

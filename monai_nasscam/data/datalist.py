@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.errors import input_check
 
 __all__ = [
@@ -177,7 +178,7 @@ def epoch_groups(
     roi_size: Sequence[int] | int,
     stride: Sequence[int] | int | None = None,
     epoch_crops: int | None = None,
-    num_classes: int = 4,
+    num_classes: int = NUM_CLASSES,
 ) -> int:
     """Items per training epoch of :class:`~monai_nasscam.data.ClassBalancedCropDataset` (``num_classes`` crops each).
 
@@ -201,8 +202,8 @@ def epoch_groups(
     return max(1, math.ceil(int(epoch_crops) / num_classes))
 
 
-def label_class_weights(entries: Sequence[Mapping], num_classes: int = 4) -> torch.Tensor:
-    """Wong et al.'s class weights ``((sum_k f_k) / f_l) ** 0.5`` of the 4 nucleus classes, ``f`` the pixel counts
+def label_class_weights(entries: Sequence[Mapping], num_classes: int = NUM_CLASSES) -> torch.Tensor:
+    """Wong et al.'s class weights ``((sum_k f_k) / f_l) ** 0.5`` of the nucleus classes, ``f`` the pixel counts
     in the training label maps (``entry["label"]``). A class absent from every map gets the largest weight of the
     present ones (with a warning); no nucleus at all gives weights 1.
 

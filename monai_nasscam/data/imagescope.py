@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .classes import AMBIGUOUS, normalize_layer_name
+from .classes import AMBIGUOUS, CLASS_COLORS, CLASS_IDS, normalize_layer_name
 from .errors import DataError
 
 __all__ = ["Region", "Annotations", "REGION_KINDS", "read_imagescope_xml", "write_imagescope_xml"]
@@ -245,7 +245,8 @@ _REGION_OPEN = (
 )
 _REGION_CLOSE = "\t\t\t</Vertices>\n\t\t</Region>\n"
 _LAYER_CLOSE = "\t</Regions>\n\t<Plots/>\n</Annotation>\n"
-_COLORS = {"Epithelial": 255, "Lymphocyte": 65280, "Neutrophil": 16711680, "Macrophage": 65535, AMBIGUOUS: 0}
+# ImageScope's LineColor is a Windows COLORREF (0x00BBGGRR) of the class colour
+_COLORS = {name: sum(c << 8 * k for k, c in enumerate(CLASS_COLORS[i])) for name, i in CLASS_IDS.items()} | {AMBIGUOUS: 0}
 
 
 def write_imagescope_xml(

@@ -7,7 +7,6 @@ from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents, BilevelSearc
 from monai_nasscam.engines.search_inputs import (
     ALPHA_TRAVEL,
     CHECKPOINT_NAME,
-    as_bool,
     budget_arch_learning_rate,
     count_alpha_steps,
     check_device,
@@ -26,7 +25,6 @@ __all__ = [
     "CHECKPOINT_NAME",
     "budget_arch_learning_rate",
     "count_alpha_steps",
-    "as_bool",
     "check_device",
     "check_roi_size",
     "check_run_settings",

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.data.datalist import search_datalists
 from monai_nasscam.errors import input_check
+from monai_nasscam.overrides import as_bool, is_null
 from monai_nasscam.networks.attentions import attention_names
 from monai_nasscam.networks.run_folder import check_network_settings
 
@@ -36,23 +38,6 @@ __all__ = [
 
 #: file name of the resumable search checkpoint under ``RUN/checkpoints``.
 CHECKPOINT_NAME = "search_checkpoint.pt"
-
-
-_TRUE = ("true", "yes", "on", "1")
-_FALSE = ("false", "no", "off", "0")
-
-
-@input_check
-def as_bool(value: Any, name: str = "value") -> bool:
-    """``value`` as a bool; accepts bools, 0/1 and the strings true/false, yes/no, on/off, 1/0 (what the command
-    line gives for ``--synchronous false``). Anything else is a ``ValueError`` naming ``name``."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
-        return value.strip().lower() in _TRUE
-    raise ValueError(f"{name} must be true or false, got {value!r}.")
 
 
 @input_check
@@ -183,7 +168,7 @@ def check_run_settings(
             )
     check_network_settings(features=features, dropout=dropout)
     for name, value in (("epoch_crops", epoch_crops), ("arch_epoch_crops", arch_epoch_crops)):
-        if value is not None and not (isinstance(value, str) and value.strip().lower() in ("null", "none")):
+        if not is_null(value, ("null", "none")):
             _int(value, name, 1)
     if crop_mode is not None and crop_mode not in ("grid", "pixel"):
         raise ValueError(f"crop_mode must be 'grid' (the paper's windows) or 'pixel', got {crop_mode!r}.")
@@ -274,8 +259,8 @@ def check_search_inputs(
         sizes = [int(roi_size)] * 2 if isinstance(roi_size, (int, float)) else [int(r) for r in roi_size]
         if any(r < 16 or r % 16 for r in sizes):
             raise ValueError(f"roi_size must be multiples of 16 (the U-Net pools 4 times), got {list(sizes)}.")
-    if batch_size is not None and (int(batch_size) < 4 or int(batch_size) % 4):
-        raise ValueError(f"batch_size must be a multiple of 4 (one crop per nucleus class), got {batch_size}.")
+    if batch_size is not None and (int(batch_size) < NUM_CLASSES or int(batch_size) % NUM_CLASSES):
+        raise ValueError(f"batch_size must be a multiple of {NUM_CLASSES} (one crop per nucleus class), got {batch_size}.")
     lists = search_datalists(dataset_dir, arch_fraction, seed)
     for split, entries in lists.items():
         for entry in entries[:1]:

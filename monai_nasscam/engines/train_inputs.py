@@ -25,9 +25,11 @@ from typing import Any
 import ignite.distributed as idist
 import torch.nn as nn
 
+from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.data.datalist import split_entries
 from monai_nasscam.engines.search_inputs import check_roi_size, check_run_settings
 from monai_nasscam.errors import input_check
+from monai_nasscam.overrides import is_null
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.attentions import get_attention
 from monai_nasscam.networks.genotype import Genotype
@@ -50,9 +52,6 @@ __all__ = [
 #: file name of the resumable training checkpoint under ``RUN/checkpoints``.
 TRAIN_CHECKPOINT_NAME = "train_checkpoint.pt"
 
-
-def _is_null(value: Any, nulls: tuple[str, ...] = ("", "null")) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in nulls)
 
 
 def describe_inferer(inferer: Any) -> dict[str, Any]:
@@ -90,13 +89,13 @@ def check_train_inputs(
     genotype_path: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
     epochs: int = 1,
-    batch_size: int = 4,
+    batch_size: int = NUM_CLASSES,
     roi_size: Sequence[int] | int = 256,
     val_interval: int = 1,
     learning_rate: float = 1e-4,
     resume_path: str | os.PathLike | None = None,
     network: nn.Module | None = None,
-    num_classes: int = 4,
+    num_classes: int = NUM_CLASSES,
     **settings: Any,
 ) -> bool:
     """Raise a clear error for anything that would make train.yaml fail later; ``True`` otherwise.
@@ -160,7 +159,7 @@ def record_run_inputs(
     if manifest.is_file():
         stain = json.loads(manifest.read_text()).get("settings", {}).get("stain", stain)
     atomic_write_text(out / "stain.json", json.dumps(stain, indent=1) + "\n")
-    genotype_path = None if _is_null(genotype_path, ("", "null", "none")) else Path(genotype_path)  # type: ignore[arg-type]
+    genotype_path = None if is_null(genotype_path) else Path(genotype_path)  # type: ignore[arg-type]
     target = out / "genotype.json"
     if genotype_path is not None and not target.exists():
         Genotype.load(genotype_path).save(target)

@@ -26,7 +26,9 @@ from monai.utils import CommonKeys as Keys
 
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents
 from monai_nasscam.errors import InputError
+from monai_nasscam.fileio import atomic_path
 from monai_nasscam.networks.attentions import block_cells
+from monai_nasscam.networks.utils import unwrap_model
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell, arch_parameters
 from monai_nasscam.networks.diagnostics import (
     CONVERGED,
@@ -54,9 +56,6 @@ __all__ = [
 ]
 
 
-def _unwrap(network: nn.Module) -> nn.Module:
-    return network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
-
 
 def _searchable_cells(block: nn.Module) -> dict[str, NASAttentionCell]:
     """The searchable cells of an attention block by kind (the block's ``cells()``)."""
@@ -67,7 +66,7 @@ def alpha_weights(network: nn.Module) -> dict[str, dict[str, tuple[tuple[str, ..
     """``{position: {kind: (candidate names, softmax(alpha) of shape (6, n_candidates))}}`` of a searchable network,
     positions in ``POSITIONS`` order, kinds ``"sam"`` / ``"cam"`` in the order of the blocks' ``cells()``."""
     out: dict[str, dict[str, tuple[tuple[str, ...], torch.Tensor]]] = {}
-    for position, block in attention_blocks(_unwrap(network)).items():
+    for position, block in attention_blocks(unwrap_model(network)).items():
         cells = _searchable_cells(block)
         if not cells:
             raise ValueError(f"the attention block at {position} has no searchable cell; is this a search network?")
@@ -79,7 +78,7 @@ def alpha_weights(network: nn.Module) -> dict[str, dict[str, tuple[tuple[str, ..
 
 def _is_shared(network: nn.Module) -> bool:
     """One set of alphas for all modules (a non-synchronous search): as many distinct alpha tensors as cell kinds."""
-    blocks = attention_blocks(_unwrap(network)).values()
+    blocks = attention_blocks(unwrap_model(network)).values()
     cells = [cell for b in blocks for cell in _searchable_cells(b).values()]
     kinds = {c.kind for c in cells}
     return len({id(c.alpha) for c in cells}) == len(kinds) and len(cells) > len(kinds)
@@ -394,14 +393,11 @@ class AlphaHeatmapSaver:
             path.parent.mkdir(parents=True, exist_ok=True)
         else:
             path = self.output_dir / (self.latest_name or "alpha_heatmap.png")
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=self.dpi)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=self.dpi)
         if self.latest_name and path.name != self.latest_name:
-            latest = self.output_dir / self.latest_name
-            tmp_latest = latest.with_name(f".{latest.name}.tmp.png")
-            shutil.copyfile(path, tmp_latest)
-            os.replace(tmp_latest, latest)
+            with atomic_path(self.output_dir / self.latest_name) as tmp:
+                shutil.copyfile(path, tmp)
         return path
 
     def __call__(self, engine: Engine) -> None:
@@ -444,7 +440,7 @@ class GenotypeSaver:
     def __call__(self, engine: Engine) -> None:
         epoch = int(engine.state.epoch)
         search = _diagnostics_at(self.diagnostics, self.network, epoch).to_dict()
-        genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none, search=search)
+        genotype = Genotype.from_model(unwrap_model(self.network), exclude_none=self.exclude_none, search=search)
         path = genotype.save(self.output_dir / "genotypes" / f"genotype_epoch{epoch:04d}.json")
         self.logger.info(f"epoch {epoch} genotype ({path.name}): {summarize(genotype)}")
 
@@ -580,7 +576,7 @@ class BestGenotypeSaver:
         best_warm = self.best_genotype is not None and self.best_epoch <= self._warmup()
         if self.best_genotype is None or (warm == best_warm and value > self.best_metric) or (best_warm and not warm):
             search = _diagnostics_at(self.diagnostics, self.network, epoch).to_dict()
-            genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none, search=search)
+            genotype = Genotype.from_model(unwrap_model(self.network), exclude_none=self.exclude_none, search=search)
             self.best_metric, self.best_epoch, self.best_genotype = value, epoch, genotype.to_dict()
             note = " (a warm-up validation: kept only until one after the warm-up)" if warm else ""
             self.logger.info(f"best genotype so far at epoch {self.best_epoch}: {name}={value:.4f}{note}")
@@ -589,7 +585,7 @@ class BestGenotypeSaver:
         """Write the best genotype (or the current one if nothing was validated), then log its verdict."""
         if self.best_genotype is None:
             self.logger.warning("no validation ran during the search; writing the final genotype instead of the best.")
-            genotype = Genotype.from_model(_unwrap(self.network), exclude_none=self.exclude_none)
+            genotype = Genotype.from_model(unwrap_model(self.network), exclude_none=self.exclude_none)
         else:
             genotype = Genotype.from_dict(self.best_genotype, source="best genotype")
             if self.best_epoch <= self._warmup():
@@ -615,10 +611,8 @@ class BestGenotypeSaver:
         epoch = search.get("epoch")
         title = f"{self.output_path.name}: softmax(alpha) of " + (f"epoch {epoch}" if epoch is not None else "the final alphas")
         fig = plot_alpha_heatmap(weights=genotype_weights(genotype.alphas), title=title, diagnostics=diagnose_genotype(genotype))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
         return path
 
     def log_verdict(self, genotype: Genotype, path: str | os.PathLike) -> None:
@@ -760,9 +754,9 @@ class DivergenceGuard:
     def check_arch_step(self, engine: Engine) -> None:
         """After an alpha step: the alpha-step loss and every alpha must be finite."""
         network = self.network if self.network is not None else getattr(engine, "network", None)
-        params = arch_parameters(_unwrap(network)) if network is not None else []
+        params = arch_parameters(unwrap_model(network)) if network is not None else []
         if params and not bool(torch.isfinite(torch.cat([p.detach().flatten() for p in params])).all()):
-            for position, block in attention_blocks(_unwrap(network)).items():
+            for position, block in attention_blocks(unwrap_model(network)).items():
                 for cell in _searchable_cells(block).values():
                     bad = _nonfinite(cell.alpha)
                     if bad is not None:

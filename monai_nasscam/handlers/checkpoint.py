@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
+from monai.networks.utils import get_state_dict
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 
@@ -56,11 +56,6 @@ class SearchInterrupted(KeyboardInterrupt):
         name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
         super().__init__(f"{name} received: stopped after iteration {iteration}; resume from {path} (--resume true).")
 
-
-def _state_dict(obj: Any) -> Any:
-    if isinstance(obj, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        obj = obj.module
-    return obj.state_dict()
 
 
 def _first_nonfinite(value: Any, key: str = "") -> str | None:
@@ -146,7 +141,7 @@ class ResumableCheckpointSaver:
                 written, so the file on disk stays the last finite, resumable state.
         """
         # CPU tensors, so that the file loads on any machine (resuming moves them to the run's device)
-        checkpoint = to_cpu({key: _state_dict(obj) for key, obj in self.save_dict.items()})
+        checkpoint = to_cpu({key: get_state_dict(obj) for key, obj in self.save_dict.items()})
         bad = _first_nonfinite(checkpoint)
         if bad is not None:  # a diverged run: keep the last good checkpoint rather than one that resumes into NaN
             raise FloatingPointError(

@@ -2,7 +2,15 @@
 inference into a uint8 class map, nuclei (connected components) with counts and QuPath GeoJSON polygons, overlays,
 and network preparation for fast CPU inference. Driven by ``bundle/configs/inference.yaml``."""
 
-from monai_nasscam.inference.nuclei import CLASS_COLORS, GeoJSONWriter, Nucleus, count_components, iter_nuclei, nucleus_feature
+from monai_nasscam.inference.nuclei import GeoJSONWriter, Nucleus, count_components, iter_nuclei, nucleus_feature
+from monai_nasscam.inference.outputs import (
+    ClassMapNiftiWriter,
+    ClassMapPNGWriter,
+    InferredImage,
+    NucleiGeoJSONWriter,
+    OutputWriter,
+    OverlayWriter,
+)
 from monai_nasscam.inference.optimize import PreparedNetwork, prepare_network
 from monai_nasscam.inference.predictor import (
     InferenceError,
@@ -18,8 +26,13 @@ from monai_nasscam.inference.stitching import CentreStitchingInferer
 from monai_nasscam.inference.tiling import BlockPlan, logits_to_class_map, plan_blocks, predict_class_map
 
 __all__ = [
+    "OutputWriter",
+    "InferredImage",
+    "NucleiGeoJSONWriter",
+    "ClassMapPNGWriter",
+    "ClassMapNiftiWriter",
+    "OverlayWriter",
     "CentreStitchingInferer",
-    "CLASS_COLORS",
     "GeoJSONWriter",
     "Nucleus",
     "count_components",

@@ -21,12 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
 
-__all__ = ["Nucleus", "iter_nuclei", "count_components", "nucleus_feature", "GeoJSONWriter", "CLASS_COLORS"]
+__all__ = ["Nucleus", "iter_nuclei", "count_components", "nucleus_feature", "GeoJSONWriter"]
 
-#: overlay / QuPath colours per class id (1 Epithelial, 2 Lymphocyte, 3 Neutrophil, 4 Macrophage).
-CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (230, 25, 75), 2: (0, 130, 200), 3: (255, 200, 0), 4: (60, 180, 75)}
 
 
 @dataclass

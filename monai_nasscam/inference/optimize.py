@@ -26,7 +26,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from monai_nasscam.allocator import tune_allocator
 from monai_nasscam.networks.folded_cell import fold_attention_cells
 
 __all__ = ["inplace_activations", "prepare_network", "PreparedNetwork", "PREPARE_MODES", "default_workers"]

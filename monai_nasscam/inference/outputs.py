@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import textwrap
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -35,10 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
 from monai_nasscam.errors import InputError
-from monai_nasscam.fileio import atomic_write_text
-from monai_nasscam.inference.nuclei import CLASS_COLORS, GeoJSONWriter, Nucleus
+from monai_nasscam.fileio import atomic_path, atomic_write_text
+from monai_nasscam.inference.nuclei import GeoJSONWriter, Nucleus
 
 __all__ = [
     "InferredImage",
@@ -61,9 +60,8 @@ def write_class_map_png(path: str, class_map: np.ndarray) -> None:
     """The class map as an 8-bit grey PNG (values 0-4), written atomically."""
     from PIL import Image
 
-    tmp = path + ".tmp"
-    Image.fromarray(np.ascontiguousarray(class_map, dtype=np.uint8)).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.ascontiguousarray(class_map, dtype=np.uint8)).save(tmp, format="PNG", compress_level=1)
 
 
 def save_class_map_nifti(
@@ -94,8 +92,8 @@ def save_class_map_nifti(
         image = nib.Nifti1Image(data, affine.numpy())
         image.set_data_dtype(np.uint8)
         image.header.set_slope_inter(1.0, 0.0)
-        nib.save(image, path + ".tmp.nii.gz")
-        os.replace(path + ".tmp.nii.gz", path)
+        with atomic_path(path) as tmp:
+            nib.save(image, tmp)
         return path
     data = torch.from_numpy(np.ascontiguousarray(np.asarray(class_map, dtype=np.uint8).T))[None]
     saver(MetaTensor(data, affine=affine, meta={"filename_or_obj": source}))
@@ -169,9 +167,8 @@ def write_overlay(
     canvas = np.full((h + strip.shape[0], width, 3), 255, np.uint8)
     canvas[:h, (width - w) // 2 : (width - w) // 2 + w] = blended
     canvas[h:, (width - strip.shape[1]) // 2 : (width - strip.shape[1]) // 2 + strip.shape[1]] = strip
-    tmp = path + ".tmp.png"
-    Image.fromarray(canvas).save(tmp, format="PNG", compress_level=3)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(canvas).save(tmp, format="PNG", compress_level=3)
 
 
 COUNT_FIELDS = ["image", "name", "status", "height", "width", *CLASS_NAMES, "total", "seconds", "message"]

@@ -35,6 +35,7 @@ import torch.nn as nn
 from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.data.errors import DataError
 from monai_nasscam.errors import InputError, input_check
+from monai_nasscam.overrides import as_bool, is_null
 from monai_nasscam.inference.nuclei import iter_nuclei
 from monai_nasscam.inference.outputs import (
     InferredImage,
@@ -54,21 +55,6 @@ logger = logging.getLogger("monai_nasscam.inference")
 
 class InferenceError(RuntimeError):
     """The inference run could not produce anything (no image, or every image failed)."""
-
-
-def _is_null(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
-
-
-def _as_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise InputError(f"{name} must be true or false, got {value!r}.")
 
 
 def run_dir_of(ckpt_path: str | os.PathLike) -> str:
@@ -193,7 +179,7 @@ class NucleiPredictor:
         self.inferer = inferer
         self.input_dir = os.path.abspath(os.fspath(input_dir))
         self.output_dir = os.path.abspath(os.fspath(output_dir))
-        self.ckpt_path = None if _is_null(ckpt_path) else os.fspath(ckpt_path)  # type: ignore[arg-type]
+        self.ckpt_path = None if is_null(ckpt_path) else os.fspath(ckpt_path)  # type: ignore[arg-type]
         if outputs is None:
             outputs = default_outputs(saver, object_type)
         self.outputs: list[OutputWriter] = [w for w in outputs if w is not None]
@@ -203,26 +189,26 @@ class NucleiPredictor:
                     f"outputs must be OutputWriter objects (monai_nasscam.inference.outputs), got {writer!r}."
                 )
         self.stain = stain
-        self.dataset_dir = None if _is_null(dataset_dir) else os.fspath(dataset_dir)  # type: ignore[arg-type]
+        self.dataset_dir = None if is_null(dataset_dir) else os.fspath(dataset_dir)  # type: ignore[arg-type]
         self.device = torch.device(device)
         self.threshold = float(threshold)
         if not 0.0 < self.threshold < 1.0:
             raise InputError(f"threshold must lie in (0, 1), got {threshold}.")
-        self.tiled: bool | str = "auto" if str(tiled).strip().lower() == "auto" else _as_bool(tiled, "tiled")
+        self.tiled: bool | str = "auto" if str(tiled).strip().lower() == "auto" else as_bool(tiled, "tiled")
         self.max_whole_pixels = int(max_whole_pixels)
         self.block_size = int(block_size)
-        self.skip_empty = _as_bool(skip_empty, "skip_empty")
+        self.skip_empty = as_bool(skip_empty, "skip_empty")
         self.num_workers = max(0, int(num_workers))
-        self.tif_bgr = _as_bool(tif_bgr, "tif_bgr")
-        self.recursive = _as_bool(recursive, "recursive")
+        self.tif_bgr = as_bool(tif_bgr, "tif_bgr")
+        self.recursive = as_bool(recursive, "recursive")
         self.polygon_tolerance = float(polygon_tolerance)
         self.min_area = int(min_area)
         self.overlay_max_size = int(overlay_max_size)
         self.optimize = optimize
-        self.progress = _as_bool(progress, "progress")
-        self.num_threads = None if _is_null(num_threads) else int(num_threads)  # type: ignore[arg-type]
+        self.progress = as_bool(progress, "progress")
+        self.num_threads = None if is_null(num_threads) else int(num_threads)  # type: ignore[arg-type]
         self.parallel = parallel
-        self.tune_malloc = _as_bool(tune_malloc, "tune_malloc")
+        self.tune_malloc = as_bool(tune_malloc, "tune_malloc")
         self.rows: list[dict[str, Any]] = []
         self._forward: Any = None
         self._reference: dict[str, Any] | None = None
@@ -230,7 +216,8 @@ class NucleiPredictor:
     # --------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
         """Load the weights, prepare the network and the stain reference (errors here stop the run)."""
-        from monai_nasscam.inference.optimize import default_workers, prepare_network, tune_allocator
+        from monai_nasscam.allocator import tune_allocator
+        from monai_nasscam.inference.optimize import default_workers, prepare_network
 
         auto = str(self.parallel).strip().lower() == "auto"
         workers = default_workers(self.device) if auto else max(1, int(self.parallel))
@@ -436,13 +423,13 @@ def check_inference_inputs(
     from monai_nasscam.networks.run_folder import resolve_network_choice
     from monai_nasscam.inference.tiling import window_geometry
 
-    find_images(input_dir, _as_bool(recursive, "recursive"))
-    if _is_null(ckpt_path) or not Path(ckpt_path).is_file():  # type: ignore[arg-type]
+    find_images(input_dir, as_bool(recursive, "recursive"))
+    if is_null(ckpt_path) or not Path(ckpt_path).is_file():  # type: ignore[arg-type]
         raise FileNotFoundError(
             f"checkpoint {ckpt_path} does not exist; pass --ckpt_path RUN/models/model.pt (written by train.yaml)."
         )
     resolve_network_choice(attention, genotype_path, run_dir_of(ckpt_path))  # type: ignore[arg-type]
-    load_stain_reference(resolve_stain_spec(stain, None if _is_null(dataset_dir) else dataset_dir, run_dir_of(ckpt_path)))  # type: ignore[arg-type]
+    load_stain_reference(resolve_stain_spec(stain, None if is_null(dataset_dir) else dataset_dir, run_dir_of(ckpt_path)))  # type: ignore[arg-type]
 
     window_geometry(roi_size, overlap)
     if int(batch_size) < 1:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from monai_nasscam.overrides import is_null
 from monai_nasscam.data.stain import (
     STAIN_METHODS,
     STAIN_SKIPPED,
@@ -88,7 +89,7 @@ def resolve_stain_spec(stain: Any, dataset_dir: str | os.PathLike | None = None,
         return stain
     looked = []
     for folder, name in ((run_dir, "stain.json"), (run_dir, "manifest.json"), (dataset_dir, "manifest.json")):
-        if folder is None or str(folder).strip().lower() in ("", "none", "null"):
+        if is_null(folder):
             continue
         candidate = Path(folder) / name
         looked.append(str(candidate))

@@ -11,12 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.fileio import atomic_write_text
 
 __all__ = ["CLASS_NAMES", "INSTANCE_KEYS", "instance_metrics_dict", "metrics_dict", "write_metrics_json"]
 
-#: MoNuSAC class names by class id 1..4; network channel ``c`` is class id ``c + 1``.
-CLASS_NAMES = ("Epithelial", "Lymphocyte", "Neutrophil", "Macrophage")
 
 
 def _float_or_none(value: Any) -> float | None:

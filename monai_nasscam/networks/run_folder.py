@@ -19,11 +19,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.errors import input_check
 from monai_nasscam.networks.attentions import attention_names, build_attention_network, get_attention
 from monai_nasscam.networks.diagnostics import CONVERGED
 from monai_nasscam.networks.genotype import Genotype
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
+from monai_nasscam.networks.utils import unwrap_model
+from monai_nasscam.overrides import is_null
 from monai_nasscam.serialization import install_cpu_fallback, load_checkpoint
 
 # checkpoints saved on a GPU load on a machine without one, whoever loads them (MONAI's ckpt_export builds its
@@ -48,9 +51,6 @@ NETWORK_RECORD_NAME = "network.json"
 #: U-Net widths when neither the command line nor the run's record gives them.
 DEFAULT_FEATURES = (16, 32, 64, 128, 256)
 
-
-def _is_null(value: Any, nulls: tuple[str, ...] = ("", "null")) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in nulls)
 
 
 @input_check
@@ -81,7 +81,7 @@ def read_network_record(run_dir: str | os.PathLike | None) -> dict[str, Any] | N
 def resolve_features(features: Sequence[int] | None, output_dir: str | os.PathLike | None = None) -> list[int]:
     """The U-Net widths: ``features`` when given, else those ``output_dir/network.json`` records, else
     :data:`DEFAULT_FEATURES`."""
-    if _is_null(features, ("", "null", "none")):
+    if is_null(features):
         record = read_network_record(output_dir)
         features = (record or {}).get("features") or DEFAULT_FEATURES
     return list(features)  # type: ignore[arg-type]
@@ -145,8 +145,8 @@ def resolve_network_choice(
             file); ``MissingInputError`` (a ``FileNotFoundError``): no genotype where one is needed (naming the
             path looked at).
     """
-    attention = None if _is_null(attention) else str(attention).strip().lower()
-    genotype_path = None if _is_null(genotype_path, ("", "null", "none")) else str(genotype_path)
+    attention = None if is_null(attention, ("", "null")) else str(attention).strip().lower()
+    genotype_path = None if is_null(genotype_path) else str(genotype_path)
     if attention is None and genotype_path is None:
         record = read_network_record(output_dir)
         if record is not None:
@@ -201,7 +201,7 @@ def build_network(
     output_dir: str | os.PathLike | None = None,
     spatial_dims: int = 2,
     in_channels: int = 3,
-    out_channels: int = 4,
+    out_channels: int = NUM_CLASSES,
     features: Sequence[int] | None = DEFAULT_FEATURES,
     dropout: float = 0.2,
     backbone: str = "resnet18",
@@ -282,7 +282,7 @@ def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | Non
             if candidate in state and isinstance(state[candidate], Mapping):
                 state = state[candidate]
                 break
-    module = network.module if isinstance(network, (nn.DataParallel, nn.parallel.DistributedDataParallel)) else network
+    module = unwrap_model(network)
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -10,6 +10,7 @@ import torch.nn as nn
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Pool
 
+from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.networks.attentions import attention_block, check_attention, share_alphas
 from monai_nasscam.networks.cell import arch_parameters, weight_parameters
 from monai_nasscam.networks.genotype import POSITIONS, Genotype
@@ -54,7 +55,7 @@ class NASSCAMUNet(nn.Module):
         self,
         spatial_dims: int = 2,
         in_channels: int = 3,
-        out_channels: int = 4,
+        out_channels: int = NUM_CLASSES,
         attention: str | None = "nas-scam-p",
         synchronous: bool = True,
         genotype: Genotype | str | os.PathLike | None = None,
