@@ -16,3 +16,22 @@ def _deterministic():
     set_determinism(seed=0)
     yield
     set_determinism(seed=None)
+
+
+class _ScalarWriter:
+    """A stand-in for a TensorBoard ``SummaryWriter`` that keeps ``{(tag, step): value}``."""
+
+    def __init__(self):
+        self.scalars = {}
+
+    def add_scalar(self, tag, value, step):
+        self.scalars[(tag, step)] = value
+
+    def flush(self):
+        pass
+
+
+@pytest.fixture
+def scalar_writer():
+    """A summary writer that records scalars in ``.scalars`` instead of writing event files."""
+    return _ScalarWriter()

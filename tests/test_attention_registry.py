@@ -4,11 +4,11 @@ config file (``+imports``) trains with ``train.yaml --attention <name>`` through
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -29,13 +29,6 @@ from monai_nasscam.networks.attentions import (
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "bundle" / "configs" / "train.yaml")
 
-#: the plugin a user would write: one class and one registration
-PLUGIN = '''
-import torch
-import torch.nn as nn
-
-from monai_nasscam.networks import register_attention
-
 
 class ChannelGate(nn.Module):
     """x * sigmoid(w), one learned weight per channel."""
@@ -48,17 +41,12 @@ class ChannelGate(nn.Module):
         return x * torch.sigmoid(self.gate).view(1, -1, *([1] * (x.ndim - 2)))
 
 
-register_attention("toy-gate", label="U-Net + toy gate", block=ChannelGate, replace=True)
-'''
-
-
-class ChannelGate(nn.Module):
-    def __init__(self, spatial_dims: int, in_channels: int) -> None:
-        super().__init__()
-        self.gate = nn.Parameter(torch.zeros(in_channels))
-
-    def forward(self, x):
-        return x * torch.sigmoid(self.gate).view(1, -1, *([1] * (x.ndim - 2)))
+#: the plugin a user would write: one class and one registration (the class above, as a module of its own)
+PLUGIN = (
+    "import torch\nimport torch.nn as nn\nfrom monai_nasscam.networks import register_attention\n\n\n"
+    + inspect.getsource(ChannelGate)
+    + '\n\nregister_attention("toy-gate", label="U-Net + toy gate", block=ChannelGate, replace=True)\n'
+)
 
 
 @pytest.fixture
@@ -123,7 +111,7 @@ def test_a_plugin_attention_trains_through_train_yaml(tmp_path):
     from monai_nasscam.data import generate_dataset, prepare_dataset
 
     (tmp_path / "plugins").mkdir()
-    (tmp_path / "plugins" / "toy_attention_plugin.py").write_text(textwrap.dedent(PLUGIN))
+    (tmp_path / "plugins" / "toy_attention_plugin.py").write_text(PLUGIN)
     plugin_config = tmp_path / "plugin.yaml"
     plugin_config.write_text("+imports:\n- $import toy_attention_plugin\n")
     generate_dataset(tmp_path / "raw", n_images=6, n_patients=3, seed=0, min_size=64, max_size=64)

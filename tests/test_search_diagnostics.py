@@ -274,17 +274,6 @@ def test_non_finite_alphas_are_refused_on_derive_save_and_load(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- the handlers
-class _Writer:
-    def __init__(self):
-        self.scalars = {}
-
-    def add_scalar(self, tag, value, step):
-        self.scalars[(tag, step)] = value
-
-    def flush(self):
-        pass
-
-
 def _plant(net: NASSCAMUNet, column: int, boost: float) -> None:
     with torch.no_grad():
         for a in net.arch_parameters():
@@ -292,9 +281,9 @@ def _plant(net: NASSCAMUNet, column: int, boost: float) -> None:
             a[:, column] = boost
 
 
-def test_diagnostics_handler_metrics_tensorboard_log_and_state(tmp_path, caplog):
+def test_diagnostics_handler_metrics_tensorboard_log_and_state(tmp_path, caplog, scalar_writer):
     net = _net()
-    writer = _Writer()
+    writer = scalar_writer
     handler = SearchDiagnosticsHandler(net, summary_writer=writer)
     evaluator = Engine(lambda e, b: None)
 

@@ -36,17 +36,6 @@ def _net(**kwargs) -> NASSCAMUNet:
     return net
 
 
-class _Writer:
-    def __init__(self):
-        self.scalars = {}
-
-    def add_scalar(self, tag, value, step):
-        self.scalars[(tag, step)] = value
-
-    def flush(self):
-        pass
-
-
 def _evaluator(values: list[float]) -> Engine:
     """An engine whose epoch e reports metric values[e - 1] as its key metric."""
     engine = Engine(lambda e, b: None)
@@ -59,7 +48,7 @@ def _evaluator(values: list[float]) -> Engine:
     return engine
 
 
-def test_alpha_weights_and_tensorboard_scalars():
+def test_alpha_weights_and_tensorboard_scalars(scalar_writer):
     net = _net(attention="nas-scam-s")
     weights = alpha_weights(net)
     assert list(weights) == list(POSITIONS)
@@ -67,7 +56,7 @@ def test_alpha_weights_and_tensorboard_scalars():
     assert w.shape == (6, 8) and names[0] == "none"
     torch.testing.assert_close(w.sum(-1), torch.ones(6))
 
-    writer = _Writer()
+    writer = scalar_writer
     handler = AlphaTensorBoardHandler(net, summary_writer=writer)
     trainer = Engine(lambda e, b: None)
     handler.attach(trainer)

@@ -3,7 +3,8 @@ stain normalisation, splits, the prepared datalist and its class weights, and MO
 transforms."""
 
 from .classes import CLASS_COLORS, CLASS_IDS, CLASS_NAMES, NUM_CLASSES, labels_dict, normalize_layer_name, parse_remap
-from .datalist import epoch_groups, label_class_weights, read_datalist, search_datalists, split_architecture, split_entries
+from . import datalist
+from .datalist import *  # noqa: F403  (the prepared datalist: its __all__ is part of this package's)
 from .errors import DataError
 from .imagescope import Annotations, Region, read_imagescope_xml, write_imagescope_xml
 from .loader import SignalSafeDataLoader
@@ -38,12 +39,7 @@ __all__ = [
     "labels_dict",
     "normalize_layer_name",
     "parse_remap",
-    "read_datalist",
-    "split_entries",
-    "split_architecture",
-    "search_datalists",
-    "epoch_groups",
-    "label_class_weights",
+    *datalist.__all__,
     "DataError",
     "Annotations",
     "Region",

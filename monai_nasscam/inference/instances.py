@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.utils import convert_to_numpy
 
 __all__ = [
     "INSTANCE_METHODS",
@@ -61,9 +62,7 @@ WATERSHED_MIN_SIZE = 200
 
 
 def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+    return convert_to_numpy(x, wrap_sequence=True)
 
 
 def connected_component_instances(mask: np.ndarray | torch.Tensor, connectivity: int = 1) -> np.ndarray:

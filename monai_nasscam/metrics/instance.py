@@ -43,13 +43,7 @@ from monai.metrics import CumulativeIterationMetric
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from .panoptic import (
-    _to_numpy,
-    exclude_ambiguous_instances,
-    instances_from_maps,
-    instances_from_semantic,
-    pq_from_counts,
-)
+from .panoptic import _to_numpy, batch_instance_stacks, exclude_ambiguous_instances, pq_from_counts
 
 __all__ = [
     "DETECTION_RADIUS_PX",
@@ -310,40 +304,13 @@ class InstanceMetric(CumulativeIterationMetric):
         self.y_format = y_format
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """
-        Args:
-            y_pred: binarised prediction (B, C, H, W[, D]).
-            y: ground truth, see ``y_format`` (with or without the ambiguous-mask channel).
-
-        Returns:
-            (B, 7 + 5 C) float64 per-image counts.
-        """
-        pred = _to_numpy(y_pred)
-        if not self.include_background:
-            pred = pred[:, 1:]
-        gt = _to_numpy(y)
-        if pred.shape[0] != gt.shape[0] or pred.shape[2:] != gt.shape[2:]:
-            raise ValueError(f"y_pred {tuple(pred.shape)} and y {tuple(gt.shape)} do not match.")
-        n_classes = pred.shape[1]
-        out = np.zeros((pred.shape[0], len(_HEAD) + len(_PER_CLASS) * n_classes), dtype=np.float64)
-        for b in range(pred.shape[0]):
-            if self.y_format == "instance_class":
-                if gt.shape[1] not in (2, 3):
-                    raise ValueError(f"y_format 'instance_class' needs y with 2 channels (instance ids, class ids) "
-                                     f"or 3 (and the ambiguous mask), got {gt.shape[1]}.")
-                gt_stack = instances_from_maps(gt[b, 1], gt[b, 0], n_classes)
-                ambiguous = gt[b, 2] if gt.shape[1] == 3 else None
-            else:
-                if gt.shape[1] not in (n_classes, n_classes + 1):
-                    raise ValueError(f"y has {gt.shape[1]} channels but y_pred has {n_classes} (y may add one "
-                                     "channel: the ambiguous mask).")
-                gt_stack = gt[b, :n_classes].astype(np.int64)
-                ambiguous = gt[b, n_classes] if gt.shape[1] == n_classes + 1 else None
-            fn = self.instance_fn if self.instance_fn is not None else instances_from_semantic
-            pred_stack = np.asarray(fn(pred[b]))
-            if pred_stack.shape != pred[b].shape:
-                raise ValueError(f"instance_fn returned shape {pred_stack.shape} for a mask of {pred[b].shape}.")
-            if ambiguous is not None and np.any(ambiguous):
+        """(B, 7 + 5 C) float64 per-image counts of a batch read by
+        :func:`~monai_nasscam.metrics.panoptic.batch_instance_stacks` (``y_pred`` binarised (B, C, *spatial))."""
+        images = list(batch_instance_stacks(y_pred, y, self.include_background, self.y_format, self.instance_fn))
+        n_classes = y_pred.shape[1] - (0 if self.include_background else 1)
+        out = np.zeros((len(images), len(_HEAD) + len(_PER_CLASS) * n_classes), dtype=np.float64)
+        for b, (gt_stack, pred_stack, ambiguous) in enumerate(images):
+            if ambiguous is not None:
                 gt_stack = exclude_ambiguous_instances(gt_stack, ambiguous)
                 pred_stack = exclude_ambiguous_instances(pred_stack, ambiguous)
             gt_map, pred_map = flatten_instances(gt_stack), flatten_instances(pred_stack)

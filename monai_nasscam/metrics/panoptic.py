@@ -18,13 +18,13 @@ keeps that rule).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import scipy.ndimage
 import torch
 from monai.metrics import CumulativeIterationMetric
-from monai.utils import MetricReduction
+from monai.utils import MetricReduction, convert_to_numpy
 from scipy.optimize import linear_sum_assignment
 from skimage.measure import label as connected_components
 
@@ -36,6 +36,7 @@ __all__ = [
     "instances_from_semantic",
     "instances_from_maps",
     "pq_counts",
+    "batch_instance_stacks",
     "panoptic_quality",
     "pq_from_counts",
     "pq_monusac_official",
@@ -50,9 +51,7 @@ AMBIGUOUS_MAX_FRACTION = 0.5
 
 
 def _to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
+    return convert_to_numpy(x, wrap_sequence=True)
 
 
 def instances_from_semantic(mask: np.ndarray | torch.Tensor, connectivity: int = 1) -> np.ndarray:
@@ -338,6 +337,67 @@ def _official_image_scores(
     return scores
 
 
+def batch_instance_stacks(
+    y_pred: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    include_background: bool = True,
+    y_format: str = "instance_class",
+    instance_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    connectivity: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+    """Per image of a batch, the ground-truth and predicted class instance stacks and the ambiguous mask.
+
+    The one reading of a batch shared by the instance-level metrics (:class:`PooledPQMetric`,
+    :class:`~monai_nasscam.metrics.instance.InstanceMetric`).
+
+    Args:
+        y_pred: binarised prediction (B, C, *spatial) (channel ``c`` = class id ``c + 1`` after dropping the
+            background channel when ``include_background`` is false).
+        y: ground truth: ``"instance_class"``: (B, 2 or 3, *spatial) class map, instance map[, ambiguous mask];
+            ``"per_class"``: (B, C or C + 1, *spatial) class instance stack[, ambiguous mask].
+        include_background: keep channel 0 of ``y_pred``.
+        y_format: ``"instance_class"`` or ``"per_class"``.
+        instance_fn: (C, *spatial) binary mask -> int class instance stack of the same shape; ``None``: connected
+            components (:func:`instances_from_semantic` with ``connectivity``).
+        connectivity: of the connected components when ``instance_fn`` is ``None``.
+
+    Yields:
+        ``(gt_stack, pred_stack, ambiguous)``: int arrays (C, *spatial) and the ambiguous mask (*spatial), or ``None``
+        when the image has no ambiguous pixel.
+
+    Raises:
+        ValueError: shapes that do not match, a ``y`` with the wrong number of channels, or an ``instance_fn``
+            returning another shape.
+    """
+    pred = _to_numpy(y_pred)
+    if not include_background:
+        pred = pred[:, 1:]
+    gt = _to_numpy(y)
+    if pred.shape[0] != gt.shape[0] or pred.shape[2:] != gt.shape[2:]:
+        raise ValueError(f"y_pred {tuple(pred.shape)} and y {tuple(gt.shape)} do not match.")
+    n_classes = pred.shape[1]
+    for b in range(pred.shape[0]):
+        if y_format == "instance_class":
+            if gt.shape[1] not in (2, 3):
+                raise ValueError(f"y_format 'instance_class' needs y with 2 channels (instance ids, class ids) "
+                                 f"or 3 (and the ambiguous mask), got {gt.shape[1]}.")
+            gt_stack = instances_from_maps(gt[b, 1], gt[b, 0], n_classes)
+            ambiguous = gt[b, 2] if gt.shape[1] == 3 else None
+        else:
+            if gt.shape[1] not in (n_classes, n_classes + 1):
+                raise ValueError(f"y has {gt.shape[1]} channels but y_pred has {n_classes} (y may add one "
+                                 "channel: the ambiguous mask).")
+            gt_stack = gt[b, :n_classes].astype(np.int64)
+            ambiguous = gt[b, n_classes] if gt.shape[1] == n_classes + 1 else None
+        if instance_fn is None:
+            pred_stack = instances_from_semantic(pred[b], connectivity=connectivity)
+        else:
+            pred_stack = np.asarray(instance_fn(pred[b]))
+            if pred_stack.shape != pred[b].shape:
+                raise ValueError(f"instance_fn returned shape {pred_stack.shape} for a mask of shape {pred[b].shape}.")
+        yield gt_stack, pred_stack, (ambiguous if ambiguous is not None and np.any(ambiguous) else None)
+
+
 class PooledPQMetric(CumulativeIterationMetric):
     """
     Per-class panoptic quality on instances derived from the semantic output, accumulated over a split.
@@ -407,15 +467,6 @@ class PooledPQMetric(CumulativeIterationMetric):
         self.y_format = y_format
         self.instance_fn = instance_fn
 
-    def instances(self, mask: np.ndarray) -> np.ndarray:
-        """The class instance stack (C, *spatial) of one image's binary (C, *spatial) prediction."""
-        if self.instance_fn is None:
-            return instances_from_semantic(mask, connectivity=self.connectivity)
-        stack = np.asarray(self.instance_fn(mask))
-        if stack.shape != mask.shape:
-            raise ValueError(f"instance_fn returned shape {stack.shape} for a mask of shape {mask.shape}.")
-        return stack
-
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """
         Args:
@@ -425,31 +476,10 @@ class PooledPQMetric(CumulativeIterationMetric):
         Returns:
             (B, C, 5) float64: tp, fp, fn, iou_sum and the official per-image PQ per image and class.
         """
-        pred = _to_numpy(y_pred)
-        if not self.include_background:
-            pred = pred[:, 1:]
-        gt = _to_numpy(y)
-        if pred.shape[0] != gt.shape[0] or pred.shape[2:] != gt.shape[2:]:
-            raise ValueError(f"y_pred {tuple(pred.shape)} and y {tuple(gt.shape)} do not match.")
-        n_classes = pred.shape[1]
-        out = np.zeros((pred.shape[0], n_classes, 5), dtype=np.float64)
-        for b in range(pred.shape[0]):
-            ambiguous = None
-            if self.y_format == "instance_class":
-                if gt.shape[1] not in (2, 3):
-                    raise ValueError(f"y_format 'instance_class' needs y with 2 channels (instance ids, class ids) "
-                                     f"or 3 (and the ambiguous mask), got {gt.shape[1]}.")
-                gt_stack = instances_from_maps(gt[b, 1], gt[b, 0], n_classes)
-                ambiguous = gt[b, 2] if gt.shape[1] == 3 else None
-            else:
-                if gt.shape[1] not in (n_classes, n_classes + 1):
-                    raise ValueError(f"y has {gt.shape[1]} channels but y_pred has {n_classes} (y may add one "
-                                     "channel: the ambiguous mask).")
-                gt_stack = gt[b, :n_classes].astype(np.int64)
-                ambiguous = gt[b, n_classes] if gt.shape[1] == n_classes + 1 else None
-            pred_stack = self.instances(pred[b])
-            if ambiguous is not None and not np.any(ambiguous):
-                ambiguous = None
+        images = list(batch_instance_stacks(y_pred, y, self.include_background, self.y_format, self.instance_fn, self.connectivity))
+        n_classes = y_pred.shape[1] - (0 if self.include_background else 1)
+        out = np.zeros((len(images), n_classes, 5), dtype=np.float64)
+        for b, (gt_stack, pred_stack, ambiguous) in enumerate(images):
             scored_gt = exclude_ambiguous_instances(gt_stack, ambiguous)
             scored_pred = exclude_ambiguous_instances(pred_stack, ambiguous)
             for c in range(n_classes):

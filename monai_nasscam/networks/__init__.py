@@ -2,15 +2,8 @@
 and the choice of a run folder's network."""
 
 from monai_nasscam.networks.add_attention import add_attention
-from monai_nasscam.networks.attentions import (
-    ATTENTIONS,
-    Attention,
-    attention_block,
-    attention_names,
-    get_attention,
-    register_attention,
-    registered_attentions,
-)
+from monai_nasscam.networks import attentions
+from monai_nasscam.networks.attentions import *  # noqa: F403  (the attention registry: its __all__ is part of this package's)
 from monai_nasscam.networks.blocks import CBAMBlock, NASCAMBlock, NASSAMBlock, NASSCAMBlock, SCSEBlock
 from monai_nasscam.networks.cell import NASAttentionCell, arch_parameters, weight_parameters
 from monai_nasscam.networks.diagnostics import VERDICTS, SearchDiagnostics, VerdictRule, diagnose, diagnose_genotype
@@ -21,13 +14,7 @@ from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
 from monai_nasscam.networks.run_folder import build_network, check_checkpoint, resolve_network_choice
 
 __all__ = [
-    "Attention",
-    "ATTENTIONS",
-    "register_attention",
-    "get_attention",
-    "registered_attentions",
-    "attention_names",
-    "attention_block",
+    *attentions.__all__,
     "build_network",
     "check_checkpoint",
     "resolve_network_choice",

@@ -21,7 +21,32 @@ from monai_nasscam.networks.cell import NASAttentionCell
 __all__ = ["NASSAMBlock", "NASCAMBlock", "NASSCAMBlock", "CBAMBlock", "SCSEBlock"]
 
 
-class NASSAMBlock(nn.Module):
+class _NASCellBlock(nn.Module):
+    """A block around one attention cell of ``kind``: the shared constructor and ``cells()`` of NAS-SAM / NAS-CAM."""
+
+    kind: str
+    attention_name: str
+
+    def __init__(
+        self, spatial_dims: int, in_channels: int, genotype: Sequence[str] | None = None, hidden_channels: int = 32
+    ) -> None:
+        super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"{type(self).__name__} supports spatial_dims 2 or 3, got {spatial_dims}.")
+        self.in_channels = in_channels
+        # the spatial cell convolves the feature map; the channel cell slides 1-D along the pooled channel vector
+        dims, channels = (spatial_dims, in_channels) if self.kind == "sam" else (1, 1)
+        self.cell = NASAttentionCell(self.kind, dims, channels, genotype, hidden_channels)
+
+    def cells(self) -> Iterator[tuple[str, NASAttentionCell]]:
+        """The block's cell: ``(kind, cell)``."""
+        yield self.kind, self.cell
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.attention(x)
+
+
+class NASSAMBlock(_NASCellBlock):
     """NAS-SAM: a searched spatial attention map ``n`` (B, 1, *spatial) from the cell; returns ``n * x``.
 
     Args:
@@ -30,31 +55,20 @@ class NASSAMBlock(nn.Module):
         genotype: the 6 SAM operation names (edge order of :data:`~monai_nasscam.networks.cell.EDGES`) for a
             fixed block; ``None`` for a searchable one.
         hidden_channels: channels of the cell's inner nodes (32 in the paper).
+
+    Raises:
+        ValueError: ``spatial_dims`` other than 2 or 3, or a genotype that is not 6 SAM operation names.
     """
 
-    def __init__(
-        self, spatial_dims: int, in_channels: int, genotype: Sequence[str] | None = None, hidden_channels: int = 32
-    ) -> None:
-        super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"NASSAMBlock supports spatial_dims 2 or 3, got {spatial_dims}.")
-        self.cell = NASAttentionCell("sam", spatial_dims, in_channels, genotype, hidden_channels)
-
+    kind = "sam"
     attention_name = "nas-sam"
-
-    def cells(self) -> Iterator[tuple[str, NASAttentionCell]]:
-        """The block's cell: ``("sam", cell)``."""
-        yield "sam", self.cell
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The spatial attention map, ``(B, 1, *spatial)`` in (0, 1)."""
         return self.cell(x)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.cell(x)
 
-
-class NASCAMBlock(nn.Module):
+class NASCAMBlock(_NASCellBlock):
     """NAS-CAM: global average pooling, then the cell's 1-D convolutions slide along the channel axis of
     the pooled vector (an ECA-like design whose size does not depend on ``in_channels``); returns ``z * x``.
 
@@ -63,22 +77,13 @@ class NASCAMBlock(nn.Module):
         in_channels: channels of the input feature map.
         genotype: the 6 CAM operation names for a fixed block; ``None`` for a searchable one.
         hidden_channels: channels of the cell's inner nodes (32 in the paper).
+
+    Raises:
+        ValueError: ``spatial_dims`` other than 2 or 3, or a genotype that is not 6 CAM operation names.
     """
 
-    def __init__(
-        self, spatial_dims: int, in_channels: int, genotype: Sequence[str] | None = None, hidden_channels: int = 32
-    ) -> None:
-        super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"NASCAMBlock supports spatial_dims 2 or 3, got {spatial_dims}.")
-        self.in_channels = in_channels
-        self.cell = NASAttentionCell("cam", 1, 1, genotype, hidden_channels)
-
+    kind = "cam"
     attention_name = "nas-cam"
-
-    def cells(self) -> Iterator[tuple[str, NASAttentionCell]]:
-        """The block's cell: ``("cam", cell)``."""
-        yield "cam", self.cell
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights, ``(B, C, 1, ...)`` in (0, 1)."""
@@ -87,9 +92,6 @@ class NASCAMBlock(nn.Module):
         z = x.mean(dim=tuple(range(2, x.ndim)))  # (B, C)
         weights = self.cell(z.unsqueeze(1))  # (B, 1, C)
         return weights.reshape(x.shape[:2] + (1,) * (x.ndim - 2))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)
 
 
 class NASSCAMBlock(nn.Module):
