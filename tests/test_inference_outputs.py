@@ -19,6 +19,7 @@ from monai_nasscam.inference import InferenceError, NucleiPredictor
 from monai_nasscam.inference.outputs import (
     ClassMapNiftiWriter,
     ClassMapPNGWriter,
+    NucleiCSVWriter,
     NucleiGeoJSONWriter,
     OutputWriter,
     OverlayWriter,
@@ -26,8 +27,9 @@ from monai_nasscam.inference.outputs import (
 )
 
 CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "inference.yaml"
-# two dark squares on white: rows 8..15 x cols 10..21 (96 px, centre (16, 12)) and rows 40..49 x cols 30..39
-SQUARES = [((8, 16), (10, 22)), ((40, 50), (30, 40))]
+# two dark squares on white, each over the watershed's 200-pixel min_size (one nucleus each): rows 8..23 x cols 10..25
+# (256 px, centre (x, y) = (18, 16)) and rows 36..51 x cols 30..45 (centre (38, 44))
+SQUARES = [((8, 24), (10, 26)), ((36, 52), (30, 46))]
 
 
 class CentroidsCSVWriter(OutputWriter):
@@ -84,21 +86,21 @@ def test_a_new_writer_is_one_class_and_one_list_entry(images, tmp_path):
     # the outline's vertex mean
     assert [r["class_id"] for r in rows] == ["1", "1"]
     centres = [(float(r["x"]), float(r["y"])) for r in rows]
-    np.testing.assert_allclose(centres, [(16.0, 12.0), (35.0, 45.0)], atol=0.5)
+    np.testing.assert_allclose(centres, [(18.0, 16.0), (38.0, 44.0)], atol=0.5)
 
 
-def test_default_writers_are_the_four_files_and_a_failing_writer_leaves_no_partial_file(images, tmp_path):
+def test_default_writers_are_the_five_files_and_a_failing_writer_leaves_no_partial_file(images, tmp_path):
     out = tmp_path / "default"
     _predict(images, out)
     assert sorted(p.name for p in (out / "tile").iterdir()) == [
-        "tile_classmap.png", "tile_nuclei.geojson", "tile_overlay.png"  # no saver: no NIfTI
+        "tile_classmap.png", "tile_nuclei.csv", "tile_nuclei.geojson", "tile_overlay.png"  # no saver: no NIfTI
     ]
     assert len(json.loads((out / "tile" / "tile_nuclei.geojson").read_text())["features"]) == 2
 
     broken = tmp_path / "broken"
     with pytest.raises(InferenceError, match="disk full"):
-        _predict(images, broken, outputs=[_Fails(), NucleiGeoJSONWriter()])
-    assert list((broken / "tile").iterdir()) == []  # the GeoJSON streamed so far (a temporary file) is removed
+        _predict(images, broken, outputs=[_Fails(), NucleiGeoJSONWriter(), NucleiCSVWriter()])
+    assert list((broken / "tile").iterdir()) == []  # the GeoJSON and CSV streamed so far (temporary files) are removed
     row = next(csv.DictReader(open(broken / "counts.csv")))
     assert row["status"] == "error" and "disk full" in row["message"]
 
@@ -118,13 +120,14 @@ def _bundle_outputs(tmp_path: Path, *extra: Path, **overrides) -> list:
 
 def test_the_bundle_list_and_the_overrides_that_reach_it(tmp_path):
     outputs = _bundle_outputs(tmp_path)
-    assert [type(w) for w in outputs] == [NucleiGeoJSONWriter, ClassMapPNGWriter, ClassMapNiftiWriter, OverlayWriter]
-    assert outputs[0].object_type == "detection" and outputs[2].saver is not None
+    assert [type(w) for w in outputs] == [NucleiGeoJSONWriter, NucleiCSVWriter, ClassMapPNGWriter, ClassMapNiftiWriter,
+                                          OverlayWriter]
+    assert outputs[0].object_type == "detection" and outputs[3].saver is not None
     outputs = _bundle_outputs(tmp_path, save_nifti="false", object_type="annotation")
-    assert [type(w) for w in outputs] == [NucleiGeoJSONWriter, ClassMapPNGWriter, OverlayWriter]
+    assert [type(w) for w in outputs] == [NucleiGeoJSONWriter, NucleiCSVWriter, ClassMapPNGWriter, OverlayWriter]
     assert outputs[0].object_type == "annotation"
     # one more format from an override file, as docs/inference.md shows (MONAI's `+` merge appends to the list)
     extra = tmp_path / "centroids.yaml"
     extra.write_text(f"+outputs:\n- _target_: {__name__}.CentroidsCSVWriter\n")
     outputs = _bundle_outputs(tmp_path, extra)
-    assert [type(w).__name__ for w in outputs][-2:] == ["OverlayWriter", "CentroidsCSVWriter"] and len(outputs) == 5
+    assert [type(w).__name__ for w in outputs][-2:] == ["OverlayWriter", "CentroidsCSVWriter"] and len(outputs) == 6

@@ -1,14 +1,27 @@
-"""Nuclei from a class map: connected components per class, their counts, areas and outlines, and GeoJSON.
+"""Nuclei from a class map: connected components per class, split into nuclei by an instance separator, their
+counts, areas, centroids, class probabilities and outlines, and GeoJSON.
 
-A nucleus is a connected component (4-connectivity, as the evaluation's panoptic quality) of the pixels of one
-class in the class map. Components are found band by band, so a slide's class map (a memory map) is never
-labelled in one piece: a band keeps the components whose top row lies in it and reads further down until none of
-them reaches its lower edge, so every component is found exactly once and whole.
+The pixels of one class form connected components (4-connectivity, as the evaluation's panoptic quality). Each
+component is handed, on its own (its box grown by one pixel, inside the image), to an
+:class:`~monai_nasscam.inference.instances.InstanceSeparator` -- by default the marker-controlled watershed that
+evaluation uses, which splits touching nuclei of one class; ``connected_components`` keeps each component as one
+nucleus (the paper's protocol). Because a component is split on its own, the nuclei do not depend on how the image is
+cut: components are found band by band, so a slide's class map (a memory map) is never labelled in one piece; a band
+keeps the components whose top row lies in it and reads further down until none of them reaches its lower edge, so
+every component is found exactly once and whole, and band-wise output equals whole-image output.
 
-Outlines come from ``skimage.measure.find_contours`` at level 0.5 on the component's padded mask (holes become
+Nuclei that the separator drops (under its ``min_size``) or under ``min_area`` are erased from the class map, so
+that the class map, the overlay and the GeoJSON agree. (The erasures of a component are applied once no later band
+can read it, so a partly erased component is never found a second time.)
+
+Each nucleus is measured: pixel area (and µm² when the resolution is known), centroid (the mean of its pixel
+centres), and, given the quantised class probabilities of :func:`~monai_nasscam.inference.tiling.predict_class_map`,
+the mean probability of every class over its pixels.
+
+Outlines come from ``skimage.measure.find_contours`` at level 0.5 on the nucleus's padded mask (holes become
 interior rings) and are given in full-image pixel coordinates with pixel ``(row, col)`` covering
 ``[col, col + 1) x [row, row + 1)`` -- QuPath's convention -- so a contour vertex ``(r, c)`` becomes
-``(x, y) = (c + 0.5, r + 0.5)``.
+``(x, y) = (c + 0.5, r + 0.5)`` and a pixel's centre is ``(col + 0.5, row + 0.5)``.
 """
 
 from __future__ import annotations
@@ -17,34 +30,64 @@ import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
 
-__all__ = ["Nucleus", "iter_nuclei", "count_components", "nucleus_feature", "GeoJSONWriter"]
+__all__ = ["Nucleus", "iter_nuclei", "count_components", "nucleus_feature", "nucleus_measurements", "GeoJSONWriter"]
 
 
 
 @dataclass
 class Nucleus:
-    """One connected component: class id, pixel area, bounding box ``(row0, col0, row1, col1)`` (end exclusive)
-    and outline rings as ``(x, y)`` arrays in full-image coordinates (exterior first, then holes)."""
+    """One nucleus.
+
+    Attributes:
+        class_id: class id, 1..C.
+        area: pixels.
+        bbox: ``(row0, col0, row1, col1)`` in full-image pixels, end exclusive.
+        rings: outline rings as ``(x, y)`` arrays in full-image coordinates (exterior first, then holes).
+        center: ``(x, y)``, mean of the pixel centres ``(col + 0.5, row + 0.5)`` (the polygon's coordinates);
+            ``None``: unknown (:attr:`centroid` then approximates it).
+        probabilities: mean probability of each class (channel ``c`` is class ``c + 1``) over the nucleus's pixels,
+            in [0, 1]; ``None``: not known.
+        mpp: microns per pixel of the image, when known.
+        index: 1-based position in the image's nuclei (top to bottom, then left to right); 0: not numbered.
+    """
 
     class_id: int
     area: int
     bbox: tuple[int, int, int, int]
     rings: list[np.ndarray] = field(default_factory=list)
+    center: tuple[float, float] | None = None
+    probabilities: tuple[float, ...] | None = None
+    mpp: float | None = None
+    index: int = 0
 
     @property
     def centroid(self) -> tuple[float, float]:
-        """``(x, y)`` of the exterior ring's vertex mean (an approximation for display)."""
+        """``(x, y)``: :attr:`center`, else the exterior ring's vertex mean (else the bounding box's centre)."""
+        if self.center is not None:
+            return self.center
         if not self.rings:
             r0, c0, r1, c1 = self.bbox
             return (c0 + c1) / 2.0, (r0 + r1) / 2.0
         ring = self.rings[0]
         return float(ring[:, 0].mean()), float(ring[:, 1].mean())
+
+    @property
+    def probability(self) -> float | None:
+        """Mean probability of the nucleus's own class over its pixels (``None`` when not known)."""
+        if self.probabilities is None:
+            return None
+        return self.probabilities[self.class_id - 1]
+
+    @property
+    def area_um2(self) -> float | None:
+        """Area in µm² (``area * mpp ** 2``), ``None`` when the resolution is unknown."""
+        return None if not self.mpp else self.area * float(self.mpp) ** 2
 
 
 def _signed_area(ring: np.ndarray) -> float:
@@ -85,6 +128,32 @@ def _rings(mask: np.ndarray, row0: int, col0: int, tolerance: float) -> list[np.
     return out
 
 
+def _measure(
+    mask: np.ndarray, cid: int, r0: int, c0: int, probabilities: np.ndarray | None, mpp: float | None,
+    outlines: bool, tolerance: float,
+) -> Nucleus:
+    """A :class:`Nucleus` of a boolean ``mask`` whose top-left pixel is at ``(r0, c0)`` (cropped to its box)."""
+    from monai_nasscam.inference.tiling import PROBABILITY_SCALE
+
+    rows, cols = np.nonzero(mask)
+    area = int(rows.size)
+    bbox = (r0, c0, r0 + mask.shape[0], c0 + mask.shape[1])
+    center = (float(cols.mean()) + c0 + 0.5, float(rows.mean()) + r0 + 0.5)
+    probs = None
+    if probabilities is not None:
+        crop = np.asarray(probabilities[:, bbox[0] : bbox[2], bbox[1] : bbox[3]])
+        probs = tuple(float(v) / PROBABILITY_SCALE for v in crop[:, mask].mean(axis=1, dtype=np.float64))
+    rings = _rings(mask, r0, c0, tolerance) if outlines else []
+    return Nucleus(cid, area, bbox, rings, center=center, probabilities=probs, mpp=mpp)
+
+
+def _shrink(mask: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """``mask`` cropped to its foreground's box, and the box's top-left offset."""
+    rows = np.nonzero(mask.any(axis=1))[0]
+    cols = np.nonzero(mask.any(axis=0))[0]
+    return mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], int(rows[0]), int(cols[0])
+
+
 def iter_nuclei(
     class_map: np.ndarray,
     num_classes: int = len(CLASS_NAMES),
@@ -93,26 +162,70 @@ def iter_nuclei(
     outlines: bool = True,
     tolerance: float = 0.0,
     min_area: int = 0,
+    separator: Callable[[np.ndarray], np.ndarray] | None = None,
+    probabilities: np.ndarray | None = None,
+    mpp: float | None = None,
 ) -> Iterator[Nucleus]:
     """Every nucleus of ``class_map`` (``(H, W)`` uint8, 0 background), top to bottom, band by band.
 
+    Nuclei come in the order of their bounding box's top row, then left column, then class (whatever
+    ``band_rows``), numbered 1, 2, ... in :attr:`Nucleus.index`.
+
     Args:
-        class_map: the class map (a memory map is fine; it is read band by band). With ``min_area``, the removed
-            components are set to 0 in it (so it must be writable).
+        class_map: the class map (a memory map is fine; it is read band by band). Nuclei dropped by the separator or
+            ``min_area`` are set to 0 in it (so it must be writable); it is final once the iterator is exhausted.
         num_classes: class ids ``1..num_classes``.
         band_rows: rows per band.
         margin: rows read below a band to complete its components (grown automatically for tall ones).
-        outlines: compute outline rings (else only class, area, bounding box).
+        outlines: compute outline rings (else only class, area, bounding box, centroid, probabilities).
         tolerance: Douglas-Peucker simplification of the outlines, in pixels (0: the exact contour).
-        min_area: components with fewer pixels are not yielded and are erased from ``class_map``.
+        min_area: nuclei with fewer pixels are not yielded and are erased from ``class_map``.
+        separator: splits one connected component into nuclei: called with a ``(1, h, w)`` boolean mask (the
+            component in its box grown by one pixel inside the image), returns ``(1, h, w)`` int ids (0: dropped),
+            e.g. an :class:`~monai_nasscam.inference.instances.InstanceSeparator`; ``None``: each component is one
+            nucleus.
+        probabilities: ``(num_classes, H, W)`` uint8 quantised class probabilities (``q / 255``, as
+            :func:`~monai_nasscam.inference.tiling.predict_class_map` keeps them; a memory map is fine) for
+            :attr:`Nucleus.probabilities`; ``None``: not measured.
+        mpp: microns per pixel, for :attr:`Nucleus.area_um2`.
+
+    Raises:
+        ValueError: ``probabilities`` of another shape than ``(num_classes, H, W)``.
     """
     from scipy import ndimage
 
+    from monai_nasscam.inference.instances import InstanceSeparator
+
     height, width = class_map.shape
+    if probabilities is not None and tuple(probabilities.shape) != (num_classes, height, width):
+        raise ValueError(
+            f"probabilities must have shape ({num_classes}, {height}, {width}) like the class map, got "
+            f"{tuple(probabilities.shape)}."
+        )
+    whole_only = separator is None or (
+        isinstance(separator, InstanceSeparator) and separator.method == "connected_components"
+    )
+    drop_below = max(int(min_area), int(getattr(separator, "min_size", 0) or 0))
     structure = ndimage.generate_binary_structure(2, 1)
+    pending: list[tuple[int, int, int, int, int, np.ndarray]] = []  # (stop row of the component, r0, c0, r1, c1, mask)
+    index = 0
+
+    def erase(upto: int) -> None:
+        """Apply the erasures of the components that end above row ``upto`` (no later window reads them)."""
+        keep = []
+        for item in pending:
+            stop, r0, c0, r1, c1, mask = item
+            if stop <= upto:
+                region = class_map[r0:r1, c0:c1]
+                region[mask] = 0
+            else:
+                keep.append(item)
+        pending[:] = keep
+
     for y0 in range(0, height, band_rows):
         y1 = min(y0 + band_rows, height)
         top = max(0, y0 - 1)  # one row above: a component reaching it belongs to an earlier band
+        erase(top)
         m = margin
         while True:
             bottom = min(height, y1 + m)
@@ -138,17 +251,40 @@ def iter_nuclei(
             if complete:
                 break
             m *= 2
+        band: list[Nucleus] = []
         for cid, k, sl, labels in found:
+            r0, c0 = sl[0].start + top, sl[1].start
+            r1, c1 = sl[0].stop + top, sl[1].stop
             mask = labels[sl] == k
             area = int(mask.sum())
-            r0, c0 = sl[0].start + top, sl[1].start
-            bbox = (r0, c0, sl[0].stop + top, sl[1].stop)
-            if area < min_area:
-                region = class_map[bbox[0] : bbox[2], bbox[1] : bbox[3]]
-                region[mask] = 0
+            if area < drop_below or whole_only:
+                if area < drop_below:  # the whole component goes: no later band can see a part of it
+                    region = class_map[r0:r1, c0:c1]
+                    region[mask] = 0
+                    continue
+                band.append(_measure(mask, cid, r0, c0, probabilities, mpp, outlines, tolerance))
                 continue
-            rings = _rings(mask, r0, c0, tolerance) if outlines else []
-            yield Nucleus(cid, area, bbox, rings)
+            # the component in its box grown by one pixel inside the image (as the evaluation's watershed)
+            g0, h0 = max(r0 - 1, 0), max(c0 - 1, 0)
+            g1, h1 = min(r1 + 1, height), min(c1 + 1, width)
+            own = labels[g0 - top : g1 - top, h0:h1] == k
+            parts = np.asarray(separator(own[None]))[0]  # type: ignore[misc]
+            parts = np.where(own, parts, 0)
+            dropped = own & (parts == 0)
+            for part in np.unique(parts[parts > 0]):
+                sub, dr, dc = _shrink(parts == part)
+                if int(sub.sum()) < int(min_area):
+                    dropped[dr : dr + sub.shape[0], dc : dc + sub.shape[1]] |= sub
+                    continue
+                band.append(_measure(sub, cid, g0 + dr, h0 + dc, probabilities, mpp, outlines, tolerance))
+            if dropped.any():
+                pending.append((r1, g0, h0, g1, h1, dropped))
+        band.sort(key=lambda n: (n.bbox[0], n.bbox[1], n.class_id, n.centroid[1], n.centroid[0]))
+        for nucleus in band:
+            index += 1
+            nucleus.index = index
+            yield nucleus
+    erase(height)
 
 
 def count_components(class_map: np.ndarray, num_classes: int = len(CLASS_NAMES)) -> dict[int, int]:
@@ -158,22 +294,47 @@ def count_components(class_map: np.ndarray, num_classes: int = len(CLASS_NAMES))
     return {c: int(label(class_map == c, connectivity=1).max()) for c in range(1, num_classes + 1)}
 
 
+def nucleus_measurements(
+    nucleus: Nucleus, names: Mapping[int, str] | Sequence[str] = CLASS_NAMES, decimals: int = 4
+) -> dict[str, float]:
+    """The QuPath measurements of a nucleus (a flat map of name -> number): ``Centroid X px``, ``Centroid Y px``
+    (full-image pixel coordinates, as the polygon), ``Area px``, ``Area µm^2`` (when the resolution is known),
+    ``Class probability`` (mean of the class's sigmoid over the nucleus) and ``Probability <class>`` for every class
+    (when the probabilities are known)."""
+    x, y = nucleus.centroid
+    out: dict[str, float] = {"Centroid X px": round(float(x), 2), "Centroid Y px": round(float(y), 2),
+                             "Area px": int(nucleus.area)}
+    if nucleus.area_um2 is not None:
+        out["Area µm^2"] = round(float(nucleus.area_um2), decimals)
+    if nucleus.probabilities is not None:
+        out["Class probability"] = round(float(nucleus.probability), decimals)  # type: ignore[arg-type]
+        for c, p in enumerate(nucleus.probabilities, start=1):
+            out[f"Probability {_class_name(names, c)}"] = round(float(p), decimals)
+    return out
+
+
+def _class_name(names: Mapping[int, str] | Sequence[str], class_id: int) -> str:
+    return names[class_id] if isinstance(names, Mapping) else names[class_id - 1]
+
+
 def nucleus_feature(
     nucleus: Nucleus,
     names: Mapping[int, str] | Sequence[str] = CLASS_NAMES,
     colors: Mapping[int, Sequence[int]] = CLASS_COLORS,
     object_type: str = "detection",
 ) -> dict[str, Any]:
-    """A GeoJSON ``Feature`` (Polygon) that QuPath (0.4+) imports as a classified detection or annotation.
+    """A GeoJSON ``Feature`` (Polygon) that QuPath (0.4 to 0.6) imports as a classified detection or annotation:
+    ``properties`` hold ``objectType``, ``classification`` (``name`` and ``color`` as ``[r, g, b]``) and
+    ``measurements`` as a flat map of name -> number (:func:`nucleus_measurements`).
 
     No ``id`` is written: QuPath reads feature ids as UUIDs and gives every imported object a new one.
     """
-    name = names[nucleus.class_id] if isinstance(names, Mapping) else names[nucleus.class_id - 1]
     props: dict[str, Any] = {
         "objectType": object_type,
-        "classification": {"name": name, "color": [int(v) for v in colors[nucleus.class_id]]},
+        "classification": {"name": _class_name(names, nucleus.class_id),
+                           "color": [int(v) for v in colors[nucleus.class_id]]},
         "isLocked": False,
-        "measurements": {"Area px": nucleus.area},
+        "measurements": nucleus_measurements(nucleus, names),
     }
     feature: dict[str, Any] = {
         "type": "Feature",

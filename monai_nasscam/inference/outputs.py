@@ -26,6 +26,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import tempfile
 import textwrap
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -36,13 +38,15 @@ import numpy as np
 
 from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
 from monai_nasscam.errors import InputError
-from monai_nasscam.fileio import atomic_path, atomic_write_text
+from monai_nasscam.fileio import atomic_path, atomic_write_text, default_mode
 from monai_nasscam.inference.nuclei import GeoJSONWriter, Nucleus
 
 __all__ = [
     "InferredImage",
     "OutputWriter",
     "NucleiGeoJSONWriter",
+    "NucleiCSVWriter",
+    "NUCLEI_CSV_FIELDS",
     "ClassMapPNGWriter",
     "ClassMapNiftiWriter",
     "OverlayWriter",
@@ -309,6 +313,66 @@ class NucleiGeoJSONWriter(OutputWriter):
             self._writer = None
 
 
+#: the columns of ``NAME_nuclei.csv``
+NUCLEI_CSV_FIELDS = ["id", "class_id", "class_name", "x", "y", "area_px", "area_um2", "probability",
+                     *(f"prob_{name.lower()}" for name in CLASS_NAMES)]
+
+
+class NucleiCSVWriter(OutputWriter):
+    """``NAME_nuclei.csv``: one row per nucleus, in the GeoJSON's order, streamed to disk (renamed into place when
+    complete): ``id`` (1, 2, ... top to bottom, then left to right), ``class_id``, ``class_name``, ``x``, ``y`` (the
+    centroid in full-image pixel coordinates, as the polygons: pixel ``(row, col)`` covers
+    ``[col, col + 1) x [row, row + 1)``), ``area_px``, ``area_um2`` (empty when the image's resolution is unknown),
+    ``probability`` (mean of the class's sigmoid over the nucleus) and ``prob_<class>`` for every class (empty when
+    not measured). Probabilities are stored quantised to 1/255 (within 0.002 of the network's).
+
+    Args:
+        decimals: decimals of the probabilities and the area in µm².
+    """
+
+    streams_nuclei = True
+
+    def __init__(self, decimals: int = 4) -> None:
+        self.decimals = int(decimals)
+        self._file: Any = None
+        self._tmp: str | None = None
+        self._writer: Any = None
+
+    def begin(self, image: InferredImage) -> None:
+        path = image.base + "_nuclei.csv"
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.csv",
+                                         dir=os.path.dirname(path))
+        self._file = os.fdopen(fd, "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=NUCLEI_CSV_FIELDS)
+        self._writer.writeheader()
+
+    def add_nucleus(self, nucleus: Nucleus) -> None:
+        d = self.decimals
+        x, y = nucleus.centroid
+        row: dict[str, Any] = {
+            "id": nucleus.index, "class_id": nucleus.class_id, "class_name": CLASS_NAMES[nucleus.class_id - 1],
+            "x": round(float(x), 2), "y": round(float(y), 2), "area_px": nucleus.area,
+            "area_um2": "" if nucleus.area_um2 is None else round(nucleus.area_um2, d),
+            "probability": "" if nucleus.probability is None else round(nucleus.probability, d),
+        }
+        for c, name in enumerate(CLASS_NAMES):
+            row[f"prob_{name.lower()}"] = "" if nucleus.probabilities is None else round(nucleus.probabilities[c], d)
+        self._writer.writerow(row)
+
+    def write(self, image: InferredImage) -> None:
+        self._file.close()
+        default_mode(self._tmp)  # type: ignore[arg-type]
+        os.replace(self._tmp, image.base + "_nuclei.csv")  # type: ignore[arg-type]
+        self._file = self._tmp = self._writer = None
+
+    def abort(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+        if self._tmp is not None and os.path.exists(self._tmp):
+            os.remove(self._tmp)
+        self._file = self._tmp = self._writer = None
+
+
 class ClassMapPNGWriter(OutputWriter):
     """``NAME_classmap.png``: the class map as an 8-bit grey PNG (values 0-4, see :func:`write_class_map_png`)."""
 
@@ -354,9 +418,9 @@ class OverlayWriter(OutputWriter):
 
 
 def default_outputs(saver: Any = None, object_type: str = "detection") -> list[OutputWriter]:
-    """The files ``inference.yaml`` writes per image: the nuclei GeoJSON, the class map PNG, the class map NIfTI
-    (when ``saver`` is given) and the overlay."""
-    outputs: list[OutputWriter] = [NucleiGeoJSONWriter(object_type), ClassMapPNGWriter()]
+    """The files ``inference.yaml`` writes per image: the nuclei GeoJSON, the nuclei CSV, the class map PNG, the class
+    map NIfTI (when ``saver`` is given) and the overlay."""
+    outputs: list[OutputWriter] = [NucleiGeoJSONWriter(object_type), NucleiCSVWriter(), ClassMapPNGWriter()]
     if saver is not None:
         outputs.append(ClassMapNiftiWriter(saver))
     outputs.append(OverlayWriter())

@@ -8,8 +8,14 @@ in ``OUT/[sub/]NAME/`` (MONAI ``SaveImage``'s layout), by default:
 - ``NAME_classmap.nii.gz``: the same through MONAI ``SaveImage`` (axes ``(x, y)``, spacing in mm when known);
 - ``NAME_overlay.png``: the image with the classes in colour and a legend with the counts (a subsampled
   overview for images larger than ``overlay_max_size``);
-- ``NAME_nuclei.geojson``: one Polygon per nucleus (connected component), QuPath ``detection`` or ``annotation``
-  objects with their class name and colour, in full-resolution pixel coordinates;
+- ``NAME_nuclei.geojson``: one Polygon per nucleus, QuPath ``detection`` or ``annotation`` objects with their class
+  name and colour and their measurements (centroid, area in px and µm², class probabilities), in full-resolution
+  pixel coordinates;
+- ``NAME_nuclei.csv``: one row per nucleus with the same measurements;
+
+Nuclei are the connected components of each class in the class map, split by the instance separation of evaluation
+(``instance_method``: the marker-controlled watershed by default, or ``connected_components``; see
+:mod:`monai_nasscam.inference.instances`).
 
 and for the run ``OUT/counts.csv`` (one row per image), ``OUT/counts_summary.csv`` (one row per class) and
 ``OUT/summary.json`` (totals, failures, settings). A bad image is reported (log, ``counts.csv`` and
@@ -36,6 +42,7 @@ from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.data.errors import DataError
 from monai_nasscam.errors import InputError, input_check
 from monai_nasscam.overrides import as_bool, is_null
+from monai_nasscam.inference.instances import INSTANCE_METHODS, WATERSHED_DEFAULTS, WATERSHED_MIN_SIZE, InstanceSeparator
 from monai_nasscam.inference.nuclei import iter_nuclei
 from monai_nasscam.inference.outputs import (
     InferredImage,
@@ -135,6 +142,13 @@ class NucleiPredictor:
             ``annotation``.
         polygon_tolerance: Douglas-Peucker simplification of the polygons in pixels (0: exact contours).
         min_area: nuclei smaller than this many pixels are removed (from the class map too).
+        instance_method: how the class map becomes nuclei: ``watershed`` (default: each connected component of a
+            class split by the marker-controlled watershed that evaluation uses) or ``connected_components`` (one
+            nucleus per component, the paper's protocol).
+        watershed: the watershed's parameters in pixels, a mapping with any of ``h``, ``min_distance``, ``sigma`` and
+            ``min_size`` (nuclei under ``min_size`` pixels are dropped, with the watershed only); missing keys take
+            :data:`~monai_nasscam.inference.instances.WATERSHED_DEFAULTS` and
+            :data:`~monai_nasscam.inference.instances.WATERSHED_MIN_SIZE`.
         overlay_max_size: longest side of the overview image the writers get (the overlay PNG); larger images are
             shown subsampled.
         optimize: network preparation, see :func:`monai_nasscam.inference.optimize.prepare_network`.
@@ -174,6 +188,8 @@ class NucleiPredictor:
         num_threads: int | None = None,
         parallel: Any = "auto",
         tune_malloc: Any = True,
+        instance_method: str = "watershed",
+        watershed: Mapping[str, Any] | None = None,
     ) -> None:
         self.network = network
         self.inferer = inferer
@@ -203,6 +219,7 @@ class NucleiPredictor:
         self.recursive = as_bool(recursive, "recursive")
         self.polygon_tolerance = float(polygon_tolerance)
         self.min_area = int(min_area)
+        self.separator = self._separator(instance_method, watershed)
         self.overlay_max_size = int(overlay_max_size)
         self.optimize = optimize
         self.progress = as_bool(progress, "progress")
@@ -212,6 +229,28 @@ class NucleiPredictor:
         self.rows: list[dict[str, Any]] = []
         self._forward: Any = None
         self._reference: dict[str, Any] | None = None
+
+    @staticmethod
+    def _separator(method: Any, watershed: Mapping[str, Any] | None) -> InstanceSeparator:
+        """The :class:`InstanceSeparator` of ``instance_method`` and ``watershed`` (errors name the setting)."""
+        method = str(method).strip().lower()
+        if method not in INSTANCE_METHODS:
+            raise InputError(f"instance_method must be one of {', '.join(INSTANCE_METHODS)}, got {method!r}.")
+        params: dict[str, Any] = {**WATERSHED_DEFAULTS, "min_size": WATERSHED_MIN_SIZE}
+        if not is_null(watershed):
+            if not isinstance(watershed, Mapping):
+                raise InputError(f"watershed must be a mapping of {sorted(params)}, got {watershed!r}.")
+            unknown = sorted(set(watershed) - set(params))
+            if unknown:
+                raise InputError(f"watershed: unknown key(s) {unknown}; expected some of {sorted(params)}.")
+            params.update({k: v for k, v in watershed.items() if not is_null(v)})
+        try:
+            if method == "connected_components":
+                return InstanceSeparator(method, min_size=0)
+            return InstanceSeparator(method, h=float(params["h"]), min_distance=int(params["min_distance"]),
+                                     sigma=float(params["sigma"]), min_size=int(params["min_size"]))
+        except (TypeError, ValueError) as e:
+            raise InputError(f"watershed: {e}") from None
 
     # --------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
@@ -289,6 +328,7 @@ class NucleiPredictor:
             "block_size": self.block_size,
             "max_whole_pixels": self.max_whole_pixels,
             "min_area": self.min_area,
+            "instance_separation": self.separator.describe(),
             "classes": {str(i): n for i, n in enumerate(CLASS_NAMES, start=1)},
         }
 
@@ -317,15 +357,21 @@ class NucleiPredictor:
         name = os.path.relpath(base, self.output_dir)
         name = os.path.dirname(name)
         reader = open_region_reader(path, tiled=self.tiled, max_whole_pixels=self.max_whole_pixels, swap_rb=self.tif_bgr)
-        tmp_map = None
+        tmp_map = tmp_probs = None
         try:
             height, width = reader.shape
             large = bool(reader.tiled) or height * width > self.max_whole_pixels
             step = max(1, math.ceil(max(height, width) / self.overlay_max_size))
+            measure = any(w.streams_nuclei for w in self.outputs)  # nucleus probabilities need the class maps
+            probs: np.ndarray | bool = measure
             if large:  # the class map goes to a memory map next to the outputs, never whole in RAM as float
                 fd, tmp_map = tempfile.mkstemp(prefix=".classmap-", suffix=".u8", dir=os.path.dirname(base))
                 os.close(fd)
                 out = np.memmap(tmp_map, dtype=np.uint8, mode="w+", shape=(height, width))
+                if measure:  # and the quantised probabilities, C bytes per pixel, to a memory map as well
+                    fd, tmp_probs = tempfile.mkstemp(prefix=".probabilities-", suffix=".u8", dir=os.path.dirname(base))
+                    os.close(fd)
+                    probs = np.memmap(tmp_probs, dtype=np.uint8, mode="w+", shape=(len(CLASS_NAMES), height, width))
             else:
                 out = None
             normalizer = SlideStainNormalizer(self._reference or {"method": "none"})
@@ -343,6 +389,7 @@ class NucleiPredictor:
                 overview_step=step if (large or step > 1) else None,
                 progress=self.progress and large,
                 zeroed=out is not None,
+                probabilities=probs,
             )
             if info["stain_note"]:
                 logger.warning("%s: %s", path, info["stain_note"])
@@ -350,13 +397,18 @@ class NucleiPredictor:
             if overview is None:
                 overview = reader.image  # type: ignore[union-attr]
             mpp = reader.mpp
+        except BaseException:
+            for tmp in (tmp_map, tmp_probs):  # the memory maps of a failed image
+                if tmp is not None and os.path.exists(tmp):
+                    os.remove(tmp)
+            raise
         finally:
             reader.close()
         t1 = time.perf_counter()
         image = InferredImage(source=path, base=base, name=name, class_map=class_map, overview=overview,
                               overview_step=step, mpp=mpp, streamed=large)
         try:
-            self._nuclei(image)
+            self._nuclei(image, info.get("probabilities"))
             t2 = time.perf_counter()
             for writer in self.outputs:
                 writer.write(image)
@@ -371,9 +423,12 @@ class NucleiPredictor:
                 writer.abort()
             raise
         finally:
+            info.pop("probabilities", None)
             if tmp_map is not None:
-                del class_map, out, image
+                del class_map, out, image, probs
                 os.remove(tmp_map)
+            if tmp_probs is not None:
+                os.remove(tmp_probs)
         row: dict[str, Any] = {"name": name, "status": "ok", "height": height, "width": width, "message": ""}
         for cid, cname in enumerate(CLASS_NAMES, start=1):
             row[cname] = counts[cid]
@@ -384,16 +439,19 @@ class NucleiPredictor:
             row["message"] = (row["message"] + "; " if row["message"] else "") + info["stain_note"]
         return row
 
-    def _nuclei(self, image: InferredImage) -> None:
-        """Find the nuclei of ``image.class_map`` (removing those under ``min_area`` from it), count them into
-        ``image.counts`` / ``image.areas`` and stream them to the writers that take them."""
+    def _nuclei(self, image: InferredImage, probabilities: np.ndarray | None = None) -> None:
+        """Find the nuclei of ``image.class_map`` (split by the instance separation; those it drops and those under
+        ``min_area`` are removed from it), measure them (``probabilities``: the quantised ``(C, H, W)`` class
+        probabilities), count them into ``image.counts`` / ``image.areas`` and stream them to the writers that take
+        them."""
         counts = {c: 0 for c in range(1, len(CLASS_NAMES) + 1)}
         areas = dict(counts)
         for writer in self.outputs:
             writer.begin(image)
         streams = [w for w in self.outputs if w.streams_nuclei]
         nuclei = iter_nuclei(image.class_map, outlines=bool(streams), tolerance=self.polygon_tolerance,
-                             min_area=self.min_area)
+                             min_area=self.min_area, separator=self.separator,
+                             probabilities=probabilities if streams else None, mpp=image.mpp)
         for nucleus in nuclei:
             counts[nucleus.class_id] += 1
             areas[nucleus.class_id] += nucleus.area
