@@ -246,3 +246,26 @@ def test_bundle_uses_the_evaluation_defaults_and_lists_the_csv(tmp_path):
     evaluate = ConfigParser.load_config_file(str(CONFIG.parent / "evaluate.yaml"))
     assert evaluate["instance_method"] == "watershed"
     assert evaluate["watershed"] == parser.get_parsed_content("watershed")  # the same numbers in both workflows
+
+
+def _resident_bytes() -> int:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="resident size read from /proc (Linux)")
+def test_released_rows_of_a_memory_map_leave_memory_and_keep_their_content(tmp_path):
+    from monai_nasscam.inference.tiling import release_rows
+
+    shape = (4, 2048, 2048)  # 16 MiB
+    probs = np.memmap(tmp_path / "p.u8", dtype=np.uint8, mode="w+", shape=shape)
+    probs[:] = (np.arange(2048, dtype=np.uint8)[:, None] + np.arange(4, dtype=np.uint8)[:, None, None])
+    before = _resident_bytes()
+    release_rows(probs, 0, 2048)
+    assert before - _resident_bytes() > 12 * 2**20  # the mapped pages left the process
+    expected = (np.arange(2048, dtype=np.uint8)[:, None] + np.arange(4, dtype=np.uint8)[:, None, None])
+    np.testing.assert_array_equal(probs[:, :, :3], np.broadcast_to(expected, shape)[:, :, :3])  # read back intact
+    np.testing.assert_array_equal(np.asarray(probs[2, 1000]), np.full(2048, 1002 % 256, np.uint8))
+    release_rows(np.zeros((3, 3), np.uint8), 0, 3)  # an ordinary array: nothing happens

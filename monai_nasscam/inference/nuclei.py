@@ -195,6 +195,7 @@ def iter_nuclei(
     from scipy import ndimage
 
     from monai_nasscam.inference.instances import InstanceSeparator
+    from monai_nasscam.inference.tiling import release_rows
 
     height, width = class_map.shape
     if probabilities is not None and tuple(probabilities.shape) != (num_classes, height, width):
@@ -284,6 +285,9 @@ def iter_nuclei(
             index += 1
             nucleus.index = index
             yield nucleus
+        if probabilities is not None:  # a slide's memory maps: the rows above the next window leave memory
+            release_rows(probabilities, max(0, y0 - 1), y1 - 1)
+        release_rows(class_map, max(0, y0 - 1), y1 - 1)
     erase(height)
 
 

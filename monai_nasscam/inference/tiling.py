@@ -39,6 +39,7 @@ __all__ = [
     "predict_class_map",
     "logits_to_class_map",
     "quantise_probabilities",
+    "release_rows",
     "tissue_mask",
     "PROBABILITY_SCALE",
 ]
@@ -133,6 +134,39 @@ def logits_to_class_map(logits: torch.Tensor, threshold: float = 0.5) -> torch.T
 def quantise_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """``(C, ...)`` logits -> uint8 ``round(255 * sigmoid(logits))`` (read back as ``q / 255``, error <= 0.5 / 255)."""
     return torch.sigmoid(logits.float()).mul_(PROBABILITY_SCALE).round_().to(torch.uint8)
+
+
+def release_rows(array: np.ndarray, row0: int, row1: int) -> None:
+    """Let the pages of rows ``[row0, row1)`` of a memory map (``(H, W)`` or ``(C, H, W)``, C-ordered) leave this
+    process's resident memory (``madvise(MADV_DONTNEED)``): a shared file mapping keeps the data in the page cache,
+    which writes it back, and a later read faults it in again -- so the content never changes, while the process's
+    resident size stays that of the rows in use instead of growing to the whole slide's maps. No-op for an ordinary
+    array or where ``madvise`` is not available.
+
+    Args:
+        array: an ``np.memmap`` (else nothing happens).
+        row0, row1: the rows, end exclusive.
+    """
+    import mmap as _mmap
+
+    handle = getattr(array, "_mmap", None)
+    advice = getattr(_mmap, "MADV_DONTNEED", None)
+    if handle is None or advice is None or row1 <= row0 or not array.flags.c_contiguous:
+        return
+    height, row_bytes = array.shape[-2], array.strides[-2]
+    planes = array.shape[0] if array.ndim == 3 else 1
+    plane_bytes = height * row_bytes
+    page = _mmap.PAGESIZE
+    base = int(getattr(array, "offset", 0)) % _mmap.ALLOCATIONGRANULARITY  # the mapping starts that far before
+    for c in range(planes):
+        start = base + c * plane_bytes + row0 * row_bytes
+        stop = base + c * plane_bytes + min(row1, height) * row_bytes
+        start = -(-start // page) * page  # whole pages inside the rows only
+        if stop - start >= page:
+            try:
+                handle.madvise(advice, start, (stop - start) // page * page)
+            except (OSError, ValueError):
+                return
 
 
 @dataclass
@@ -278,6 +312,10 @@ def predict_class_map(
                         quantised[:, item.clear_core] = 0
                     probs[:, b.y0 : b.y1, b.x0 : b.x1] = quantised
                 del x, logits, classes, quantised
+            if b.x1 >= width:  # a row of blocks is done: its pages may leave memory (memory maps of a slide)
+                release_rows(out, b.y0, b.y1)
+                if probs is not None:
+                    release_rows(probs, b.y0, b.y1)
             bar.update()
     finally:
         bar.close()
