@@ -9,7 +9,6 @@ sees them.
 from __future__ import annotations
 
 import io
-import json
 import os
 import subprocess
 import sys
