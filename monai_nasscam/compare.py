@@ -32,6 +32,7 @@ from monai_nasscam.workflow import run_workflow
 
 __all__ = [
     "MODELS",
+    "INSTANCE_SUMMARY",
     "RANDOM_MODELS",
     "comparison_models",
     "run_comparison",
@@ -214,7 +215,9 @@ def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def summarize(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Per model: mean and standard deviation across seeds of each class's and the mean pooled Dice and PQ."""
+    """Per model: mean and standard deviation across seeds of each class's and the mean pooled Dice and PQ, and of
+    the instance metrics (:data:`INSTANCE_SUMMARY`; ``None`` where no run's ``metrics.json`` has them: files written
+    before they existed); ``instances``: how each run's PQ cut nuclei (its ``protocol.pq``), the distinct values."""
     summary = {}
     for model, runs in results.items():
         row: dict[str, Any] = {"label": MODELS[model][0], "seeds": len(runs)}
@@ -223,8 +226,24 @@ def summarize(results: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[st
                 key: dict(zip(("mean", "sd"), _mean_sd([r.get(metric, {}).get(key) for r in runs.values()])))
                 for key in (*CLASS_NAMES, "mean")
             }
+        row["instance"] = {
+            key: dict(zip(("mean", "sd"), _mean_sd([_instance_value(r.get(key)) for r in runs.values()])))
+            for key in INSTANCE_SUMMARY
+        }
+        row["instances"] = sorted({str(r.get("protocol", {}).get("pq")) for r in runs.values() if r.get("protocol", {}).get("pq")})
         summary[model] = row
     return summary
+
+
+#: instance metrics of ``metrics.json`` summarised across seeds (``f1_classification``: its mean over classes)
+INSTANCE_SUMMARY = {"aji": "AJI", "f1_detection": "F1 detection", "f1_classification": "F1 classification", "mpq_plus": "mPQ+"}
+
+
+def _instance_value(value: Any) -> float | None:
+    """A scalar instance metric, or the ``mean`` of a per-class one; ``None`` when absent."""
+    if isinstance(value, Mapping):
+        value = value.get("mean")
+    return None if value is None else float(value)
 
 
 def _verdict(data: Any) -> str | None:
@@ -386,8 +405,15 @@ def table_markdown(
     for row in summary.values():
         classes = " | ".join(_pct(row["dice"][c]) for c in CLASS_NAMES)
         lines.append(f"| {row['label']} | {row['seeds']} | {_pct(row['dice']['mean'], True)} | {classes} | {_pct(row['pq']['mean'], True)} |")
+    instances = sorted({i for row in summary.values() for i in row.get("instances", [])})
     lines += ["", "Dice: per class, pooled over the evaluated split; class values are means across seeds. "
-              "PQ: correct panoptic quality on connected components, mean over classes."]
+              "PQ: correct panoptic quality, mean over classes"
+              + (f"; {' / '.join(instances)}." if instances else ".")]
+    if any(stat["mean"] is not None for row in summary.values() for stat in row.get("instance", {}).values()):
+        lines += ["", "Instance metrics in % (mean ± sd across seeds; F1 classification: mean over classes):", "",
+                  "| model | " + " | ".join(INSTANCE_SUMMARY.values()) + " |", "|---|" + "---|" * len(INSTANCE_SUMMARY)]
+        for row in summary.values():
+            lines.append(f"| {row['label']} | " + " | ".join(_pct(row["instance"][k], True) for k in INSTANCE_SUMMARY) + " |")
     if paired:
         lines += _paired_lines(summary, paired)
     if architectures:

@@ -26,6 +26,22 @@ def test_summary_is_mean_and_sample_sd_across_seeds():
     assert "| U-Net | 2 | 40.00 ± 0.00 | 70.00 | 60.00 | 30.00 | 0.00 | 40.00 ± 14.14 |" in table
 
 
+def test_instance_metrics_and_the_instances_used_are_summarised():
+    runs = {"unet": {"0": _metrics([0.5] * 4, [0.2] * 4), "1": _metrics([0.5] * 4, [0.4] * 4)}}
+    for seed, (aji, f1) in {"0": (0.6, 0.7), "1": (0.8, 0.9)}.items():
+        runs["unet"][seed].update(aji=aji, f1_detection=f1, mpq_plus=0.3, protocol={"pq": "instances = watershed"},
+                                  f1_classification={"Epithelial": 0.4, "Lymphocyte": 0.2, "mean": 0.3})
+    row = summarize(runs)["unet"]
+    assert row["instance"]["aji"]["mean"] == pytest.approx(0.7) and row["instance"]["aji"]["sd"] == pytest.approx(0.1414213562)
+    assert row["instance"]["f1_classification"]["mean"] == pytest.approx(0.3)
+    assert row["instances"] == ["instances = watershed"]
+    table = table_markdown(summarize(runs))
+    assert "mean over classes; instances = watershed." in table
+    assert "| U-Net | 70.00 ± 14.14 | 80.00 ± 14.14 | 30.00 ± 0.00 | 30.00 ± 0.00 |" in table
+    # metrics.json files written before the instance metrics: no instance table, no error
+    assert "Instance metrics" not in table_markdown(summarize({"unet": {"0": _metrics([0.5] * 4, [0.2] * 4)}}))
+
+
 def test_missing_class_is_left_out_not_zero():
     runs = {"unet": {"0": {"dice": {"Epithelial": 0.5, "Macrophage": None, "mean": 0.5}, "pq": {}}}}
     row = summarize(runs)["unet"]
