@@ -324,6 +324,8 @@ class NucleiPredictor:
             "threshold": self.threshold,
             "roi_size": [int(r) for r in np.broadcast_to(np.asarray(roi), (2,))] if roi is not None else None,
             "overlap": getattr(self.inferer, "overlap", None),
+            "blend_mode": getattr(getattr(self.inferer, "mode", None), "value", getattr(self.inferer, "mode", None)),
+            "sigma_scale": getattr(self.inferer, "sigma_scale", None),
             "sw_batch_size": getattr(self.inferer, "sw_batch_size", None),
             "block_size": self.block_size,
             "max_whole_pixels": self.max_whole_pixels,

@@ -8,8 +8,12 @@ with no clamped last window. A small image is inferred in one piece. A large one
 is blended from exactly the windows -- in the same order -- that the one-piece inference would use. The class maps
 of the two paths are therefore the same, while a block needs a few hundred MB whatever the slide size.
 
-Logits of overlapping windows are averaged (MONAI's default), then ``sigmoid > threshold`` per channel; where
-several channels pass, the most probable wins. Channel ``c`` is class ``c + 1``; 0 is background. Pixels the file
+Logits of overlapping windows are blended by the inferer's ``mode``: ``gaussian`` (inference's default: each window's
+logits weighted by a Gaussian centred on it, ``sigma_scale`` of the window side, so a window's border -- where its
+context is cut -- counts least and no seam shows where windows meet) or ``constant`` (a plain average, MONAI's
+default and the evaluation's protocol). Every core pixel of a block gets the same windows with the same weights as in
+the one-piece inference, so both blend modes give the same class map block by block. Then ``sigmoid > threshold``
+per channel; where several channels pass, the most probable wins. Channel ``c`` is class ``c + 1``; 0 is background. Pixels the file
 marks fully transparent (alpha 0: nothing was scanned there; the readers give them as white) are background
 whatever the network predicts.
 
