@@ -5,12 +5,16 @@ Which reader reads what:
 
 - **OpenSlide** (the ``openslide-python`` / ``openslide-bin`` wheels) reads every file it recognises as a vendor's
   whole-slide format (Aperio ``.svs`` -- JPEG, JPEG 2000 YCbCr ``33003`` and RGB ``33005`` tiles --, Hamamatsu,
-  Leica, Philips, Ventana ...), level 0, through :class:`OpenSlideRegionReader`.
+  Leica, Philips, Ventana ...), level 0, through :class:`OpenSlideRegionReader`: ``.svs`` and ``.tif`` files it
+  takes as a vendor's, and the :data:`OPENSLIDE_SUFFIXES` (``.ndpi``, ``.vms``, ``.vmu``, ``.mrxs``, ``.scn``,
+  ``.bif``, ``.svslide``). Its resolution is OpenSlide's ``openslide.mpp-x``.
 - **tifffile** (``imagecodecs`` codecs) reads every other TIFF -- plain tiled or stripped TIFFs, MoNuSAC ``.tif``
   copies, ``.svs`` files OpenSlide does not take as Aperio (e.g. written with a second ``ImageDescription`` tag) --
   segment by segment, through :class:`TiffRegionReader`; also a vendor file OpenSlide recognises but cannot open
-  (e.g. tiles in a compression it lacks). OpenSlide's generic-TIFF driver is not used: it reads only tiled files,
-  through libtiff's 8-bit RGBA path, while tifffile reads strips, 16-bit, planar and grey samples exactly.
+  (e.g. tiles in a compression it lacks), and OME-TIFF (``.ome.tif``: the first series, level 0 of its pyramid).
+  OpenSlide's generic-TIFF driver is not used: it reads only tiled files, through libtiff's 8-bit RGBA path, while
+  tifffile reads strips, 16-bit, planar and grey samples exactly. The resolution comes from the Aperio description,
+  OME-XML ``PhysicalSizeX`` or the TIFF resolution tags (:func:`tiff_mpp`).
 - **PIL** reads PNG, JPEG, BMP (decoded whole), through :class:`ArrayRegionReader`.
 
 What stays hand-written, because no reader does it: transparent pixels are composited onto **white** (OpenSlide
@@ -47,12 +51,20 @@ __all__ = [
     "ycbcr_to_rgb",
     "pixels_to_uint8",
     "openslide_format",
+    "tiff_mpp",
+    "read_mpp",
     "TIFF_SUFFIXES",
+    "OPENSLIDE_SUFFIXES",
 ]
 
 logger = logging.getLogger(__name__)
 
 TIFF_SUFFIXES = (".svs", ".tif", ".tiff")
+#: whole-slide formats OpenSlide reads besides TIFF / SVS: Hamamatsu (``.ndpi``, ``.vms``, ``.vmu``), 3DHISTECH
+#: MIRAX (``.mrxs``, with its data folder beside it), Leica (``.scn``), Ventana (``.bif``), Sakura (``.svslide``)
+OPENSLIDE_SUFFIXES = (".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif", ".svslide")
+#: the TIFF-based ones among them, read with tifffile when OpenSlide cannot open them
+_TIFF_LIKE = (".ndpi", ".scn", ".bif")
 
 #: TIFF compression of Aperio JPEG 2000 tiles whose codestream holds Y, Cb, Cr (33005 holds R, G, B).
 APERIO_JP2K_YCBCR = 33003
@@ -147,6 +159,70 @@ def _samples_to_rgb(arr: np.ndarray, alpha: str | None = None) -> np.ndarray:
     if alpha is not None and extra is not None:
         return composite_on_white(colour, extra, premultiplied=alpha == "premultiplied")
     return np.ascontiguousarray(colour)
+
+
+# ------------------------------------------------------------------------------------------- resolution
+#: length units of OME ``PhysicalSizeXUnit`` in microns
+_OME_UNITS = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "micron": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6,
+              "pm": 1e-6, "Å": 1e-4}
+#: microns per pixel outside this range are not a microscope's (e.g. a 72 dpi default of an image editor)
+PLAUSIBLE_MPP = (0.01, 100.0)
+
+
+def _plausible(mpp: float | None) -> float | None:
+    if mpp is None or not np.isfinite(mpp) or not PLAUSIBLE_MPP[0] <= mpp <= PLAUSIBLE_MPP[1]:
+        return None
+    return float(mpp)
+
+
+def tiff_mpp(tif: Any, page: Any) -> float | None:
+    """Microns per pixel (along x) of a TIFF's level 0, from, in this order: an Aperio ``ImageDescription``
+    (``MPP = 0.2520``), OME-XML (``PhysicalSizeX`` in ``PhysicalSizeXUnit``, microns by default), the TIFF
+    ``XResolution`` with ``ResolutionUnit`` centimetre or inch. A value outside :data:`PLAUSIBLE_MPP` (e.g. the
+    72 dpi an image editor writes) counts as unknown.
+
+    Args:
+        tif: the ``tifffile.TiffFile``.
+        page: its level-0 page.
+
+    Returns:
+        microns per pixel, or ``None`` when the file does not say.
+    """
+    desc = page.description or ""
+    m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
+    if m:
+        try:
+            return _plausible(float(m.group(1)))
+        except ValueError:
+            pass
+    if getattr(tif, "is_ome", False):
+        try:
+            ome = tif.ome_metadata or ""
+        except Exception:  # noqa: BLE001 - unreadable OME-XML: fall back to the TIFF tags
+            ome = ""
+        pixels = re.search(r"<(?:\w+:)?Pixels\b[^>]*>", ome)
+        if pixels:
+            size = re.search(r'\bPhysicalSizeX="([^"]+)"', pixels.group(0))
+            unit = re.search(r'\bPhysicalSizeXUnit="([^"]+)"', pixels.group(0))
+            factor = _OME_UNITS.get(unit.group(1) if unit else "µm")
+            if size and factor is not None:
+                try:
+                    return _plausible(float(size.group(1)) * factor)
+                except ValueError:
+                    pass
+    try:
+        from tifffile import RESUNIT
+
+        tag = page.tags.get("XResolution")
+        unit = int(page.resolutionunit)
+        if tag is not None and unit in (int(RESUNIT.CENTIMETER), int(RESUNIT.INCH)):
+            num, den = tag.value
+            per_unit = float(num) / float(den) if den else 0.0
+            if per_unit > 0:
+                return _plausible((1e4 if unit == int(RESUNIT.CENTIMETER) else 25400.0) / per_unit)
+    except Exception:  # noqa: BLE001 - a malformed tag is no resolution
+        return None
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- readers
@@ -310,16 +386,9 @@ class TiffRegionReader:
         self._jp2k_ycbcr = compression == APERIO_JP2K_YCBCR
         self._dtype = np.dtype(np.uint8) if (self._ycbcr_page or self._jp2k_ycbcr) else np.dtype(page.dtype)
 
-    @staticmethod
-    def _mpp(page: Any) -> float | None:
-        desc = page.description or ""
-        m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
-        if m:
-            try:
-                return float(m.group(1))
-            except ValueError:
-                return None
-        return None
+    def _mpp(self, page: Any) -> float | None:
+        """Microns per pixel of level 0 (:func:`tiff_mpp`)."""
+        return tiff_mpp(self._tif, page)
 
     def _segment(self, i: int) -> np.ndarray | None:
         offset, count = self.page.dataoffsets[i], self.page.databytecounts[i]
@@ -569,7 +638,9 @@ def open_image(
         raise DataError(path, "no such file")
     if os.path.getsize(path) == 0:
         raise DataError(path, "unreadable image (0 bytes)")
-    if low.endswith(TIFF_SUFFIXES) or (not low.endswith((".png", ".jpg", ".jpeg", ".bmp")) and openslide_format(path)):
+    if low.endswith(TIFF_SUFFIXES + _TIFF_LIKE) or (
+        not low.endswith((".png", ".jpg", ".jpeg", ".bmp")) and openslide_format(path)
+    ):
         forced = tiled is True or (isinstance(tiled, str) and tiled.strip().lower() == "true")
         reader = _tiff_reader(path, swap)
         big = reader.shape[0] * reader.shape[1] > int(max_whole_pixels)
@@ -589,6 +660,25 @@ def open_image(
     if swap:
         image = np.ascontiguousarray(image[..., ::-1])
     return ArrayRegionReader(image, path, backend="PIL", transparent=clear)
+
+
+def read_mpp(path: str | os.PathLike) -> float | None:
+    """Microns per pixel recorded in an image file (the ``mpp`` of :func:`open_image`'s reader), without decoding
+    its pixels; ``None`` when the file does not say (PNG, JPEG, a TIFF without a resolution) or cannot be opened."""
+    path = os.fspath(path)
+    low = path.lower()
+    if not os.path.isfile(path):
+        return None
+    try:
+        if low.endswith(TIFF_SUFFIXES + _TIFF_LIKE) or openslide_format(path):
+            reader = _tiff_reader(path, False)
+            try:
+                return reader.mpp
+            finally:
+                reader.close()
+    except DataError:
+        return None
+    return None
 
 
 def read_rgb(path: str | os.PathLike, swap_rb: bool = False) -> np.ndarray:

@@ -17,14 +17,23 @@ Nuclei are the connected components of each class in the class map, split by the
 (``instance_method``: the marker-controlled watershed by default, or ``connected_components``; see
 :mod:`monai_nasscam.inference.instances`).
 
-and for the run ``OUT/counts.csv`` (one row per image), ``OUT/counts_summary.csv`` (one row per class) and
-``OUT/summary.json`` (totals, failures, settings). A bad image is reported (log, ``counts.csv`` and
+and ``NAME_complete.json``, written last: the completion marker of the image's outputs. For the run
+``OUT/counts.csv`` (one row per image), ``OUT/counts_summary.csv`` (one row per class) and ``OUT/summary.json``
+(totals, failures, settings, each image's resolution and what was done about it, the images skipped as complete).
+
+Resolution: an image whose resolution (its file's, else the ``mpp`` setting) differs from the training one by more
+than ``mpp_tolerance`` is segmented at the training resolution and its outputs stay in its own pixels; an image of
+unknown resolution is named in a warning, once (:mod:`monai_nasscam.inference.resolution`).
+
+Resume: a re-run over the same folder skips (``skipped (complete)`` in the log) every image whose completion marker
+and the output files it lists are in place, with the same input file and settings; ``overwrite=True`` redoes them. A bad image is reported (log, ``counts.csv`` and
 ``summary.json`` name the file and the problem) and the others are still processed; the run fails (non-zero exit)
 only when the input folder holds no image or no image could be processed.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -51,13 +60,31 @@ from monai_nasscam.inference.outputs import (
     write_counts_csv,
     write_summary,
 )
+from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.inference.regions import IMAGE_SUFFIXES, open_region_reader
+from monai_nasscam.inference.resolution import (
+    MPP_TOLERANCE,
+    RescaledNetwork,
+    ResolutionPlan,
+    check_mpp,
+    plan_resolution,
+    rescaled_inferer,
+    scaled_separator,
+    train_resolution,
+)
 from monai_nasscam.inference.stain import SlideStainNormalizer, load_stain_reference, resolve_stain_spec
 from monai_nasscam.inference.tiling import predict_class_map
 
-__all__ = ["NucleiPredictor", "check_inference_inputs", "find_images", "load_weights", "run_dir_of", "InferenceError"]
+__all__ = ["NucleiPredictor", "check_inference_inputs", "find_images", "load_weights", "run_dir_of", "InferenceError",
+           "COMPLETE_SUFFIX"]
 
 logger = logging.getLogger("monai_nasscam.inference")
+
+
+#: the per-image completion marker ``OUT/[sub/]NAME/NAME_complete.json``, written last (atomically) once every output
+#: of the image is in place: a re-run skips the image while the marker and every file it lists are there
+COMPLETE_SUFFIX = "_complete.json"
+COMPLETE_FORMAT = "monai-nasscam-inference-complete"
 
 
 class InferenceError(RuntimeError):
@@ -157,6 +184,13 @@ class NucleiPredictor:
         parallel: windows of a batch computed in this many threads at once (``auto``: one per CPU core on CPU,
             1 on GPU); see :class:`~monai_nasscam.inference.optimize.PreparedNetwork`.
         tune_malloc: on CPU, keep freed memory for reuse (:func:`~monai_nasscam.inference.optimize.tune_allocator`).
+        mpp: microns per pixel of the images whose file records none (``None``: such images' resolution is unknown,
+            which is said once per image); a file's own resolution always wins.
+        train_mpp: the resolution the network was trained at (``None``: the one ``RUN/network.json`` records, else
+            :data:`~monai_nasscam.inference.resolution.DEFAULT_TRAIN_MPP`).
+        mpp_tolerance: relative difference under which an image's resolution counts as the training one; images
+            further off are rescaled to it (see :mod:`monai_nasscam.inference.resolution`).
+        overwrite: redo images whose outputs are complete (``False``: they are skipped, see :data:`COMPLETE_SUFFIX`).
     """
 
     def __init__(
@@ -190,6 +224,10 @@ class NucleiPredictor:
         tune_malloc: Any = True,
         instance_method: str = "watershed",
         watershed: Mapping[str, Any] | None = None,
+        mpp: Any = None,
+        train_mpp: Any = None,
+        mpp_tolerance: float = MPP_TOLERANCE,
+        overwrite: Any = False,
     ) -> None:
         self.network = network
         self.inferer = inferer
@@ -226,6 +264,19 @@ class NucleiPredictor:
         self.num_threads = None if is_null(num_threads) else int(num_threads)  # type: ignore[arg-type]
         self.parallel = parallel
         self.tune_malloc = as_bool(tune_malloc, "tune_malloc")
+        try:
+            self.mpp = check_mpp(mpp, "mpp")
+            self.train_mpp_setting = check_mpp(train_mpp, "train_mpp")
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        self.mpp_tolerance = float(mpp_tolerance)
+        if not 0.0 <= self.mpp_tolerance < 1.0:
+            raise InputError(f"mpp_tolerance must lie in [0, 1) (a relative difference), got {mpp_tolerance}.")
+        self.overwrite = as_bool(overwrite, "overwrite")
+        self.train_mpp: float | None = None
+        self.train_mpp_source = ""
+        self.resolutions: dict[str, dict[str, Any]] = {}
+        self.skipped: list[str] = []
         self.rows: list[dict[str, Any]] = []
         self._forward: Any = None
         self._reference: dict[str, Any] | None = None
@@ -269,6 +320,8 @@ class NucleiPredictor:
         if self.ckpt_path is not None:
             load_weights(self.network, self.ckpt_path)
         run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path is not None else None
+        self.train_mpp, self.train_mpp_source = train_resolution(run_dir, self.train_mpp_setting)
+        logger.info("training resolution %g µm/px (%s)", self.train_mpp, self.train_mpp_source)
         self._reference = load_stain_reference(resolve_stain_spec(self.stain, self.dataset_dir, run_dir))
         self.network.to(self.device).eval()
         roi = [int(r) for r in np.broadcast_to(np.asarray(self.inferer.roi_size), (2,))]
@@ -290,9 +343,18 @@ class NucleiPredictor:
         self.setup()
         root = self.input_dir if os.path.isdir(self.input_dir) else os.path.dirname(self.input_dir)
         self.rows = []
+        self.skipped = []
         for i, path in enumerate(images, start=1):
             rel = os.path.relpath(path, root)
             start = time.perf_counter()
+            done = None if self.overwrite else self._completed(path)
+            if done is not None:
+                logger.info("[%d/%d] %s: skipped (complete)", i, len(images), rel)
+                self.rows.append(done["row"])
+                if done.get("resolution"):
+                    self.resolutions[done["row"].get("name", rel)] = done["resolution"]
+                self.skipped.append(rel)
+                continue
             logger.info("[%d/%d] %s", i, len(images), rel)
             try:
                 row = self.process(path)
@@ -304,12 +366,15 @@ class NucleiPredictor:
                 row = {"name": os.path.splitext(rel)[0], "status": "error", "message": message}
             row.update(image=rel, seconds=round(time.perf_counter() - start, 2))
             self.rows.append(row)
+            if row.get("status") == "ok":
+                self._mark_complete(path, row)
             self._write_tables()
         self._forward.close()
         self._forward = None
         summary = self._write_tables()
         ok = summary["succeeded"]
-        logger.info("%d of %d images processed, %d nuclei; outputs in %s", ok, len(images), summary["total_nuclei"], self.output_dir)
+        logger.info("%d of %d images processed (%d skipped as complete), %d nuclei; outputs in %s", ok, len(images),
+                    len(self.skipped), summary["total_nuclei"], self.output_dir)
         if ok == 0:
             failed = "; ".join(f"{f['message']}" for f in summary["failed"][:5])
             raise InferenceError(f"no image could be processed ({len(images)} failed): {failed}")
@@ -332,7 +397,79 @@ class NucleiPredictor:
             "min_area": self.min_area,
             "instance_separation": self.separator.describe(),
             "classes": {str(i): n for i, n in enumerate(CLASS_NAMES, start=1)},
+            "resolution": {
+                "train_mpp": self.train_mpp,
+                "train_mpp_source": self.train_mpp_source,
+                "mpp_setting": self.mpp,
+                "tolerance": self.mpp_tolerance,
+                "unknown": sorted(n for n, r in self.resolutions.items() if r.get("source") == "unknown"),
+                "rescaled": sorted(n for n, r in self.resolutions.items() if r.get("rescaled")),
+                "images": self.resolutions,
+            },
+            "resume": {"overwrite": self.overwrite, "skipped_complete": list(self.skipped)},
         }
+
+    # ------------------------------------------------------------------------------------------- resume
+    def _fingerprint(self) -> dict[str, Any]:
+        """What the outputs depend on besides the image: outputs made with other settings are not complete."""
+        ckpt = None
+        if self.ckpt_path is not None and os.path.isfile(self.ckpt_path):
+            st = os.stat(self.ckpt_path)
+            ckpt = [os.path.abspath(self.ckpt_path), st.st_size, st.st_mtime_ns]
+        settings = self._settings()
+        keep = ("threshold", "roi_size", "overlap", "blend_mode", "sigma_scale", "min_area", "instance_separation")
+        return json.loads(json.dumps({
+            "checkpoint": ckpt,
+            **{k: settings.get(k) for k in keep},
+            "polygon_tolerance": self.polygon_tolerance,
+            "stain": (self._reference or {}).get("method"),
+            "outputs": [type(w).__name__ for w in self.outputs],
+            "mpp": self.mpp, "train_mpp": self.train_mpp, "mpp_tolerance": self.mpp_tolerance,
+        }, default=str))
+
+    def _marker(self, path: str) -> str:
+        return self._base(path) + COMPLETE_SUFFIX
+
+    def _completed(self, path: str) -> dict[str, Any] | None:
+        """The completion record of ``path``'s outputs when they are complete and current: the marker exists, the
+        input file and the settings are those it records, and every output file it lists is there with its size;
+        else ``None``."""
+        marker = self._marker(path)
+        try:
+            record = json.loads(Path(marker).read_text())
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(record, dict) or record.get("format") != COMPLETE_FORMAT:
+            return None
+        if record.get("source") != [st.st_size, st.st_mtime_ns]:
+            return None
+        if record.get("settings") != self._fingerprint():
+            logger.info("%s: outputs made with other settings; redone", path)
+            return None
+        folder = os.path.dirname(marker)
+        for name, size in (record.get("files") or {}).items():
+            try:
+                if os.path.getsize(os.path.join(folder, name)) != size:
+                    return None
+            except OSError:
+                return None
+        return record if record.get("files") and isinstance(record.get("row"), dict) else None
+
+    def _mark_complete(self, path: str, row: dict[str, Any]) -> None:
+        """Write the completion marker, last and atomically: the image's output files (name and size), the input's
+        size and modification time, the settings and its ``counts.csv`` row."""
+        marker = self._marker(path)
+        folder, stem = os.path.dirname(marker), os.path.basename(self._base(path))
+        files = {
+            f: os.path.getsize(os.path.join(folder, f)) for f in sorted(os.listdir(folder))
+            if f.startswith(stem + "_") and not f.endswith(COMPLETE_SUFFIX) and os.path.isfile(os.path.join(folder, f))
+        }
+        st = os.stat(path)
+        record = {"format": COMPLETE_FORMAT, "version": 1, "source": [st.st_size, st.st_mtime_ns],
+                  "settings": self._fingerprint(), "files": files, "row": row,
+                  "resolution": self.resolutions.get(row.get("name", ""))}
+        atomic_write_text(marker, json.dumps(record, indent=1, default=str) + "\n")
 
     def _write_tables(self) -> dict[str, Any]:
         write_counts_csv(os.path.join(self.output_dir, "counts.csv"), self.rows)
@@ -358,10 +495,18 @@ class NucleiPredictor:
         base = self._base(path)
         name = os.path.relpath(base, self.output_dir)
         name = os.path.dirname(name)
+        if os.path.exists(base + COMPLETE_SUFFIX):  # being redone: complete again only once every output is rewritten
+            os.remove(base + COMPLETE_SUFFIX)
         reader = open_region_reader(path, tiled=self.tiled, max_whole_pixels=self.max_whole_pixels, swap_rb=self.tif_bgr)
         tmp_map = tmp_probs = None
         try:
             height, width = reader.shape
+            plan = self._plan(path, name, reader.mpp)
+            forward, inferer, separator = self._forward, self.inferer, self.separator
+            if plan.rescaled:
+                forward = RescaledNetwork(self._forward, plan.roi)
+                inferer = rescaled_inferer(self.inferer, plan.window)
+                separator = scaled_separator(self.separator, plan.scale)
             large = bool(reader.tiled) or height * width > self.max_whole_pixels
             step = max(1, math.ceil(max(height, width) / self.overlay_max_size))
             measure = any(w.streams_nuclei for w in self.outputs)  # nucleus probabilities need the class maps
@@ -380,8 +525,8 @@ class NucleiPredictor:
             t0 = time.perf_counter()
             class_map, info = predict_class_map(
                 reader,
-                self._forward,
-                self.inferer,
+                forward,
+                inferer,
                 normalizer=normalizer,
                 out=out,
                 block_size=self.block_size if large else None,
@@ -398,7 +543,7 @@ class NucleiPredictor:
             overview = info.get("overview")
             if overview is None:
                 overview = reader.image  # type: ignore[union-attr]
-            mpp = reader.mpp
+            mpp = plan.image_mpp
         except BaseException:
             for tmp in (tmp_map, tmp_probs):  # the memory maps of a failed image
                 if tmp is not None and os.path.exists(tmp):
@@ -410,7 +555,7 @@ class NucleiPredictor:
         image = InferredImage(source=path, base=base, name=name, class_map=class_map, overview=overview,
                               overview_step=step, mpp=mpp, streamed=large)
         try:
-            self._nuclei(image, info.get("probabilities"))
+            self._nuclei(image, info.get("probabilities"), separator)
             t2 = time.perf_counter()
             for writer in self.outputs:
                 writer.write(image)
@@ -437,22 +582,42 @@ class NucleiPredictor:
         row["total"] = int(sum(counts.values()))
         if info["skipped_blocks"]:
             row["message"] = f"{info['skipped_blocks']} of {info['blocks']} blocks without tissue skipped"
-        if info["stain_note"]:
-            row["message"] = (row["message"] + "; " if row["message"] else "") + info["stain_note"]
+        for note in (info["stain_note"], plan.note):
+            if note:
+                row["message"] = (row["message"] + "; " if row["message"] else "") + note
         return row
 
-    def _nuclei(self, image: InferredImage, probabilities: np.ndarray | None = None) -> None:
+    def _plan(self, path: str, name: str, file_mpp: float | None) -> ResolutionPlan:
+        """The image's :class:`~monai_nasscam.inference.resolution.ResolutionPlan` (its file's resolution, else the
+        ``mpp`` setting), logged -- a warning naming the file when the resolution is unknown -- and recorded for
+        ``summary.json``."""
+        if self.train_mpp is None:
+            self.train_mpp, self.train_mpp_source = train_resolution(
+                run_dir_of(self.ckpt_path) if self.ckpt_path is not None else None, self.train_mpp_setting)
+        mpp, source = (file_mpp, "file") if file_mpp else (self.mpp, "setting")
+        roi = [int(r) for r in np.broadcast_to(np.asarray(self.inferer.roi_size), (2,))]
+        plan = plan_resolution(mpp, source, self.train_mpp, roi, self.mpp_tolerance)
+        if plan.source == "unknown":
+            logger.warning("%s: %s; pass --mpp (microns per pixel) if it is not %g", path, plan.note, self.train_mpp)
+        elif plan.rescaled:
+            logger.info("%s: %s", path, plan.note)
+        self.resolutions[name] = plan.to_dict()
+        return plan
+
+    def _nuclei(
+        self, image: InferredImage, probabilities: np.ndarray | None = None, separator: InstanceSeparator | None = None
+    ) -> None:
         """Find the nuclei of ``image.class_map`` (split by the instance separation; those it drops and those under
         ``min_area`` are removed from it), measure them (``probabilities``: the quantised ``(C, H, W)`` class
         probabilities), count them into ``image.counts`` / ``image.areas`` and stream them to the writers that take
-        them."""
+        them. ``separator``: the instance separation for this image (default: the predictor's)."""
         counts = {c: 0 for c in range(1, len(CLASS_NAMES) + 1)}
         areas = dict(counts)
         for writer in self.outputs:
             writer.begin(image)
         streams = [w for w in self.outputs if w.streams_nuclei]
         nuclei = iter_nuclei(image.class_map, outlines=bool(streams), tolerance=self.polygon_tolerance,
-                             min_area=self.min_area, separator=self.separator,
+                             min_area=self.min_area, separator=separator or self.separator,
                              probabilities=probabilities if streams else None, mpp=image.mpp)
         for nucleus in nuclei:
             counts[nucleus.class_id] += 1

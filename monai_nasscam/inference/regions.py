@@ -2,7 +2,7 @@
 
 The readers live in :mod:`monai_nasscam.data.slide`, the one pixel-reading path that ``nasscam prepare`` uses too,
 so training and inference see the same pixels: :class:`OpenSlideRegionReader` (Aperio ``.svs`` and other
-whole-slide formats OpenSlide recognises), :class:`TiffRegionReader` (every other TIFF, with ``tifffile``: only the
+whole-slide formats OpenSlide recognises: NDPI, MRXS, SCN, BIF ...), :class:`TiffRegionReader` (every other TIFF, with ``tifffile``: only the
 segments a rectangle touches are decoded, with a small cache, which is what makes whole-slide inference fit in a few
 GB) and :class:`ArrayRegionReader` (an image decoded whole: PNG, JPEG, small TIFF). :func:`open_region_reader` picks
 one.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 from monai_nasscam.data.slide import (
+    OPENSLIDE_SUFFIXES,
     TIFF_SUFFIXES,
     ArrayRegionReader,
     OpenSlideRegionReader,
@@ -27,11 +28,12 @@ __all__ = [
     "OpenSlideRegionReader",
     "open_region_reader",
     "TIFF_SUFFIXES",
+    "OPENSLIDE_SUFFIXES",
     "IMAGE_SUFFIXES",
 ]
 
-#: file types the inference workflow picks up from a folder.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp") + TIFF_SUFFIXES
+#: file types the inference workflow picks up from a folder (OME-TIFF ``.ome.tif`` / ``.ome.tiff`` among the TIFFs).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp") + TIFF_SUFFIXES + OPENSLIDE_SUFFIXES
 
 
 def open_region_reader(
@@ -40,7 +42,8 @@ def open_region_reader(
     """Open an image for region reading (:func:`monai_nasscam.data.slide.open_image`).
 
     Args:
-        path: PNG / JPEG / BMP / TIFF / SVS file.
+        path: PNG / JPEG / BMP / TIFF / SVS / OME-TIFF file, or a whole-slide file OpenSlide reads (``.ndpi``,
+            ``.mrxs`` ...).
         tiled: ``"auto"``: TIFF / SVS files larger than ``max_whole_pixels`` are read region by region, anything
             else is decoded whole; ``True``: every TIFF / SVS region by region; ``False``: always decode whole.
         max_whole_pixels: size above which a TIFF is read region by region in ``"auto"`` mode.
