@@ -10,7 +10,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 
+from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.inference import ArrayRegionReader, predict_class_map
+from monai_nasscam.inference.outputs import LEGEND_FONT_RANGE, _legend_strip, write_overlay
 
 CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "inference.yaml"
 ROI, OVERLAP = 32, 0.5
@@ -98,3 +100,51 @@ def test_inference_bundle_blends_gaussian_by_default_and_constant_on_request() -
     parser.parse()
     inferer = parser.get_parsed_content("inferer", instantiate=True)
     assert str(getattr(inferer.mode, "value", inferer.mode)) == "constant"
+
+
+# ------------------------------------------------------------------------------------------------------ overlay
+@pytest.mark.parametrize("width", [64, 300, 1000])
+def test_overlay_title_and_legend_fit_at_any_width(width: int, tmp_path: Path) -> None:
+    """The title (a long file name, wrapped inside the word where it must) and the four class names with their
+    counts are drawn whole inside the legend strip, whose ink lies inside the picture with a margin; the image is
+    kept pixel for pixel and centred when the strip is wider than it."""
+    from PIL import Image
+
+    title = "TCGA-V6-7335-01Z-00-DX2_001 -- nuclei per class"
+    counts = {1: 30, 2: 1234, 3: 0, 4: 7}
+    boxes: list = []
+    strip = _legend_strip(width, counts, title, boxes)
+    sh, sw = strip.shape[:2]
+    assert sw >= width
+    texts = [t for t, _ in boxes]
+    for cid, name in enumerate(CLASS_NAMES, start=1):
+        assert f"{name}: {counts[cid]}" in texts
+    assert "".join(texts[: len(texts) - len(CLASS_NAMES)]).replace(" ", "") == title.replace(" ", "")  # whole title
+    for text, (x0, y0, x1, y1) in boxes:  # matplotlib's extents of every drawn text, inside the strip
+        assert 2 <= x0 and x1 <= sw - 2 and 0 <= y0 and y1 <= sh, (width, text, (x0, y0, x1, y1), (sw, sh))
+
+    h = max(16, width // 2)
+    image = np.full((h, width, 3), 200, np.uint8)
+    class_map = np.zeros((h, width), np.uint8)
+    class_map[h // 4 : h // 2, width // 4 : width // 2] = 2
+    write_overlay(str(tmp_path / "o.png"), image, class_map, counts, title="TCGA-V6-7335-01Z-00-DX2_001")
+    picture = np.asarray(Image.open(tmp_path / "o.png").convert("RGB"))
+    assert picture.shape[1] == sw and picture.shape[0] > h
+    left = (sw - width) // 2
+    np.testing.assert_array_equal(picture[:h, left : left + width][class_map == 0], image[class_map == 0])
+    assert (picture[:h, :left] == 255).all() and (picture[:h, left + width :] == 255).all()  # centred on white
+    ink = np.argwhere((picture[h:] < 250).any(axis=-1))
+    margin = 3
+    assert ink[:, 1].min() >= margin and ink[:, 1].max() < sw - margin
+    assert ink[:, 0].min() >= margin and ink[:, 0].max() < picture.shape[0] - h - margin
+
+
+def test_overlay_font_size_stays_in_a_readable_range() -> None:
+    """The legend's text height grows with the image but stays between LEGEND_FONT_RANGE (8-36 pt at 100 dpi)."""
+    heights = {}
+    for width in (64, 1000, 4096):
+        boxes: list = []
+        _legend_strip(width, {}, "x", boxes)
+        heights[width] = max(y1 - y0 for t, (x0, y0, x1, y1) in boxes if t.startswith("Epithelial"))
+    lo, hi = LEGEND_FONT_RANGE
+    assert lo * 100 / 72 * 0.8 <= heights[64] < heights[1000] < heights[4096] <= hi * 100 / 72 * 1.5
