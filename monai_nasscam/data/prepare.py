@@ -3,7 +3,8 @@
 Output (``PREP``, see docs/data.md §2)::
 
     PREP/datalist.json      decathlon-style: "labels", "training", "validation", "test"
-    PREP/manifest.json      counts per split and class, the settings, the fitted stain reference, skipped files
+    PREP/manifest.json      counts per split and class, the settings, the fitted stain reference, skipped files,
+                            the source images' resolution (``resolution``: median microns per pixel, range, count)
     PREP/images/NAME.png    RGB, stain-normalised
     PREP/labels/NAME.png    uint8 class map 0-4 (0 on fully transparent pixels: nothing scanned there)
     PREP/instances/NAME.tif int32 instance map (one id per nucleus)
@@ -29,7 +30,7 @@ from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
 from .errors import DataError
 from .imagescope import read_imagescope_xml
 from .monusac import MoNuSACCase, load_case, scan_monusac
-from .slide import read_rgb
+from .slide import read_mpp, read_rgb
 from .split import SPLITS, make_split
 from .stain import IdentityNormalizer, create_stain_normalizer, tissue_fraction
 
@@ -93,6 +94,21 @@ def _process_case(case: MoNuSACCase, tmp: str, normalizer: Any, remap: dict[int,
         "region_notes": region_notes,
         "stain_note": stain_note,
         "transparent_note": transparent_note,
+        # the source image's resolution (its file's metadata, else the XML's MicronsPerPixel)
+        "mpp": read_mpp(case.image) or annotations.microns_per_pixel,
+    }
+
+
+def _resolution(records: list[dict]) -> dict[str, Any]:
+    """The source images' resolution for the manifest: ``mpp`` (median microns per pixel, ``None`` when no image
+    records one), ``min``, ``max``, and how many images record one (``known``) or not (``unknown``)."""
+    values = [float(r["mpp"]) for r in records if r.get("mpp")]
+    return {
+        "mpp": round(float(np.median(values)), 6) if values else None,
+        "min": round(min(values), 6) if values else None,
+        "max": round(max(values), 6) if values else None,
+        "known": len(values),
+        "unknown": len(records) - len(values),
     }
 
 
@@ -300,6 +316,7 @@ def prepare_dataset(
                 "tif_bgr": bool(tif_bgr),
             },
             "counts": _summary(records, split_of, mapping),
+            "resolution": _resolution(records),
             "skipped": [{"file": e.path, "problem": e.problem} for e in skipped],
             "skipped_regions": {r["entry"]["name"]: r["skipped_regions"] for r in records if r["skipped_regions"]},
             "notes": [{"name": r["entry"]["name"], "note": n} for r in records for n in r["notes"]],

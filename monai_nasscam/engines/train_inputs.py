@@ -132,18 +132,31 @@ def record_run_inputs(
     attention: str | None = None,
     features: Sequence[int] | None = None,
     dropout: float | None = None,
+    train_mpp: Any = None,
 ) -> bool:
     """Keep what inference needs beside the model, so that ``inference.yaml`` needs only ``--ckpt_path``.
 
     Writes ``RUN/stain.json`` (the stain reference of ``PREP/manifest.json``; ``{"method": "none"}`` when the
     dataset has no manifest), for a derived network ``RUN/genotype.json`` unless that file exists already
     (a search into the same folder wrote it; it is never replaced), and ``RUN/network.json``, the network trained:
-    ``{"attention": ..., "genotype": "genotype.json" | an absolute path | null, "features": [...], "dropout": ...}``
+    ``{"attention": ..., "genotype": "genotype.json" | an absolute path | null, "features": [...], "dropout": ...,
+    "mpp": ..., "mpp_source": ...}``
     (the network choice of :func:`~monai_nasscam.networks.run_folder.resolve_network_choice` for ``attention``, ``genotype_path`` and ``output_dir``,
     as it is before this call). A genotype whose search did not converge is named in one warning
     (:func:`~monai_nasscam.networks.run_folder.warn_unconverged_genotype`). Atomic writes, by rank 0 only (``rank``: this process's, default
     ``ignite.distributed.get_rank()``: the process group's rank, 0 without one).
+
+    ``mpp`` is the resolution trained at, in microns per pixel, which inference rescales images to
+    (:mod:`monai_nasscam.inference.resolution`): ``train_mpp`` when given, else the median resolution of the prepared
+    dataset's source images (``PREP/manifest.json``'s ``resolution``), else the documented default for MoNuSAC-like
+    data, :data:`~monai_nasscam.inference.resolution.DEFAULT_TRAIN_MPP` (0.25); ``mpp_source`` says which.
+
+    Raises:
+        ValueError: ``train_mpp`` is not a positive number.
     """
+    from monai_nasscam.inference.resolution import DEFAULT_TRAIN_MPP, check_mpp, dataset_resolution
+
+    mpp = check_mpp(train_mpp, "train_mpp")
     if rank is None:
         rank = idist.get_rank()
     if rank != 0:
@@ -178,6 +191,16 @@ def record_run_inputs(
         record["features"] = [int(f) for f in features]
     if dropout is not None:
         record["dropout"] = float(dropout)
+    if mpp is not None:
+        record["mpp"], record["mpp_source"] = mpp, "train_mpp setting"
+    elif dataset_resolution(dataset_dir) is not None:
+        res = json.loads(manifest.read_text())["resolution"]
+        record["mpp"] = dataset_resolution(dataset_dir)
+        record["mpp_source"] = (f"dataset: median of {res.get('known')} source images "
+                                f"({res.get('min')}-{res.get('max')} um/px) in {manifest}")
+    else:
+        record["mpp"] = DEFAULT_TRAIN_MPP
+        record["mpp_source"] = f"assumed: the MoNuSAC 40x default ({manifest} records no resolution)"
     atomic_write_text(out / NETWORK_RECORD_NAME, json.dumps(record, indent=1) + "\n")
     return True
 
