@@ -122,6 +122,9 @@ def test_bundle_end_to_end_from_another_directory(run_dir: Path, images: Path, t
         "--dataset_dir", str(run_dir / "prep"),  # stain: auto -> PREP/manifest.json
         "--features", json.dumps(FEATURES), "--roi_size", json.dumps([ROI, ROI]), "--batch_size", "4",
         "--optimize", "eager", "--progress", "false", "--num_workers", "1", "--num_threads", "1",
+        # the random stand-in network's few blobs pass the threshold near window borders, where the plain average
+        # keeps them and the default Gaussian blending (tests/test_overlay_blending.py) weighs them down
+        "--sw_mode", "constant",
     ]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
@@ -158,7 +161,7 @@ def test_bundle_end_to_end_from_another_directory(run_dir: Path, images: Path, t
         np.testing.assert_array_equal(nifti[..., 0, 0].T, class_map)  # (x, y, 1, 1)
 
         overlay = Image.open(folder / f"{name}_overlay.png")
-        assert overlay.mode in ("RGB", "RGBA") and min(overlay.size) >= 200
+        assert overlay.mode in ("RGB", "RGBA") and overlay.size[0] >= shape[1] and overlay.size[1] > shape[0]
 
         geo = json.loads((folder / f"{name}_nuclei.geojson").read_text())
         assert geo["type"] == "FeatureCollection" and len(geo["features"]) == sum(expected.values())
