@@ -89,8 +89,8 @@ def test_two_touching_discs_give_two_nuclei_with_centroid_and_probability(touchi
     assert summary["nuclei"]["Epithelial"] == 2 and summary["total_nuclei"] == 2
     assert "watershed" in summary["settings"]["instance_separation"]
     assert sorted(p.name for p in (out / "pair").iterdir()) == [
-        "pair_classmap.png", "pair_nuclei.csv", "pair_nuclei.geojson", "pair_overlay.png"
-    ]
+        "pair_classmap.png", "pair_complete.json", "pair_nuclei.csv", "pair_nuclei.geojson", "pair_overlay.png"
+    ]  # pair_complete.json: the completion marker, written last (resume)
     features, rows = _outputs(out, "pair")
     assert len(features) == len(rows) == 2
     # QuPath 0.5 / 0.6: objectType, classification {name, color [r, g, b]}, measurements a flat map name -> number

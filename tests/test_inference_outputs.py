@@ -75,7 +75,8 @@ def test_a_new_writer_is_one_class_and_one_list_entry(images, tmp_path):
     summary = _predict(images, out, outputs=[ClassMapPNGWriter(), CentroidsCSVWriter()])
     assert summary["nuclei"]["Epithelial"] == 2 and summary["total_nuclei"] == 2
     # only the listed per-image files (and the run's tables)
-    assert sorted(p.name for p in (out / "tile").iterdir()) == ["tile_centroids.csv", "tile_classmap.png"]
+    assert sorted(p.name for p in (out / "tile").iterdir()) == [  # and the completion marker, written last
+        "tile_centroids.csv", "tile_classmap.png", "tile_complete.json"]
     class_map = np.asarray(Image.open(out / "tile" / "tile_classmap.png"))
     expected = np.zeros((64, 64), np.uint8)
     for (r0, r1), (c0, c1) in SQUARES:
@@ -93,8 +94,8 @@ def test_default_writers_are_the_five_files_and_a_failing_writer_leaves_no_parti
     out = tmp_path / "default"
     _predict(images, out)
     assert sorted(p.name for p in (out / "tile").iterdir()) == [
-        "tile_classmap.png", "tile_nuclei.csv", "tile_nuclei.geojson", "tile_overlay.png"  # no saver: no NIfTI
-    ]
+        "tile_classmap.png", "tile_complete.json", "tile_nuclei.csv", "tile_nuclei.geojson", "tile_overlay.png"
+    ]  # no saver: no NIfTI
     assert len(json.loads((out / "tile" / "tile_nuclei.geojson").read_text())["features"]) == 2
 
     broken = tmp_path / "broken"

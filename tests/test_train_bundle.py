@@ -476,6 +476,7 @@ def test_the_run_records_its_network_so_export_and_inference_need_no_network_set
     from monai_nasscam.networks.run_folder import build_network, describe_network
 
     record = json.loads((trained_unet / "network.json").read_text())
+    assert record.pop("mpp") == 0.2521 and record.pop("mpp_source").startswith("dataset: median of")  # synthetic 40x
     assert record == {"attention": "unet", "genotype": None, "features": FEATURES, "dropout": 0.2}
     net = build_network(output_dir=trained_unet, features=None)  # no network setting at all
     net.load_state_dict(torch.load(trained_unet / "models" / "model.pt", weights_only=True))  # strict: same network
@@ -508,12 +509,14 @@ def test_network_record_points_at_the_trained_genotype(prepared, tmp_path):
     run = tmp_path / "run"
     _nas_genotype(run / "genotype.json")  # a search wrote RUN/genotype.json
     assert record_run_inputs(prepared, run, None, features=FEATURES)  # trained on the search's genotype
-    assert json.loads((run / "network.json").read_text()) == {
-        "attention": "nas-scam-p", "genotype": "genotype.json", "features": FEATURES}
+    recorded = json.loads((run / "network.json").read_text())
+    assert recorded.pop("mpp") == 0.2521 and recorded.pop("mpp_source").startswith("dataset: median of")
+    assert recorded == {"attention": "nas-scam-p", "genotype": "genotype.json", "features": FEATURES}
     other = _nas_genotype(tmp_path / "other.json", attention="nas-scam-s")
     with pytest.warns(UserWarning, match="differs from the trained genotype"):
         record_run_inputs(prepared, run, other, features=FEATURES, dropout=0.1)  # another one, into the same folder
     record = json.loads((run / "network.json").read_text())
+    assert record.pop("mpp") == 0.2521 and record.pop("mpp_source").startswith("dataset: median of")
     assert record == {"attention": "nas-scam-s", "genotype": str(Path(other).resolve()), "features": FEATURES,
                       "dropout": 0.1}
     attention, _, path = resolve_network_choice(None, None, run)  # what evaluation and inference then build
