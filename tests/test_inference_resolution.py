@@ -213,3 +213,19 @@ def test_training_records_its_resolution_and_inference_reads_it(tmp_path):
     assert train_resolution(run)[0] == 0.5 and train_resolution(run, 0.25) == (0.25, "train_mpp setting")
     with pytest.raises(Exception, match="train_mpp"):
         record_run_inputs(prep, run, attention="unet", rank=0, train_mpp="x")
+
+
+def test_rescaled_slide_block_by_block_equals_whole_image(tmp_path):
+    """The block-wise path of a slide (forced tiling, small blocks) gives the class map of the one-piece inference
+    when the windows are rescaled: the blocks follow the image-pixel window grid."""
+    image = np.concatenate([np.concatenate([_image()] * 3, axis=1)] * 2, axis=0)  # 128 x 192
+    src = tmp_path / "in"
+    src.mkdir()
+    write_svs(str(src / "big20x.svs"), image, mpp=0.5, tile=64)
+    maps = []
+    for name, settings in (("whole", {"tiled": False}), ("blocks", {"tiled": True, "block_size": 64})):
+        summary = _predict(src, tmp_path / name, train_mpp=0.25, **settings)
+        assert summary["settings"]["resolution"]["rescaled"] == ["big20x"]
+        maps.append(np.asarray(Image.open(tmp_path / name / "big20x" / "big20x_classmap.png")))
+    np.testing.assert_array_equal(maps[0], maps[1])
+    assert maps[0].any() and summary["total_nuclei"] == 12  # the big and the middle disc of each of the 6 copies
