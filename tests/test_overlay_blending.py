@@ -148,3 +148,19 @@ def test_overlay_font_size_stays_in_a_readable_range() -> None:
         heights[width] = max(y1 - y0 for t, (x0, y0, x1, y1) in boxes if t.startswith("Epithelial"))
     lo, hi = LEGEND_FONT_RANGE
     assert lo * 100 / 72 * 0.8 <= heights[64] < heights[1000] < heights[4096] <= hi * 100 / 72 * 1.5
+
+
+@pytest.mark.parametrize(
+    "setting, message", [({"sw_mode": "gauss"}, "sw_mode (blending"), ({"sigma_scale": -1}, "sw_sigma_scale")]
+)
+def test_bad_blending_settings_are_named(setting: dict, message: str, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from monai_nasscam.inference import check_inference_inputs
+
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    common = dict(attention="unet", stain="none", roi_size=(ROI, ROI))
+    assert check_inference_inputs(tmp_path, tmp_path / "model.pt", sw_mode="constant", sigma_scale=0.125, **common)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        check_inference_inputs(tmp_path, tmp_path / "model.pt", **setting, **common)

@@ -641,9 +641,12 @@ def check_inference_inputs(
     threshold: float = 0.5,
     block_size: int = 2048,
     recursive: Any = True,
+    sw_mode: Any = None,
+    sigma_scale: Any = None,
 ) -> bool:
     """Raise a clear error, naming the file or setting at fault, for anything that stops inference before the first
-    image: no input image, no checkpoint, a missing or mismatched genotype, no stain reference, bad settings.
+    image: no input image, no checkpoint, a missing or mismatched genotype, no stain reference, bad settings
+    (``sw_mode`` / ``sigma_scale``: the window blending, checked when given).
     (A checkpoint of another architecture is reported when the weights are loaded, naming the file.)"""
     from monai_nasscam.networks.run_folder import resolve_network_choice
     from monai_nasscam.inference.tiling import window_geometry
@@ -663,4 +666,8 @@ def check_inference_inputs(
         raise ValueError(f"threshold must lie in (0, 1), got {threshold}.")
     if int(block_size) < 256:
         raise ValueError(f"block_size must be >= 256, got {block_size}.")
+    if sw_mode is not None and str(getattr(sw_mode, "value", sw_mode)) not in ("gaussian", "constant"):
+        raise ValueError(f"sw_mode (blending of overlapping windows) must be gaussian or constant, got {sw_mode!r}.")
+    if sigma_scale is not None and not all(float(v) > 0 for v in np.atleast_1d(np.asarray(sigma_scale, dtype=float))):
+        raise ValueError(f"sw_sigma_scale (the Gaussian's sigma / roi_size) must be > 0, got {sigma_scale!r}.")
     return True
