@@ -107,6 +107,8 @@ def test_prepare_contract(raw, tmp_path):
     assert sum(manifest["counts"][s]["images"] for s in SPLITS) == 9
     assert set(manifest["counts"]["training"]["nuclei"]) == {"Epithelial", "Lymphocyte", "Neutrophil", "Macrophage"}
     assert manifest["settings"]["stain"]["method"] == "macenko" and manifest["settings"]["stain"]["reference_images"]
+    # the source images' resolution (the synthetic SVS record MPP = 0.2521), which training records for inference
+    assert manifest["resolution"] == {"mpp": 0.2521, "min": 0.2521, "max": 0.2521, "known": 9, "unknown": 0}
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")], "temporary folder left behind"
 
 
