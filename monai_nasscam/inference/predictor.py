@@ -344,6 +344,7 @@ class NucleiPredictor:
         root = self.input_dir if os.path.isdir(self.input_dir) else os.path.dirname(self.input_dir)
         self.rows = []
         self.skipped = []
+        self.resolutions = {}
         for i, path in enumerate(images, start=1):
             rel = os.path.relpath(path, root)
             start = time.perf_counter()
