@@ -17,6 +17,7 @@ from PIL import Image
 
 from monai_nasscam.data.slide import OpenSlideRegionReader, TiffRegionReader, open_image, openslide_format, read_mpp
 from monai_nasscam.inference import NucleiPredictor
+from monai_nasscam.inference.outputs import ClassMapPNGWriter, NucleiCSVWriter
 from monai_nasscam.inference.predictor import COMPLETE_SUFFIX, find_images
 
 
@@ -147,3 +148,30 @@ def test_rerun_skips_complete_images_redoes_incomplete_ones_and_overwrite_redoes
     # other settings make the outputs stale: redone
     fifth = _run(src, out, threshold=0.6)
     assert fifth["settings"]["resume"]["skipped_complete"] == []
+
+
+class _Interrupt(ClassMapPNGWriter):
+    """Writes the class map, then, with ``stop``, stops the run (Ctrl-C) at image ``b``."""
+
+    def __init__(self, stop: bool) -> None:
+        self.stop = stop
+
+    def write(self, image) -> None:
+        super().write(image)
+        if self.stop and image.name == "b":
+            raise KeyboardInterrupt
+
+
+def test_an_interrupted_batch_resumes_where_it_stopped(tmp_path, caplog):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src)
+    with pytest.raises(KeyboardInterrupt):
+        _run(src, out, outputs=[_Interrupt(stop=True), NucleiCSVWriter()])
+    assert (out / "a" / f"a{COMPLETE_SUFFIX}").is_file()  # finished before the interruption
+    assert not (out / "b" / f"b{COMPLETE_SUFFIX}").exists()  # its class map was written, its CSV was not
+    a_files = _mtimes(out / "a")
+    with caplog.at_level(logging.INFO, logger="monai_nasscam.inference"):
+        summary = _run(src, out, outputs=[_Interrupt(stop=False), NucleiCSVWriter()])
+    assert summary["settings"]["resume"]["skipped_complete"] == ["a.png"] and summary["succeeded"] == 2
+    assert _mtimes(out / "a") == a_files and (out / "b" / "b_nuclei.csv").is_file()
+    assert any(r.getMessage().endswith("a.png: skipped (complete)") for r in caplog.records)
