@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from monai_nasscam.data.classes import CLASS_NAMES
+from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.attentions import get_attention
 from monai_nasscam.workflow import BUNDLE_DIR, run_workflow
 
@@ -151,6 +152,7 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     paths = {
         "genotype": genotype,
         "alpha heatmap": out / "search" / "alpha_heatmap.png",
+        "heatmap of the genotype's alphas, with the search verdict": out / "search" / "genotype_heatmap.png",
         "alpha heatmaps per epoch": out / "search" / "alpha",
         "overlays": overlays,
         "metrics": [out / m / "metrics.json" for m in MODELS],
@@ -160,7 +162,7 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     report = ["# NAS-SCAM demo", "", f"Pooled per-class Dice and mean PQ on the test split ({out / 'prepared'}).", "", table, ""]
     for name, value in paths.items():
         report += [f"- {name}:", *(f"  - {v}" for v in value)] if isinstance(value, list) else [f"- {name}: {value}"]
-    (out / "report.md").write_text("\n".join(report) + "\n")
+    atomic_write_text(out / "report.md", "\n".join(report) + "\n")
     print(table)
     for name, value in paths.items():
         if isinstance(value, list):

@@ -1,4 +1,5 @@
 import json
+import os
 
 from monai_nasscam.demo import load_budgets, main
 from monai_nasscam.workflow import BUNDLE_DIR
@@ -28,6 +29,10 @@ def test_demo_end_to_end_and_cached(tmp_path, capsys):
         assert f"{metrics['dice']['mean']:.4f}" in row[0]  # the table shows metrics.json's figures
     assert json.loads((out / "search" / "genotype.json").read_text())["format"] == "nasscam-genotype"
     assert (out / "search" / "alpha_heatmap.png").is_file()
+    listed = [line.split(": ", 1)[-1].lstrip("- ") for line in (out / "report.md").read_text().splitlines() if line.startswith(("- ", "  - "))]
+    listed = [p for p in listed if p.startswith("/")]
+    assert str(out / "search" / "genotype_heatmap.png") in listed
+    assert all(os.path.exists(p) for p in listed), [p for p in listed if not os.path.exists(p)]
     assert list((out / "inference").rglob("*_overlay.png"))
     assert (out / "report.md").read_text().count("|") > 10
 
