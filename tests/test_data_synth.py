@@ -53,6 +53,18 @@ def test_svs_is_a_whole_slide_tiff(synth_dir):
     assert np.abs(np.moveaxis(np.asarray(arr), 0, -1).astype(int) - tif_img).mean() < 6
 
 
+def test_every_file_of_a_tile_records_the_same_resolution(synth_dir):
+    """.tif (TIFF resolution tags), .svs (Aperio MPP) and .xml (MicronsPerPixel) all say 0.2521 µm/px."""
+    from monai_nasscam.data.slide import tiff_mpp
+    from monai_nasscam.data.synth import SYNTH_MPP
+
+    tif = sorted(synth_dir.glob("*/*.tif"))[0]
+    for path in (tif, tif.with_suffix(".svs")):
+        with tifffile.TiffFile(path) as f:
+            assert tiff_mpp(f, f.pages[0]) == pytest.approx(SYNTH_MPP, rel=1e-6), path
+    assert read_imagescope_xml(tif.with_suffix(".xml")).microns_per_pixel == pytest.approx(SYNTH_MPP)
+
+
 def test_deterministic_per_seed(synth_dir, tmp_path):
     again = tmp_path / "again"
     cli_main(["synth", str(again), "--images", "6", "--patients", "3", "--seed", "11", "--svs", "--min-size", "64", "--max-size", "300"])

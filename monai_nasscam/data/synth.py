@@ -37,6 +37,8 @@ __all__ = [
     "generate_dataset",
 ]
 
+#: microns per pixel of the synthetic tiles (MoNuSAC's 40x scans: 0.2521), written into every file they come in
+SYNTH_MPP = 0.2521
 #: nuclei per class in the MoNuSAC 2020 training release (Epithelial, Lymphocyte, Neutrophil, Macrophage)
 MONUSAC_CLASS_FREQUENCIES = {"Epithelial": 14539, "Lymphocyte": 15654, "Neutrophil": 631, "Macrophage": 587}
 _H_REF = np.array([0.5626, 0.7201, 0.4062])
@@ -230,7 +232,7 @@ def synth_tile(
     return SynthTile(image=image, layers=layers, masks=masks, counts={n: len(polygons[n]) for n in CLASS_NAMES})
 
 
-def write_svs(path: str, image: np.ndarray, mpp: float = 0.2521, tile: int = 256) -> None:
+def write_svs(path: str, image: np.ndarray, mpp: float = SYNTH_MPP, tile: int = 256) -> None:
     """Write an Aperio-style whole-slide TIFF: tiled JPEG baseline, a thumbnail, and reduced levels.
 
     The file is recognised as SVS by ``tifffile`` (``series[0]`` is the pyramid, level 0 full resolution).
@@ -359,10 +361,12 @@ def generate_dataset(
         for patient, stem, tile in tqdm(tiles, total=n_images, desc="synth", unit="tile", disable=not progress, leave=False):
             folder = os.path.join(tmp, patient)
             os.makedirs(folder, exist_ok=True)
-            tifffile.imwrite(os.path.join(folder, stem + ".tif"), tile.image, photometric="rgb", compression="zlib")
+            # the resolution in the TIFF tags too (pixels per cm), as a scanner's export carries it
+            tifffile.imwrite(os.path.join(folder, stem + ".tif"), tile.image, photometric="rgb", compression="zlib",
+                             resolution=(1e4 / SYNTH_MPP, 1e4 / SYNTH_MPP), resolutionunit="CENTIMETER")
             if svs:
-                write_svs(os.path.join(folder, stem + ".svs"), tile.image)
-            write_imagescope_xml(os.path.join(folder, stem + ".xml"), tile.layers)
+                write_svs(os.path.join(folder, stem + ".svs"), tile.image, mpp=SYNTH_MPP)
+            write_imagescope_xml(os.path.join(folder, stem + ".xml"), tile.layers, microns_per_pixel=SYNTH_MPP)
             for n, c in tile.counts.items():
                 totals[n] += c
             summary["images"].append(
