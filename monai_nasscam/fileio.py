@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write_text", "default_mode", "staged_dir"]
+__all__ = ["AtomicTextFile", "atomic_path", "atomic_write_text", "default_mode", "staged_dir"]
 
 
 def _umask() -> int:
@@ -55,6 +55,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class AtomicTextFile:
+    """A text file written in pieces over time (a stream of nuclei) that appears at ``path`` only when complete.
+
+    The text goes to a temporary file next to ``path`` (:attr:`file`); :meth:`commit` closes it, gives it ordinary
+    permissions and renames it to ``path``; :meth:`discard` closes and removes it, leaving ``path`` as it was. Both
+    are safe to call more than once. For a file written in one go, :func:`atomic_write_text` or :func:`atomic_path`.
+
+    Args:
+        path: the final file path (its folder must exist).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        suffix = "".join(self.path.suffixes[-1:])
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=f".tmp{suffix}", dir=self.path.parent)
+        self.file = os.fdopen(fd, "w", newline="")
+
+    def commit(self) -> Path:
+        """Close, and rename into place; returns the path."""
+        if not self.file.closed:
+            self.file.close()
+            default_mode(self._tmp)
+            os.replace(self._tmp, self.path)
+        return self.path
+
+    def discard(self) -> None:
+        """Close and remove the temporary file (nothing is written at ``path``)."""
+        if not self.file.closed:
+            self.file.close()
+        Path(self._tmp).unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

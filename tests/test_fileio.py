@@ -36,3 +36,17 @@ def test_atomic_path_keeps_the_old_file_and_leaves_no_temporary_on_error(tmp_pat
 def test_atomic_write_text(tmp_path):
     path = atomic_write_text(tmp_path / "a.json", '{"x": 1}\n')
     assert path.read_text() == '{"x": 1}\n' and len(list(tmp_path.iterdir())) == 1
+
+
+def test_atomic_text_file_appears_only_on_commit(tmp_path):
+    from monai_nasscam.fileio import AtomicTextFile
+
+    out = AtomicTextFile(tmp_path / "n.csv")
+    out.file.write("a,b\n")
+    assert not (tmp_path / "n.csv").exists()
+    assert out.commit().read_text() == "a,b\n" and len(list(tmp_path.iterdir())) == 1
+    aborted = AtomicTextFile(tmp_path / "m.geojson")
+    aborted.file.write("{")
+    aborted.discard()
+    aborted.discard()
+    assert [p.name for p in tmp_path.iterdir()] == ["n.csv"]

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
+from monai_nasscam.fileio import AtomicTextFile
 
 __all__ = ["Nucleus", "iter_nuclei", "count_components", "nucleus_feature", "nucleus_measurements", "GeoJSONWriter"]
 
@@ -351,7 +352,7 @@ def nucleus_feature(
 class GeoJSONWriter:
     """Stream a ``FeatureCollection`` to a file, one feature at a time (a slide may hold 10^5 nuclei).
 
-    Written to ``path + '.tmp'`` and renamed on :meth:`close`, so a crash never leaves a truncated file.
+    Written to a temporary file next to ``path`` and renamed on :meth:`close` (:class:`~monai_nasscam.fileio.AtomicTextFile`), so a crash never leaves a truncated file.
     """
 
     def __init__(self, path: str | os.PathLike, object_type: str = "detection") -> None:
@@ -359,8 +360,8 @@ class GeoJSONWriter:
             raise ValueError(f"object_type must be 'detection' or 'annotation', got {object_type!r}.")
         self.path = os.fspath(path)
         self.object_type = object_type
-        self._tmp = self.path + ".tmp"
-        self._f = open(self._tmp, "w")
+        self._out = AtomicTextFile(self.path)
+        self._f = self._out.file
         self._f.write('{"type": "FeatureCollection", "features": [\n')
         self.count = 0
 
@@ -376,11 +377,7 @@ class GeoJSONWriter:
         if self._f.closed:
             return
         self._f.write("\n]}\n")
-        self._f.close()
-        os.replace(self._tmp, self.path)
+        self._out.commit()
 
     def abort(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-        if os.path.exists(self._tmp):
-            os.remove(self._tmp)
+        self._out.discard()

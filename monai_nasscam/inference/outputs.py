@@ -27,8 +27,6 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +36,7 @@ import numpy as np
 
 from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
 from monai_nasscam.errors import InputError
-from monai_nasscam.fileio import atomic_path, atomic_write_text, default_mode
+from monai_nasscam.fileio import AtomicTextFile, atomic_path, atomic_write_text
 from monai_nasscam.inference.nuclei import GeoJSONWriter, Nucleus
 
 __all__ = [
@@ -426,16 +424,12 @@ class NucleiCSVWriter(OutputWriter):
 
     def __init__(self, decimals: int = 4) -> None:
         self.decimals = int(decimals)
-        self._file: Any = None
-        self._tmp: str | None = None
+        self._file: AtomicTextFile | None = None
         self._writer: Any = None
 
     def begin(self, image: InferredImage) -> None:
-        path = image.base + "_nuclei.csv"
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.csv",
-                                         dir=os.path.dirname(path))
-        self._file = os.fdopen(fd, "w", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=NUCLEI_CSV_FIELDS)
+        self._file = AtomicTextFile(image.base + "_nuclei.csv")
+        self._writer = csv.DictWriter(self._file.file, fieldnames=NUCLEI_CSV_FIELDS)
         self._writer.writeheader()
 
     def add_nucleus(self, nucleus: Nucleus) -> None:
@@ -452,17 +446,13 @@ class NucleiCSVWriter(OutputWriter):
         self._writer.writerow(row)
 
     def write(self, image: InferredImage) -> None:
-        self._file.close()
-        default_mode(self._tmp)  # type: ignore[arg-type]
-        os.replace(self._tmp, image.base + "_nuclei.csv")  # type: ignore[arg-type]
-        self._file = self._tmp = self._writer = None
+        self._file.commit()  # type: ignore[union-attr]
+        self._file = self._writer = None
 
     def abort(self) -> None:
-        if self._file is not None and not self._file.closed:
-            self._file.close()
-        if self._tmp is not None and os.path.exists(self._tmp):
-            os.remove(self._tmp)
-        self._file = self._tmp = self._writer = None
+        if self._file is not None:
+            self._file.discard()
+        self._file = self._writer = None
 
 
 class ClassMapPNGWriter(OutputWriter):
