@@ -92,6 +92,7 @@ class NASAttentionCell(nn.Module):
                     edge[name] = op
             self.edges.append(edge)
         self.alpha = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(self.candidates))) if ops is None else None
+        self.temperature = 1.0
         self._plan = self._make_plan()
 
     @property
@@ -130,8 +131,19 @@ class NASAttentionCell(nn.Module):
         return _Group(entries, footprint, 1, footprint // 2)
 
     def op_weights(self) -> torch.Tensor | None:
-        """``softmax(alpha)`` per edge, ``(6, n_candidates)``; ``None`` for a fixed cell."""
+        """``softmax(alpha)`` per edge, ``(6, n_candidates)``; ``None`` for a fixed cell (what genotypes record)."""
         return None if self.alpha is None else self.alpha.softmax(dim=-1)
+
+    def mixture_weights(self) -> torch.Tensor | None:
+        """The weights the forward pass mixes with: ``softmax(alpha / temperature)``, ``(6, n_candidates)``.
+
+        ``temperature`` (a float attribute, 1.0 unless a search anneals it with
+        :class:`monai_nasscam.handlers.AlphaTemperatureScheduler`) sharpens the mixture below 1 and is equal to
+        :meth:`op_weights` at 1; the derived operation, the argmax, does not depend on it.
+        """
+        if self.alpha is None or self.temperature == 1.0:
+            return self.op_weights()
+        return (self.alpha / self.temperature).softmax(dim=-1)
 
     def mixed_edge(self, e: int, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Edge ``e`` as defined: ``sum_o weights[e, o] * act(BN(op_o(x)))`` over its candidates.
@@ -169,7 +181,7 @@ class NASAttentionCell(nn.Module):
         Returns:
             the attention map ``(B, 1, *spatial)`` in (0, 1).
         """
-        weights = self.op_weights()
+        weights = self.mixture_weights()
         nodes = [x]
         for t in range(1, OUTPUT_NODE + 1):
             nodes.append(sum(self.mixed_edge(e, nodes[s], weights) for e, (s, d) in enumerate(EDGES) if d == t))
@@ -179,7 +191,7 @@ class NASAttentionCell(nn.Module):
         """The fused execution of :meth:`reference_forward`: ``(B, in_channels, *spatial)`` -> ``(B, 1, *spatial)``."""
         if x.shape[1] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}).")
-        weights = self.op_weights()
+        weights = self.mixture_weights()
         none_index = self.candidates.index("none")
         acc: list = [None] * (OUTPUT_NODE + 1)
         nodes = [x]
