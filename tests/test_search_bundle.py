@@ -4,6 +4,7 @@ directory on a tiny synthetic dataset, interrupted with SIGINT and resumed with 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -83,6 +84,9 @@ def test_other_bad_overrides(tmp_path, prepared):
         ({"synchronous": "maybe"}, "synchronous must be true or false"),
         ({"resume": "true"}, "nothing to resume"),
         ({"epochs": 2, "warmup_epochs": 3}, "warmup_epochs must lie"),
+        ({"alpha_temperature": [1.0, 0.0]}, "alpha_temperature must be [start, end], two numbers > 0"),
+        ({"alpha_temperature": 0.5}, "alpha_temperature must be [start, end]"),
+        ({"alpha_entropy_weight": -0.1}, "alpha_entropy_weight must be a finite number >= 0"),
     ]:
         with pytest.raises(Exception) as info:
             _run_in_process(tmp_path, dataset_dir=str(prepared), **overrides)
@@ -224,3 +228,25 @@ def test_tune_allocator_keeps_freed_memory(monkeypatch):
     torch.ones(16 << 20)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 1000  # mapped fresh: 16384 page faults
     assert tune_allocator(False)  # glibc's defaults again
+
+
+def test_search_with_the_darts_remedies(tmp_path, prepared, caplog):
+    """Temperature annealing and the entropy penalty through search.yaml: the schedule is logged per epoch, the
+    alpha steps' loss carries the penalty, the genotype records softmax(alpha) at temperature 1."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(SEARCH))
+    parser.update({key: json.loads(value) for key, value in TINY.items()})
+    parser.update({"dataset_dir": str(prepared), "output_dir": str(tmp_path / "run"), "epochs": 2, "warmup_epochs": 0,
+                   "val_interval": 2, "alpha_temperature": [1.0, 0.1], "alpha_entropy_weight": 0.5})
+    arch_loss = parser.get_parsed_content("arch_loss")
+    assert arch_loss.weight == 0.5 and arch_loss.loss is parser.get_parsed_content("loss")
+    trainer = parser.get_parsed_content("train#trainer")
+    assert trainer.arch_loss_function is arch_loss
+    with caplog.at_level(logging.INFO):
+        trainer.run()
+    log = caplog.text
+    assert "epoch 1: alpha softmax temperature 1" in log and "epoch 2: alpha softmax temperature 0.1" in log
+    cells = [m for m in parser.get_parsed_content("network").modules() if getattr(m, "searchable", False)]
+    assert cells and all(c.temperature == pytest.approx(0.1) for c in cells)

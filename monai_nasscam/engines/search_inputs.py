@@ -10,6 +10,7 @@ out of range) gives a clear message here, before a network is built, a batch loa
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,23 @@ __all__ = [
 
 #: file name of the resumable search checkpoint under ``RUN/checkpoints``.
 CHECKPOINT_NAME = "search_checkpoint.pt"
+
+
+@input_check
+def check_alpha_temperature(value: Any) -> tuple[float, float]:
+    """``alpha_temperature`` as ``(start, end)``: two finite numbers > 0 (``[1.0, 1.0]``: plain softmax).
+
+    Raises:
+        ValueError: naming ``alpha_temperature`` and the value given.
+    """
+    ok = isinstance(value, (list, tuple)) and len(value) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in value
+    )
+    if not ok:
+        raise ValueError(
+            f"alpha_temperature must be [start, end], two numbers > 0 (e.g. [1.0, 0.1]; [1.0, 1.0]: no annealing), got {value!r}."
+        )
+    return float(value[0]), float(value[1])
 
 
 @input_check
@@ -221,6 +239,8 @@ def check_search_inputs(
     batch_size: int | None = None,
     schedule: str = "iteration",
     resume_path: str | None = None,
+    alpha_temperature: Any = (1.0, 1.0),
+    alpha_entropy_weight: Any = 0.0,
     **settings: Any,
 ) -> bool:
     """Raise a clear error for anything that would make the search fail later; ``True`` otherwise.
@@ -230,7 +250,8 @@ def check_search_inputs(
     U-Net's 4 poolings), the batch size (whole groups of one crop per class), the dataset (``datalist.json``
     present, training images that can be split into weight and architecture parts, validation images, the first
     image of each part on disk), and the further ``settings`` of :func:`check_run_settings` (device, learning
-    rates, widths, ...); ``resume_path`` is only reported.
+    rates, widths, ...), and the DARTS remedies (``alpha_temperature``: two finite temperatures > 0, start and
+    end; ``alpha_entropy_weight``: a finite number >= 0); ``resume_path`` is only reported.
 
     Raises:
         InputError: naming the setting or the file (``MissingInputError``, also a ``FileNotFoundError``, for a
@@ -244,6 +265,11 @@ def check_search_inputs(
         _int(batch_size, "batch_size", 1)
     check_search_attention(attention)
     as_bool(synchronous, "synchronous")
+    check_alpha_temperature(alpha_temperature)
+    if isinstance(alpha_entropy_weight, bool) or not isinstance(alpha_entropy_weight, (int, float)) or not (
+        math.isfinite(alpha_entropy_weight) and alpha_entropy_weight >= 0
+    ):
+        raise ValueError(f"alpha_entropy_weight must be a finite number >= 0 (0: no penalty), got {alpha_entropy_weight!r}.")
     if schedule not in ("iteration", "epoch"):
         raise ValueError(f"schedule must be 'iteration' (the patent) or 'epoch' (the reference code), got {schedule!r}.")
     if int(epochs) < 1:

@@ -14,9 +14,11 @@ from monai_nasscam.handlers.architecture import (
     search_diagnostics,
 )
 from monai_nasscam.handlers.checkpoint import ResumableCheckpointSaver, SearchInterrupted
+from monai_nasscam.handlers.temperature import AlphaTemperatureScheduler
 
 __all__ = [
     "AlphaHeatmapSaver",
+    "AlphaTemperatureScheduler",
     "AlphaTensorBoardHandler",
     "BestGenotypeSaver",
     "DivergenceGuard",
