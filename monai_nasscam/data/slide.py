@@ -7,7 +7,8 @@ Which reader reads what:
   whole-slide format (Aperio ``.svs`` -- JPEG, JPEG 2000 YCbCr ``33003`` and RGB ``33005`` tiles --, Hamamatsu,
   Leica, Philips, Ventana ...), level 0, through :class:`OpenSlideRegionReader`: ``.svs`` and ``.tif`` files it
   takes as a vendor's, and the :data:`OPENSLIDE_SUFFIXES` (``.ndpi``, ``.vms``, ``.vmu``, ``.mrxs``, ``.scn``,
-  ``.bif``, ``.svslide``). Its resolution is OpenSlide's ``openslide.mpp-x``.
+  ``.bif``, ``.svslide``). Its resolution is OpenSlide's ``openslide.mpp-x`` (a value outside
+  :data:`PLAUSIBLE_MPP` counts as unknown, as for tifffile).
 - **tifffile** (``imagecodecs`` codecs) reads every other TIFF -- plain tiled or stripped TIFFs, MoNuSAC ``.tif``
   copies, ``.svs`` files OpenSlide does not take as Aperio (e.g. written with a second ``ImageDescription`` tag) --
   segment by segment, through :class:`TiffRegionReader`; also a vendor file OpenSlide recognises but cannot open
@@ -349,6 +350,7 @@ class TiffRegionReader:
         self.shape = (int(page.imagelength), int(page.imagewidth))
         self.mpp = self._mpp(page)
         self._decode = page.decode
+        self._jpegheader = getattr(page, "jpegheader", None)
         # position and size of every segment (decode(None, i) returns the geometry without reading data)
         n = len(page.dataoffsets)
         self._seg_pos = np.zeros((n, 3), dtype=np.int64)  # separate-sample plane, row, col
@@ -401,7 +403,9 @@ class TiffRegionReader:
             fh = self._tif.filehandle
             fh.seek(offset)
             raw = fh.read(count)
-        seg, _, _ = self._decode(raw, i, jpegtables=self.page.jpegtables)  # outside the lock: decoders run in parallel
+        # outside the lock: decoders run in parallel; an NDPI level's segments are its restart intervals, decoded
+        # after the JPEG header tifffile keeps for them (``jpegheader``)
+        seg, _, _ = self._decode(raw, i, jpegtables=self.page.jpegtables, jpegheader=self._jpegheader)
         data = None if seg is None else seg[0]  # (rows, cols, samples)
         if data is not None and (self._ycbcr_page or (self._jp2k_ycbcr and _j2k_chroma_subsampled(raw) is False)):
             data = np.concatenate([ycbcr_to_rgb(pixels_to_uint8(data[..., :3])), pixels_to_uint8(data[..., 3:])], -1)
@@ -529,8 +533,8 @@ class OpenSlideRegionReader:
         self.vendor = self._slide.properties.get(openslide.PROPERTY_NAME_VENDOR)
         width, height = self._slide.dimensions
         self.shape: tuple[int, int] = (int(height), int(width))
-        try:
-            self.mpp: float | None = float(self._slide.properties[openslide.PROPERTY_NAME_MPP_X])
+        try:  # outside PLAUSIBLE_MPP (e.g. a 72 dpi default in a file's TIFF resolution tags) counts as unknown
+            self.mpp: float | None = _plausible(float(self._slide.properties[openslide.PROPERTY_NAME_MPP_X]))
         except (KeyError, ValueError):
             self.mpp = None
 
