@@ -146,7 +146,7 @@ def write_ndpi(
     path: str | os.PathLike,
     image: np.ndarray,
     mpp: float | None = 0.5,
-    lens: float = 20.0,
+    lens: float | None = 20.0,
     levels: int = 2,
     quality: int = 95,
     restart_blocks: int = 8,
@@ -159,7 +159,8 @@ def write_ndpi(
             ``8 * restart_blocks * 2**(levels-1)`` (whole restart intervals at every level).
         mpp: microns per pixel of level 0 (written as XResolution = YResolution = 10000 / mpp pixels per cm);
             ``None``: no resolution tags (the file does not say).
-        lens: the source lens (objective magnification).
+        lens: the source lens (objective magnification); ``None``: no source lens tag, which OpenSlide refuses
+            (it tells pyramid levels from the macro image by it).
         levels: pyramid levels.
         quality: JPEG quality.
         restart_blocks: MCUs (8 x 8 px) per restart interval (OpenSlide's tile width / 8).
@@ -193,9 +194,11 @@ def write_ndpi(
             259: (_SHORT, [7]), 262: (_SHORT, [6]), 271: (_ASCII, ["Hamamatsu"]), 273: (_LONG, [offset]),
             277: (_SHORT, [3]), 278: (_LONG, [lh]), 279: (_LONG, [len(jpeg)]),
             530: (_SHORT, [1, 1]),
-            65420: (_LONG, [1]), 65421: (_FLOAT, [lens / 2**k]), 65422: (_SLONG, [0]), 65423: (_SLONG, [0]),
+            65420: (_LONG, [1]), 65422: (_SLONG, [0]), 65423: (_SLONG, [0]),
             65424: (_SLONG, [0]), 65426: (_LONG, _mcu_starts(jpeg)), 65427: (_ASCII, ["test fixture"]),
         }
+        if lens is not None:
+            entries[65421] = (_FLOAT, [lens / 2**k])
         if mpp is not None:  # pixels per cm as a rational with 3 decimals
             per_cm = round(10000.0 / (mpp * 2**k) * 1000)
             entries.update({282: (_RATIONAL, [(per_cm, 1000)]), 283: (_RATIONAL, [(per_cm, 1000)]),
