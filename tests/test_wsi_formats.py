@@ -18,6 +18,7 @@ from monai.inferers import SlidingWindowInferer
 from PIL import Image
 from wsi_fixtures import he_like_image, jpeg_bytes, write_mirax, write_ndpi
 
+from monai_nasscam.data.errors import DataError
 from monai_nasscam.data.slide import (
     ArrayRegionReader,
     OpenSlideRegionReader,
@@ -175,6 +176,28 @@ def test_resolution_outside_the_plausible_range_is_unknown_through_openslide(tmp
         assert reader.mpp is None
     with TiffRegionReader(path) as reader:
         assert reader.mpp is None
+
+
+def test_a_mirax_slide_without_its_data_is_named_as_such(mrxs):
+    """A .mrxs copied without its folder is not "an unreadable image" (PIL's guess before the fix) but a MIRAX slide
+    without its data; a folder missing a file gives OpenSlide's message alone (no tifffile attempt on a non-TIFF)."""
+    path, _ = mrxs
+    folder = path.with_suffix("")
+    (folder / "Index.dat").rename(folder / "Index.dat.bak")
+    with pytest.raises(DataError) as broken:
+        open_image(path)
+    assert str(broken.value) == f"{path}: unreadable image (OpenSlide: OpenSlideError: Couldn't open " \
+                                f"{folder / 'Index.dat'}: No such file or directory)"
+    for child in folder.iterdir():
+        child.unlink()
+    folder.rmdir()
+    with pytest.raises(DataError, match="MIRAX slide without its data folder: expected .*Slidedat.ini"):
+        open_image(path)
+    assert read_mpp(path) is None
+    vms = path.with_name("other.vms")
+    vms.write_bytes(b"not a slide")
+    with pytest.raises(DataError, match=r"OpenSlide does not recognise it as a \.vms whole-slide file"):
+        open_image(vms)
 
 
 # ------------------------------------------------------------------------------------------------ resolution

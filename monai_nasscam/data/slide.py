@@ -596,14 +596,43 @@ def _read_pil(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     return _samples_to_rgb(arr), None
 
 
+def _is_tiff(path: str) -> bool:
+    """Whether the file starts with a TIFF / BigTIFF header."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+
+def _unrecognised(path: str) -> DataError:
+    """The error for a file with a whole-slide suffix that OpenSlide does not take for a slide (or cannot be loaded
+    for): a MIRAX ``.mrxs`` without its data folder is named as such rather than as an unreadable image."""
+    try:
+        import openslide  # noqa: F401
+    except (ImportError, OSError) as e:
+        return DataError(path, f"reading this whole-slide format needs OpenSlide (pip install openslide-python "
+                               f"openslide-bin): {type(e).__name__}: {e}")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix == ".mrxs":
+        folder = os.path.splitext(path)[0]
+        return DataError(path, f"MIRAX slide without its data folder: expected {os.path.join(folder, 'Slidedat.ini')} "
+                               f"(copy the .mrxs file together with the folder of the same name)")
+    return DataError(path, f"OpenSlide does not recognise it as a {suffix} whole-slide file")
+
+
 def _tiff_reader(path: str, swap: bool) -> TiffRegionReader | OpenSlideRegionReader:
-    """OpenSlide for a vendor whole-slide file, tifffile for any other TIFF or when OpenSlide cannot open it."""
+    """OpenSlide for a vendor whole-slide file, tifffile for any other TIFF or when OpenSlide cannot open a TIFF-based
+    one (a MIRAX, VMS ... slide OpenSlide refuses is not a TIFF: its error alone is raised)."""
     vendor = openslide_format(path)
     refused: DataError | None = None
     if vendor is not None:
         try:
             return OpenSlideRegionReader(path, swap_rb=swap)
         except DataError as e:
+            if not _is_tiff(path):
+                raise
             refused = e
             logger.info("%s: OpenSlide (%s) cannot open it (%s); reading it with tifffile", path, vendor, e.problem)
     try:
@@ -633,7 +662,8 @@ def open_image(
         transparent pixels, or ``None``) and ``close()``; the whole image is decoded by the same reader either way.
 
     Raises:
-        DataError: naming the file, when it is missing, empty or cannot be read.
+        DataError: naming the file, when it is missing, empty or cannot be read, or has a whole-slide suffix
+            OpenSlide does not recognise (a ``.mrxs`` without its data folder is named as such).
     """
     path = os.fspath(path)
     low = path.lower()
@@ -642,6 +672,8 @@ def open_image(
         raise DataError(path, "no such file")
     if os.path.getsize(path) == 0:
         raise DataError(path, "unreadable image (0 bytes)")
+    if low.endswith(OPENSLIDE_SUFFIXES) and not low.endswith(_TIFF_LIKE) and openslide_format(path) is None:
+        raise _unrecognised(path)
     if low.endswith(TIFF_SUFFIXES + _TIFF_LIKE) or (
         not low.endswith((".png", ".jpg", ".jpeg", ".bmp")) and openslide_format(path)
     ):
