@@ -11,8 +11,10 @@ Which reader reads what:
   :data:`PLAUSIBLE_MPP` counts as unknown, as for tifffile).
 - **tifffile** (``imagecodecs`` codecs) reads every other TIFF -- plain tiled or stripped TIFFs, MoNuSAC ``.tif``
   copies, ``.svs`` files OpenSlide does not take as Aperio (e.g. written with a second ``ImageDescription`` tag) --
-  segment by segment, through :class:`TiffRegionReader`; also a vendor file OpenSlide recognises but cannot open
-  (e.g. tiles in a compression it lacks), and OME-TIFF (``.ome.tif``: the first series, level 0 of its pyramid).
+  segment by segment, through :class:`TiffRegionReader`; also a TIFF-based vendor file OpenSlide recognises but
+  cannot open (e.g. tiles in a compression it lacks; an NDPI level is decoded restart interval by restart interval,
+  with tifffile's NDPI support), and OME-TIFF (``.ome.tif``: the first series, level 0 of its pyramid). A slide that
+  is not a TIFF (MIRAX, VMS ...) and that OpenSlide refuses or does not recognise is reported with its reason.
   OpenSlide's generic-TIFF driver is not used: it reads only tiled files, through libtiff's 8-bit RGBA path, while
   tifffile reads strips, 16-bit, planar and grey samples exactly. The resolution comes from the Aperio description,
   OME-XML ``PhysicalSizeX`` or the TIFF resolution tags (:func:`tiff_mpp`).
