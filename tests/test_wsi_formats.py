@@ -243,6 +243,31 @@ def test_the_file_resolution_reaches_the_resolution_plan(tmp_path, caplog):
         assert class_map.shape == shape and class_map.any()  # the dark discs are found in every slide
 
 
+@pytest.mark.parametrize("fmt", ["ndpi", "mrxs"])
+def test_block_wise_inference_of_a_slide_equals_the_whole_image(fmt, tmp_path):
+    """Blocks read from the slide through OpenSlide (with their margins, by prefetching threads) give the class map
+    of the slide decoded whole."""
+    from monai_nasscam.inference import predict_class_map, prepare_network
+
+    path = tmp_path / f"big.{fmt}"
+    image = he_like_image(256, 384, seed=8, nuclei=40)
+    if fmt == "ndpi":
+        write_ndpi(path, image)
+    else:
+        write_mirax(path, image)
+    forward = prepare_network(_DarkIsEpithelial(), "none")
+    inferer = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=4, overlap=0.5, cval=1.0)
+    with open_image(path) as whole_reader:
+        assert isinstance(whole_reader, ArrayRegionReader)
+        whole, info = predict_class_map(whole_reader, forward, inferer)
+    assert info["blocks"] == 1 and whole.any()
+    with open_image(path, tiled=True) as reader:
+        assert isinstance(reader, OpenSlideRegionReader)
+        blocks, info = predict_class_map(reader, forward, inferer, block_size=96, prefetch=2)
+    assert info["blocks"] == 12
+    np.testing.assert_array_equal(blocks, whole)
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 def test_bundle_inference_on_ndpi_and_mirax(tmp_path):
     from monai_nasscam.networks.run_folder import build_network
