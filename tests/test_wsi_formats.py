@@ -117,6 +117,20 @@ def test_mirax_fixture_opens_in_openslide(mrxs):
             _close_to(rgba[..., :3], pyramid[level][:h, :w], _mrxs_reference(pyramid[level])[:h, :w])
 
 
+def test_a_mirax_image_the_scanner_skipped_reads_as_glass(tmp_path):
+    """A level-0 image missing from Index.dat (a camera position not scanned) is transparent in OpenSlide: the reader
+    returns white there and marks it transparent, which inference keeps out of the class map."""
+    path = tmp_path / "sparse.mrxs"
+    pyramid = write_mirax(path, he_like_image(*MRXS_SHAPE, seed=9), tile=MRXS_TILE, missing=((1, 2),))
+    with open_image(path, tiled=True) as reader:
+        pixels, clear = reader.read_region(0, MRXS_SHAPE[0], 0, MRXS_SHAPE[1])
+    hole = np.zeros(MRXS_SHAPE, bool)
+    hole[64:128, 128:192] = True
+    assert clear is not None and np.array_equal(clear, hole)
+    assert (pixels[hole] == 255).all()
+    _close_to(pixels[~hole], pyramid[0][~hole], _mrxs_reference(pyramid[0])[~hole])
+
+
 # -------------------------------------------------------------------------------------- the project's readers
 @pytest.mark.parametrize("fmt", ["ndpi", "mrxs"])
 def test_project_readers_read_ndpi_and_mirax(fmt, request):

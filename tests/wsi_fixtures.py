@@ -220,6 +220,7 @@ def write_mirax(
     magnification: int = 40,
     quality: int = 95,
     slide_id: str = "0123456789abcdef0123456789abcdef",
+    missing: tuple[tuple[int, int], ...] = (),
 ) -> list[np.ndarray]:
     """Write ``image`` as a 3DHISTECH MIRAX slide: ``path`` (``.mrxs``) and its data folder (module docstring).
 
@@ -232,6 +233,8 @@ def write_mirax(
         magnification: ``OBJECTIVE_MAGNIFICATION``.
         quality: JPEG quality.
         slide_id: ``SLIDE_ID`` (also written at the start of ``Index.dat``).
+        missing: ``(row, column)`` of level-0 images left out of the index (camera positions the scanner skipped:
+            OpenSlide returns them transparent); the other levels keep them.
 
     Returns:
         the levels' pixels as written (before JPEG), level 0 first, each covering whole stored images (white
@@ -266,6 +269,8 @@ def write_mirax(
         entries = []
         for r in range(rows):
             for c in range(cols):
+                if k == 0 and (r, c) in missing:
+                    continue
                 jpeg = jpeg_bytes(level[r * th : (r + 1) * th, c * tw : (c + 1) * tw], quality)
                 entries.append(((r * n) * across + c * n, len(data), len(jpeg), 0))
                 data += jpeg
