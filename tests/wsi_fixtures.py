@@ -82,7 +82,10 @@ def jpeg_bytes(image: np.ndarray, quality: int = 95, restart_blocks: int = 0) ->
     buf = io.BytesIO()
     extra = {"restart_marker_blocks": int(restart_blocks)} if restart_blocks else {}
     Image.fromarray(image).save(buf, "JPEG", quality=quality, subsampling=0, **extra)
-    return buf.getvalue()
+    data = buf.getvalue()
+    if restart_blocks and b"\xff\xdd" not in data:  # DRI segment: older Pillow ignores the option silently
+        raise RuntimeError("Pillow >= 10.2 is needed to write JPEG restart markers (restart_marker_blocks)")
+    return data
 
 
 def _halve(image: np.ndarray) -> np.ndarray:
