@@ -4,8 +4,10 @@ boundary channel, same U-Net, same budget, on a prepared dataset (docs/results.m
     # one trained arm (train, then cache the sigmoid maps of the validation and test images)
     .venv/bin/python bench/instance_target.py train --arm classes  --seed 0 --dataset-dir PREP --out-dir RUNS
     .venv/bin/python bench/instance_target.py train --arm boundary --seed 0 --dataset-dir PREP --out-dir RUNS
-    # tune each arm's post-processing on the validation split, score the test split; RUNS/results.{json,md}
+    # tune each arm's post-processing on the validation split, score the test split: RUNS/results.{json,md}
     .venv/bin/python bench/instance_target.py score --dataset-dir PREP --out-dir RUNS
+    # or one arm per process: RUNS/results_classes.{json,md}, RUNS/results_boundary.{json,md}
+    .venv/bin/python bench/instance_target.py score --arms boundary --dataset-dir PREP --out-dir RUNS
 
 Arms (everything else equal: the bundle's ``unet`` network (features 16-256, dropout 0.2), class-balanced grid crops
 and the patent's augmentations of ``train_transforms``, ExpLogLoss with the patent's weights and the training
@@ -386,17 +388,18 @@ def _configs(arm: str) -> list[tuple[str, dict]]:
     return cfgs
 
 
-def score(dataset_dir: str, out_dir: str) -> None:
-    """Tune each arm's post-processing on validation (mean PQ over its seeds), score test; write results.*."""
+def score(dataset_dir: str, out_dir: str, arms: Sequence[str] = ARMS) -> None:
+    """Tune each arm's post-processing on validation (mean PQ over its seeds), score test; write
+    ``results[_ARM].json`` / ``.md`` (one arm: its own files, so the arms can be scored in parallel)."""
     from monai_nasscam.data.datalist import split_entries
     from monai_nasscam.fileio import atomic_write_text
 
     out = Path(out_dir)
     gts = {s: _gt(split_entries(dataset_dir, s)) for s in ("validation", "test")}
-    runs = sorted((arm, int(p.name[4:])) for arm in ARMS for p in (out / arm).glob("seed*")
+    runs = sorted((arm, int(p.name[4:])) for arm in arms for p in (out / arm).glob("seed*")
                   if (p / "probs_test.npz").exists())
     results: dict[str, Any] = {"validation": [], "test": [], "chosen": {}}
-    for arm in ARMS:
+    for arm in arms:
         seeds = [s for a, s in runs if a == arm]
         if not seeds:
             continue
@@ -427,14 +430,15 @@ def score(dataset_dir: str, out_dir: str) -> None:
                 results["test"].append({"arm": arm, "seed": s, "post": tag, "method": method, **params, **r})
                 print(f"test {arm} seed {s} {tag} {method} {params}: " +
                       " ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    stem = "results" if len(arms) != 1 else f"results_{arms[0]}"
+    atomic_write_text(out / f"{stem}.json", json.dumps(results, indent=1) + "\n")
     lines = ["| arm | post-processing | seed | PQ | mPQ+ | AJI | AJI+ | F1 detection | pooled Dice |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results["test"]:
         post = f"{r['post']}: {r['method']} " + ", ".join(f"{k} {r[k]:g}" for k in ("threshold", "min_size") if k in r)
         lines.append(f"| {r['arm']} | {post} | {r['seed']} | {r['pq']:.1f} | {r['mpq_plus']:.1f} | {r['aji']:.1f} | "
                      f"{r['aji_plus']:.1f} | {r['f1_detection']:.1f} | {r['dice']:.1f} |")
-    atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / f"{stem}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -450,7 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t.add_argument("--roi", type=int, default=64)
     t.add_argument("--val-interval", type=int, default=6)
     t.add_argument("--boundary-width", type=int, default=2)
-    for p in (t, sub.add_parser("score", help="tune on validation, score test, write results.json / results.md")):
+    sc = sub.add_parser("score", help="tune on validation, score test, write results.json / results.md")
+    sc.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    for p in (t, sc):
         p.add_argument("--dataset-dir", required=True)
         p.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
@@ -461,7 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train(args.arm, args.seed, args.dataset_dir, args.out_dir, args.epochs, args.epoch_crops, args.learning_rate,
               args.roi, args.val_interval, args.boundary_width)
     else:
-        score(args.dataset_dir, args.out_dir)
+        score(args.dataset_dir, args.out_dir, args.arms)
     return 0
 
 
