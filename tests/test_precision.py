@@ -194,3 +194,33 @@ def test_a_bad_setting_stops_the_workflow_with_one_line_naming_it(prepared, tmp_
     line = stream.getvalue()
     assert line.count("\n") == 1 and line.startswith(f"error: {key} must be"), line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("optimize", ["none", "trace"])
+def test_inference_runs_every_worker_under_autocast_and_blends_float32(tmp_path, optimize):
+    from monai_nasscam.inference import NucleiPredictor
+
+    torch.manual_seed(0)
+    net = Recorder()
+    inferer = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=4, overlap=0.5)
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        ref = net(x)
+    outs = {}
+    for precision in ("fp32", "bf16"):
+        predictor = NucleiPredictor(net, inferer, tmp_path, tmp_path / "out", stain="none", optimize=optimize,
+                                    progress=False, tune_malloc=False, parallel=2, precision=precision)
+        predictor.setup()
+        net.calls.clear()
+        outs[precision] = predictor._forward(x)
+        assert outs[precision].dtype == torch.float32
+        assert predictor._forward.description.endswith("bf16 autocast") == (precision == "bf16")
+        if optimize == "none":  # the eager network records itself, in each of the 2 worker threads
+            assert len(net.calls) == 4
+            assert {(on, dtype) for on, dtype, _ in net.calls} == (
+                {(True, torch.bfloat16)} if precision == "bf16" else {(False, torch.float32)})
+        predictor._forward.close()
+    assert torch.allclose(outs["fp32"], ref, atol=1e-5)
+    assert not torch.equal(outs["bf16"], outs["fp32"]) and torch.allclose(outs["bf16"], ref, atol=0.05, rtol=0.05)
+    with pytest.raises(InputError, match="^precision"):
+        NucleiPredictor(net, inferer, tmp_path, tmp_path / "out", precision="int8")

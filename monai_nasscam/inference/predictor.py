@@ -61,6 +61,7 @@ from monai_nasscam.inference.outputs import (
     write_summary,
 )
 from monai_nasscam.fileio import atomic_write_text
+from monai_nasscam.inferers import AutocastNetwork, autocast_dtype, check_precision, describe_precision
 from monai_nasscam.inference.regions import IMAGE_SUFFIXES, open_region_reader
 from monai_nasscam.inference.resolution import (
     MPP_TOLERANCE,
@@ -191,6 +192,9 @@ class NucleiPredictor:
         mpp_tolerance: relative difference under which an image's resolution counts as the training one; images
             further off are rescaled to it (see :mod:`monai_nasscam.inference.resolution`).
         overwrite: redo images whose outputs are complete (``False``: they are skipped, see :data:`COMPLETE_SUFFIX`).
+        precision: ``auto`` (bfloat16 autocast on a CPU with native bfloat16, else float32), ``bf16`` or ``fp32``
+            (see :mod:`monai_nasscam.inferers`). Only the network's forward pass: its outputs are cast back to
+            float32 before the windows are blended, so the probabilities are float32 (then quantised as always).
     """
 
     def __init__(
@@ -228,6 +232,7 @@ class NucleiPredictor:
         train_mpp: Any = None,
         mpp_tolerance: float = MPP_TOLERANCE,
         overwrite: Any = False,
+        precision: Any = "auto",
     ) -> None:
         self.network = network
         self.inferer = inferer
@@ -273,6 +278,7 @@ class NucleiPredictor:
         if not 0.0 <= self.mpp_tolerance < 1.0:
             raise InputError(f"mpp_tolerance must lie in [0, 1) (a relative difference), got {mpp_tolerance}.")
         self.overwrite = as_bool(overwrite, "overwrite")
+        self.precision = check_precision(precision)
         self.train_mpp: float | None = None
         self.train_mpp_source = ""
         self.resolutions: dict[str, dict[str, Any]] = {}
@@ -328,6 +334,10 @@ class NucleiPredictor:
         self._forward = prepare_network(
             self.network, self.optimize, (int(self.inferer.sw_batch_size), 3, *roi), self.device, workers=workers
         )
+        dtype = autocast_dtype(self.precision, self.device)
+        if dtype is not None:  # in the module the (possibly parallel) workers call: autocast is per thread
+            self._forward.module = AutocastNetwork(self._forward.module, dtype, self.device.type)
+            self._forward.description += ", bf16 autocast"
         logger.info("stain reference: %s; network preparation: %s", self._reference.get("method"), self._forward.description)
 
     # ----------------------------------------------------------------------------------------------- run
@@ -393,6 +403,7 @@ class NucleiPredictor:
             "blend_mode": getattr(getattr(self.inferer, "mode", None), "value", getattr(self.inferer, "mode", None)),
             "sigma_scale": getattr(self.inferer, "sigma_scale", None),
             "sw_batch_size": getattr(self.inferer, "sw_batch_size", None),
+            "precision": describe_precision(self.precision, self.device),
             "block_size": self.block_size,
             "max_whole_pixels": self.max_whole_pixels,
             "min_area": self.min_area,
