@@ -102,10 +102,17 @@ class NASAttentionCell(nn.Module):
     def _make_plan(self) -> list[tuple[list[_Group], list[int]]]:
         """Per source node: its fused convolutions and the outgoing edges that are ``none``.
 
-        Spatial candidates are fused per operation (one kernel shape each). Channel candidates act on a
-        pooled vector, so all of them are fused into one convolution whose kernel holds every candidate's
-        taps: a few wider kernels cost nothing there and save many tiny launches.
+        Spatial candidates into the inner nodes are fused per operation (one kernel shape each, ``2 *
+        hidden_channels`` or ``hidden_channels`` outputs). The one-channel candidates into the output node are
+        fused per dilation instead, each placed inside the largest kernel of its dilation (conv1, conv3, conv5
+        as one 5x5 convolution with 3 outputs; dil_conv3, dil_conv5 as one 5x5 dilation-2 convolution with 2):
+        oneDNN runs a convolution with one output channel, or with one more than a multiple of 16, at a
+        fraction of its usual rate, so a few more multiply-adds in one kernel cost less than the one-channel
+        kernels or a 65-channel one (bench/README.md). Channel candidates act on a pooled vector, so all of them
+        are fused into one convolution whose kernel holds every candidate's taps: a few wider kernels cost
+        nothing there and save many tiny launches.
         """
+        specs = OPS[self.kind]
         plan = []
         for s in range(OUTPUT_NODE):
             out_edges = [e for e, (src, _) in enumerate(EDGES) if src == s]
@@ -113,7 +120,11 @@ class NASAttentionCell(nn.Module):
             if self.kind == "cam":
                 batches = [entries] if entries else []
             else:
-                batches = [[(e, n) for e, n in entries if n == name] for name in self.candidates]
+                inner = [(e, n) for e, n in entries if EDGES[e][1] != OUTPUT_NODE]
+                output = [(e, n) for e, n in entries if EDGES[e][1] == OUTPUT_NODE]
+                batches = [[(e, n) for e, n in inner if n == name] for name in self.candidates]
+                dilations = sorted({specs[n].dilation for _, n in output})
+                batches += [[(e, n) for e, n in output if specs[n].dilation == d] for d in dilations]
             groups = [self._group(batch) for batch in batches if batch]
             nones = [e for e in out_edges if self.ops is None or self.ops[e] == "none"]
             plan.append((groups, nones))
@@ -127,6 +138,11 @@ class NASAttentionCell(nn.Module):
         if len(names) == 1:
             spec = specs[entries[0][1]]
             return _Group(entries, spec.kernel_size, spec.dilation, spec.padding)
+        dilations = {specs[n].dilation for n in names}
+        if len(dilations) == 1:  # one dilation: the largest kernel holds the others' taps
+            dilation = dilations.pop()
+            kernel = max(specs[n].kernel_size for n in names)
+            return _Group(entries, kernel, dilation, dilation * (kernel - 1) // 2)
         footprint = max(specs[n].dilation * (specs[n].kernel_size - 1) + 1 for n in names)
         return _Group(entries, footprint, 1, footprint // 2)
 
@@ -261,9 +277,9 @@ class NASAttentionCell(nn.Module):
         kernel = convs[0].weight.new_zeros(out_channels, convs[0].in_channels, *([group.kernel] * self.spatial_dims))
         row = 0
         for c in convs:
-            k, d = c.kernel_size[0], c.dilation[0]
-            start = group.kernel // 2 - d * (k - 1) // 2
-            taps = (slice(start, start + d * (k - 1) + 1, d),) * self.spatial_dims
+            k, step = c.kernel_size[0], c.dilation[0] // group.dilation  # the op's tap spacing on the group's grid
+            start = group.kernel // 2 - step * (k - 1) // 2
+            taps = (slice(start, start + step * (k - 1) + 1, step),) * self.spatial_dims
             kernel[(slice(row, row + c.out_channels), slice(None)) + taps] = c.weight
             row += c.out_channels
         return kernel
