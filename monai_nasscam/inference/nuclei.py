@@ -96,17 +96,73 @@ def _signed_area(ring: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
+def _segments_meet(rings: Sequence[np.ndarray]) -> bool:
+    """Whether closed rings ``(n_i, 2)`` (first vertex repeated last) fail to be one valid polygon: two segments meet
+    anywhere other than at the vertex joining consecutive segments of one ring (a ring touching or crossing itself,
+    a hole touching or crossing the exterior or another hole), two consecutive segments fold back onto each other (a
+    spike), or a ring has no area. Exact in floating point (orientation signs, no tolerance)."""
+    if any(_signed_area(r) == 0.0 for r in rings):
+        return True
+    counts = [len(r) - 1 for r in rings]
+    p = np.concatenate([r[:-1] for r in rings]).astype(np.float64)  # segment k runs from p[k] to q[k]
+    q = np.concatenate([r[1:] for r in rings]).astype(np.float64)
+    offsets = np.cumsum([0, *counts])[:-1]
+    nxt = np.concatenate([o + (np.arange(m) + 1) % m for o, m in zip(offsets, counts)])  # the following segment
+
+    def orient(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+        return np.sign((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
+
+    def within(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:  # c inside the box of a-b
+        return ((np.minimum(a[..., 0], b[..., 0]) <= c[..., 0]) & (c[..., 0] <= np.maximum(a[..., 0], b[..., 0]))
+                & (np.minimum(a[..., 1], b[..., 1]) <= c[..., 1]) & (c[..., 1] <= np.maximum(a[..., 1], b[..., 1])))
+
+    p1, q1, p2, q2 = p[:, None], q[:, None], p[None, :], q[None, :]
+    o1, o2, o3, o4 = orient(p1, q1, p2), orient(p1, q1, q2), orient(p2, q2, p1), orient(p2, q2, q1)
+    meet = (((o1 * o2 < 0) & (o3 * o4 < 0)) | ((o1 == 0) & within(p1, q1, p2)) | ((o2 == 0) & within(p1, q1, q2))
+            | ((o3 == 0) & within(p2, q2, p1)) | ((o4 == 0) & within(p2, q2, q1)))
+    k = np.arange(len(p))
+    meet[k, nxt] = meet[nxt, k] = False  # consecutive segments share their joining vertex
+    d = q - p
+    fold = (d[:, 0] * d[nxt, 1] - d[:, 1] * d[nxt, 0] == 0) & ((d * d[nxt]).sum(axis=1) < 0)
+    return bool(np.triu(meet, 1).any() or fold.any())
+
+
 def _rings(mask: np.ndarray, row0: int, col0: int, tolerance: float) -> list[np.ndarray]:
     """Outline rings of one component's mask ``(h, w)`` placed at ``(row0, col0)``: exterior (counter-clockwise in
-    ``(x, y)``) then holes (clockwise), closed."""
-    from skimage.measure import approximate_polygon, find_contours
+    ``(x, y)``) then holes (clockwise), closed, at least 4 positions each.
+
+    The exact contours are simple and disjoint (marching squares with the background fully connected). Simplified
+    ones (``tolerance > 0``, Douglas-Peucker) are kept only when they still form a valid polygon -- every ring with
+    4 positions or more and an area, no two segments meeting (:func:`_segments_meet`), every hole inside the
+    exterior; otherwise the nucleus keeps its exact contours, so that no nucleus is lost from the GeoJSON and no
+    self-crossing polygon is written (QuPath 0.6 rejects the whole file for one)."""
+    from skimage.measure import find_contours
 
     padded = np.pad(mask.astype(np.uint8), 1)
-    contours = find_contours(padded, 0.5)
+    contours = [c for c in find_contours(padded, 0.5) if len(c) >= 3]
+    if tolerance > 0:
+        simplified = _closed_rings(contours, row0, col0, tolerance)
+        if simplified and len(simplified) == len(contours) and _valid_polygon(simplified):
+            return simplified
+    return _closed_rings(contours, row0, col0, 0.0)
+
+
+def _valid_polygon(rings: list[np.ndarray]) -> bool:
+    """Whether ordered rings (exterior first) form a valid polygon: see :func:`_rings`."""
+    from skimage.measure import points_in_poly
+
+    if _segments_meet(rings):
+        return False
+    return all(bool(points_in_poly(hole[:1], rings[0])[0]) for hole in rings[1:])
+
+
+def _closed_rings(contours: list[np.ndarray], row0: int, col0: int, tolerance: float) -> list[np.ndarray]:
+    """``find_contours`` contours (``(row, col)``) as closed ``(x, y)`` rings in full-image coordinates, simplified by
+    ``tolerance`` pixels (0: as they are), largest first (exterior counter-clockwise, holes clockwise)."""
+    from skimage.measure import approximate_polygon
+
     rings = []
     for c in contours:
-        if len(c) < 3:
-            continue
         if tolerance > 0:
             c = approximate_polygon(c, tolerance)
         xy = np.stack([c[:, 1] + col0 - 1 + 0.5, c[:, 0] + row0 - 1 + 0.5], axis=1)
