@@ -96,6 +96,9 @@ def _signed_area(ring: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
+_MEET_ROWS = 256  # segment pairs are tested in blocks of this many rows (memory: rows x segments)
+
+
 def _segments_meet(rings: Sequence[np.ndarray]) -> bool:
     """Whether closed rings ``(n_i, 2)`` (first vertex repeated last) fail to be one valid polygon: two segments meet
     anywhere other than at the vertex joining consecutive segments of one ring (a ring touching or crossing itself,
@@ -116,15 +119,24 @@ def _segments_meet(rings: Sequence[np.ndarray]) -> bool:
         return ((np.minimum(a[..., 0], b[..., 0]) <= c[..., 0]) & (c[..., 0] <= np.maximum(a[..., 0], b[..., 0]))
                 & (np.minimum(a[..., 1], b[..., 1]) <= c[..., 1]) & (c[..., 1] <= np.maximum(a[..., 1], b[..., 1])))
 
-    p1, q1, p2, q2 = p[:, None], q[:, None], p[None, :], q[None, :]
-    o1, o2, o3, o4 = orient(p1, q1, p2), orient(p1, q1, q2), orient(p2, q2, p1), orient(p2, q2, q1)
-    meet = (((o1 * o2 < 0) & (o3 * o4 < 0)) | ((o1 == 0) & within(p1, q1, p2)) | ((o2 == 0) & within(p1, q1, q2))
-            | ((o3 == 0) & within(p2, q2, p1)) | ((o4 == 0) & within(p2, q2, q1)))
-    k = np.arange(len(p))
-    meet[k, nxt] = meet[nxt, k] = False  # consecutive segments share their joining vertex
     d = q - p
-    fold = (d[:, 0] * d[nxt, 1] - d[:, 1] * d[nxt, 0] == 0) & ((d * d[nxt]).sum(axis=1) < 0)
-    return bool(np.triu(meet, 1).any() or fold.any())
+    if ((d[:, 0] * d[nxt, 1] - d[:, 1] * d[nxt, 0] == 0) & ((d * d[nxt]).sum(axis=1) < 0)).any():
+        return True  # a fold
+    n = len(p)
+    for i0 in range(0, n, _MEET_ROWS):  # segments i0.. against the later ones, _MEET_ROWS x n pairs at a time
+        i1 = min(n, i0 + _MEET_ROWS)
+        p1, q1, p2, q2 = p[i0:i1, None], q[i0:i1, None], p[None, :], q[None, :]
+        o1, o2, o3, o4 = orient(p1, q1, p2), orient(p1, q1, q2), orient(p2, q2, p1), orient(p2, q2, q1)
+        meet = (((o1 * o2 < 0) & (o3 * o4 < 0)) | ((o1 == 0) & within(p1, q1, p2)) | ((o2 == 0) & within(p1, q1, q2))
+                | ((o3 == 0) & within(p2, q2, p1)) | ((o4 == 0) & within(p2, q2, q1)))
+        rows = np.arange(i0, i1)
+        meet &= np.arange(n)[None, :] > rows[:, None]  # each pair once
+        meet[rows - i0, nxt[rows]] = False  # consecutive segments share their joining vertex
+        back = np.nonzero((nxt >= i0) & (nxt < i1))[0]  # segments followed by one in this block (ends of rings)
+        meet[nxt[back] - i0, back] = False
+        if meet.any():
+            return True
+    return False
 
 
 def _rings(mask: np.ndarray, row0: int, col0: int, tolerance: float) -> list[np.ndarray]:
@@ -235,7 +247,8 @@ def iter_nuclei(
         band_rows: rows per band.
         margin: rows read below a band to complete its components (grown automatically for tall ones).
         outlines: compute outline rings (else only class, area, bounding box, centroid, probabilities).
-        tolerance: Douglas-Peucker simplification of the outlines, in pixels (0: the exact contour).
+        tolerance: Douglas-Peucker simplification of the outlines, in pixels (0: the exact contour); a nucleus
+            whose simplified outline would not be a valid polygon keeps its exact contour.
         min_area: nuclei with fewer pixels are not yielded and are erased from ``class_map``.
         separator: splits one connected component into nuclei: called with a ``(1, h, w)`` boolean mask (the
             component in its box grown by one pixel inside the image), returns ``(1, h, w)`` int ids (0: dropped),
