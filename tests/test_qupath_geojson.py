@@ -336,6 +336,22 @@ def test_simplified_outlines_stay_valid_and_no_nucleus_is_lost(tmp_path):
     assert len(json.loads(path.read_text())["features"]) == len(rows) == 4
 
 
+@pytest.mark.parametrize("block", [3, 256])
+def test_writer_validity_check_agrees_with_the_checker_in_any_block_size(monkeypatch, block):
+    from skimage.measure import find_contours
+
+    from monai_nasscam.inference import nuclei
+
+    monkeypatch.setattr(nuclei, "_MEET_ROWS", block)  # segment pairs tested block by block
+    mask = _mask(CROSSING)
+    contours = [c for c in find_contours(np.pad(mask.astype(np.uint8), 1), 0.5) if len(c) >= 3]
+    for tol in (0.0, 1.0, 1.5, 2.0, 3.0):
+        rings = _closed_rings(contours, 0, 0, tol)
+        assert nuclei._segments_meet(rings) == bool(polygon_problems(rings)), tol
+    assert nuclei._segments_meet(_closed_rings(contours, 0, 0, 2.0))
+    assert not nuclei._segments_meet(_closed_rings(contours, 0, 0, 0.0))
+
+
 # --------------------------------------------------------------------------------------------------------------
 # each rule catches its violation
 

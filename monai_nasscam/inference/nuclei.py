@@ -113,7 +113,8 @@ def _segments_meet(rings: Sequence[np.ndarray]) -> bool:
     nxt = np.concatenate([o + (np.arange(m) + 1) % m for o, m in zip(offsets, counts)])  # the following segment
 
     def orient(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return np.sign((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1]) - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
+        return np.sign((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1])
+                       - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
 
     def within(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:  # c inside the box of a-b
         return ((np.minimum(a[..., 0], b[..., 0]) <= c[..., 0]) & (c[..., 0] <= np.maximum(a[..., 0], b[..., 0]))
