@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.blocks import Convolution
 from monai.networks.layers.factories import Conv, Pool
 
@@ -15,16 +16,68 @@ from monai_nasscam.networks.attentions import attention_block, check_attention, 
 from monai_nasscam.networks.cell import arch_parameters, weight_parameters
 from monai_nasscam.networks.genotype import POSITIONS, Genotype
 
-__all__ = ["NASSCAMUNet", "DoubleConv"]
+__all__ = ["NASSCAMUNet", "DoubleConv", "BitsDropout"]
+
+
+class BitsDropout(nn.Module):
+    """Inverted dropout whose CPU mask is drawn 16 random bits per element instead of one float sample each.
+
+    ``torch.nn.Dropout`` draws one ``bernoulli_`` sample per element, and on CPU that costs as much as several
+    convolutions of the same tensor (about 27 ms for a 4 x 16 x 256 x 256 tensor, single-threaded; the U-Net has
+    10 dropout layers). Here one 64-bit draw of the default generator gives four 16-bit integers, and an element
+    is kept where its integer is at least the drop threshold: the same Bernoulli mask with the drop probability
+    rounded to a multiple of ``2 ** -16`` (``p = 0.2`` drops with probability 13107 / 65536 = 0.199997), and the
+    kept elements are scaled by the inverse of the keep probability so that the expectation is the input, as in
+    ``torch.nn.Dropout``. The mask is seeded by ``torch.manual_seed`` like any other CPU draw. Off the CPU, or for
+    ``p`` of 0, or scripted (TorchScript), it is ``torch.nn.functional.dropout``; in evaluation mode the identity.
+
+    Args:
+        p: drop probability in ``[0, 1)``.
+
+    Raises:
+        ValueError: ``p`` outside ``[0, 1)``.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}.")
+        self.p = float(p)
+        self.drop_count = round(self.p * 2**16)  # of the 65536 16-bit values, this many drop
+        self.threshold = self.drop_count - 2**15  # keep where the signed 16-bit value >= threshold
+        self.scale = 2**16 / (2**16 - self.drop_count)
+        self.int64_min = -(2**63)  # random_(int64_min, None) draws all 64 bits
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if torch.jit.is_scripting() or x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        return self._bits_dropout(x)
+
+    @torch.jit.unused
+    def _bits_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(self.int64_min, None).view(torch.int16)[:n]
+        keep = bits.view(x.shape) >= self.threshold
+        return (x * keep).mul_(self.scale)
 
 
 class DoubleConv(nn.Sequential):
-    """conv3x3 -> norm -> ReLU -> dropout -> conv3x3 -> norm -> ReLU, from MONAI ``Convolution`` units."""
+    """conv3x3 -> norm -> ReLU -> dropout -> conv3x3 -> norm -> ReLU, from MONAI ``Convolution`` units.
+
+    The dropout is :class:`BitsDropout` (the same inverted dropout, a cheaper mask on CPU).
+    """
 
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, norm, dropout: float) -> None:
         super().__init__()
         self.add_module("conv_0", Convolution(spatial_dims, in_channels, out_channels, act="relu", norm=norm, dropout=dropout, adn_ordering="NAD"))
         self.add_module("conv_1", Convolution(spatial_dims, out_channels, out_channels, act="relu", norm=norm, adn_ordering="NA"))
+        if "D" in self.conv_0.adn._modules:
+            self.conv_0.adn.D = BitsDropout(dropout)
 
 
 class NASSCAMUNet(nn.Module):
