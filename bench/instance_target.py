@@ -269,6 +269,7 @@ def train(arm: str, seed: int, dataset_dir: str, out_dir: str, epochs: int, epoc
     from monai_nasscam.allocator import tune_allocator
     from monai_nasscam.data import ClassBalancedCropDataset, train_transforms
     from monai_nasscam.data.datalist import epoch_groups, label_class_weights, split_entries
+    from monai_nasscam.fileio import atomic_path, atomic_write_text
     from monai_nasscam.handlers.training import EpochReseeder
     from monai_nasscam.losses import ExpLogLoss
     from monai_nasscam.networks.run_folder import build_network
@@ -315,7 +316,8 @@ def train(arm: str, seed: int, dataset_dir: str, out_dir: str, epochs: int, epoc
         print(f"[{arm} seed {seed}] epoch {engine.state.epoch}: validation Dice {dice:.4f}", flush=True)
         if dice > best["dice"]:
             best.update(dice=dice, epoch=engine.state.epoch)
-            torch.save(network.state_dict(), run / "model.pt")
+            with atomic_path(run / "model.pt") as tmp:
+                torch.save(network.state_dict(), tmp)
 
     trainer.run()
     log["best"] = dict(best)
@@ -323,9 +325,9 @@ def train(arm: str, seed: int, dataset_dir: str, out_dir: str, epochs: int, epoc
     network.load_state_dict(torch.load(run / "model.pt", map_location="cpu"))
     for split, entries in (("validation", val), ("test", test)):
         probs = _predict(network, entries, roi)
-        np.savez_compressed(run / f"probs_{split}.npz", **{k: v.astype(np.float16) for k, v in probs.items()})
+        with atomic_path(run / f"probs_{split}.npz") as tmp:
+            np.savez_compressed(tmp, **{k: v.astype(np.float16) for k, v in probs.items()})
     log["total_s"] = round(time.time() - t0, 1)
-    from monai_nasscam.fileio import atomic_write_text
 
     atomic_write_text(run / "train.json", json.dumps(log, indent=1) + "\n")
     print(json.dumps({k: log[k] for k in ("arm", "seed", "best", "train_s", "total_s")}), flush=True)
