@@ -48,7 +48,7 @@ __all__ = [
 #: window sides must be multiples of this (the U-Net's four 2x downsamplings)
 WINDOW_MULTIPLE = 16
 #: the smallest default validation window side
-DEFAULT_VAL_WINDOW = 256
+DEFAULT_VAL_WINDOW = 512
 
 #: the values of the ``precision`` setting
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -120,7 +120,7 @@ def describe_precision(precision: Any, device: Any = "cpu", amp: bool = False) -
 
 def validation_roi_size(val_roi_size: Any, roi_size: Any, key: str = "val_roi_size") -> list[int]:
     """The sliding window of validation and evaluation: ``val_roi_size``, or by default the larger of the training
-    crop and 256 in each dimension.
+    crop and 512 in each dimension.
 
     The networks are fully convolutional, so the window need not be the training crop; a larger window computes far
     fewer overlapping pixels per image (at 50 % overlap a 64-pixel window computes each pixel about 4 times). Windows
@@ -149,7 +149,7 @@ def validation_roi_size(val_roi_size: Any, roi_size: Any, key: str = "val_roi_si
     )
     if not ok:
         raise InputError(
-            f"{key} must be null (the training roi_size, at least 256) or 1 or 2 positive integers, multiples of "
+            f"{key} must be null (the training roi_size, at least 512) or 1 or 2 positive integers, multiples of "
             f"{WINDOW_MULTIPLE} (the networks downsample 4 times), e.g. [256, 256]; got {val_roi_size!r}."
         )
     return [int(v) for v in values]

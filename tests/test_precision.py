@@ -148,9 +148,9 @@ def test_precision_values():
 
 
 def test_validation_window():
-    assert validation_roi_size(None, [64, 64]) == [256, 256]
-    assert validation_roi_size(None, 512) == [512, 512]
-    assert validation_roi_size("null", [64, 320]) == [256, 320]
+    assert validation_roi_size(None, [64, 64]) == [512, 512]
+    assert validation_roi_size(None, 768) == [768, 768]
+    assert validation_roi_size("null", [64, 640]) == [512, 640]
     assert validation_roi_size(128, [64, 64]) == [128, 128]
     assert validation_roi_size([512, 256], [64, 64]) == [512, 256]
     for bad in ([100, 100], [256], [256, 256, 256], 0, -16, "big", [256.0, 256], True):
