@@ -28,7 +28,6 @@ import torch
 from monai.bundle import ConfigParser
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-import monai_nasscam  # noqa: F401  (registers the excepthook, the attentions)
 from monai_nasscam.inferers import AutocastInferer, validation_roi_size
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"

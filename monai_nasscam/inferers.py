@@ -21,7 +21,6 @@ The ``precision`` setting of train.yaml, search.yaml, evaluate.yaml and inferenc
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -278,7 +277,3 @@ class AutocastInferer(Inferer):
         mode = "bf16 autocast" if self.dtype is not None else "fp32"
         return f"AutocastInferer({self.inferer!r}, {mode}, precision={self.precision!r})"
 
-
-def autocast_context(dtype: torch.dtype | None, device_type: str = "cpu") -> contextlib.AbstractContextManager:
-    """``torch.autocast(device_type, dtype)``, or a no-op context for ``dtype=None``."""
-    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
