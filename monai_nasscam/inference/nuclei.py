@@ -22,6 +22,7 @@ Outlines come from ``skimage.measure.find_contours`` at level 0.5 on the nucleus
 interior rings) and are given in full-image pixel coordinates with pixel ``(row, col)`` covering
 ``[col, col + 1) x [row, row + 1)`` -- QuPath's convention -- so a contour vertex ``(r, c)`` becomes
 ``(x, y) = (c + 0.5, r + 0.5)`` and a pixel's centre is ``(col + 0.5, row + 0.5)``.
+A ``tolerance`` simplifies them with Shapely, keeping every polygon valid.
 """
 
 from __future__ import annotations
@@ -96,106 +97,55 @@ def _signed_area(ring: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
-_MEET_ROWS = 256  # segment pairs are tested in blocks of this many rows (memory: rows x segments)
-
-
-def _segments_meet(rings: Sequence[np.ndarray]) -> bool:
-    """Whether closed rings ``(n_i, 2)`` (first vertex repeated last) fail to be one valid polygon: two segments meet
-    anywhere other than at the vertex joining consecutive segments of one ring (a ring touching or crossing itself,
-    a hole touching or crossing the exterior or another hole), two consecutive segments fold back onto each other (a
-    spike), or a ring has no area. Exact in floating point (orientation signs, no tolerance)."""
-    if any(_signed_area(r) == 0.0 for r in rings):
-        return True
-    counts = [len(r) - 1 for r in rings]
-    p = np.concatenate([r[:-1] for r in rings]).astype(np.float64)  # segment k runs from p[k] to q[k]
-    q = np.concatenate([r[1:] for r in rings]).astype(np.float64)
-    offsets = np.cumsum([0, *counts])[:-1]
-    nxt = np.concatenate([o + (np.arange(m) + 1) % m for o, m in zip(offsets, counts)])  # the following segment
-
-    def orient(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-        return np.sign((b[..., 0] - a[..., 0]) * (c[..., 1] - a[..., 1])
-                       - (b[..., 1] - a[..., 1]) * (c[..., 0] - a[..., 0]))
-
-    def within(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:  # c inside the box of a-b
-        return ((np.minimum(a[..., 0], b[..., 0]) <= c[..., 0]) & (c[..., 0] <= np.maximum(a[..., 0], b[..., 0]))
-                & (np.minimum(a[..., 1], b[..., 1]) <= c[..., 1]) & (c[..., 1] <= np.maximum(a[..., 1], b[..., 1])))
-
-    d = q - p
-    if ((d[:, 0] * d[nxt, 1] - d[:, 1] * d[nxt, 0] == 0) & ((d * d[nxt]).sum(axis=1) < 0)).any():
-        return True  # a fold
-    n = len(p)
-    for i0 in range(0, n, _MEET_ROWS):  # segments i0.. against the later ones, _MEET_ROWS x n pairs at a time
-        i1 = min(n, i0 + _MEET_ROWS)
-        p1, q1, p2, q2 = p[i0:i1, None], q[i0:i1, None], p[None, :], q[None, :]
-        o1, o2, o3, o4 = orient(p1, q1, p2), orient(p1, q1, q2), orient(p2, q2, p1), orient(p2, q2, q1)
-        meet = (((o1 * o2 < 0) & (o3 * o4 < 0)) | ((o1 == 0) & within(p1, q1, p2)) | ((o2 == 0) & within(p1, q1, q2))
-                | ((o3 == 0) & within(p2, q2, p1)) | ((o4 == 0) & within(p2, q2, q1)))
-        rows = np.arange(i0, i1)
-        meet &= np.arange(n)[None, :] > rows[:, None]  # each pair once
-        meet[rows - i0, nxt[rows]] = False  # consecutive segments share their joining vertex
-        back = np.nonzero((nxt >= i0) & (nxt < i1))[0]  # segments followed by one in this block (ends of rings)
-        meet[nxt[back] - i0, back] = False
-        if meet.any():
-            return True
-    return False
-
-
 def _rings(mask: np.ndarray, row0: int, col0: int, tolerance: float) -> list[np.ndarray]:
-    """Outline rings of one component's mask ``(h, w)`` placed at ``(row0, col0)``: exterior (counter-clockwise in
-    ``(x, y)``) then holes (clockwise), closed, at least 4 positions each.
+    """Outline rings of one component's mask placed at ``(row0, col0)`` in the full image.
 
-    The exact contours are simple and disjoint (marching squares with the background fully connected). Simplified
-    ones (``tolerance > 0``, Douglas-Peucker) are kept only when they still form a valid polygon -- every ring with
-    4 positions or more and an area, no two segments meeting (:func:`_segments_meet`), every hole inside the
-    exterior; otherwise the nucleus keeps its exact contours, so that no nucleus is lost from the GeoJSON and no
-    self-crossing polygon is written (QuPath 0.6 rejects the whole file for one)."""
+    The exact rings are ``find_contours``' at level 0.5 on the mask padded by one pixel (so every contour is
+    closed); marching squares with the background fully connected makes them simple and disjoint. With
+    ``tolerance > 0`` the polygon is simplified by Shapely (GEOS' topology-preserving Douglas-Peucker,
+    ``shapely.simplify(..., preserve_topology=True)``), which keeps every hole, keeps every ring at 4 positions or
+    more and makes no ring cross or touch itself or another; its vertices are a subset of the exact ones, so they
+    stay on the half-pixel grid. Should the simplified polygon still not be valid (``shapely.is_valid``: GEOS
+    implements the validity rules of JTS, which QuPath uses) or lose a hole, the exact rings are kept, so no nucleus
+    is lost from the GeoJSON and no invalid polygon is written (QuPath 0.6 rejects the whole file for one).
+
+    Args:
+        mask: ``(h, w)`` bool, one nucleus cropped to its box.
+        row0: full-image row of the mask's top row.
+        col0: full-image column of the mask's left column.
+        tolerance: simplification in pixels; 0: the exact rings.
+
+    Returns:
+        closed ``(n, 2)`` float64 ``(x, y)`` rings, ``n >= 4``: the exterior (counter-clockwise) then the holes
+        (clockwise); ``[]`` for an empty mask.
+    """
     from skimage.measure import find_contours
 
-    padded = np.pad(mask.astype(np.uint8), 1)
-    contours = [c for c in find_contours(padded, 0.5) if len(c) >= 3]
-    if tolerance > 0:
-        simplified = _closed_rings(contours, row0, col0, tolerance)
-        if simplified and len(simplified) == len(contours) and _valid_polygon(simplified):
-            return simplified
-    return _closed_rings(contours, row0, col0, 0.0)
+    contours = [c for c in find_contours(np.pad(mask.astype(np.uint8), 1), 0.5) if len(c) >= 4]
+    rings = _closed_rings(contours, row0, col0)
+    if tolerance <= 0 or not rings:
+        return rings
+    import shapely
+
+    simple = shapely.simplify(shapely.Polygon(rings[0], rings[1:]), tolerance, preserve_topology=True)
+    if not (isinstance(simple, shapely.Polygon) and shapely.is_valid(simple)
+            and len(simple.interiors) == len(rings) - 1):
+        return rings
+    out = [shapely.get_coordinates(simple.exterior), *(shapely.get_coordinates(h) for h in simple.interiors)]
+    return [_oriented(r, k == 0) for k, r in enumerate(out)]
 
 
-def _valid_polygon(rings: list[np.ndarray]) -> bool:
-    """Whether ordered rings (exterior first) form a valid polygon: see :func:`_rings`."""
-    from skimage.measure import points_in_poly
-
-    if _segments_meet(rings):
-        return False
-    return all(bool(points_in_poly(hole[:1], rings[0])[0]) for hole in rings[1:])
+def _oriented(ring: np.ndarray, exterior: bool) -> np.ndarray:
+    """``ring`` counter-clockwise in ``(x, y)`` when ``exterior``, else clockwise (RFC 7946)."""
+    return ring if (_signed_area(ring) > 0) == exterior else ring[::-1]
 
 
-def _closed_rings(contours: list[np.ndarray], row0: int, col0: int, tolerance: float) -> list[np.ndarray]:
-    """``find_contours`` contours (``(row, col)``) as closed ``(x, y)`` rings in full-image coordinates, simplified by
-    ``tolerance`` pixels (0: as they are), largest first (exterior counter-clockwise, holes clockwise)."""
-    from skimage.measure import approximate_polygon
-
-    rings = []
-    for c in contours:
-        if tolerance > 0:
-            c = approximate_polygon(c, tolerance)
-        xy = np.stack([c[:, 1] + col0 - 1 + 0.5, c[:, 0] + row0 - 1 + 0.5], axis=1)
-        if not np.allclose(xy[0], xy[-1]):
-            xy = np.vstack([xy, xy[:1]])
-        if len(xy) < 4:
-            continue
-        rings.append(xy)
-    if not rings:
-        return []
-    areas = [abs(_signed_area(r)) for r in rings]
-    order = np.argsort(areas)[::-1]
-    out = []
-    for k, i in enumerate(order):
-        ring = rings[i]
-        ccw = _signed_area(ring) > 0
-        if (k == 0) != ccw:  # exterior counter-clockwise, holes clockwise (RFC 7946)
-            ring = ring[::-1]
-        out.append(ring)
-    return out
+def _closed_rings(contours: list[np.ndarray], row0: int, col0: int) -> list[np.ndarray]:
+    """Closed ``find_contours`` contours (``(row, col)`` in the padded mask) as ``(x, y)`` rings in full-image
+    coordinates, largest first, oriented (exterior counter-clockwise, holes clockwise)."""
+    rings = [np.stack([c[:, 1] + col0 - 1 + 0.5, c[:, 0] + row0 - 1 + 0.5], axis=1) for c in contours]
+    order = np.argsort([abs(_signed_area(r)) for r in rings])[::-1]
+    return [_oriented(rings[i], k == 0) for k, i in enumerate(order)]
 
 
 def _measure(
@@ -248,8 +198,9 @@ def iter_nuclei(
         band_rows: rows per band.
         margin: rows read below a band to complete its components (grown automatically for tall ones).
         outlines: compute outline rings (else only class, area, bounding box, centroid, probabilities).
-        tolerance: Douglas-Peucker simplification of the outlines, in pixels (0: the exact contour); a nucleus
-            whose simplified outline would not be a valid polygon keeps its exact contour.
+        tolerance: simplification of the outlines in pixels (Shapely's topology-preserving Douglas-Peucker;
+            0: the exact contour); a nucleus whose simplified outline would not be a valid polygon keeps its exact
+            contour.
         min_area: nuclei with fewer pixels are not yielded and are erased from ``class_map``.
         separator: splits one connected component into nuclei: called with a ``(1, h, w)`` boolean mask (the
             component in its box grown by one pixel inside the image), returns ``(1, h, w)`` int ids (0: dropped),
