@@ -462,13 +462,18 @@ def verdict_advice(verdict: str, search: SearchDiagnostics | Mapping[str, Any] |
         ValueError: an unknown verdict.
     """
     if verdict == CONVERGED:
+        reproducible = (
+            " This run decided; whether another seed decides the same, and whether the choice beats a random "
+            "genotype, is what `nasscam compare --models nas-scam-p random --seeds 3` measures (on short searches "
+            "the choice depends on the seed: docs/search.md)."
+        )
         if search is not None and _get(search, "changed") is None:
             return (
                 "the alphas chose, but their stability was not checked (one validation): retrain the derived "
                 "network (train.yaml --genotype_path RUN/genotype.json), or search longer with more validations "
-                "after the warm-up to confirm the choice."
+                "after the warm-up to confirm the choice." + reproducible
             )
-        return "the alphas chose: retrain the derived network (train.yaml --genotype_path RUN/genotype.json)."
+        return "the alphas chose: retrain the derived network (train.yaml --genotype_path RUN/genotype.json)." + reproducible
     if verdict == COLLAPSED:
         return (
             "one operation took over: the genotype is degenerate (all-none cells make their attention module "
