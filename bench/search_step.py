@@ -25,6 +25,8 @@ in a module that needs ``cv2`` and ``nibabel``; the loss is a negligible part of
 alphas with ``.cuda()``; on a CPU run that call is made a no-op while the reference model is built, and nothing else
 of it is changed. ``--bf16`` adds a third side: the project's step under ``torch.autocast("cpu", dtype=torch.bfloat16)``
 (float32 weights and Adam state, the loss computed in float32).
+That is how the search workflow runs its step on a CPU with native bfloat16 (``precision: auto`` in ``search.yaml``);
+``ours`` is its step with ``precision: fp32``. ``bench/profile_search_step.py`` profiles the same step.
 """
 
 from __future__ import annotations
