@@ -13,7 +13,6 @@ share of the profiled step's self CPU time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 
@@ -85,5 +84,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    main()
