@@ -16,8 +16,8 @@ that the search's number of alpha steps can resolve:
    the t statistic ``m / (s / sqrt(n))`` and the number of alpha steps after which the mean gradient would stand
    out of the noise at ``|t| = 2``: ``4 s^2 / m^2``.
 
-Reported per position and cell kind: the share of alphas with ``|t| > 2`` (with no signal at all about 4.6 % of them
-exceed it by chance, for normal noise) and the median number of alpha steps to resolve an alpha's mean gradient.
+Reported per position and cell kind: the share of alphas with ``|t| > 2`` (with no signal at all, 2 P(T > 2) of them
+exceed it by chance for T a Student t with ``batches - 1`` degrees of freedom: 5.5 % for 32 batches) and the median number of alpha steps to resolve an alpha's mean gradient.
 An edge can only be chosen for a reason by a search with more alpha steps than that.
 
 A consistent gradient is not yet a preference of the data: it may come from the seed's random weights. With several
@@ -52,6 +52,13 @@ REPO = Path(__file__).resolve().parents[1]
 SEARCH = REPO / "bundle" / "configs" / "search.yaml"
 DEMO_OVERRIDES = {"roi_size": [64, 64], "epoch_crops": 48, "learning_rate": 0.001, "num_workers": 0, "progress": False}
 T_BAR = 2.0
+
+
+def chance_share(batches: int) -> float:
+    """Share of alphas with |t| > 2 when their gradients are pure noise: two-sided, t with ``batches - 1`` dof."""
+    from scipy.stats import t
+
+    return float(2 * t.sf(T_BAR, batches - 1))
 
 
 def _value(text: str):
@@ -212,7 +219,7 @@ def measure_seed(args, seed: int, epochs: list[int], overrides: dict) -> tuple[l
             a = point["all"]
             print(
                 f"seed {seed}, after {epoch} weight epochs ({point['weight_steps']} weight steps): |t| > 2 for "
-                f"{100 * a['share_t_above_2']:.1f} % of {a['alphas']} alphas (4.6 % by chance), median |t| "
+                f"{100 * a['share_t_above_2']:.1f} % of {a['alphas']} alphas ({100 * chance_share(args.batches):.1f} % by chance), median |t| "
                 f"{a['median_abs_t']:.2f}, median alpha steps to resolve {a['median_steps_to_resolve']:.0f} "
                 f"({100 * a['share_resolved_within_48_steps']:.1f} % within 48, "
                 f"{100 * a['share_resolved_within_1000_steps']:.1f} % within 1000)",
@@ -238,8 +245,15 @@ def _report_cross_seed(epoch: int, seeds: list[int], row: dict) -> None:
 
 def combine(paths: list[str], out: str | None) -> int:
     """Compare the seeds of several ``--json`` files (one seed each, run in parallel) at their common points."""
-    points = [p for path in paths for p in json.loads(Path(path).read_text())["points"]]
+    points = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or "points" not in data:
+            raise ValueError(f"{path} is not a --json file of this benchmark (no 'points')")
+        points.extend(data["points"])
     seeds = sorted({p["seed"] for p in points})
+    if len(seeds) < 2:
+        raise ValueError(f"the files hold {len(seeds)} distinct seed(s) {seeds}; comparing needs 2 or more")
     rows = []
     for epoch in sorted({p["weight_epochs"] for p in points}):
         per_seed = []
@@ -260,17 +274,23 @@ def combine(paths: list[str], out: str | None) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset_dir", help="a prepared dataset (nasscam prepare)")
-    ap.add_argument("--epochs", type=int, nargs="+", default=[2, 8], help="weight-only epochs before each measurement (cumulative)")
-    ap.add_argument("--batches", type=int, default=32, help="architecture batches per measurement")
+    ap.add_argument("--epochs", type=int, nargs="+", default=[2, 8], help="weight-only epochs before each measurement (cumulative; default 2 8)")
+    ap.add_argument("--batches", type=int, default=32, help="architecture batches per measurement (default 32)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds (weights, split, crops); 2+ compare them")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="search.yaml overrides")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="search.yaml overrides, on top of the demo's (roi_size [64,64], epoch_crops 48, learning_rate 0.001, num_workers 0)")
     ap.add_argument("--json", help="write the figures here")
     ap.add_argument("--combine", nargs="+", metavar="JSON", help="only compare the seeds of earlier --json files")
     args = ap.parse_args(argv)
     if args.combine:
-        return combine(args.combine, args.json)
+        try:
+            return combine(args.combine, args.json)
+        except (OSError, ValueError, KeyError) as error:
+            ap.error(f"--combine: {error}")
     if not args.dataset_dir:
         ap.error("--dataset_dir is required (unless --combine)")
+    if args.batches < 2:
+        ap.error(f"--batches must be >= 2 (a standard deviation needs 2 gradients), got {args.batches}")
 
     overrides = dict(DEMO_OVERRIDES)
     for item in args.set:

@@ -22,6 +22,7 @@ The ``precision`` setting of train.yaml, search.yaml, evaluate.yaml and inferenc
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -43,6 +44,8 @@ __all__ = [
     "validation_roi_size",
     "WINDOW_MULTIPLE",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: window sides must be multiples of this (the U-Net's four 2x downsamplings)
 WINDOW_MULTIPLE = 16
@@ -241,6 +244,7 @@ class AutocastInferer(Inferer):
         self.precision = check_precision(precision)
         self.device_type = torch.device(device).type
         self.dtype = autocast_dtype(self.precision, device)
+        self._announced = False
 
     @property
     def enabled(self) -> bool:
@@ -250,6 +254,10 @@ class AutocastInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable, *args: Any, **kwargs: Any) -> Any:
         """The wrapped inferer's prediction of ``inputs`` (float32 when autocast is on)."""
         inferer = self._fitted(inputs) if self.fit_to_image else self.inferer
+        if not self._announced:  # once per inferer: which precision the run really uses (auto is decided here)
+            self._announced = True
+            mode = "bf16 autocast" if self.dtype is not None else "fp32"
+            logger.info(f"{type(self.inferer).__name__}: the network computes in {mode} (precision {self.precision})")
         if self.dtype is None:
             return inferer(inputs, network, *args, **kwargs)
         out = inferer(inputs, AutocastNetwork(network, self.dtype, self.device_type), *args, **kwargs)
@@ -269,7 +277,7 @@ class AutocastInferer(Inferer):
         return inferer
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("inferer", "dtype", "precision", "device_type", "fit_to_image"):
+        if name in ("inferer", "dtype", "precision", "device_type", "fit_to_image", "_announced"):
             raise AttributeError(name)
         return getattr(self.inferer, name)
 

@@ -21,6 +21,7 @@ def test_annealed_temperature_schedule():
     assert values[3] == pytest.approx(0.1 ** (1 / 3)) and values[4] == pytest.approx(0.1 ** (2 / 3))
     assert values[5] == pytest.approx(0.1)
     assert annealed_temperature(1, 1, 0, 2.0, 0.5) == 0.5  # a single alpha epoch is the last one
+    assert [annealed_temperature(e, 2, 1, 1.0, 0.1) for e in (1, 2)] == [1.0, 0.1]  # the warm-up keeps start
     for bad in (0.0, -1.0, float("nan"), "1"):
         with pytest.raises(ValueError, match="alpha_temperature"):
             annealed_temperature(1, 2, 0, bad, 1.0)
@@ -100,3 +101,21 @@ def test_alpha_entropy_loss_adds_the_weighted_penalty_and_sharpens():
         loss(pred, target).backward()
         opt.step()
     assert alpha_entropy(cell).item() < before - 0.1
+
+
+def test_remedy_settings_kept_in_the_checkpoint_and_refused_on_a_changed_resume():
+    from monai_nasscam.errors import InputError
+    from monai_nasscam.handlers import SearchDiagnosticsHandler
+
+    net = NASAttentionCell("sam", 2, 4)
+    made = SearchDiagnosticsHandler(net, settings={"alpha_temperature": [1, 0.1], "alpha_entropy_weight": 0})
+    state = made.state_dict()
+    assert state["settings"] == {"alpha_temperature": [1.0, 0.1], "alpha_entropy_weight": 0.0}
+    SearchDiagnosticsHandler(net, settings={"alpha_temperature": (1.0, 0.1), "alpha_entropy_weight": 0.0}).load_state_dict(state)
+    with pytest.raises(InputError, match=r"resume: the checkpoint's search ran with alpha_temperature \[1.0, 0.1\], "
+                                         r"this run has \[1.0, 1.0\]; resume with --alpha_temperature \[1.0, 0.1\]"):
+        SearchDiagnosticsHandler(net, settings={"alpha_temperature": [1, 1], "alpha_entropy_weight": 0}).load_state_dict(state)
+    # a checkpoint from before the settings were kept resumes as before
+    SearchDiagnosticsHandler(net, settings={"alpha_temperature": [1, 1], "alpha_entropy_weight": 0}).load_state_dict(
+        {"previous": None, "previous_epoch": -1}
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,13 @@ def test_overlay_font_size_stays_in_a_readable_range() -> None:
 
 
 @pytest.mark.parametrize(
-    "setting, message", [({"sw_mode": "gauss"}, "sw_mode (blending"), ({"sigma_scale": -1}, "sw_sigma_scale")]
+    "setting, message",
+    [
+        ({"sw_mode": "gauss"}, "sw_mode (blending"),
+        ({"sigma_scale": -1}, "sw_sigma_scale"),
+        ({"polygon_tolerance": "abc"}, "polygon_tolerance (outline simplification, pixels) must be a number >= 0"),
+        ({"polygon_tolerance": -1.0}, "polygon_tolerance (outline simplification, pixels) must be a number >= 0"),
+    ],
 )
 def test_bad_blending_settings_are_named(setting: dict, message: str, tmp_path: Path) -> None:
     from PIL import Image
@@ -162,5 +169,5 @@ def test_bad_blending_settings_are_named(setting: dict, message: str, tmp_path: 
     (tmp_path / "model.pt").write_bytes(b"weights")
     common = dict(attention="unet", stain="none", roi_size=(ROI, ROI))
     assert check_inference_inputs(tmp_path, tmp_path / "model.pt", sw_mode="constant", sigma_scale=0.125, **common)
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         check_inference_inputs(tmp_path, tmp_path / "model.pt", **setting, **common)

@@ -250,3 +250,5 @@ def test_search_with_the_darts_remedies(tmp_path, prepared, caplog):
     assert "epoch 1: alpha softmax temperature 1" in log and "epoch 2: alpha softmax temperature 0.1" in log
     cells = [m for m in parser.get_parsed_content("network").modules() if getattr(m, "searchable", False)]
     assert cells and all(c.temperature == pytest.approx(0.1) for c in cells)
+    saved = sorted((tmp_path / "run" / "genotypes").glob("genotype_epoch*.json"))
+    assert saved and Genotype.load(saved[-1]).search["settings"] == {"alpha_temperature": [1.0, 0.1], "alpha_entropy_weight": 0.5}

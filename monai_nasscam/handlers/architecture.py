@@ -9,6 +9,7 @@ They follow MONAI's handler habits: small classes configured in ``__init__`` and
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -272,6 +273,12 @@ class SearchDiagnosticsHandler:
         tag: prefix of the TensorBoard tags.
         metric_prefix: prefix of the metric names.
         name: logger name (default: the engine's logger).
+        settings: search settings that change what the alphas learn and must not change on a resume (search.yaml
+            gives ``alpha_temperature`` and ``alpha_entropy_weight``): kept in the checkpoint, compared on resume,
+            and recorded in the genotypes' ``search`` section as ``settings``. ``None``: none.
+
+    Raises:
+        InputError: on resume (``load_state_dict``), a setting differs from the checkpoint's.
     """
 
     def __init__(
@@ -282,7 +289,9 @@ class SearchDiagnosticsHandler:
         tag: str = "alpha_diagnostics",
         metric_prefix: str = "alpha_",
         name: str | None = None,
+        settings: Mapping[str, Any] | None = None,
     ) -> None:
+        self.settings = None if settings is None else {str(k): _plain(v) for k, v in settings.items()}
         self.network = network
         self._writer = summary_writer
         self.rule = VerdictRule.from_dict(rule) if isinstance(rule, Mapping) else (rule or VerdictRule())
@@ -337,12 +346,42 @@ class SearchDiagnosticsHandler:
         self._writer.flush()
 
     def state_dict(self) -> dict:
-        return {"previous": self.previous, "previous_epoch": self.previous_epoch}
+        return {"previous": self.previous, "previous_epoch": self.previous_epoch, "settings": self.settings}
 
     def load_state_dict(self, state: dict) -> None:
+        saved = state.get("settings")
+        if saved is not None and self.settings is not None:
+            for key in sorted(set(saved) | set(self.settings)):
+                if saved.get(key) != self.settings.get(key):
+                    raise InputError(
+                        f"resume: the checkpoint's search ran with {key} {saved.get(key)!r}, this run has "
+                        f"{self.settings.get(key)!r}; resume with --{key} {json.dumps(saved.get(key))} (or start a new "
+                        "search in another output_dir)."
+                    )
         self.previous = state.get("previous")
         self.previous_epoch = int(state.get("previous_epoch", -1))
         self.latest = None
+
+    def record(self, epoch: int) -> dict[str, Any]:
+        """The genotype's ``search`` section at ``epoch``: the diagnostics' figures and verdict, and ``settings``."""
+        record = self.for_epoch(epoch).to_dict()
+        if self.settings:
+            record["settings"] = dict(self.settings)
+        return record
+
+
+def _plain(value: Any) -> Any:
+    """A setting as plain JSON values (numbers as floats, sequences as lists), so saved and given values compare."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _search_record(source: SearchDiagnosticsHandler | None, network: nn.Module, epoch: int) -> dict[str, Any]:
+    """The ``search`` section of a genotype saved at ``epoch`` (see :meth:`SearchDiagnosticsHandler.record`)."""
+    return source.record(epoch) if source is not None else _diagnostics_at(None, network, epoch).to_dict()
 
 
 def _diagnostics_at(source: SearchDiagnosticsHandler | None, network: nn.Module, epoch: int) -> SearchDiagnostics:
@@ -439,7 +478,7 @@ class GenotypeSaver:
 
     def __call__(self, engine: Engine) -> None:
         epoch = int(engine.state.epoch)
-        search = _diagnostics_at(self.diagnostics, self.network, epoch).to_dict()
+        search = _search_record(self.diagnostics, self.network, epoch)
         genotype = Genotype.from_model(unwrap_model(self.network), exclude_none=self.exclude_none, search=search)
         path = genotype.save(self.output_dir / "genotypes" / f"genotype_epoch{epoch:04d}.json")
         self.logger.info(f"epoch {epoch} genotype ({path.name}): {summarize(genotype)}")
@@ -575,7 +614,7 @@ class BestGenotypeSaver:
         warm = epoch <= self._warmup()
         best_warm = self.best_genotype is not None and self.best_epoch <= self._warmup()
         if self.best_genotype is None or (warm == best_warm and value > self.best_metric) or (best_warm and not warm):
-            search = _diagnostics_at(self.diagnostics, self.network, epoch).to_dict()
+            search = _search_record(self.diagnostics, self.network, epoch)
             genotype = Genotype.from_model(unwrap_model(self.network), exclude_none=self.exclude_none, search=search)
             self.best_metric, self.best_epoch, self.best_genotype = value, epoch, genotype.to_dict()
             note = " (a warm-up validation: kept only until one after the warm-up)" if warm else ""

@@ -28,7 +28,7 @@ def annealed_temperature(epoch: int, max_epochs: int, warmup_epochs: int, start:
     """The softmax temperature of a 1-based search ``epoch``: geometric from ``start`` to ``end``.
 
     ``start`` through the warm-up and in the first alpha epoch (``warmup_epochs + 1``), ``end`` in the last
-    (``max_epochs``), geometric in between: ``start * (end / start) ** progress``.
+    (``max_epochs``; with a single alpha epoch, that one), geometric in between: ``start * (end / start) ** progress``.
 
     Args:
         epoch: the epoch, 1-based (ignite's ``engine.state.epoch`` during the epoch).
@@ -46,8 +46,11 @@ def annealed_temperature(epoch: int, max_epochs: int, warmup_epochs: int, start:
     for name, value in (("start", start), ("end", end)):
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise ValueError(f"alpha_temperature {name} must be a finite number > 0, got {value!r}.")
+    alpha_epoch = int(epoch) - int(warmup_epochs)  # 1 = the first alpha epoch; <= 0 in the warm-up
     span = int(max_epochs) - int(warmup_epochs) - 1
-    progress = 1.0 if span <= 0 else min(1.0, max(0.0, (int(epoch) - int(warmup_epochs) - 1) / span))
+    if alpha_epoch <= 0:
+        return float(start)
+    progress = 1.0 if span <= 0 else min(1.0, (alpha_epoch - 1) / span)
     return float(start) * (float(end) / float(start)) ** progress
 
 
@@ -83,5 +86,5 @@ class AlphaTemperatureScheduler:
         cells = [m for m in unwrap_model(self.network).modules() if isinstance(m, NASAttentionCell) and m.searchable]
         for cell in cells:
             cell.temperature = t
-        if self.start != self.end:
+        if (self.start, self.end) != (1.0, 1.0):
             logger.info(f"epoch {engine.state.epoch}: alpha softmax temperature {t:.4g}")

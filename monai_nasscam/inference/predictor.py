@@ -655,10 +655,12 @@ def check_inference_inputs(
     recursive: Any = True,
     sw_mode: Any = None,
     sigma_scale: Any = None,
+    polygon_tolerance: Any = 0.0,
 ) -> bool:
     """Raise a clear error, naming the file or setting at fault, for anything that stops inference before the first
     image: no input image, no checkpoint, a missing or mismatched genotype, no stain reference, bad settings
-    (``sw_mode`` / ``sigma_scale``: the window blending, checked when given).
+    (``sw_mode`` / ``sigma_scale``: the window blending, checked when given; ``polygon_tolerance``: a finite number
+    of pixels >= 0).
     (A checkpoint of another architecture is reported when the weights are loaded, naming the file.)"""
     from monai_nasscam.networks.run_folder import resolve_network_choice
     from monai_nasscam.inference.tiling import window_geometry
@@ -682,4 +684,10 @@ def check_inference_inputs(
         raise ValueError(f"sw_mode (blending of overlapping windows) must be gaussian or constant, got {sw_mode!r}.")
     if sigma_scale is not None and not all(float(v) > 0 for v in np.atleast_1d(np.asarray(sigma_scale, dtype=float))):
         raise ValueError(f"sw_sigma_scale (the Gaussian's sigma / roi_size) must be > 0, got {sigma_scale!r}.")
+    if isinstance(polygon_tolerance, bool) or not isinstance(polygon_tolerance, (int, float)) or not (
+        math.isfinite(polygon_tolerance) and polygon_tolerance >= 0
+    ):
+        raise ValueError(
+            f"polygon_tolerance (outline simplification, pixels) must be a number >= 0 (0: exact outlines), got {polygon_tolerance!r}."
+        )
     return True
