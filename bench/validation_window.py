@@ -79,23 +79,20 @@ def main() -> None:
     weights = [p for p in net.parameters() if id(p) not in arch_params]
     alphas = [p for p in net.parameters() if id(p) in arch_params]
 
-    def one_step(inferer, batch, arch_batch) -> None:
-        net.train()
-        for p in alphas:
+    def optimise(inferer, batch, optimizer, loss, frozen) -> None:  # one step of one optimiser, the rest frozen
+        for p in frozen:
             p.requires_grad_(False)
-        opt.zero_grad(set_to_none=True)
-        loss_fn(inferer(batch["image"], net), batch["label"]).mean().backward()
-        opt.step()
-        for p in alphas:
+        optimizer.zero_grad(set_to_none=True)
+        loss(inferer(batch["image"], net), batch["label"]).mean().backward()
+        optimizer.step()
+        for p in frozen:
             p.requires_grad_(True)
+
+    def one_step(inferer, batch, arch_batch) -> None:  # as BilevelSearchTrainer's iteration: weights, then alphas
+        net.train()
+        optimise(inferer, batch, opt, loss_fn, alphas)
         if arch_batch is not None:
-            for p in weights:
-                p.requires_grad_(False)
-            arch_opt.zero_grad(set_to_none=True)
-            arch_loss(inferer(arch_batch["image"], net), arch_batch["label"]).mean().backward()
-            arch_opt.step()
-            for p in weights:
-                p.requires_grad_(True)
+            optimise(inferer, arch_batch, arch_opt, arch_loss, weights)
 
     def time_steps(precision: str) -> float:
         inferer = AutocastInferer(SimpleInferer(), precision)
