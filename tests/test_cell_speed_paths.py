@@ -1,5 +1,5 @@
-"""The faster execution paths of the search step: the cell's per-dilation fusion of its one-channel output edges
-and the U-Net's BitsDropout. Each is checked against its plain definition."""
+"""The faster execution paths of the search step: the cell's per-dilation fusion of its one-channel output edges,
+its channels-last convolutions on CPU and the U-Net's BitsDropout. Each is checked against its plain definition."""
 
 from __future__ import annotations
 
@@ -55,6 +55,33 @@ def test_fused_forward_equals_reference_under_autocast(mode, dtype):
         a, b = fused(x).float(), reference.reference_forward(x).float()
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (2, 6, 9, 11)), (3, (1, 4, 5, 6, 4))])
+def test_sam_cell_convolves_channels_last_on_cpu_with_the_definitions_gradients(monkeypatch, dims, shape):
+    """On CPU every convolution of a spatial cell reads a channels-last tensor; outputs and gradients (input, conv
+    weights, alphas) equal the edge-by-edge definition's, which runs in the default layout."""
+    from monai_nasscam.networks import cell as cell_module
+
+    torch.manual_seed(2)
+    cell = NASAttentionCell("sam", dims, shape[1], hidden_channels=8).train()
+    with torch.no_grad():
+        cell.alpha.normal_(0.0, 1.0)
+    reference = copy.deepcopy(cell)
+    layout = torch.channels_last if dims == 2 else torch.channels_last_3d
+    seen = []
+    conv = cell_module.CONV_FUNCTIONS[dims]
+    monkeypatch.setitem(cell_module.CONV_FUNCTIONS, dims, lambda x, *a, **k: seen.append(x.is_contiguous(memory_format=layout)) or conv(x, *a, **k))
+    x = torch.randn(shape)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    weight = torch.randn(shape[0], 1, *shape[2:])
+    out = cell(xa)
+    (out * weight).sum().backward()
+    (reference.reference_forward(xb) * weight).sum().backward()
+    assert seen and all(seen) and out.is_contiguous()
+    torch.testing.assert_close(xa.grad, xb.grad, atol=1e-5, rtol=1e-5)
+    for (name, a), (_, b) in zip(cell.named_parameters(), reference.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_bits_dropout_drops_at_its_rate_in_every_bit_lane():
