@@ -1,5 +1,6 @@
 """Time one training step (forward, backward, Adam) of the NAS-SCAM-P supernet, its derived network with
-every edge on conv3, and the plain U-Net, against the throughput of one large 3x3 convolution.
+every edge on conv3, and the plain U-Net, against the throughput of one large 3x3 convolution (timed in the default
+and the channels-last layout; the faster one is the yardstick, since the spatial cells convolve channels-last on CPU).
 
 Each network runs in its own subprocess so that its peak resident memory is its own. Rates use the best of the
 timed steps (and the best of the convolution runs): on a shared machine the best run is the one least disturbed.
@@ -68,9 +69,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def conv_reference(batch: int, size: int, device: str, repeats: int = 5) -> float:
-    """GFLOP/s of a forward 3x3 convolution, 64 -> 64 channels, at (batch, 64, size, size), best of ``repeats``."""
+def conv_reference(batch: int, size: int, device: str, repeats: int = 5, channels_last: bool = False) -> float:
+    """GFLOP/s of a forward 3x3 convolution, 64 -> 64 channels, at (batch, 64, size, size), best of ``repeats``,
+    in the default or the channels-last layout."""
     x = torch.randn(batch, 64, size, size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(64, 64, 3, 3, device=device)
     flop = 2 * batch * size * size * 64 * 64 * 9
     times = []
@@ -260,8 +264,12 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch {args.batch}x3x{args.size}x{args.size}, "
           f"malloc tuning {'on' if tuned else 'off'}")
     rows = [_run_worker(name, args) for name in args.models]
-    conv = conv_reference(args.batch, args.size, args.device)
-    print(f"reference: one 3x3 conv (64->64, {args.batch}x64x{args.size}x{args.size}) forward: {conv:.1f} GFLOP/s")
+    # the yardstick is the faster layout: the spatial cells convolve channels-last on CPU (networks/cell.py)
+    layouts = {"NCHW": conv_reference(args.batch, args.size, args.device),
+               "channels-last": conv_reference(args.batch, args.size, args.device, channels_last=True)}
+    rates = ", ".join(f"{rate:.1f} GFLOP/s {name}" for name, rate in layouts.items())
+    print(f"reference: one 3x3 conv (64->64, {args.batch}x64x{args.size}x{args.size}) forward: {rates}")
+    conv = max(layouts.values())
     print(f"{'model':<15}{'params M':>10}{'median s':>10}{'best s':>8}{'GFLOP':>9}{'GFLOP/s':>9}{'of conv':>9}{'peak MiB':>10}")
     base = {r["model"]: r for r in rows}
     for r in rows:
