@@ -11,8 +11,9 @@ MONAI's config parser wraps every error raised while it evaluates an expression 
 traceback. :func:`install_excepthook` (done when ``monai_nasscam`` is imported, which every bundle config does
 first) replaces the traceback of an uncaught exception whose chain (``__cause__`` / ``__context__``) holds an
 :class:`InputError` or a :class:`~monai_nasscam.data.errors.DataError` with the single line ``error: <message>``
-on stderr (exit status 1); every other exception keeps its full traceback. ``NASSCAM_TRACEBACK=1`` in the
-environment keeps the full traceback for input errors too.
+on stderr (exit status 1), and that of a run interrupted by a signal after saving its checkpoint
+(:class:`RunInterrupted`) with ``stopped: <message>``; every other exception keeps its full traceback.
+``NASSCAM_TRACEBACK=1`` in the environment keeps the full traceback for these too.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 __all__ = [
     "InputError",
     "MissingInputError",
+    "RunInterrupted",
     "as_input_error",
     "find_input_error",
     "input_check",
@@ -44,6 +46,14 @@ class InputError(ValueError):
     """A bad command-line setting or input file; the message names the key or the file and says what to do.
 
     A ``ValueError``, so code that catches ``ValueError`` around the checks keeps working.
+    """
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run that stopped on a signal (Ctrl-C, SIGTERM) after saving what it resumes from; the message says where.
+
+    On the command line it ends the run with the single line ``stopped: <message>`` instead of a traceback
+    (:func:`nasscam_excepthook`; exit status 1).
     """
 
 
@@ -88,10 +98,21 @@ def find_input_error(error: BaseException | None) -> BaseException | None:
     (``error`` itself, then its ``__cause__`` / ``__context__``), or ``None``."""
     from monai_nasscam.data.errors import DataError
 
+    return _find_in_chain(error, (InputError, DataError))
+
+
+def _reported_types() -> tuple[type[BaseException], ...]:
+    """The exceptions the hook reports as one line: input errors and interruptions."""
+    from monai_nasscam.data.errors import DataError
+
+    return (InputError, DataError, RunInterrupted)
+
+
+def _find_in_chain(error: BaseException | None, types: tuple[type[BaseException], ...]) -> BaseException | None:
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, (InputError, DataError)):
+        if isinstance(error, types):
             return error
         error = error.__cause__ or error.__context__
     return None
@@ -108,8 +129,9 @@ def nasscam_excepthook(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> None:
     """``sys.excepthook``: ``error: <message>`` on stderr for an input error anywhere in the exception's chain,
-    else the previous hook (the full traceback). Python then exits with status 1."""
-    found = None if _full_traceback_wanted() else find_input_error(exc)
+    ``stopped: <message>`` for a :class:`RunInterrupted`, else the previous hook (the full traceback). Python then
+    exits with status 1."""
+    found = None if _full_traceback_wanted() else _find_in_chain(exc, _reported_types())
     if found is None:
         (_previous_hook or sys.__excepthook__)(exc_type, exc, tb)
         return
@@ -119,7 +141,7 @@ def nasscam_excepthook(
         sys.stdout.flush()
     except (OSError, ValueError):
         pass
-    print(f"error: {message}", file=sys.stderr, flush=True)
+    print(f"{'stopped' if isinstance(found, RunInterrupted) else 'error'}: {message}", file=sys.stderr, flush=True)
 
 
 def install_excepthook() -> None:

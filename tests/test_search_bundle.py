@@ -123,6 +123,8 @@ def test_search_end_to_end_interrupted_and_resumed(tmp_path, prepared):
     if interrupted:  # the usual case: stopped cleanly after an iteration
         assert proc.returncode != 0, log[-3000:]
         assert "resume from" in log and not (run / "genotype.json").exists()
+        # one line for the user, no traceback (neither ignite's nor MONAI's StatsHandler's nor Python's)
+        assert "\nstopped: SIGINT received: stopped after iteration" in log and "Traceback" not in log, log[-3000:]
     else:  # the signal came after the last iteration (a very slow machine)
         assert (run / "genotype.json").exists(), log[-3000:]
 

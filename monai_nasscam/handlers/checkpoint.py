@@ -8,8 +8,9 @@ iteration left (possibly half an optimiser step). :class:`ResumableCheckpointSav
   ignite's ``DiskSaver(atomic=True)`` (temporary file, then rename) at the end of every ``epoch_interval``-th
   epoch, after every other end-of-epoch handler (validation, genotype tracking), so the file always describes a
   consistent point;
-- on Ctrl-C (SIGINT) or SIGTERM lets the running iteration finish, saves, and raises :class:`SearchInterrupted`
-  (a ``KeyboardInterrupt``); a second signal interrupts at once, as usual. Data-loader worker processes
+- on Ctrl-C (SIGINT) or SIGTERM lets the running iteration finish, saves, ends the engine's run and then raises
+  :class:`SearchInterrupted` (a ``KeyboardInterrupt``) from ``engine.run``; a second signal interrupts at once, as
+  usual. Data-loader worker processes
   (forked while the handler is installed) ignore the first signal, so a Ctrl-C or a SIGTERM to the whole process
   group (``timeout``, ``kill -TERM -PGID``, batch schedulers) does not kill them under the finishing iteration;
   for SIGTERM this needs :class:`~monai_nasscam.data.SignalSafeDataLoader`, because torch's worker loop
@@ -35,13 +36,18 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 
 from monai_nasscam.engines.search_inputs import CHECKPOINT_NAME
+from monai_nasscam.errors import RunInterrupted
 from monai_nasscam.serialization import to_cpu
 
 __all__ = ["ResumableCheckpointSaver", "SearchInterrupted"]
 
 
-class SearchInterrupted(KeyboardInterrupt):
-    """The search stopped on a signal after saving its checkpoint.
+class SearchInterrupted(RunInterrupted):
+    """The search (or training) stopped on a signal after saving its checkpoint.
+
+    Raised by the engine's ``run`` once ignite has ended the run (``terminate``, so no ``COMPLETED`` handler runs
+    and ignite does not report it as a failure); on the command line it ends the run with one ``stopped: ...``
+    line (:func:`monai_nasscam.errors.nasscam_excepthook`).
 
     Args:
         signum: the signal received.
@@ -108,6 +114,7 @@ class ResumableCheckpointSaver:
         self._name = name
         self.logger = logging.getLogger(name)
         self._signum: int | None = None
+        self._interruption: SearchInterrupted | None = None
         self._previous: dict[int, Any] = {}
         self._owner_pid = os.getpid()
 
@@ -120,18 +127,22 @@ class ResumableCheckpointSaver:
             self.logger = engine.logger
         engine.add_event_handler(Events.STARTED, self._started)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._iteration_completed)
-        if self.handle_signals:
-            run = engine.run
+        run = engine.run
 
-            @functools.wraps(run)
-            def run_with_signals(*args: Any, **kwargs: Any) -> Any:
+        @functools.wraps(run)
+        def run_until_interrupted(*args: Any, **kwargs: Any) -> Any:
+            if self.handle_signals:
                 self._install()
-                try:
-                    return run(*args, **kwargs)
-                finally:
-                    self._restore()
+            try:
+                state = run(*args, **kwargs)
+            finally:
+                self._restore()
+            if self._interruption is not None:  # raised here, outside the engine: ignite ended the run cleanly
+                error, self._interruption = self._interruption, None
+                raise error
+            return state
 
-            engine.run = run_with_signals  # type: ignore[method-assign]
+        engine.run = run_until_interrupted  # type: ignore[method-assign]
 
     def save(self, engine: Engine | None = None) -> Path:
         """Write the checkpoint now; returns its path.
@@ -179,9 +190,9 @@ class ResumableCheckpointSaver:
             return
         signum, self._signum = self._signum, None
         self._restore()
-        error = SearchInterrupted(signum, str(self.path), engine.state.iteration)
-        self.logger.warning(str(error))
-        raise error
+        self._interruption = SearchInterrupted(signum, str(self.path), engine.state.iteration)
+        self.logger.warning(str(self._interruption))
+        engine.terminate(skip_completed=True)  # no COMPLETED handler runs: the run is not finished
 
     # -- signals ----------------------------------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGINT) -> None:
