@@ -174,6 +174,7 @@ def test_evaluate_writes_metrics_json_and_markdown(workdir, prepared, trained_un
     protocol = metrics["protocol"]
     assert protocol["split"] == "test" and protocol["images"] == 2
     assert protocol["inferer"]["name"] == "SlidingWindowInferer" and protocol["inferer"]["overlap"] == 0.5
+    assert protocol["inferer"]["fit_to_image"] is True  # roi_size is the largest window; small images get one window
     assert protocol["threshold"] == 0.5 and protocol["network"]["attention"] == "unet"
 
     # the pooled Dice matches an independent computation from the saved model

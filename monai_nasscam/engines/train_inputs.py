@@ -55,7 +55,14 @@ TRAIN_CHECKPOINT_NAME = "train_checkpoint.pt"
 
 
 def describe_inferer(inferer: Any) -> dict[str, Any]:
-    """The settings of a whole-image inferer, for reports: its class name and window geometry."""
+    """The settings of a whole-image inferer, for reports: its class name and window geometry.
+
+    An :class:`~monai_nasscam.inferers.AutocastInferer` is described by the inferer it wraps, plus
+    ``"fit_to_image": True`` when it shrinks windows larger than an image to the image (rounded up to a multiple
+    of 16): ``roi_size`` is then the largest window, not the one every image was computed with.
+    """
+    fit = bool(getattr(inferer, "fit_to_image", False))
+    inferer = getattr(inferer, "inferer", inferer)
     out: dict[str, Any] = {"name": type(inferer).__name__}
     for key in ("roi_size", "stride", "overlap", "mode", "sw_batch_size", "cval"):
         value = getattr(inferer, key, None)
@@ -66,6 +73,8 @@ def describe_inferer(inferer: Any) -> dict[str, Any]:
         elif hasattr(value, "value"):  # enums
             value = value.value
         out[key] = value
+    if fit:
+        out["fit_to_image"] = True
     return out
 
 
