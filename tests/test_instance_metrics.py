@@ -150,6 +150,36 @@ def test_watershed_separates_touching_discs_and_raises_pq():
     assert float(pq_ws.aggregate()[0]) > 0.9
 
 
+def _disc(shape, centre, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return np.hypot(yy - centre[0], xx - centre[1]) <= radius
+
+
+@pytest.mark.parametrize("hole", [0.5, 2, 5, 7.5])  # holes of 1, 13, 81 and 177 pixels
+def test_a_nucleus_with_a_pale_centre_stays_one_nucleus(hole):
+    """A holed nucleus (a ring of distance maxima around the hole) is one nucleus, kept by min_size: before, it
+    split into 4-8 pieces under 200 px each and vanished."""
+    shape = (64, 64)
+    mask = _disc(shape, (32, 32), 13) & ~_disc(shape, (32, 32), hole)
+    ws = watershed_instances(mask)
+    assert ws.max() == 1 and ((ws > 0) == mask).all()  # the hole stays background
+    assert InstanceSeparator("watershed")(mask[None].astype(np.uint8)).max() == 1
+
+
+def test_holes_are_filled_for_the_split_only_up_to_a_nucleus_size():
+    shape = (96, 96)
+    two = _disc(shape, (48, 36), 12) | _disc(shape, (48, 58), 12)
+    holed = two & ~_disc(shape, (48, 36), 3) & ~_disc(shape, (48, 58), 3)
+    ws = watershed_instances(holed)
+    assert ws.max() == 2 and ((ws > 0) == holed).all()
+    # six touching nuclei around a lumen of 279 px (over WATERSHED_HOLE_AREA): the lumen is not filled, six nuclei
+    angles = np.arange(6) * np.pi / 3
+    gland = np.zeros(shape, bool)
+    for a in angles:
+        gland |= _disc(shape, (48 + 19 * np.sin(a), 48 + 19 * np.cos(a)), 10.5)
+    assert watershed_instances(gland).max() == 6
+
+
 def test_separator_options_and_errors():
     mask, _ = _two_discs()
     cc = InstanceSeparator("connected_components")
