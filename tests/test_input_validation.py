@@ -265,3 +265,16 @@ def test_savers_write_cpu_tensors(tmp_path):
     with mock.patch("monai_nasscam.handlers.checkpoint.to_cpu", side_effect=lambda c: seen.append(c) or to_cpu(c)):
         path = checkpointer.save(Engine(lambda e, b: None))
     assert seen and set(torch.load(path, weights_only=True)["network"]) == set(state)
+
+
+def test_a_run_folder_as_checkpoint_names_the_weights_file(tmp_path):
+    from monai_nasscam.networks.run_folder import build_network, check_checkpoint
+
+    net = build_network(attention="unet", features=FEATURES)
+    (tmp_path / "models").mkdir()
+    torch.save(net.state_dict(), tmp_path / "models" / "model.pt")
+    with pytest.raises(ValueError, match=r"is a folder, not a weights file: pass the file as --ckpt_path; did you mean .*models/model\.pt\?"):
+        check_checkpoint(tmp_path, net)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"is a folder, not a weights file: .*\(train\.yaml writes RUN/models/model\.pt\)"):
+        check_checkpoint(tmp_path / "empty", net)

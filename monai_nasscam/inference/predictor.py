@@ -662,14 +662,11 @@ def check_inference_inputs(
     (``sw_mode`` / ``sigma_scale``: the window blending, checked when given; ``polygon_tolerance``: a finite number
     of pixels >= 0).
     (A checkpoint of another architecture is reported when the weights are loaded, naming the file.)"""
-    from monai_nasscam.networks.run_folder import resolve_network_choice
+    from monai_nasscam.networks.run_folder import require_checkpoint_file, resolve_network_choice
     from monai_nasscam.inference.tiling import window_geometry
 
     find_images(input_dir, as_bool(recursive, "recursive"))
-    if is_null(ckpt_path) or not Path(ckpt_path).is_file():  # type: ignore[arg-type]
-        raise FileNotFoundError(
-            f"checkpoint {ckpt_path} does not exist; pass --ckpt_path RUN/models/model.pt (written by train.yaml)."
-        )
+    require_checkpoint_file(ckpt_path)
     resolve_network_choice(attention, genotype_path, run_dir_of(ckpt_path))  # type: ignore[arg-type]
     load_stain_reference(resolve_stain_spec(stain, None if is_null(dataset_dir) else dataset_dir, run_dir_of(ckpt_path)))  # type: ignore[arg-type]
 

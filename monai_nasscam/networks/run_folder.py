@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from monai_nasscam.data.classes import NUM_CLASSES
-from monai_nasscam.errors import input_check
+from monai_nasscam.errors import InputError, MissingInputError, input_check
 from monai_nasscam.networks.attentions import attention_names, build_attention_network, get_attention
 from monai_nasscam.networks.diagnostics import CONVERGED
 from monai_nasscam.networks.genotype import Genotype
@@ -43,6 +43,7 @@ __all__ = [
     "build_network",
     "describe_network",
     "check_checkpoint",
+    "require_checkpoint_file",
     "warn_unconverged_genotype",
 ]
 
@@ -248,6 +249,29 @@ def describe_network(
 
 
 @input_check
+def require_checkpoint_file(path: str | os.PathLike | None) -> Path:
+    """``path`` as a ``Path`` if it is a file; the ``--ckpt_path`` errors otherwise.
+
+    Raises:
+        InputError: ``path`` is a folder (naming ``RUN/models/model.pt`` inside it when there is one).
+        MissingInputError: no such file (also a ``FileNotFoundError``), or ``None``.
+    """
+    if is_null(path):
+        raise MissingInputError("no checkpoint given: pass --ckpt_path RUN/models/model.pt (written by train.yaml).")
+    path = Path(path)
+    if path.is_dir():
+        inside = next((p for p in (path / "models" / "model.pt", path / "model.pt") if p.is_file()), None)
+        hint = f"; did you mean {inside}?" if inside is not None else " (train.yaml writes RUN/models/model.pt)."
+        raise InputError(f"checkpoint {path} is a folder, not a weights file: pass the file as --ckpt_path{hint}")
+    if not path.is_file():
+        raise MissingInputError(
+            f"checkpoint {path} does not exist; train first (train.yaml writes RUN/models/model.pt) "
+            "or pass --ckpt_path."
+        )
+    return path
+
+
+@input_check
 def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | None = None) -> bool:
     """Check that ``path`` holds weights for ``network`` (same parameter names and shapes); ``True`` if so.
 
@@ -261,12 +285,7 @@ def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | Non
         MissingInputError: no such file (also a ``FileNotFoundError``).
         InputError: not a checkpoint, or weights of another architecture (which keys or shapes differ).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {path} does not exist; train first (train.yaml writes RUN/models/model.pt) "
-            "or pass --ckpt_path."
-        )
+    path = require_checkpoint_file(path)
     try:
         state = load_checkpoint(path)  # CPU tensors, whatever device they were saved from
     except Exception as e:  # noqa: BLE001 - any unpickling error means "not a weights file"
