@@ -290,7 +290,7 @@ class InstanceSeparator:
             return f"connected components ({conn}) of each class channel{small}"
         return (f"marker-controlled watershed of each class channel's distance transform (Gaussian sigma "
                 f"{self.sigma:g} px; markers: h-maxima, h {self.h:g} px, min distance {self.min_distance} px; "
-                f"{conn}){small}")
+                f"holes under {WATERSHED_HOLE_AREA} px filled for the split; {conn}){small}")
 
     def __repr__(self) -> str:
         extra = "".join(f", {k}={v!r}" for k, v in self.params.items())
