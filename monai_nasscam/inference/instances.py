@@ -17,9 +17,10 @@ not say where one nucleus ends and the next begins. Two ways turn a class mask i
   instance lies inside one connected component. The distance is taken with the component's holes smaller than
   :data:`WATERSHED_HOLE_AREA` (200 px) filled: a nucleus predicted with a pale centre, even a one-pixel hole, would
   otherwise have a ring of maxima around the hole and split into pieces that ``min_size`` then drops, so the whole
-  nucleus would vanish; larger holes (a lumen enclosed by touching nuclei) are kept. The flooding stays on the mask. Each component is split on its own (its distance map ignores the
-  other components), so the result does not depend on what lies around it: block-wise processing that keeps every
-  component whole gives the whole image's nuclei.
+  nucleus would vanish; larger holes (a lumen enclosed by touching nuclei) are kept. The flooding stays on the mask.
+  Each component is split on its own (its distance map ignores the other components), so the result does not
+  depend on what lies around it: block-wise processing that keeps every component whole gives the whole image's
+  nuclei.
 
 Either method can then drop the instances smaller than ``min_size`` pixels, specks that are rarely nuclei and
 would count as false positives: :data:`WATERSHED_MIN_SIZE` (200 px, 12.5 µm² at 0.25 µm/px; about the 5th

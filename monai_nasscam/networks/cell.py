@@ -12,8 +12,8 @@ all candidates that read the same node and share a kernel shape run as one convo
 channels are the concatenation of the edges' outputs; batch normalisation is per channel, so this is
 exactly the per-edge computation, with fewer and larger kernels. On ReLU edges the positive mixing
 weight is folded into the batch-norm affine (``w * relu(y) == relu(w * y)`` for ``w > 0``). On CPU a spatial cell
-convolves in the channels-last layout (oneDNN's faster path there). The two are tested equal. For inference, :mod:`monai_nasscam.networks.folded_cell` folds a fixed cell's batch norms into its
-convolutions.
+convolves in the channels-last layout (oneDNN's faster path there). The two are tested equal. For inference,
+:mod:`monai_nasscam.networks.folded_cell` folds a fixed cell's batch norms into its convolutions.
 """
 
 from __future__ import annotations
@@ -315,8 +315,8 @@ class NASAttentionCell(nn.Module):
 def _channels_last_format(x: torch.Tensor) -> torch.memory_format | None:
     """The channels-last layout the spatial cell convolves ``x`` in on CPU (``None``: keep the layout).
 
-    On CPU, oneDNN convolves a channels-last tensor 1.5 to 2.5 times as fast as the default layout, forward and backward,
-    in bfloat16 and float32 alike (bench/README.md, "Channels-last spatial cell"). On other devices nothing is
+    On CPU, oneDNN convolves a channels-last tensor 1.5 to 2.5 times as fast as the default layout, forward and
+    backward, in bfloat16 and float32 alike (bench/README.md, "Channels-last spatial cell"). On other devices nothing is
     changed: it was not measured there.
     """
     if x.device.type != "cpu" or x.ndim not in (4, 5):
