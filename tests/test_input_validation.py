@@ -9,6 +9,7 @@ sees them.
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -278,3 +279,24 @@ def test_a_run_folder_as_checkpoint_names_the_weights_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"is a folder, not a weights file: .*\(train\.yaml writes RUN/models/model\.pt\)"):
         check_checkpoint(tmp_path / "empty", net)
+
+
+# ------------------------------------------------------------------------------------- misspelt settings
+def test_a_misspelt_setting_is_refused_naming_the_closest_keys(tmp_path):
+    from monai_nasscam.overrides import check_override_keys
+
+    inference = ["monai/bundle/__main__.py", "run", "--config_file", INFERENCE, "--input_dir", "x", "--treshold", "0.9"]
+    with pytest.raises(InputError, match=r"^unknown setting --treshold: .*inference\.yaml has no key 'treshold', so it "
+                                         r"would be ignored; did you mean --threshold\?"):
+        check_override_keys(inference)
+    evaluate = f"['{TRAIN}', '{CONFIGS / 'evaluate.yaml'}']"
+    with pytest.raises(InputError, match=r"unknown setting --instance_methd: .*; did you mean --instance_method"):
+        check_override_keys(["m", "run", "--config_file", evaluate, "--instance-methd=watershed"])  # fire's - as _
+    # known keys, nested keys by their first part, MONAI's own arguments, fire's flags after "--": all accepted
+    assert check_override_keys(["m", "run", "--config_file", evaluate, "--instance_method", "watershed",
+                                "--watershed#h", "1", "--meta_file", "m.json", "--logging_file", "l.conf", "--", "--help"])
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps({"input_dir": "x", "theshold": 0.4}))
+    with pytest.raises(InputError, match=r"unknown setting --theshold"):
+        check_override_keys(["m", "run", "--config_file", INFERENCE, "--args_file", str(args)])
+    assert check_override_keys(["pytest", "tests"])  # monai.bundle.run(...) from Python: nothing to check
