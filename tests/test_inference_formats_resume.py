@@ -169,9 +169,29 @@ def test_an_interrupted_batch_resumes_where_it_stopped(tmp_path, caplog):
         _run(src, out, outputs=[_Interrupt(stop=True), NucleiCSVWriter()])
     assert (out / "a" / f"a{COMPLETE_SUFFIX}").is_file()  # finished before the interruption
     assert not (out / "b" / f"b{COMPLETE_SUFFIX}").exists()  # its class map was written, its CSV was not
+    partial = json.loads((out / "summary.json").read_text())  # the tables of the images before: not complete
+    assert partial["complete"] is False and partial["images"] == 1 and partial["images_found"] == 2
     a_files = _mtimes(out / "a")
     with caplog.at_level(logging.INFO, logger="monai_nasscam.inference"):
         summary = _run(src, out, outputs=[_Interrupt(stop=False), NucleiCSVWriter()])
     assert summary["settings"]["resume"]["skipped_complete"] == ["a.png"] and summary["succeeded"] == 2
+    assert summary["complete"] is True and summary["images_found"] == 2
     assert _mtimes(out / "a") == a_files and (out / "b" / "b_nuclei.csv").is_file()
     assert any(r.getMessage().endswith("a.png: skipped (complete)") for r in caplog.records)
+
+
+class _InterruptFirst(ClassMapPNGWriter):
+    """Stops the run (Ctrl-C) at image ``b`` before anything of it is written."""
+
+    def write(self, image) -> None:
+        if image.name == "b":
+            raise KeyboardInterrupt
+        super().write(image)
+
+
+def test_an_image_interrupted_before_its_first_file_leaves_no_folder(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _images(src)
+    with pytest.raises(KeyboardInterrupt):
+        _run(src, out, outputs=[_InterruptFirst()])
+    assert (out / "a").is_dir() and not (out / "b").exists()

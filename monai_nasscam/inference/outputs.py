@@ -282,8 +282,25 @@ def write_counts_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     write_csv(path, COUNT_FIELDS, rows)
 
 
-def write_summary(csv_path: str, json_path: str, rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> dict:
-    """Totals per class over the images that succeeded (CSV, one row per class) and ``summary.json``."""
+def write_summary(
+    csv_path: str,
+    json_path: str,
+    rows: Sequence[Mapping[str, Any]],
+    settings: Mapping[str, Any],
+    images_found: int | None = None,
+    complete: bool = True,
+) -> dict:
+    """Totals per class over the images that succeeded (CSV, one row per class) and ``summary.json``.
+
+    Args:
+        csv_path: the per-class table (``counts_summary.csv``).
+        json_path: ``summary.json``.
+        rows: one row per image processed so far (``counts.csv``).
+        settings: the run's settings, recorded under ``settings``.
+        images_found: the images the run found (``None``: ``len(rows)``).
+        complete: ``False`` while the run is still going (the tables are rewritten after every image), so that the
+            files of an interrupted run say so.
+    """
     ok = [r for r in rows if r.get("status") == "ok"]
     table = []
     for cid, name in enumerate(CLASS_NAMES, start=1):
@@ -297,6 +314,8 @@ def write_summary(csv_path: str, json_path: str, rows: Sequence[Mapping[str, Any
         })
     write_csv(csv_path, list(table[0]), table)
     summary = {
+        "complete": bool(complete),
+        "images_found": len(rows) if images_found is None else int(images_found),
         "images": len(rows),
         "succeeded": len(ok),
         "failed": [{"image": r["image"], "message": r.get("message", "")} for r in rows if r.get("status") != "ok"],

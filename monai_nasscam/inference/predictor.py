@@ -369,6 +369,9 @@ class NucleiPredictor:
             logger.info("[%d/%d] %s", i, len(images), rel)
             try:
                 row = self.process(path)
+            except KeyboardInterrupt:
+                self._remove_if_empty(os.path.dirname(self._base(path)))  # the image in progress left nothing
+                raise
             except (DataError, OSError, ValueError, RuntimeError, MemoryError) as e:
                 first = (str(e).strip().splitlines() or [""])[0][:500]
                 message = str(e) if isinstance(e, DataError) else f"{path}: {type(e).__name__}: {first}"
@@ -379,10 +382,10 @@ class NucleiPredictor:
             self.rows.append(row)
             if row.get("status") == "ok":
                 self._mark_complete(path, row)
-            self._write_tables()
+            self._write_tables(len(images), complete=False)
         self._forward.close()
         self._forward = None
-        summary = self._write_tables()
+        summary = self._write_tables(len(images))
         ok = summary["succeeded"]
         logger.info("%d of %d images processed (%d skipped as complete), %d nuclei; outputs in %s", ok, len(images),
                     len(self.skipped), summary["total_nuclei"], self.output_dir)
@@ -483,14 +486,24 @@ class NucleiPredictor:
                   "resolution": self.resolutions.get(row.get("name", ""))}
         atomic_write_text(marker, json.dumps(record, indent=1, default=str) + "\n")
 
-    def _write_tables(self) -> dict[str, Any]:
+    def _write_tables(self, images_found: int, complete: bool = True) -> dict[str, Any]:
+        """``counts.csv``, ``counts_summary.csv`` and ``summary.json`` of the images so far (``complete``: all)."""
         write_counts_csv(os.path.join(self.output_dir, "counts.csv"), self.rows)
         return write_summary(
             os.path.join(self.output_dir, "counts_summary.csv"),
             os.path.join(self.output_dir, "summary.json"),
             self.rows,
             self._settings(),
+            images_found=images_found,
+            complete=complete,
         )
+
+    @staticmethod
+    def _remove_if_empty(folder: str) -> None:
+        try:
+            os.rmdir(folder)  # only succeeds on an empty folder
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------------------------------ one image
     def _base(self, path: str) -> str:
