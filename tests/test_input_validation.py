@@ -300,3 +300,16 @@ def test_a_misspelt_setting_is_refused_naming_the_closest_keys(tmp_path):
     with pytest.raises(InputError, match=r"unknown setting --theshold"):
         check_override_keys(["m", "run", "--config_file", INFERENCE, "--args_file", str(args)])
     assert check_override_keys(["pytest", "tests"])  # monai.bundle.run(...) from Python: nothing to check
+
+
+def test_a_search_checkpoint_where_weights_are_expected_says_to_retrain(tmp_path):
+    from monai_nasscam.networks import POSITIONS, Genotype, NASSCAMUNet
+    from monai_nasscam.networks.run_folder import check_checkpoint
+
+    supernet = NASSCAMUNet(2, 3, 4, attention="nas-sam", features=FEATURES)
+    torch.save({"network": supernet.state_dict(), "trainer": {"epoch": 1}}, tmp_path / "search_checkpoint.pt")
+    modules = [{"position": p, "sam": ["conv3"] * 6} for p in POSITIONS]
+    derived = NASSCAMUNet(2, 3, 4, attention=None, genotype=Genotype("nas-sam", True, modules), features=FEATURES)
+    with pytest.raises(InputError, match=r"another architecture .* It holds a search's supernet \(alphas and every "
+                                         r"candidate op\): retrain the derived network with train\.yaml --genotype_path"):
+        check_checkpoint(tmp_path / "search_checkpoint.pt", derived)

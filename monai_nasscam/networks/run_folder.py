@@ -318,9 +318,16 @@ def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | Non
             parts.append(f"{len(unexpected)} unexpected weights (e.g. {', '.join(unexpected[:3])})")
         if wrong:
             parts.append(f"{len(wrong)} weights of another shape (e.g. {'; '.join(wrong[:3])})")
+        searched = any(k.endswith(".alpha") for k in unexpected) and not any(k.endswith(".alpha") for k in expected)
+        advice = (
+            "It holds a search's supernet (alphas and every candidate op): retrain the derived network with "
+            "train.yaml --genotype_path RUN/genotype.json and use its RUN/models/model.pt."
+            if searched
+            else "Pass the --attention / --genotype_path / --features it was trained with."
+        )
         raise ValueError(
             f"checkpoint {path} was saved from another architecture than the {type(module).__name__} built here: "
-            f"{', '.join(parts)}. Pass the --attention / --genotype_path / --features it was trained with."
+            f"{', '.join(parts)}. {advice}"
         )
     return True
 
