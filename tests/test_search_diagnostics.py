@@ -130,7 +130,7 @@ def _varied(shift: int = 0) -> dict:
 def test_verdict_not_converged_uniform():
     d = diagnose(_uniform(), shared=False)
     assert d.verdict == "not converged" and d.entropy == pytest.approx(1.0) and d.decided == 0.0
-    assert d.reasons == ("0% of the edges decided (margin >= 0.05), 80% needed",)
+    assert d.reasons == ("0.0% of the edges decided (margin >= 0.05), 80% needed",)
     # the argmax of an exactly uniform row is the first candidate, none: undecided, so no collapse
     assert d.none_share == 1.0 and d.dominant == {"sam": (None, 0.0), "cam": (None, 0.0)}
 
@@ -143,7 +143,7 @@ def test_verdict_converged_and_unstable():
     assert same.verdict == "converged" and same.changed == 0
     moved = diagnose(_varied(shift=1), previous=first.best_ops())  # every best op changed
     assert moved.changed == 96 and moved.verdict == "not converged"
-    assert "100% of the best ops changed" in moved.reasons[0]
+    assert "100.0% of the best ops changed" in moved.reasons[0]
     # 9 of 96 changed (9.4 % <= 10 %): still converged; 10 (10.4 %): not
     for count, verdict in ((9, "converged"), (10, "not converged")):
         previous = first.best_ops()
@@ -161,7 +161,7 @@ def test_verdict_converged_and_unstable():
     weights["up1"]["sam"] = (SAM, torch.cat([weights["up1"]["sam"][1][:4], _rows(6, [1, 2], 0.2, 0.19)[:2]]))
     d = diagnose(weights)
     assert d.decided == pytest.approx(76 / 96) and d.verdict == "not converged"
-    assert d.reasons == ("79% of the edges decided (margin >= 0.05), 80% needed",)
+    assert d.reasons == ("79.2% of the edges decided (margin >= 0.05), 80% needed",)  # not rounded up to the bar
 
 
 def test_verdict_collapsed():

@@ -371,12 +371,12 @@ def diagnose(
     else:
         if decided < rule.converged_decided_share:
             reasons.append(
-                f"{decided:.0%} of the edges decided (margin >= {rule.decided_margin:g}), "
+                f"{decided:.1%} of the edges decided (margin >= {rule.decided_margin:g}), "
                 f"{rule.converged_decided_share:.0%} needed"
             )
         if changed is not None and changed / edges > rule.converged_max_changed_share:
             reasons.append(
-                f"{changed / edges:.0%} of the best ops changed since the previous validation, "
+                f"{changed / edges:.1%} of the best ops changed since the previous validation, "
                 f"at most {rule.converged_max_changed_share:.0%} allowed"
             )
         verdict = NOT_CONVERGED if reasons else CONVERGED
