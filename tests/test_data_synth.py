@@ -146,3 +146,11 @@ def test_touching_and_overlapping_nuclei():
             rr, cc = polygon(v[:, 1], v[:, 0], (256, 256))
             hidden += (tile.masks.instance_map[rr, cc] != start + j + 1).sum() > 0
     assert hidden >= 3
+
+
+def test_tile_sizes_are_checked_before_anything_is_written(tmp_path):
+    from monai_nasscam.data.synth import generate_dataset
+
+    with pytest.raises(ValueError, match=r"--min-size must be at least 16 and at most --max-size, got 200 and 100"):
+        generate_dataset(tmp_path / "raw", n_images=2, min_size=200, max_size=100)
+    assert not (tmp_path / "raw").exists()

@@ -185,6 +185,14 @@ def test_add_attention_to_basic_unet():
         add_attention(net, "cbam")
 
 
+@pytest.mark.parametrize("attention", ["cbam", "scse"])
+def test_basic_unet_with_baseline_attention_scripts(attention):
+    """torch.jit.script works on add_attention's wrappers (down blocks and UpCat); NAS blocks trace (as NASSCAMUNet)."""
+    net = add_attention(BasicUNet(2, 3, 4, features=(4, 8, 8, 8, 8, 4)), attention).eval()
+    x = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(torch.jit.script(net)(x), net(x))
+
+
 def test_bundle_config_example_builds_the_network():
     parser = ConfigParser()
     parser.read_config(BUNDLE / "configs" / "basic_unet_attention.yaml")

@@ -263,6 +263,11 @@ def _tile_size(rng: np.random.Generator, min_size: int, max_size: int, small_fra
     return tuple(int(np.exp(rng.uniform(np.log(lo), np.log(hi + 1)))) for _ in range(2))  # type: ignore[return-value]
 
 
+def _check_tile_sizes(min_size: int, max_size: int) -> None:
+    if not 16 <= min_size <= max_size:
+        raise ValueError(f"tile sizes: --min-size must be at least 16 and at most --max-size, got {min_size} and {max_size}.")
+
+
 def iter_synth_tiles(
     n_images: int = 48,
     n_patients: int = 8,
@@ -276,6 +281,7 @@ def iter_synth_tiles(
     """Yield ``(patient id, stem, tile)`` for a synthetic release; see :func:`generate_dataset` for the arguments."""
     if n_images < 1 or n_patients < 1:
         raise ValueError("n_images and n_patients must be positive")
+    _check_tile_sizes(min_size, max_size)
     n_patients = min(n_patients, n_images)
     root = np.random.default_rng(seed)
     freqs = class_frequencies or MONUSAC_CLASS_FREQUENCIES
@@ -343,11 +349,13 @@ def generate_dataset(
 
     Raises:
         DataError: ``out_dir`` is not empty and ``overwrite`` is false.
+        ValueError: ``min_size`` under 16 or above ``max_size``.
     """
     import tifffile
     from tqdm import tqdm
 
     out_dir = os.path.abspath(os.fspath(out_dir))
+    _check_tile_sizes(min_size, max_size)  # before anything is written
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise DataError(out_dir, "output folder is not empty (use --overwrite to replace it)")
     settings = dict(

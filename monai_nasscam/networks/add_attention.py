@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import Optional
 
+import torch
 import torch.nn as nn
 from monai.networks.nets import BasicUNet
+from monai.networks.nets.basic_unet import UpCat
 
 from monai_nasscam.networks.attentions import attention_block, check_attention, share_alphas
 from monai_nasscam.networks.genotype import BASIC_UNET_POSITIONS, Genotype
@@ -14,12 +17,19 @@ __all__ = ["add_attention"]
 
 
 class _AttentionAfter(nn.Sequential):
-    """``Sequential(block, attention)`` that passes every input to ``block`` (BasicUNet's UpCat takes two)."""
+    """``Sequential(block, attention)`` after a down block (one input); TorchScript-scriptable."""
 
     is_attention_wrapper = True
 
-    def forward(self, *inputs):
-        return self[1](self[0](*inputs))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[1](self[0](x))
+
+
+class _AttentionAfterUpCat(_AttentionAfter):
+    """``Sequential(UpCat, attention)``: passes the up path and the skip (``x_e``) to MONAI's ``UpCat``."""
+
+    def forward(self, x: torch.Tensor, x_e: Optional[torch.Tensor]) -> torch.Tensor:  # noqa: UP007 (TorchScript)
+        return self[1](self[0](x, x_e))
 
 
 def add_attention(
@@ -56,7 +66,7 @@ def add_attention(
         channels = _out_channels(block)
         attn = attention_block(attention, spatial_dims, channels, genotype.entry(position) if genotype else None)
         blocks.append(attn)
-        setattr(net, name, _AttentionAfter(block, attn))
+        setattr(net, name, (_AttentionAfterUpCat if isinstance(block, UpCat) else _AttentionAfter)(block, attn))
     if not synchronous and genotype is None:
         share_alphas(blocks)
     return net
