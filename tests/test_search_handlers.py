@@ -4,6 +4,7 @@ the architecture split, resume paths, the reference preset."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,14 @@ def test_final_epoch_is_always_validated_and_checkpointed(tmp_path, interval, va
     # the epoch's checkpoint is written after the final validation, so a resume keeps it
     state = torch.load(tmp_path / "ckpt" / "search_checkpoint.pt", weights_only=False)
     assert state["best_genotype"]["best_epoch"] == 5
+
+
+def test_a_resumed_search_does_not_log_an_alpha_rate_it_does_not_use(caplog):
+    from monai_nasscam.engines import budget_arch_learning_rate
+
+    with caplog.at_level(logging.INFO, logger="monai_nasscam.engines.search_inputs"):
+        budget_arch_learning_rate("auto", 20)
+        budget_arch_learning_rate("auto", 20, resuming=True)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["arch_learning_rate auto: 0.5 for 20 alpha steps (max(1e-3, 10 / steps))",
+                        "arch_learning_rate auto: resuming, the checkpoint's alpha learning rate is kept"]

@@ -339,18 +339,22 @@ def count_alpha_steps(
 
 
 def budget_arch_learning_rate(
-    arch_learning_rate: Any, alpha_steps: int, travel: float = ALPHA_TRAVEL, floor: float = 1e-3
+    arch_learning_rate: Any, alpha_steps: int, travel: float = ALPHA_TRAVEL, floor: float = 1e-3, resuming: bool = False
 ) -> float:
     """The alpha learning rate of a search: ``arch_learning_rate`` itself when it is a number, and for ``"auto"``
     the budget-aware rate ``max(floor, travel / alpha_steps)``, which lets the alphas travel about ``travel`` logits
     over the whole search, however few alpha steps it makes (the patent's budget, about 10^5 alpha steps, keeps its
-    1e-3).
+    1e-3). ``resuming``: the run continues a checkpoint, whose alpha optimiser keeps the rate it was started with
+    (the value returned here only builds the optimiser before its state is loaded), and the log says so.
 
     Raises:
         ValueError: ``arch_learning_rate`` is neither a positive number nor ``"auto"``.
     """
     if isinstance(arch_learning_rate, str) and arch_learning_rate.strip().lower() == "auto":
         value = max(float(floor), float(travel) / max(1, int(alpha_steps)))
+        if resuming:
+            logging.getLogger(__name__).info("arch_learning_rate auto: resuming, the checkpoint's alpha learning rate is kept")
+            return value
         logging.getLogger(__name__).info(
             f"arch_learning_rate auto: {value:.4g} for {int(alpha_steps)} alpha steps (max(1e-3, {travel:g} / steps))"
         )
