@@ -586,8 +586,8 @@ class NucleiPredictor:
                 writer.write(image)
             counts = image.counts
             logger.info(
-                "%s: %d x %d px, %d block(s) (%d without tissue), inference %.1f s, %d nuclei %.1f s, files %.1f s",
-                name, height, width, info["blocks"], info["skipped_blocks"], t1 - t0, sum(counts.values()),
+                "%s: %d x %d px (width x height), %d block(s) (%d without tissue), inference %.1f s, %d nuclei %.1f s, "
+                "files %.1f s", name, width, height, info["blocks"], info["skipped_blocks"], t1 - t0, sum(counts.values()),
                 t2 - t1, time.perf_counter() - t2,
             )
         except BaseException:
