@@ -313,3 +313,16 @@ def test_a_search_checkpoint_where_weights_are_expected_says_to_retrain(tmp_path
     with pytest.raises(InputError, match=r"another architecture .* It holds a search's supernet \(alphas and every "
                                          r"candidate op\): retrain the derived network with train\.yaml --genotype_path"):
         check_checkpoint(tmp_path / "search_checkpoint.pt", derived)
+
+
+def test_a_fresh_run_never_starts_over_an_earlier_runs_checkpoint(tmp_path):
+    from monai_nasscam.engines import check_fresh_run
+    from monai_nasscam.engines.train_inputs import TRAIN_CHECKPOINT_NAME
+
+    assert check_fresh_run(tmp_path, None)  # an empty folder
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "search_checkpoint.pt").write_bytes(b"x")
+    with pytest.raises(InputError, match=r"search_checkpoint\.pt exists: .* holds an earlier run\. --resume true continues it"):
+        check_fresh_run(tmp_path, None)
+    assert check_fresh_run(tmp_path, str(tmp_path / "checkpoints" / "search_checkpoint.pt"))  # resuming it
+    assert check_fresh_run(tmp_path, None, TRAIN_CHECKPOINT_NAME)  # a training run beside the search's outputs

@@ -35,6 +35,7 @@ __all__ = [
     "ALPHA_TRAVEL",
     "count_alpha_steps",
     "budget_arch_learning_rate",
+    "check_fresh_run",
 ]
 
 #: file name of the resumable search checkpoint under ``RUN/checkpoints``.
@@ -314,6 +315,30 @@ def resolve_resume(resume: Any, output_dir: str | os.PathLike, filename: str = C
     if not path.is_file():
         raise FileNotFoundError(f"nothing to resume: {what}, which does not exist.")
     return str(path)
+
+
+@input_check
+def check_fresh_run(output_dir: str | os.PathLike, resume_path: str | None, filename: str = CHECKPOINT_NAME) -> bool:
+    """Refuse to start a run afresh over the resumable checkpoint of an earlier one in the same folder.
+
+    A fresh run would overwrite ``OUTPUT/checkpoints/<filename>`` (the earlier run could no longer be continued)
+    and its outputs, and would mix its per-epoch files with the earlier ones.
+
+    Args:
+        output_dir: the run folder.
+        resume_path: the checkpoint this run resumes from (:func:`resolve_resume`); ``None`` for a fresh run.
+        filename: the workflow's checkpoint file name.
+
+    Raises:
+        InputError: a fresh run (``resume_path`` ``None``) and ``OUTPUT/checkpoints/<filename>`` exists.
+    """
+    checkpoint = Path(output_dir) / "checkpoints" / filename
+    if resume_path is None and checkpoint.is_file():
+        raise ValueError(
+            f"{checkpoint} exists: {output_dir} holds an earlier run. --resume true continues it (a larger --epochs "
+            f"extends it); to start afresh, pass another --output_dir or delete {checkpoint}."
+        )
+    return True
 
 
 #: how far (in logits) Adam may move each alpha over a whole search when ``arch_learning_rate`` is ``auto``:
