@@ -9,12 +9,13 @@ and config expressions may pass any of them on. Every workflow reads booleans an
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from monai_nasscam.errors import input_check
 
-__all__ = ["TRUE_STRINGS", "FALSE_STRINGS", "NULL_STRINGS", "BUNDLE_RUN_ARGS", "as_bool", "is_null", "check_override_keys"]
+__all__ = ["TRUE_STRINGS", "FALSE_STRINGS", "NULL_STRINGS", "as_bool", "is_null", "check_override_keys"]
 
 #: strings read as true / false (case and surrounding spaces ignored)
 TRUE_STRINGS = ("true", "yes", "on", "1")
@@ -54,8 +55,16 @@ def is_null(value: Any, nulls: Sequence[str] = NULL_STRINGS) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in nulls)
 
 
-#: the arguments of ``monai.bundle run`` itself; every other ``--key`` of its command line overrides a config key
-BUNDLE_RUN_ARGS = ("run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file")
+@functools.lru_cache(maxsize=None)
+def _bundle_run_args() -> frozenset[str]:
+    """The named arguments of ``monai.bundle run`` itself; every other ``--key`` of its command line overrides a
+    config key."""
+    import inspect
+
+    from monai.bundle.scripts import run
+
+    params = inspect.signature(run).parameters.values()
+    return frozenset(p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD)
 
 
 def _command_line_keys(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
@@ -74,7 +83,7 @@ def _command_line_keys(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
         if not value and i + 1 < len(tokens) and not tokens[i + 1].startswith("--"):
             value = tokens[i + 1]
         values[name] = value
-        if name not in BUNDLE_RUN_ARGS:
+        if name not in _bundle_run_args():
             keys.append(name)
     return values, keys
 
@@ -116,7 +125,7 @@ def check_override_keys(argv: Sequence[str] | None = None) -> bool:
     known = set(ConfigParser.load_config_files(names))
     if values.get("args_file"):
         extra = ConfigParser.load_config_file(values["args_file"])
-        keys += [k for k in extra if k not in BUNDLE_RUN_ARGS]
+        keys += [k for k in extra if k not in _bundle_run_args()]
     for key in keys:
         first = key.replace("::", "#").split("#")[0]
         if first in known:

@@ -237,7 +237,9 @@ class NASAttentionCell(nn.Module):
         y = CONV_FUNCTIONS[self.spatial_dims](
             src, self._fused_kernel(group, convs), _cat([c.bias for c in convs]), padding=group.padding, dilation=group.dilation
         )
-        if all(EDGES[e][1] == OUTPUT_NODE for e, _ in group.entries):
+        targets = [EDGES[e][1] for e, _ in group.entries]
+        n_relu = sum(t != OUTPUT_NODE for t in targets)
+        if n_relu == 0:
             y = y.contiguous()  # 2-3 channels: batch norm of so few channels is slow in the channels-last layout
 
         gammas, betas, sigmoid_weights = [], [], []
@@ -254,8 +256,6 @@ class NASAttentionCell(nn.Module):
         y = self._batch_norm(y, norms, _cat(gammas), _cat(betas))
 
         # split (not slicing): its backward concatenates the gradients instead of zero-filling one buffer per slice
-        targets = [EDGES[e][1] for e, _ in group.entries]
-        n_relu = sum(t != OUTPUT_NODE for t in targets)
         relu_part, sigmoid_part = _split(y, [n_relu * self.hidden_channels, len(targets) - n_relu])
         if relu_part is not None:
             relu_targets = sorted(set(targets[:n_relu]))
