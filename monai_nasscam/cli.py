@@ -81,7 +81,8 @@ def _synth_run(args: argparse.Namespace) -> int:
 
 # -------------------------------------------------------------------------------------------- prepare
 def _prepare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", required=True, metavar="RAW", help="MoNuSAC release folder (patient folders)")
+    p.add_argument("--data-dir", required=True, metavar="RAW",
+                   help="MoNuSAC release folder (patient folders), or a folder with images/ and masks/ (see below)")
     p.add_argument("--out-dir", required=True, metavar="PREP", help="output folder (must not exist)")
     p.add_argument(
         "--split",
@@ -118,11 +119,72 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tif-bgr", action="store_true", help=".tif images (used when no .svs exists) are stored B,G,R")
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count; 0: none)")
+    p.add_argument("--mpp", type=float, default=None, metavar="UM_PER_PX",
+                   help="microns per pixel of images whose files record none (JPEG, PNG, untagged TIFF), e.g. 0.25 at "
+                   "40x; recorded in the manifest as the training resolution")
+    g = p.add_argument_group(
+        "image + mask folders", "RAW/images/NAME.ext beside RAW/masks/NAME.ext (PNG, TIFF or JPEG, paired by name); "
+        "say what the masks hold with exactly one of --palette, --index-masks, --instance-masks")
+    kind = g.add_mutually_exclusive_group()
+    kind.add_argument("--palette", nargs="+", metavar="PALETTE",
+                      help="colour masks: 'monusac' (its mirrors' colours), a JSON file {class: [r, g, b]}, or "
+                      "CLASS=R,G,B pairs (background required; CLASS may be ignore)")
+    kind.add_argument("--index-masks", action="store_true",
+                      help="class-index masks (values per --mask-values; palette PNGs give their indices)")
+    kind.add_argument("--instance-masks", metavar="CLASSES.csv",
+                      help="instance-id masks, the class of each instance in a CSV with columns name,instance,class")
+    g.add_argument("--mask-values", nargs="+", metavar="VALUE:CLASS",
+                   help="index masks: the class of each mask value (default: 0:background 1:Epithelial 2:Lymphocyte "
+                   "3:Neutrophil 4:Macrophage; CLASS may be ignore); a value not listed refuses the file")
+    g.add_argument("--tolerance", type=float, default=None, metavar="RGB_DISTANCE",
+                   help="colour masks: a pixel takes the nearest palette colour within this RGB distance; farther "
+                   "pixels are left out of training and scoring (default: 100)")
+    g.add_argument("--min-size", type=int, default=None, metavar="PX",
+                   help="regions (instances) under this many pixels are specks and take the class of their "
+                   "surroundings; 0 keeps all (default: 10)")
+    g.add_argument("--mask-suffix", default=None, metavar="SUFFIX",
+                   help="the mask of images/NAME.ext is masks/NAME<SUFFIX>.ext, e.g. _mask (default: none)")
+    g.add_argument("--patient-regex", default=None, metavar="REGEX",
+                   help="the patient of an image: the first group (or the match) of REGEX in its name (default: the "
+                   "TCGA patient barcode where the name has one, else the name up to its last underscore)")
+
+
+def _mask_spec(args: argparse.Namespace):
+    """The :class:`~monai_nasscam.data.mask_folder.MaskFolderSpec` of the mask-folder options (``None`` without
+    --palette / --index-masks / --instance-masks; a misplaced option is a ``ValueError``)."""
+    from monai_nasscam.data.mask_folder import DEFAULT_PATIENT_REGEX, MaskFolderSpec, read_instance_classes
+    from monai_nasscam.data.palette import parse_palette, parse_value_map
+
+    kind = "colour" if args.palette else "index" if args.index_masks else "instance" if args.instance_masks else None
+    for option, value, wanted in (("--mask-values", args.mask_values, "index"), ("--tolerance", args.tolerance, "colour")):
+        if value is not None and kind != wanted:
+            raise ValueError(f"{option} applies to {wanted} masks only ({'--index-masks' if wanted == 'index' else '--palette'})")
+    if kind is None:
+        given = [o for o, v in (("--min-size", args.min_size), ("--mask-suffix", args.mask_suffix),
+                                ("--patient-regex", args.patient_regex)) if v is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} applies to image + mask folders: give --palette, --index-masks or "
+                             "--instance-masks")
+        return None
+    return MaskFolderSpec(
+        kind=kind,
+        palette=parse_palette(args.palette) if kind == "colour" else None,
+        values=parse_value_map(args.mask_values) if kind == "index" else None,
+        instance_classes=read_instance_classes(args.instance_masks) if kind == "instance" else None,
+        instance_table=args.instance_masks,
+        tolerance=100.0 if args.tolerance is None else args.tolerance,
+        min_size=10 if args.min_size is None else args.min_size,
+        mask_suffix=args.mask_suffix or "",
+        patient_regex=args.patient_regex or DEFAULT_PATIENT_REGEX,
+    )
 
 
 def _prepare_run(args: argparse.Namespace) -> int:
     from monai_nasscam.data.prepare import prepare_dataset
 
+    masks = _mask_spec(args)
+    for line in masks.describe() if masks else []:
+        print(line)
     manifest = prepare_dataset(
         args.data_dir,
         args.out_dir,
@@ -136,11 +198,20 @@ def _prepare_run(args: argparse.Namespace) -> int:
         tif_bgr=args.tif_bgr,
         workers=args.workers,
         progress=sys.stderr.isatty(),
+        masks=masks,
+        mpp=args.mpp,
     )
     counts = manifest["counts"]
-    parts = [f"{s} {counts[s]['images']}" for s in ("training", "validation", "test")]
+    parts = [f"{s} {counts[s]['images']} ({counts[s]['patients']} patient{'' if counts[s]['patients'] == 1 else 's'})"
+             for s in ("training", "validation", "test")]
     skipped = len(manifest["skipped"])
     print(f"prepared {counts['total']['images']} images in {args.out_dir} ({', '.join(parts)}; {skipped} skipped)")
+    total = counts["total"]
+    if masks is not None:
+        pixels = sum(total["pixels"].values())
+        print(f"left out of training and scoring: {total['left_out_pixels']} pixels "
+              f"({100 * total['left_out_pixels'] / max(pixels, 1):.2f}%); specks removed: {total['specks_removed']} "
+              "(per image: manifest.json notes)")
     return 0
 
 
@@ -156,11 +227,12 @@ register_command(
 register_command(
     Command(
         "prepare",
-        "MoNuSAC release -> masks, stain normalisation, split, PREP/datalist.json",
+        "MoNuSAC release or image + mask folder -> masks, stain normalisation, split, PREP/datalist.json",
         _prepare_arguments,
         _prepare_run,
-        "Rasterise the XML annotations, normalise the stain, split by patient or image, and write "
-        "PREP/datalist.json and PREP/manifest.json. The output appears only when the run succeeds.",
+        "Rasterise the XML annotations (or read the masks of an image + mask folder), normalise the stain, split by "
+        "patient or image, and write PREP/datalist.json and PREP/manifest.json. The output appears only when the run "
+        "succeeds.",
     )
 )
 

@@ -1,6 +1,6 @@
-"""MoNuSAC 2020 data: ImageScope XML reading, rasterisation, the prepare step, a synthetic generator,
-stain normalisation, splits, the prepared datalist and its class weights, and MONAI training / validation
-transforms."""
+"""MoNuSAC 2020 data: ImageScope XML reading, rasterisation, image + mask folders (palettes, value maps), the prepare
+step, a synthetic generator, stain normalisation, splits, the prepared datalist and its class weights, and MONAI
+training / validation transforms."""
 
 from .classes import CLASS_COLORS, CLASS_IDS, CLASS_NAMES, NUM_CLASSES, labels_dict, normalize_layer_name, parse_remap
 from . import datalist
@@ -8,7 +8,9 @@ from .datalist import *  # noqa: F403  (the prepared datalist: its __all__ is pa
 from .errors import DataError
 from .imagescope import Annotations, Region, read_imagescope_xml, write_imagescope_xml
 from .loader import SignalSafeDataLoader
+from .mask_folder import FolderCase, MaskFolderSpec, load_folder_case, read_instance_classes, scan_mask_folder
 from .monusac import MoNuSACCase, load_case, scan_monusac
+from .palette import PALETTE_PRESETS, Palette, ValueMap, parse_palette, parse_value_map
 from .prepare import prepare_dataset
 from .raster import Masks, rasterize_regions
 from .sampling import ClassBalancedCropDataset, grid_windows
@@ -45,6 +47,16 @@ __all__ = [
     "Region",
     "read_imagescope_xml",
     "write_imagescope_xml",
+    "FolderCase",
+    "MaskFolderSpec",
+    "load_folder_case",
+    "read_instance_classes",
+    "scan_mask_folder",
+    "PALETTE_PRESETS",
+    "Palette",
+    "ValueMap",
+    "parse_palette",
+    "parse_value_map",
     "MoNuSACCase",
     "load_case",
     "scan_monusac",

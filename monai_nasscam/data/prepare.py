@@ -1,14 +1,17 @@
-"""``nasscam prepare``: a MoNuSAC release -> stain-normalised PNGs, label maps, a split and ``datalist.json``.
+"""``nasscam prepare``: a MoNuSAC release, or an image + mask folder (:mod:`~monai_nasscam.data.mask_folder`) ->
+stain-normalised PNGs, label maps, a split and ``datalist.json``.
 
 Output (``PREP``, see docs/data.md §2)::
 
     PREP/datalist.json      decathlon-style: "labels", "training", "validation", "test"
     PREP/manifest.json      counts per split and class, the settings, the fitted stain reference, skipped files,
-                            the source images' resolution (``resolution``: median microns per pixel, range, count)
+                            the source images' resolution (``resolution``: median microns per pixel, range, count),
+                            the patients of each split
     PREP/images/NAME.png    RGB, stain-normalised
     PREP/labels/NAME.png    uint8 class map 0-4 (0 on fully transparent pixels: nothing scanned there)
     PREP/instances/NAME.tif int32 instance map (one id per nucleus)
-    PREP/ambiguous/NAME.png uint8 mask of the "Ambiguous" layer (test release only)
+    PREP/ambiguous/NAME.png uint8 mask of the pixels left out of training and scoring: the "Ambiguous" layer (test
+                            release), or the unmatched / ``ignore`` pixels of a mask folder
 
 The run is atomic: everything is written to a hidden temporary folder next to ``PREP`` that is renamed
 into place at the end, and removed on any failure or interruption.
@@ -29,8 +32,9 @@ from ..fileio import staged_dir
 from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
 from .errors import DataError
 from .imagescope import read_imagescope_xml
+from .mask_folder import FolderCase, MaskFolderSpec, folder_case_classes, is_mask_folder, load_folder_case, scan_mask_folder
 from .monusac import MoNuSACCase, load_case, scan_monusac
-from .slide import read_mpp, read_rgb
+from .slide import PLAUSIBLE_MPP, read_mpp, read_rgb
 from .split import SPLITS, make_split
 from .stain import IdentityNormalizer, create_stain_normalizer, tissue_fraction
 
@@ -54,13 +58,38 @@ def write_instance_tiff(path: str, array: np.ndarray) -> None:
     tifffile.imwrite(path, np.ascontiguousarray(array, dtype=np.int32), compression="zlib", compressionargs={"level": 1})
 
 
-def _process_case(case: MoNuSACCase, tmp: str, normalizer: Any, remap: dict[int, int], tif_bgr: bool) -> dict:
-    """Convert one case into files under ``tmp``; returns its datalist entry, statistics and notes."""
+def _load(case: MoNuSACCase | FolderCase, remap: dict[int, int], tif_bgr: bool, spec: MaskFolderSpec | None
+          ) -> tuple[np.ndarray, Any, dict]:
+    """Read one case of either layout: ``(image, masks, facts)``, the facts being its annotation file (``source``),
+    region counts and notes (XML), specks removed (mask folders) and the resolution its files record."""
+    if isinstance(case, FolderCase):
+        image, masks = load_folder_case(case, spec, remap=remap, tif_bgr=tif_bgr)  # type: ignore[arg-type]
+        return image, masks, {"source": case.mask, "regions": 0, "skipped_regions": 0, "region_notes": [],
+                              "mask_notes": list(masks.warnings), "specks": masks.unusable,
+                              "mpp": read_mpp(case.image)}
     image, masks, annotations = load_case(case, remap=remap, tif_bgr=tif_bgr)
-    transparent_note = masks.transparent_note
     # skipped / unusable regions (not the clipped ones: they are used), reported on the console per file
     region_notes = list(annotations.warnings) + [w for w in masks.warnings if "clipped" not in w]
-    notes = list(region_notes) + ([transparent_note] if transparent_note else [])
+    return image, masks, {
+        "source": case.xml,
+        "regions": len(annotations.regions) + annotations.skipped,
+        "skipped_regions": annotations.skipped + masks.unusable,
+        "region_notes": region_notes,
+        "mask_notes": [],
+        "specks": 0,
+        # the source image's resolution (its file's metadata, else the XML's MicronsPerPixel)
+        "mpp": read_mpp(case.image) or annotations.microns_per_pixel,
+    }
+
+
+def _process_case(
+    case: MoNuSACCase | FolderCase, tmp: str, normalizer: Any, remap: dict[int, int], tif_bgr: bool,
+    spec: MaskFolderSpec | None = None, mpp: float | None = None,
+) -> dict:
+    """Convert one case into files under ``tmp``; returns its datalist entry, statistics and notes."""
+    image, masks, facts = _load(case, remap, tif_bgr, spec)
+    transparent_note = masks.transparent_note
+    notes = facts["region_notes"] + facts["mask_notes"] + ([transparent_note] if transparent_note else [])
     image, stain_note = normalizer.apply(image)
     if stain_note:
         notes.append(stain_note)
@@ -77,6 +106,8 @@ def _process_case(case: MoNuSACCase, tmp: str, normalizer: Any, remap: dict[int,
     if masks.ambiguous is not None:
         entry["ambiguous"] = f"ambiguous/{case.name}.png"
         write_png(os.path.join(tmp, entry["ambiguous"]), masks.ambiguous)
+    if spec is not None and spec.semantic_only:
+        entry["semantic_only"] = True
     visible = np.unique(masks.instance_map)
     visible = visible[visible > 0]
     nuclei = np.bincount(masks.instance_classes[visible], minlength=len(CLASS_NAMES) + 1)
@@ -85,17 +116,20 @@ def _process_case(case: MoNuSACCase, tmp: str, normalizer: Any, remap: dict[int,
         "entry": entry,
         "nuclei": nuclei.tolist(),
         "pixels": pixels.tolist(),
+        "left_out": 0 if masks.ambiguous is None else int(np.count_nonzero(masks.ambiguous)),
         "shape": list(image.shape[:2]),
         "notes": notes,
-        "xml": case.xml,
+        "source": facts["source"],
         "image": case.image,
-        "regions": len(annotations.regions) + annotations.skipped,
-        "skipped_regions": annotations.skipped + masks.unusable,
-        "region_notes": region_notes,
+        "regions": facts["regions"],
+        "skipped_regions": facts["skipped_regions"],
+        "region_notes": facts["region_notes"],
+        "mask_notes": facts["mask_notes"],
+        "specks": facts["specks"],
         "stain_note": stain_note,
         "transparent_note": transparent_note,
-        # the source image's resolution (its file's metadata, else the XML's MicronsPerPixel)
-        "mpp": read_mpp(case.image) or annotations.microns_per_pixel,
+        # the resolution the files record, else the --mpp given for images without one
+        "mpp": facts["mpp"] or mpp,
     }
 
 
@@ -114,15 +148,18 @@ def _resolution(records: list[dict]) -> dict[str, Any]:
 
 def _report_notes(rec: dict) -> None:
     """Log one converted case's notes: skipped regions, annotation cleared on transparent pixels and a skipped
-    stain normalisation as warnings (console)."""
+    stain normalisation as warnings (console); a mask's pixels left out, specks removed and EXIF turns at INFO
+    (``-v``; the totals are in the manifest's counts)."""
     if rec["skipped_regions"]:
         logger.warning(
             "%s: %d of %d region(s) skipped or unusable: %s",
-            rec["xml"],
+            rec["source"],
             rec["skipped_regions"],
             rec["regions"],
             " | ".join(rec["region_notes"]),
         )
+    for note in rec["mask_notes"]:
+        logger.info("%s: %s", rec["source"], note)
     if rec.get("transparent_note"):
         logger.warning("%s: %s", rec["entry"]["name"], rec["transparent_note"])
     if rec["stain_note"]:
@@ -162,7 +199,8 @@ def _fit_reference(
 
 
 def _summary(records: list[dict], split_of: dict[str, str], mapping: dict[int, int]) -> dict[str, Any]:
-    """Images, patients, nuclei and pixels per split and class (class names after the remap)."""
+    """Images, patients, nuclei and pixels per split and class (class names after the remap), the pixels left out
+    of training and scoring (the ``ambiguous`` masks) and the specks removed (mask folders)."""
     counts: dict[str, Any] = {}
     for split in (*SPLITS, "total"):
         recs = [r for r in records if split == "total" or split_of[r["entry"]["name"]] == split]
@@ -173,6 +211,8 @@ def _summary(records: list[dict], split_of: dict[str, str], mapping: dict[int, i
             "patients": len({r["entry"]["patient"] for r in recs}),
             "nuclei": {},
             "pixels": {"background": int(pixels[0])},
+            "left_out_pixels": int(sum(r["left_out"] for r in recs)),
+            "specks_removed": int(sum(r["specks"] for r in recs)),
         }
         for name, cid in CLASS_IDS.items():
             cid = mapping[cid]
@@ -203,11 +243,15 @@ def prepare_dataset(
     workers: int | None = None,
     n_reference: int = 5,
     progress: bool = True,
+    masks: MaskFolderSpec | None = None,
+    mpp: float | None = None,
 ) -> dict[str, Any]:
-    """Convert a MoNuSAC release (or a synthetic set in the same layout) into a prepared dataset.
+    """Convert a MoNuSAC release (or a synthetic set in the same layout), or an image + mask folder, into a prepared
+    dataset.
 
     Args:
-        data_dir: the release folder (patient folders with ``.svs``/``.tif`` + ``.xml``).
+        data_dir: the release folder (patient folders with ``.svs``/``.tif`` + ``.xml``), or with ``masks`` a folder
+            holding ``images/NAME.ext`` and ``masks/NAME.ext`` (:mod:`~monai_nasscam.data.mask_folder`).
         out_dir: the output folder ``PREP``; must not exist unless ``overwrite``.
         split: ``"patient"`` (default; no patient in two splits) or ``"image"`` (the paper's 120/39/50).
         seed: seed of the split (and of the reference pixel subsampling).
@@ -222,14 +266,18 @@ def prepare_dataset(
         workers: processes for the conversion (default: number of CPUs, at most 8; 0 = in-process).
         n_reference: number of reference tiles for the stain normalisation.
         progress: show a progress bar.
+        masks: how to read an image + mask folder (``None``: ``data_dir`` is a MoNuSAC release). Colour and index
+            masks are semantic: their entries get ``"semantic_only": true``.
+        mpp: microns per pixel of the images whose files record none (PNG, JPEG, untagged TIFF), for the manifest's
+            ``resolution`` (the training resolution inference rescales to).
 
     Returns:
         the manifest (also written to ``out_dir/manifest.json``).
 
     Raises:
         DataError: naming the file or folder at fault (missing data folder, existing output, bad input
-            with ``on_error="fail"``, nothing usable).
-        ValueError: invalid options.
+            with ``on_error="fail"``, nothing usable, an image + mask folder without ``masks``).
+        ValueError: invalid options (``mpp`` outside the plausible range of a microscope).
     """
     from tqdm import tqdm
 
@@ -237,13 +285,22 @@ def prepare_dataset(
         raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
     if split not in ("patient", "image"):
         raise ValueError(f"split must be 'patient' or 'image', got {split!r}")
+    if mpp is not None and not PLAUSIBLE_MPP[0] <= float(mpp) <= PLAUSIBLE_MPP[1]:
+        raise ValueError(f"--mpp must be microns per pixel in {PLAUSIBLE_MPP[0]}-{PLAUSIBLE_MPP[1]} (0.25 at 40x), "
+                         f"got {mpp}")
     mapping = parse_remap(remap)
     normalizer = create_stain_normalizer(stain)
     data_dir, out_dir = os.path.abspath(os.fspath(data_dir)), os.path.abspath(os.fspath(out_dir))
     if os.path.exists(out_dir) and not overwrite:
         raise DataError(out_dir, "output folder already exists (use --overwrite to replace it)")
+    if masks is None and is_mask_folder(data_dir):
+        raise DataError(data_dir, "an image + mask folder (images/, masks/): say how its masks give classes with "
+                                  "--palette (colours), --index-masks or --instance-masks")
 
-    cases, problems = scan_monusac(data_dir)
+    if masks is None:
+        cases, problems = scan_monusac(data_dir)
+    else:
+        cases, problems = scan_mask_folder(data_dir, masks.mask_suffix, masks.patient_regex)
     skipped: list[DataError] = []
 
     def handle(err: DataError) -> None:
@@ -254,7 +311,10 @@ def prepare_dataset(
 
     for err in problems:
         handle(err)
-    classes = {c.name: _annotated_classes(c) for c in cases} if stratify else None
+    if stratify:
+        classes = {c.name: _annotated_classes(c) if masks is None else folder_case_classes(c, masks) for c in cases}
+    else:
+        classes = None
     split_of = make_split([c.name for c in cases], [c.patient for c in cases], mode=split, seed=seed, classes=classes)
 
     with staged_dir(out_dir) as tmp:
@@ -266,7 +326,7 @@ def prepare_dataset(
         todo = [c for c in cases if c.image not in bad]
         for sub in ("images", "labels", "instances", "ambiguous"):
             os.makedirs(os.path.join(tmp, sub))
-        args = [(c, tmp, normalizer, mapping, tif_bgr) for c in todo]
+        args = [(c, tmp, normalizer, mapping, tif_bgr, masks, mpp) for c in todo]
         n_workers = min(os.cpu_count() or 1, 8) if workers is None else int(workers)
         records: list[dict] = []
         bar = tqdm(total=len(args), desc="prepare", unit="image", disable=not progress, leave=False)
@@ -314,7 +374,10 @@ def prepare_dataset(
                 "remap": {str(k): int(v) for k, v in mapping.items()},
                 "on_error": on_error,
                 "tif_bgr": bool(tif_bgr),
+                "mpp": None if mpp is None else float(mpp),
+                **({} if masks is None else {"masks": masks.to_dict()}),
             },
+            "patients": {s: sorted({e["patient"] for e in datalist[s]}) for s in SPLITS},
             "counts": _summary(records, split_of, mapping),
             "resolution": _resolution(records),
             "skipped": [{"file": e.path, "problem": e.problem} for e in skipped],
