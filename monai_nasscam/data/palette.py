@@ -80,15 +80,16 @@ def class_label(cid: int) -> str:
 
 def _rgb(value: Any, where: str) -> tuple[int, int, int]:
     """``[r, g, b]``, ``"r,g,b"`` or ``"#rrggbb"`` -> an RGB triple of 0-255 integers."""
+    parts = value
     if isinstance(value, str):
         text = value.strip()
         if re.fullmatch(r"#?[0-9a-fA-F]{6}", text):
             text = text.lstrip("#")
             return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
-        value = [v for v in re.split(r"[,\s]+", text.strip("()[] ")) if v]
+        parts = [v for v in re.split(r"[,\s]+", text.strip("()[] ")) if v]
     try:
-        rgb = tuple(int(v) for v in value)
-        ok = len(rgb) == 3 and all(0 <= v <= 255 for v in rgb) and all(float(v) == int(v) for v in value)
+        rgb = tuple(int(v) for v in parts)
+        ok = len(rgb) == 3 and all(0 <= v <= 255 for v in rgb) and all(float(v) == int(v) for v in parts)
     except (TypeError, ValueError):
         ok = False
     if not ok:
@@ -122,15 +123,15 @@ class Palette:
             ``(H, W)`` bool mask of pixels farther than ``tolerance`` from every colour (their id is the nearest's).
         """
         packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-        colours, inverse = np.unique(packed.ravel(), return_inverse=True)  # a JPEG mask: ~1000 colours, not Mpx
+        colours = np.unique(packed)  # a JPEG mask: ~1000 colours, not millions (np.unique's inverse sorts: slow)
+        inverse = np.searchsorted(colours, packed)
         distinct = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=1).astype(np.float64)
         table = np.asarray([c for c, _ in self.entries], dtype=np.float64)
         dist = np.sqrt(((distinct[:, None, :] - table[None]) ** 2).sum(-1))
         nearest = dist.argmin(1)
         ids = np.asarray([cid for _, cid in self.entries], dtype=np.uint8)[nearest]
         far = dist[np.arange(len(colours)), nearest] > float(tolerance)
-        shape = rgb.shape[:2]
-        return ids[inverse].reshape(shape), far[inverse].reshape(shape)
+        return ids[inverse], far[inverse]
 
     def describe(self) -> str:
         """One line: ``palette monusac: background (0, 0, 0), Epithelial (0, 255, 0), ...``."""
@@ -229,11 +230,13 @@ class ValueMap:
             ``(ids, unknown)``: ``(H, W)`` uint8 class ids (0 where the value is unknown) and ``{value: pixels}`` of
             the values the map does not list.
         """
-        found, inverse, counts = np.unique(values.ravel(), return_inverse=True, return_counts=True)
+        found = np.unique(values)
+        inverse = np.searchsorted(found, values)
         table = dict(self.values)
         ids = np.asarray([table.get(int(v), 0) for v in found], dtype=np.uint8)
+        counts = np.bincount(inverse.ravel(), minlength=len(found))
         unknown = {int(v): int(n) for v, n in zip(found, counts) if int(v) not in table}
-        return ids[inverse].reshape(values.shape), unknown
+        return ids[inverse], unknown
 
     def describe(self) -> str:
         """One line: ``mask value -> class: 0 background, 1 Epithelial, ...``."""

@@ -22,7 +22,12 @@ from monai_nasscam.metrics import (
     write_metrics_json,
 )
 
-__all__ = ["MetricsReportWriter", "metrics_markdown"]
+__all__ = ["MetricsReportWriter", "metrics_markdown", "SEMANTIC_ONLY_KEY"]
+
+#: the ``metrics.json`` key that says why the instance metrics are left out (semantic-only ground truth)
+SEMANTIC_ONLY_KEY = "instance_metrics_left_out"
+#: protocol entries that describe the instance metrics (dropped with them)
+_INSTANCE_PROTOCOL = ("pq", "pq_monusac_official", "instance_metrics")
 
 _ROWS = (
     ("dice", "Dice, pooled over the split (paper protocol)"),
@@ -63,6 +68,12 @@ def _mean_over_images(metric_fn: Any) -> np.ndarray:
     return mean_over_scored_images(metric_fn.get_buffer()).numpy()
 
 
+def _size(item: Mapping) -> int:
+    """The number of images in a sample or collated batch: the leading size of its image (1 when unknown)."""
+    image = item.get("image")
+    return int(image.shape[0]) if isinstance(image, torch.Tensor) and image.ndim == 4 else 1
+
+
 def _cell(value: float | None) -> str:
     return "n/a" if value is None else f"{100.0 * value:.2f}"
 
@@ -76,14 +87,17 @@ def metrics_markdown(
     lines = [f"# {title or 'Evaluation'}", ""]
     header = ["metric (%)", *class_names, "mean"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    left_out = metrics.get(SEMANTIC_ONLY_KEY)
     for key, label in _ROWS:
         row = metrics.get(key)
-        if isinstance(row, Mapping):
+        if isinstance(row, Mapping) and not (left_out and key == "pq"):
             lines.append("| " + " | ".join([label, *[_cell(row.get(n)) for n in [*class_names, "mean"]]]) + " |")
     scalars = [(label, metrics[key]) for key, label in _SCALAR_ROWS if key in metrics]
     if scalars:
         lines += ["", "| instance metric (%) | value |", "|---|---:|"]
         lines += [f"| {label} | {_cell(value)} |" for label, value in scalars]
+    if left_out:
+        lines += ["", f"Instance metrics (PQ, AJI, F1, mPQ+): {left_out}"]
     lines += [
         "",
         "n/a: undefined, left out of the mean (pooled metrics: the class is in neither prediction nor ground truth of "
@@ -113,6 +127,12 @@ class MetricsReportWriter:
       (definitions: :mod:`monai_nasscam.metrics.instance`);
     - ``protocol``: how the numbers were obtained (``protocol`` as given, plus the number of images).
 
+    When the ground truth of any evaluated image is semantic-only (its datalist entry has ``"semantic_only": true``:
+    an image + mask folder whose masks merge touching nuclei of a class, see docs/data.md), the instance metrics
+    would score merged regions as nuclei and mean nothing: ``pq`` is written with ``null`` values, the other
+    instance metrics and their protocol entries are left out, and :data:`SEMANTIC_ONLY_KEY` says why (also logged
+    as one line).
+
     Args:
         output_dir: where to write.
         dice: the :class:`~monai_nasscam.metrics.PooledDiceHandler` of the evaluator.
@@ -124,6 +144,8 @@ class MetricsReportWriter:
         class_names: class names in channel order.
         json_name, markdown_name: file names.
         title: title of the Markdown file.
+        semantic_only: leave the instance metrics out (``True``), keep them (``False``), or decide from the
+            evaluated samples' ``semantic_only`` key (``None``, default).
     """
 
     def __init__(
@@ -138,8 +160,11 @@ class MetricsReportWriter:
         markdown_name: str = "metrics.md",
         title: str | None = None,
         instance: Any = None,
+        semantic_only: bool | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.semantic_only = semantic_only
+        self._images = self._semantic = 0
         self.instance = instance
         self.dice = dice
         self.pq = pq
@@ -152,7 +177,31 @@ class MetricsReportWriter:
         self.metrics: dict[str, Any] | None = None
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._count)
         engine.add_event_handler(Events.COMPLETED, self)
+
+    def _reset(self, engine: Engine) -> None:
+        self._images = self._semantic = 0
+
+    def _count(self, engine: Engine) -> None:
+        """Count the evaluated images and those whose entry is marked ``semantic_only`` (a decollated batch is a
+        list of samples, a collated one a dict of batched values)."""
+        batch = engine.state.batch
+        for item in batch if isinstance(batch, (list, tuple)) else [batch]:
+            if not isinstance(item, Mapping):
+                continue
+            flags = _values(item.get("semantic_only", False)) if "semantic_only" in item else [0.0] * _size(item)
+            self._images += len(flags)
+            self._semantic += int(sum(bool(f) for f in flags))
+
+    def _left_out(self) -> str | None:
+        """Why the instance metrics are left out, or ``None`` when they are reported."""
+        if self.semantic_only is False or (self.semantic_only is None and not self._semantic):
+            return None
+        which = f"{self._semantic} of {self._images} images" if self.semantic_only is None else "the images"
+        return (f"left out: the ground truth of {which} is semantic-only (its masks merge touching nuclei of a class "
+                "into one region), so PQ, AJI, F1 and mPQ+ would score merged regions as nuclei; Dice is unaffected")
 
     def __call__(self, engine: Engine) -> None:
         dice_fn = self.dice.metric_fn
@@ -162,27 +211,35 @@ class MetricsReportWriter:
         extra: dict[str, Any] = {}
         if self.dice_per_image is not None:
             extra["dice_per_image"] = _per_class(_mean_over_images(self.dice_per_image.metric_fn), self.class_names)
-        if self.instance is not None:
+        left_out = self._left_out()
+        if left_out:
+            extra[SEMANTIC_ONLY_KEY] = left_out
+        elif self.instance is not None:
             result = self.instance.metric_fn.results()
             extra.update(instance_metrics_dict(
                 aji=result["aji"], aji_plus=result["aji_plus"], f1_detection=result["f1_detection"],
                 f1_classification=_values(result["f1_classification"]), mpq_plus=mpq_plus(pq_fn.counts()),
                 class_names=self.class_names,
             ))
-        protocol = {**self.protocol, "images": n_images}
+        protocol = {k: v for k, v in self.protocol.items() if not (left_out and k in _INSTANCE_PROTOCOL)}
+        protocol["images"] = n_images
+        undefined = [math.nan] * len(self.class_names)
         self.metrics = write_metrics_json(
             self.output_dir / self.json_name,
             dice=_values(dice_fn.aggregate(reduction="none")),
-            pq=_values(pq_fn.aggregate(reduction="none", variant="pooled")),
+            pq=undefined if left_out else _values(pq_fn.aggregate(reduction="none", variant="pooled")),
             protocol=protocol,
-            pq_official=_values(pq_fn.aggregate(reduction="none", variant="monusac_official")),
+            pq_official=None if left_out else _values(pq_fn.aggregate(reduction="none", variant="monusac_official")),
             class_names=self.class_names,
             extra=extra,
         )
         split = protocol.get("split")
         title = self.title or f"Evaluation on {f'the {split} split' if split else 'the split'} ({n_images} images)"
         atomic_write_text(self.output_dir / self.markdown_name, metrics_markdown(self.metrics, self.class_names, title))
+        if left_out:
+            engine.logger.warning(f"instance metrics (PQ, AJI, F1, mPQ+) {left_out}")
         engine.logger.info(
             f"wrote {self.output_dir / self.json_name} and {self.output_dir / self.markdown_name}: pooled Dice mean "
-            f"{_cell(self.metrics['dice']['mean'])} %, PQ mean {_cell(self.metrics['pq']['mean'])} %"
+            f"{_cell(self.metrics['dice']['mean'])} %"
+            + ("" if left_out else f", PQ mean {_cell(self.metrics['pq']['mean'])} %")
         )
