@@ -365,18 +365,16 @@ def _mask_classes(case: FolderCase, spec: MaskFolderSpec) -> tuple[np.ndarray, n
             raise DataError(case.mask, f"value(s) {listed} not in the value map{binary}: say their class with "
                                        f"--mask-values VALUE:CLASS (CLASS may be ignore); {spec.values.describe()}")  # type: ignore[union-attr]
         return ids, None, notes
-    table = (spec.instance_classes or {}).get(case.name)
-    present = np.unique(values)
-    present = present[present > 0]
-    missing = [int(v) for v in present if table is None or int(v) not in table]
+    table = (spec.instance_classes or {}).get(case.name) or {}
+    found = np.unique(values)  # ids may be large (random 32-bit ids): no lookup table indexed by id
+    if found.size and found[0] < 0:
+        raise DataError(case.mask, f"negative instance id {int(found[0])}: ids are 1, 2, ... and 0 is background")
+    missing = [int(v) for v in found if v > 0 and int(v) not in table]
     if missing:
         listed = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise DataError(case.mask, f"instance(s) {listed} have no class in {spec.instance_table} (rows {case.name},ID,CLASS)")
-    lut = np.zeros(int(values.max()) + 1 if values.size else 1, dtype=np.uint8)
-    for inst, cid in (table or {}).items():
-        if inst < lut.size:
-            lut[inst] = cid
-    return lut[values], values, notes
+    classes = np.asarray([table.get(int(v), 0) for v in found], dtype=np.uint8)
+    return classes[np.searchsorted(found, values)], values, notes
 
 
 def _fill_specks(maps: list[np.ndarray], specks: np.ndarray, left_out: np.ndarray) -> None:
@@ -447,7 +445,7 @@ def load_folder_case(
     if instances is None:
         instances = label(ids, background=0, connectivity=2)
     else:
-        instances = np.where(left_out | (ids == 0), 0, instances)
+        instances = relabel_sequential(np.where(left_out | (ids == 0), 0, instances))[0]
     specks = _specks(instances, spec.min_size) if spec.min_size else np.zeros(ids.shape, bool)
     removed = int(np.unique(instances[specks]).size)
     if removed:
