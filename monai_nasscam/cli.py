@@ -156,9 +156,10 @@ def _mask_spec(args: argparse.Namespace):
     from monai_nasscam.data.palette import parse_palette, parse_value_map
 
     kind = "colour" if args.palette else "index" if args.index_masks else "instance" if args.instance_masks else None
-    for option, value, wanted in (("--mask-values", args.mask_values, "index"), ("--tolerance", args.tolerance, "colour")):
+    for option, value, wanted, flag in (("--mask-values", args.mask_values, "index", "--index-masks"),
+                                        ("--tolerance", args.tolerance, "colour", "--palette")):
         if value is not None and kind != wanted:
-            raise ValueError(f"{option} applies to {wanted} masks only ({'--index-masks' if wanted == 'index' else '--palette'})")
+            raise ValueError(f"{option} applies to {wanted} masks only ({flag})")
     if kind is None:
         given = [o for o, v in (("--min-size", args.min_size), ("--mask-suffix", args.mask_suffix),
                                 ("--patient-regex", args.patient_regex)) if v is not None]

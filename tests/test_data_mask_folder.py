@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -111,7 +112,7 @@ def test_palette_sources_agree_and_classify_by_nearest_colour(tmp_path):
     ("nosuch", "palette 'nosuch': neither a preset (monusac) nor a JSON file"),
 ])
 def test_palette_errors(spec, message):
-    with pytest.raises(ValueError, match="^" + __import__("re").escape(message)):
+    with pytest.raises(ValueError, match="^" + re.escape(message)):
         parse_palette(spec)
 
 
@@ -191,6 +192,16 @@ def test_index_png_palette_mode_values_and_ignore(tmp_path):
     expected = cmap.copy()
     expected[0, :] = 0
     assert np.array_equal(label, expected) and amb[0].all() and not amb[1:].any()
+
+
+def test_palette_tiff_gives_indices_or_its_colours(tmp_path):
+    cmap = class_map()
+    colormap = np.zeros((3, 256), np.uint16)
+    colormap[:, :5] = MONUSAC.T.astype(np.uint16) * 257  # TIFF colour maps are 16-bit
+    path = tmp_path / "m.tif"
+    tifffile.imwrite(path, cmap, photometric="palette", colormap=colormap)
+    assert np.array_equal(read_mask(path, colour=False), cmap)
+    assert np.array_equal(read_mask(path, colour=True), MONUSAC[cmap])
 
 
 def test_sixteen_bit_index_values_are_not_cut(tmp_path):
@@ -282,7 +293,7 @@ def test_mask_suffix_and_unpaired_files(tmp_path):
         f"{src / 'masks' / 'P2_1_mask.png'}: mask without image (no images/P2_1.*)"]
 
 
-def test_bad_files_skip_or_fail(tmp_path, caplog):
+def test_bad_files_skip_or_fail(tmp_path):
     cmap = class_map()
     pairs = {f"P{i}_1.png": (tissue(seed=i), f"P{i}_1.png", index_png(cmap)) for i in range(4)}
     src = folder(tmp_path / "src", pairs)

@@ -84,7 +84,8 @@ def _single_band(path: str, samples: np.ndarray) -> np.ndarray:
 def _colour_samples(path: str, samples: np.ndarray) -> np.ndarray:
     """``(H, W, 3)`` uint8 from grey or RGB 8-bit samples."""
     if samples.dtype != np.uint8:
-        raise DataError(path, f"{samples.dtype} samples are not an 8-bit colour mask; read index masks with --index-masks")
+        raise DataError(path, f"{samples.dtype} samples are not an 8-bit colour mask; read index masks with "
+                              "--index-masks")
     if samples.ndim == 3 and samples.shape[-1] == 1:
         samples = samples[..., 0]
     if samples.ndim == 2:
@@ -109,7 +110,8 @@ def _read_pil(path: str, colour: bool) -> np.ndarray:
             return base[..., 0] if base.shape[-1] == 1 else base
         if colour:
             if mode.startswith(("I", "F")):
-                raise DataError(path, f"{mode} samples are not an 8-bit colour mask; read index masks with --index-masks")
+                raise DataError(path, f"{mode} samples are not an 8-bit colour mask; read index masks with "
+                                      "--index-masks")
             return np.asarray(im.convert("RGB"))  # a palette file through its palette
         if mode in ("RGB", "L", "P", "1") or mode.startswith(("I", "F")):
             return np.asarray(im)  # P: the palette indices themselves

@@ -238,7 +238,8 @@ def scan_mask_folder(
                 problems.append(DataError(paths[0], f"{len(paths)} files named {stem} "
                                           f"({', '.join(os.path.basename(p) for p in paths)}): keep one"))
     def base(mask_stem: str) -> str:
-        return mask_stem[: len(mask_stem) - len(mask_suffix)] if mask_suffix and mask_stem.endswith(mask_suffix) else mask_stem
+        cut = mask_suffix and mask_stem.endswith(mask_suffix)
+        return mask_stem[: len(mask_stem) - len(mask_suffix)] if cut else mask_stem
 
     hint = None
     cases, paired = [], set()
@@ -335,11 +336,13 @@ def _mask_classes(case: FolderCase, spec: MaskFolderSpec) -> tuple[np.ndarray, n
     """Class ids of every mask pixel (0-4, :data:`IGNORE_ID` for pixels left out), the instance ids (instance masks;
     ``None`` otherwise) and notes, as stored."""
     if spec.kind != "colour" and case.mask.lower().endswith(LOSSY_SUFFIXES):
-        raise DataError(case.mask, f"a JPEG cannot hold exact {'class indices' if spec.kind == 'index' else 'instance ids'}"
-                                   " (lossy compression changes values at every edge): save the masks as PNG or TIFF")
+        what = "class indices" if spec.kind == "index" else "instance ids"
+        raise DataError(case.mask, f"a JPEG cannot hold exact {what} (lossy compression changes values at every "
+                                   "edge): save the masks as PNG or TIFF")
     notes: list[str] = []
     if spec.kind == "colour":
-        ids, unmatched = spec.palette.classify(read_mask(case.mask, colour=True), spec.tolerance)  # type: ignore[union-attr]
+        palette: Palette = spec.palette  # type: ignore[assignment]
+        ids, unmatched = palette.classify(read_mask(case.mask, colour=True), spec.tolerance)
         if unmatched.any():
             from scipy.ndimage import binary_erosion
 
@@ -348,7 +351,7 @@ def _mask_classes(case: FolderCase, spec: MaskFolderSpec) -> tuple[np.ndarray, n
                 rgb = read_mask(case.mask, colour=True)[solid]
                 colours, counts = np.unique(rgb, axis=0, return_counts=True)
                 top = tuple(int(v) for v in colours[counts.argmax()])
-                raise DataError(case.mask, f"{int(unmatched.sum())} pixels match no colour of {spec.palette.name} "  # type: ignore[union-attr]
+                raise DataError(case.mask, f"{int(unmatched.sum())} pixels match no colour of {palette.name} "
                                            f"within {spec.tolerance:g}, some in solid regions (most common there: "
                                            f"{top}): a colour missing from the palette?")
             n = int(unmatched.sum())
@@ -358,12 +361,13 @@ def _mask_classes(case: FolderCase, spec: MaskFolderSpec) -> tuple[np.ndarray, n
         return ids, None, notes
     values = read_mask(case.mask, colour=False)
     if spec.kind == "index":
-        ids, unknown = spec.values.classify(values)  # type: ignore[union-attr]
+        value_map: ValueMap = spec.values  # type: ignore[assignment]
+        ids, unknown = value_map.classify(values)
         if unknown:
             listed = ", ".join(f"{v} ({n} px)" for v, n in sorted(unknown.items())[:8])
             binary = " (a 0/255 binary mask?)" if set(np.unique(values).tolist()) <= {0, 255} else ""
             raise DataError(case.mask, f"value(s) {listed} not in the value map{binary}: say their class with "
-                                       f"--mask-values VALUE:CLASS (CLASS may be ignore); {spec.values.describe()}")  # type: ignore[union-attr]
+                                       f"--mask-values VALUE:CLASS (CLASS may be ignore); {value_map.describe()}")
         return ids, None, notes
     table = (spec.instance_classes or {}).get(case.name) or {}
     found = np.unique(values)  # ids may be large (random 32-bit ids): no lookup table indexed by id
@@ -372,7 +376,8 @@ def _mask_classes(case: FolderCase, spec: MaskFolderSpec) -> tuple[np.ndarray, n
     missing = [int(v) for v in found if v > 0 and int(v) not in table]
     if missing:
         listed = ", ".join(map(str, missing[:8])) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        raise DataError(case.mask, f"instance(s) {listed} have no class in {spec.instance_table} (rows {case.name},ID,CLASS)")
+        raise DataError(case.mask, f"instance(s) {listed} have no class in {spec.instance_table} "
+                                   f"(rows {case.name},ID,CLASS)")
     classes = np.asarray([table.get(int(v), 0) for v in found], dtype=np.uint8)
     return classes[np.searchsorted(found, values)], values, notes
 

@@ -272,7 +272,8 @@ def parse_value_map(spec: str | Sequence[str] | Mapping[Any, str] | None = None)
         for token in (t for item in items for t in re.split(r"[,\s]+", str(item).strip()) if t):
             m = re.fullmatch(r"(\d+)\s*[:=]\s*(.+)", token)
             if m is None:
-                raise ValueError(f"mask values: cannot read {token!r}; write VALUE:CLASS, e.g. 255:ignore or 1:Epithelial")
+                raise ValueError(f"mask values: cannot read {token!r}; write VALUE:CLASS, e.g. 255:ignore or "
+                                 "1:Epithelial")
             pairs.append((m.group(1), m.group(2)))
     table: dict[int, int] = {}
     for value, cls in pairs:

@@ -32,7 +32,14 @@ from ..fileio import staged_dir
 from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
 from .errors import DataError
 from .imagescope import read_imagescope_xml
-from .mask_folder import FolderCase, MaskFolderSpec, folder_case_classes, is_mask_folder, load_folder_case, scan_mask_folder
+from .mask_folder import (
+    FolderCase,
+    MaskFolderSpec,
+    folder_case_classes,
+    is_mask_folder,
+    load_folder_case,
+    scan_mask_folder,
+)
 from .monusac import MoNuSACCase, load_case, scan_monusac
 from .slide import PLAUSIBLE_MPP, read_mpp, read_rgb
 from .split import SPLITS, make_split
