@@ -159,7 +159,7 @@ def check_override_keys(argv: Sequence[str] | None = None, unused: Sequence[str]
         base = BASE_CONFIGS.get(os.path.basename(name))
         if base is not None and base not in {os.path.basename(n) for n in names[:i]}:
             suggested = ",".join(repr(n) for n in _with_bases(names))
-            raise ValueError(f"{name} is an override of {base}, named after it: --config_file \"[{suggested}]\"")
+            raise ValueError(f"{name} overrides {base} and comes after it: --config_file \"[{suggested}]\"")
     known = set(ConfigParser.load_config_files(names))
     if values.get("args_file"):
         extra = ConfigParser.load_config_file(values["args_file"])
@@ -168,7 +168,7 @@ def check_override_keys(argv: Sequence[str] | None = None, unused: Sequence[str]
     for key in keys:
         first = key.replace("::", "#").split("#")[0]
         if first in unused:
-            raise ValueError(f"setting --{key}: {shown} do not read {first!r} in this workflow, so it would be ignored.")
+            raise ValueError(f"setting --{key} is not read by this workflow ({shown}), so it would be ignored.")
         if first in known:
             continue
         close = difflib.get_close_matches(first, sorted(k for k in known if not k.startswith("_")), n=3, cutoff=0.6)
