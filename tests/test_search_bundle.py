@@ -202,6 +202,37 @@ def test_the_documented_search_settings_reach_the_search(tmp_path, prepared):
     parser.get_parsed_content("tensorboard").close()
 
 
+def test_the_drivers_run_the_two_file_search_in_a_folder_it_owns(tmp_path, monkeypatch):
+    """demo / compare (run_workflow): the search clears a changed run's folder and resumes an interrupted one, as a
+    single-file workflow does; train + evaluate only adds to its folder."""
+    import monai_nasscam.workflow as workflow
+
+    commands = []
+
+    def fake_run(cmd, **kwargs):  # the bundle run: writes its checkpoint, then fails (an interruption)
+        commands.append(cmd)
+        out = Path(cmd[cmd.index("--output_dir") + 1])
+        (out / "checkpoints").mkdir(exist_ok=True)
+        (out / "checkpoints" / "search_checkpoint.pt").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(workflow.subprocess, "run", fake_run)
+    run = tmp_path / "search"
+    run.mkdir()
+    (run / "stale.txt").write_text("an earlier, different run")
+    for _ in range(2):
+        with pytest.raises(workflow.WorkflowError):
+            workflow.run_workflow(["train.yaml", "search.yaml"], {"epochs": 2}, run, quiet=True)
+    assert not (run / "stale.txt").exists()
+    assert commands[0][commands[0].index("--config_file") + 1] == str([workflow.config_path("train.yaml"),
+                                                                         workflow.config_path("search.yaml")])
+    assert "--resume" not in commands[0] and commands[1][-2:] == ["--resume", "True"]
+    (run / "kept.txt").write_text("the run evaluated")
+    with pytest.raises(workflow.WorkflowError):
+        workflow.run_workflow(["train.yaml", "evaluate.yaml"], {"epochs": 2}, run, quiet=True)
+    assert (run / "kept.txt").exists() and "--resume" not in commands[2]
+
+
 def _command(prepared: Path, run: Path, *extra: str, config=None, **overrides: str) -> list[str]:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config or str(SEARCH)]
     cmd += ["--dataset_dir", str(prepared), "--output_dir", str(run), "--epochs", "3", "--warmup_epochs", "1"]
