@@ -124,9 +124,9 @@ def _with_bases(names: Sequence[str]) -> list[str]:
 
 @input_check
 def check_override_keys(argv: Sequence[str] | None = None, unused: Sequence[str] = ()) -> bool:
-    """Refuse a command line that would run something else than it says: an override config named without the
-    config it overrides, or a setting that is no key of the workflow's config files (a misspelt ``--treshold 0.9``
-    would otherwise become a new, unused key, and the run would go on with the default).
+    """Refuse a command line that would not run what it says: an override config not named after the config it
+    overrides, or a setting that is no key of the workflow's config files (a misspelt ``--treshold 0.9`` would
+    otherwise become a new, unused key, and the run would go on with the default).
 
     Reads the ``monai.bundle run`` command line (``sys.argv``) and the config files it names (``--config_file``,
     and the keys of ``--args_file``); a key ``a#b`` is checked by its first part ``a``. A run started from Python
