@@ -6,9 +6,9 @@ a short search every edge can look decided (large margins, a ``converged`` verdi
 prefer its operation. This benchmark measures, on a search.yaml setup, whether the alpha gradients carry a signal
 that the search's number of alpha steps can resolve:
 
-1. the supernet and its loaders are built from ``bundle/configs/search.yaml`` with the given overrides, and trained
-   with weight steps only (``BilevelSearchTrainer`` with every epoch a warm-up epoch) for each of ``--epochs``
-   (cumulative);
+1. the supernet and its loaders are built from ``bundle/configs/search.yaml`` (over ``train.yaml``) with the given
+   overrides, and trained with weight steps only (``BilevelSearchTrainer`` with every epoch a warm-up epoch) for each
+   of ``--epochs`` (cumulative);
 2. at each of those points the weights are frozen and the gradient of the alpha steps' loss with respect to every
    alpha is taken on ``--batches`` batches of the architecture split (without moving the alphas), in train mode as
    the alpha steps run;
@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SEARCH = REPO / "bundle" / "configs" / "search.yaml"
+SEARCH = [str(REPO / "bundle" / "configs" / name) for name in ("train.yaml", "search.yaml")]  # an override of train
 DEMO_OVERRIDES = {"roi_size": [64, 64], "epoch_crops": 48, "learning_rate": 0.001, "num_workers": 0, "progress": False}
 T_BAR = 2.0
 
@@ -73,7 +73,7 @@ def build(dataset_dir: str, output_dir: str, overrides: dict):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(SEARCH))
+    parser.read_config(SEARCH)
     parser.update({"dataset_dir": dataset_dir, "output_dir": output_dir, **overrides})
     parser.get_parsed_content("initialize")  # the input checks, determinism, allocator
     get = parser.get_parsed_content

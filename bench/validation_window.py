@@ -34,9 +34,9 @@ CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 
 
 def build(model: str, dataset_dir: str, out: str, roi: int, epoch_crops: int, genotype: str | None) -> ConfigParser:
-    config = "search.yaml" if model == "search" else "train.yaml"
+    configs = ["train.yaml", "search.yaml"] if model == "search" else ["train.yaml"]  # search.yaml overrides train.yaml
     parser = ConfigParser()
-    parser.read_config(str(CONFIGS / config))
+    parser.read_config([str(CONFIGS / c) for c in configs])
     overrides = {"dataset_dir": dataset_dir, "output_dir": out, "roi_size": [roi, roi], "num_workers": 0,
                  "features": [16, 32, 64, 128, 256], "learning_rate": 1e-3, "epoch_crops": epoch_crops, "seed": 0,
                  "progress": False, "device": "cpu"}

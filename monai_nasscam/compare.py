@@ -139,7 +139,7 @@ def run_comparison(
             train and evaluate overrides as the searched models.
         seeds: one full run per seed.
         common: overrides for every workflow (e.g. ``roi_size``, ``features``, ``num_workers``).
-        search: overrides for search.yaml only (e.g. ``epochs``, ``warmup_epochs``).
+        search: overrides for the search (train.yaml + search.yaml) only (e.g. ``epochs``, ``warmup_epochs``).
         train: overrides for train.yaml only (e.g. ``epochs``, ``epoch_crops``); the evaluation reuses them.
         evaluate: overrides for evaluate.yaml only (e.g. ``eval_split``).
         quiet: write each workflow's output to its ``workflow.log`` instead of the terminal.
@@ -173,7 +173,7 @@ def run_comparison(
         echo(f"[{i + 1}/{len(pairs)}] {label}, seed {seed}: {run_dir}")
         if search_choice is not None:
             overrides = {"dataset_dir": dataset_dir, "seed": seed, **search_choice, **common, **search}
-            run_workflow(["search.yaml"], overrides, run_dir / "search", quiet=quiet)
+            run_workflow(["train.yaml", "search.yaml"], overrides, run_dir / "search", quiet=quiet)
         elif model in RANDOM_MODELS:
             write_random_genotype(run_dir / "search" / "genotype.json", model, seed)
         overrides = _train_overrides(model, run_dir, dataset_dir, seed, common, train)

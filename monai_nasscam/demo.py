@@ -118,9 +118,9 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     stage("prepare: masks, stain normalisation, patient split (nasscam prepare)")
     print("prepared" if _prepare(raw, prep, dict(budgets["prepare"])) else "cached", prep)
 
-    stage("search: NAS-SCAM-P, synchronous, bilevel (search.yaml)")
+    stage("search: NAS-SCAM-P, synchronous, bilevel (train.yaml + search.yaml)")
     search = {"dataset_dir": str(prep), "attention": SEARCHED, "synchronous": True, **common, **(budgets.get("search") or {})}
-    _run(["search.yaml"], search, out / "search")
+    _run(["train.yaml", "search.yaml"], search, out / "search")
     genotype = out / "search" / "genotype.json"
 
     stage("retrain the derived NAS-SCAM-P network and a U-Net baseline (train.yaml)")

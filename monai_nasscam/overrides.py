@@ -4,24 +4,33 @@
 python-fire, which turns ``false`` into a bool but leaves ``"off"``, ``"no"``, ``"None"`` or an empty string as strings,
 and config expressions may pass any of them on. Every workflow reads booleans and "no value" the same way through
 :func:`as_bool` and :func:`is_null`, and refuses a setting that is no key of its config files
-(:func:`check_override_keys`: MONAI would add it as a new, unused key).
+(:func:`check_override_keys`: MONAI would add it as a new, unused key), and an override config named without the
+config it overrides (:data:`BASE_CONFIGS`).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from typing import Any
 
 from monai_nasscam.errors import input_check
 
-__all__ = ["TRUE_STRINGS", "FALSE_STRINGS", "NULL_STRINGS", "as_bool", "is_null", "check_override_keys"]
+__all__ = ["TRUE_STRINGS", "FALSE_STRINGS", "NULL_STRINGS", "BASE_CONFIGS", "as_bool", "is_null", "check_override_keys"]
 
 #: strings read as true / false (case and surrounding spaces ignored)
 TRUE_STRINGS = ("true", "yes", "on", "1")
 FALSE_STRINGS = ("false", "no", "off", "0")
 #: strings read as "no value" by default (case and surrounding spaces ignored)
 NULL_STRINGS = ("", "null", "none")
+#: the bundle configs that override another one (by file name), which ``--config_file`` must name before them
+BASE_CONFIGS = {
+    "search.yaml": "train.yaml",
+    "evaluate.yaml": "train.yaml",
+    "multi_gpu_train.yaml": "train.yaml",
+    "multi_gpu_search.yaml": "search.yaml",
+}
 
 
 @input_check
@@ -88,10 +97,36 @@ def _command_line_keys(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return values, keys
 
 
+def _config_names(value: str) -> list[str]:
+    """The config files of a ``--config_file`` value as MONAI reads it: a Python list, or paths joined by commas."""
+    import ast
+
+    if value.lstrip().startswith(("[", "(")):
+        try:
+            return [str(n) for n in ast.literal_eval(value)]
+        except (ValueError, SyntaxError):
+            pass
+    return value.split(",") if "," in value and not os.path.isfile(value) else [value]
+
+
+def _with_bases(names: Sequence[str]) -> list[str]:
+    """``names`` with the base of each override config (:data:`BASE_CONFIGS`, from the override's folder) put before
+    it where it is missing or comes later."""
+    out: list[str] = []
+    for name in names:
+        chain, base = [name], BASE_CONFIGS.get(os.path.basename(name))
+        while base:
+            chain.insert(0, os.path.join(os.path.dirname(name), base))
+            base = BASE_CONFIGS.get(base)
+        out += [c for c in chain if os.path.basename(c) not in {os.path.basename(o) for o in out}]
+    return out
+
+
 @input_check
-def check_override_keys(argv: Sequence[str] | None = None) -> bool:
-    """Refuse a command-line setting that is no key of the workflow's config files: a misspelt ``--treshold 0.9``
-    would otherwise become a new, unused key, and the run would go on with the default.
+def check_override_keys(argv: Sequence[str] | None = None, unused: Sequence[str] = ()) -> bool:
+    """Refuse a command line that would not run what it says: an override config not named after the config it
+    overrides, or a setting that is no key of the workflow's config files (a misspelt ``--treshold 0.9`` would
+    otherwise become a new, unused key, and the run would go on with the default).
 
     Reads the ``monai.bundle run`` command line (``sys.argv``) and the config files it names (``--config_file``,
     and the keys of ``--args_file``); a key ``a#b`` is checked by its first part ``a``. A run started from Python
@@ -100,14 +135,16 @@ def check_override_keys(argv: Sequence[str] | None = None) -> bool:
 
     Args:
         argv: the command line; ``None``: ``sys.argv``.
+        unused: keys of the config files that the workflow does not read (search.yaml: train.yaml's
+            ``genotype_path``), refused as well.
 
     Returns:
-        ``True`` when every key is known or there is nothing to check.
+        ``True`` when the config files come in order and every key is known, or there is nothing to check.
 
     Raises:
-        InputError: the first unknown key, naming it, the config files, and the closest known keys.
+        InputError: a config of :data:`BASE_CONFIGS` named without its base before it, giving the ``--config_file``
+            to use; the first unknown or unused key, naming it, the config files, and the closest known keys.
     """
-    import ast
     import difflib
     import sys
 
@@ -117,22 +154,25 @@ def check_override_keys(argv: Sequence[str] | None = None) -> bool:
     files = values.get("config_file")
     if not files:
         return True
-    try:
-        names = ast.literal_eval(files) if files.lstrip().startswith(("[", "(")) else files
-    except (ValueError, SyntaxError):
-        names = files
-    names = [names] if isinstance(names, str) else list(names)
+    names = _config_names(files)
+    for i, name in enumerate(names):
+        base = BASE_CONFIGS.get(os.path.basename(name))
+        if base is not None and base not in {os.path.basename(n) for n in names[:i]}:
+            suggested = ",".join(repr(n) for n in _with_bases(names))
+            raise ValueError(f"{name} overrides {base} and comes after it: --config_file \"[{suggested}]\"")
     known = set(ConfigParser.load_config_files(names))
     if values.get("args_file"):
         extra = ConfigParser.load_config_file(values["args_file"])
         keys += [k for k in extra if k not in _bundle_run_args()]
+    shown = ", ".join(str(n) for n in names)
     for key in keys:
         first = key.replace("::", "#").split("#")[0]
+        if first in unused:
+            raise ValueError(f"setting --{key} is not read by this workflow ({shown}), so it would be ignored.")
         if first in known:
             continue
         close = difflib.get_close_matches(first, sorted(k for k in known if not k.startswith("_")), n=3, cutoff=0.6)
         hint = f"; did you mean {' or '.join('--' + c for c in close)}?" if close else ""
-        shown = ", ".join(str(n) for n in names)
         raise ValueError(
             f"unknown setting --{key}: {shown} has no key {first!r}, so it would be ignored{hint} "
             "(the settings tables of docs/search.md, docs/train_evaluate.md and docs/inference.md list them)."

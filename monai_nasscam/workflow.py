@@ -24,6 +24,8 @@ __all__ = ["BUNDLE_DIR", "config_path", "bundle_command", "run_workflow", "Workf
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
 DONE_MARKER = ".workflow_done.json"
 STARTED_MARKER = ".workflow_started.json"
+#: configs that add to the folder of the run they evaluate instead of owning one (see :func:`run_workflow`)
+EXTENDING_CONFIGS = ("evaluate.yaml",)
 
 
 class WorkflowError(RuntimeError):
@@ -64,10 +66,10 @@ def run_workflow(
     Args:
         configs: bundle config names, e.g. ``["train.yaml", "evaluate.yaml"]``.
         overrides: command-line overrides (``output_dir`` is set to ``output_dir``).
-        output_dir: the run's folder. A single workflow owns it: a run interrupted after its first checkpoint
-            continues from it (``--resume true``) when started again with the same overrides; a changed run, or
-            one interrupted before any checkpoint, is cleared first. A combined one (train + evaluate) adds to
-            the folder of the run it extends.
+        output_dir: the run's folder. A workflow owns it (train, train + search): a run interrupted after its
+            first checkpoint continues from it (``--resume true``) when started again with the same overrides; a
+            changed run, or one interrupted before any checkpoint, is cleared first. One with a config of
+            :data:`EXTENDING_CONFIGS` (train + evaluate) adds to the folder of the run it evaluates.
         log_name: file in ``output_dir`` that receives the run's output when ``quiet`` (appended to on resume).
         quiet: send the output to the log file instead of the terminal.
 
@@ -82,7 +84,7 @@ def run_workflow(
     if marker.is_file() and json.loads(marker.read_text()) == record:
         return False
     resume = False
-    if len(configs) == 1:  # a single workflow owns its folder
+    if not any(Path(c).name in EXTENDING_CONFIGS for c in configs):  # the workflow owns its folder
         resume = started.is_file() and json.loads(started.read_text()) == record and any(output_dir.glob("checkpoints/*.pt"))
         if not resume and output_dir.is_dir() and any(output_dir.iterdir()):
             shutil.rmtree(output_dir)

@@ -204,7 +204,7 @@ def test_search_on_mixed_ambiguous_entries(mixed_prep):
     for part in ("training", "architecture"):  # both loaders batch tiles with and without a mask
         assert sorted("ambiguous" in e for e in parts[part]) == [False, True], part
     out = mixed_prep.parent / "run_search"
-    _run(str(CONFIGS / "search.yaml"), dataset_dir=str(mixed_prep), output_dir=str(out), epochs=1, warmup_epochs=0,
+    _run([str(CONFIGS / "train.yaml"), str(CONFIGS / "search.yaml")], dataset_dir=str(mixed_prep), output_dir=str(out), epochs=1, warmup_epochs=0,
          batch_size=8, epoch_crops=8, **{**TINY, "roi_size": [64, 64], "features": [4, 8, 8, 8, 8]})
     assert (out / "genotype.json").is_file()
 

@@ -204,7 +204,7 @@ def test_compare_pairs_searched_models_with_random_genotypes(tmp_path, monkeypat
         calls.append((list(configs), dict(overrides), Path(output_dir)))
         output_dir, seed = Path(output_dir), overrides["seed"]
         output_dir.mkdir(parents=True, exist_ok=True)
-        if configs == ["search.yaml"]:  # a searched genotype, with or without the search's verdict
+        if configs == ["train.yaml", "search.yaml"]:  # a searched genotype, with or without the search's verdict
             data = random_genotype(seed=10 + seed).to_dict()
             if verdicts[seed]:
                 data["search"] = {"verdict": verdicts[seed]}
@@ -226,7 +226,7 @@ def test_compare_pairs_searched_models_with_random_genotypes(tmp_path, monkeypat
     out = tmp_path / "cmp"
     for seed in (0, 1):  # the random model draws its genotype from the seed instead of searching
         assert Genotype.load(out / "random" / f"seed{seed}" / "search" / "genotype.json") == random_genotype(seed=seed)
-    assert not any(c == ["search.yaml"] and "random" in str(d) for c, _, d in calls)
+    assert not any(c == ["train.yaml", "search.yaml"] and "random" in str(d) for c, _, d in calls)
     trains = {(str(d.parent.parent.name), o["seed"], tuple(c)): o for c, o, d in calls if c[0] == "train.yaml"}
     for seed in (0, 1):  # retrained and evaluated exactly like the searched model, from its own genotype
         for configs in (("train.yaml",), ("train.yaml", "evaluate.yaml")):

@@ -1,6 +1,6 @@
 """Multi-GPU configs on CPU: ``torchrun --nproc_per_node=2`` with the gloo backend.
 
-- the search (search.yaml + multi_gpu_search.yaml, a weight-only epoch then an epoch of weight and alpha steps) and
+- the search (train.yaml + search.yaml + multi_gpu_search.yaml, a weight-only epoch then an epoch of weight and alpha steps) and
   the retraining (train.yaml + multi_gpu_train.yaml) end with identical weights, alphas and BatchNorm statistics on
   both ranks, the alphas moved, the ranks drew different crops, and only rank 0 wrote files (rank 1 is given its own
   output folder, which must stay empty);
@@ -105,7 +105,7 @@ def test_search_two_ranks_stay_identical_and_only_rank0_writes(prepared, tmp_pat
     override = tmp_path / "dump.yaml"
     arch_loss = "'arch_loss': float(monai.handlers.from_engine(['arch_loss'], first=True)(@train#trainer.state.output))"
     override.write_text(DUMP.format(output=out, dump=dump, extra=arch_loss) + RUN_WITH_INITIAL_ALPHAS)
-    configs = [CONFIGS / "search.yaml", CONFIGS / "multi_gpu_search.yaml", override]
+    configs = [CONFIGS / "train.yaml", CONFIGS / "search.yaml", CONFIGS / "multi_gpu_search.yaml", override]
     log = _torchrun(configs, cwd, "--dataset_dir", str(prepared), "--epochs", "2", "--warmup_epochs", "1", *TINY)
 
     r0, r1 = (torch.load(dump / f"rank{r}.pt", weights_only=True) for r in (0, 1))
@@ -159,12 +159,14 @@ WRITERS = {
 }
 
 
-PAIRS = [("search.yaml", "multi_gpu_search.yaml"), ("train.yaml", "multi_gpu_train.yaml")]
+PAIRS = [(["train.yaml", "search.yaml"], "multi_gpu_search.yaml"), (["train.yaml"], "multi_gpu_train.yaml")]
 
 
 @pytest.mark.parametrize("base,multi", PAIRS)
 def test_overrides_still_point_at_the_right_handlers(base, multi):
-    base_cfg = yaml.safe_load((CONFIGS / base).read_text())
+    from monai.bundle import ConfigParser
+
+    base_cfg = ConfigParser.load_config_files([str(CONFIGS / name) for name in base])  # as MONAI merges them
     multi_cfg = yaml.safe_load((CONFIGS / multi).read_text())
 
     def item(path: str):
@@ -183,11 +185,11 @@ def test_overrides_still_point_at_the_right_handlers(base, multi):
             assert value.startswith(f"$@{item(path)[1:]} if"), (path, value)
     if "handlers#0#seed" in "".join(multi_cfg):
         assert item("train#handlers#0")["_target_"].endswith("EpochReseeder")
-    # the base initialize, after joining the process group
-    base_init = [i for i in base_cfg["initialize"]]
-    multi_init = [i for i in multi_cfg["initialize"] if isinstance(i, str)]
-    assert multi_init[: len(base_init)] == base_init
+    # the base initialize, after joining the process group and quieting the other ranks
+    base_init = base_cfg["initialize"]
+    assert multi_cfg["initialize"][2 : 2 + len(base_init)] == base_init
     assert multi_cfg["initialize"][0]["_target_"].endswith("init_distributed")
+    assert multi_cfg["initialize"][1]["_target_"].endswith("quiet_other_ranks")
 
 
 # ------------------------------------------------------------------------------- distributed.py, 2 processes

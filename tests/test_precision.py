@@ -185,8 +185,8 @@ def test_a_bad_setting_stops_the_workflow_with_one_line_naming_it(prepared, tmp_
     settings = {"dataset_dir": str(prepared), "epochs": 1, "roi_size": [32, 32], "features": [4, 4, 8, 8, 16],
                 "num_workers": 0, "epoch_crops": 8, "progress": False, **overrides}
     with pytest.raises(Exception) as info:
-        run(config_file=str(CONFIGS / f"{config}.yaml"), meta_file=META, logging_file=False, output_dir=str(out),
-            **settings)
+        files = [str(CONFIGS / n) for n in (["train.yaml"] + (["search.yaml"] if config == "search" else []))]
+        run(config_file=files, meta_file=META, logging_file=False, output_dir=str(out), **settings)
     assert find_input_error(info.value) is not None, f"not an input error: {info.value!r}"
     stream = io.StringIO()
     with redirect_stderr(stream):

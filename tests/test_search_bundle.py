@@ -1,5 +1,6 @@
-"""bundle/configs/search.yaml: clear errors before training, and the whole search from another working
-directory on a tiny synthetic dataset, interrupted with SIGINT and resumed with --resume true."""
+"""bundle/configs/search.yaml, an override of train.yaml: clear errors before training, the same run as the
+standalone search.yaml it replaced, and the whole search from another working directory on a tiny synthetic dataset,
+interrupted with SIGINT and resumed with --resume true."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ from monai_nasscam.data import generate_dataset, prepare_dataset
 from monai_nasscam.networks import Genotype
 
 REPO = Path(__file__).resolve().parents[1]
-SEARCH = REPO / "bundle" / "configs" / "search.yaml"
-REFERENCE = REPO / "bundle" / "configs" / "reference.yaml"
+CONFIGS = REPO / "bundle" / "configs"
+SEARCH = [str(CONFIGS / "train.yaml"), str(CONFIGS / "search.yaml")]  # the two-file form
+REFERENCE = CONFIGS / "reference.yaml"
 TINY = {"roi_size": "[64,64]", "features": "[4,8,8,8,8]", "epoch_crops": "8", "num_workers": "0", "progress": "false"}
 
 
@@ -43,7 +45,7 @@ def _cause_chain(error: BaseException) -> str:
 def _run_in_process(tmp_path: Path, **overrides) -> None:
     args = {"dataset_dir": str(tmp_path / "missing"), "output_dir": str(tmp_path / "run"), "epochs": 1, "warmup_epochs": 0}
     args.update(overrides)
-    bundle_run(config_file=str(SEARCH), logging_file=False, **args)
+    bundle_run(config_file=SEARCH, logging_file=False, **args)
 
 
 def test_missing_datalist(tmp_path):
@@ -92,6 +94,143 @@ def test_other_bad_overrides(tmp_path, prepared):
             _run_in_process(tmp_path, dataset_dir=str(prepared), **overrides)
         assert message in _cause_chain(info.value), overrides
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------- the two-file form
+STANDALONE = REPO / "tests" / "data" / "search_standalone.yaml"  # search.yaml before it became an override
+
+
+def _same(a, b, where: str = "") -> None:
+    """``a == b`` for nested dicts / lists of tensors and plain values, exactly; the assertion names the place."""
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _same(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}/{i}")
+    else:
+        assert a == b, (where, a, b)
+
+
+def test_two_file_search_runs_as_the_standalone_search_did(tmp_path, prepared):
+    """train.yaml + search.yaml and the standalone search.yaml it replaced, on one seed: the same files, the same
+    genotype.json and the same checkpoint (weights, alphas, both optimisers, trainer, best genotype, diagnostics)."""
+    import torch
+
+    settings = {"dataset_dir": str(prepared), "epochs": 2, "warmup_epochs": 1, "val_interval": 2, "seed": 3,
+                **{k: json.loads(v) for k, v in TINY.items()}, "roi_size": [32, 32], "epoch_crops": 4}
+    runs = {}
+    for name, config in (("standalone", str(STANDALONE)), ("two_files", SEARCH)):
+        runs[name] = tmp_path / name
+        bundle_run(config_file=config, logging_file=False, output_dir=str(runs[name]), **settings)
+    old, new = runs["standalone"], runs["two_files"]
+
+    def files(run: Path) -> list[str]:
+        return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts)
+
+    assert files(old) == files(new) and "genotype.json" in files(new)
+    assert json.loads((old / "genotype.json").read_text()) == json.loads((new / "genotype.json").read_text())
+    name = "checkpoints/search_checkpoint.pt"
+    before, after = (torch.load(run / name, weights_only=True) for run in (old, new))
+    _same(before, after)
+    assert after["arch_optimizer"]["state"], "no alpha step was made: the comparison would prove nothing"
+
+
+def test_search_yaml_alone_fails_with_one_line_giving_the_two_file_form(tmp_path):
+    search = str(CONFIGS / "search.yaml")
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", search, "--dataset_dir", str(tmp_path),
+           "--output_dir", str(tmp_path / "run")]
+    env = {k: v for k, v in _env().items() if k != "NASSCAM_TRACEBACK"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == f"""error: {search} overrides train.yaml and comes after it: --config_file "['{CONFIGS / 'train.yaml'}','{search}']\"""", proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_command_line_config_files_and_settings_are_checked_on_the_merged_search():
+    from monai_nasscam.errors import InputError
+    from monai_nasscam.overrides import check_override_keys
+
+    train, search = SEARCH
+    patent, multi = str(CONFIGS / "patent.yaml"), str(CONFIGS / "multi_gpu_search.yaml")
+
+    def line(files: str, *settings: str, unused=("genotype_path", "train_mpp")) -> str:
+        with pytest.raises(InputError) as info:
+            check_override_keys(["m", "run", "--config_file", files, *settings], unused=unused)
+        return str(info.value)
+
+    # search.yaml without train.yaml before it: the order to use, other files kept in place
+    two = f"""--config_file "['{train}','{search}']\""""
+    assert line(f"['{search}','{train}']").endswith(two)
+    assert line(search).endswith(two) and line(f"{search},{train}").endswith(two)  # MONAI's comma form too
+    assert line(f"['{search}','{patent}']").endswith(f"""--config_file "['{train}','{search}','{patent}']\"""")
+    assert line(f"['{search}','{multi}']").endswith(f"""--config_file "['{train}','{search}','{multi}']\"""")
+    # the keys of both files are settings; a misspelt one is refused, and so is one the search does not read
+    assert check_override_keys(["m", "run", "--config_file", str(SEARCH), "--val_interval", "2", "--warmup_epochs", "1",
+                                "--arch_learning_rate", "0.01", "--crop_mode", "pixel"], unused=["genotype_path"])
+    assert "did you mean --warmup_epochs" in line(str(SEARCH), "--warmup_epoch", "1")
+    assert line(str(SEARCH), "--genotype_path", "g.json") == (
+        f"setting --genotype_path is not read by this workflow ({train}, {search}), so it would be ignored."
+    )
+
+
+def test_the_documented_search_settings_reach_the_search(tmp_path, prepared):
+    """docs/search.md's command-line settings, each set away from its default on the two-file search."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(SEARCH)
+    parser.update({"dataset_dir": str(prepared), "output_dir": str(tmp_path / "run"), "device": "cpu", "seed": 5,
+                   "epochs": 7, "batch_size": 8, "roi_size": [48, 48], "learning_rate": 0.02, "num_workers": 0,
+                   "warmup_epochs": 3, "arch_learning_rate": 0.03, "attention": "nas-sam", "synchronous": False,
+                   "features": [4, 8, 8, 8, 8], "epoch_crops": 8, "progress": False})
+    trainer = parser.get_parsed_content("train#trainer")
+    assert (trainer.state.max_epochs, trainer.warmup_epochs, trainer.seed, str(trainer.state.device)) == (7, 3, 5, "cpu")
+    assert trainer.optimizer.param_groups[0]["lr"] == 0.02 and trainer.arch_optimizer.param_groups[0]["lr"] == 0.03
+    assert trainer.network.attention == "nas-sam" and len(trainer.network.arch_parameters()) == 1  # one shared SAM alpha
+    for loader in (trainer.data_loader, trainer.arch_data_loader):
+        assert loader.batch_size * 4 == 8 and loader.num_workers == 0 and loader.dataset.roi_size == (48, 48)
+    assert parser.get_parsed_content("train#best_genotype").output_path == tmp_path / "run" / "genotype.json"
+    assert parser.get_parsed_content("train#checkpointer").filename == "search_checkpoint.pt"
+    parser.get_parsed_content("tensorboard").close()
+
+
+def test_the_drivers_run_the_two_file_search_in_a_folder_it_owns(tmp_path, monkeypatch):
+    """demo / compare (run_workflow): the search clears a changed run's folder and resumes an interrupted one, as a
+    single-file workflow does; train + evaluate only adds to its folder."""
+    import monai_nasscam.workflow as workflow
+
+    commands = []
+
+    def fake_run(cmd, **kwargs):  # the bundle run: writes its checkpoint, then fails (an interruption)
+        commands.append(cmd)
+        out = Path(cmd[cmd.index("--output_dir") + 1])
+        (out / "checkpoints").mkdir(exist_ok=True)
+        (out / "checkpoints" / "search_checkpoint.pt").write_bytes(b"")
+        return subprocess.CompletedProcess(cmd, 1)
+
+    monkeypatch.setattr(workflow.subprocess, "run", fake_run)
+    run = tmp_path / "search"
+    run.mkdir()
+    (run / "stale.txt").write_text("an earlier, different run")
+    for _ in range(2):
+        with pytest.raises(workflow.WorkflowError):
+            workflow.run_workflow(["train.yaml", "search.yaml"], {"epochs": 2}, run, quiet=True)
+    assert not (run / "stale.txt").exists()
+    assert commands[0][commands[0].index("--config_file") + 1] == str([workflow.config_path("train.yaml"),
+                                                                         workflow.config_path("search.yaml")])
+    assert "--resume" not in commands[0] and commands[1][-2:] == ["--resume", "True"]
+    (run / "kept.txt").write_text("the run evaluated")
+    with pytest.raises(workflow.WorkflowError):
+        workflow.run_workflow(["train.yaml", "evaluate.yaml"], {"epochs": 2}, run, quiet=True)
+    assert (run / "kept.txt").exists() and "--resume" not in commands[2]
 
 
 def _command(prepared: Path, run: Path, *extra: str, config=None, **overrides: str) -> list[str]:
@@ -166,7 +305,7 @@ def test_reference_preset_and_shared_search_build(tmp_path, prepared):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config([str(SEARCH), str(REFERENCE)])
+    parser.read_config([*SEARCH, str(REFERENCE)])
     parser.update(
         {
             "dataset_dir": str(prepared),
@@ -238,7 +377,7 @@ def test_search_with_the_darts_remedies(tmp_path, prepared, caplog):
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
-    parser.read_config(str(SEARCH))
+    parser.read_config(SEARCH)
     parser.update({key: json.loads(value) for key, value in TINY.items()})
     parser.update({"dataset_dir": str(prepared), "output_dir": str(tmp_path / "run"), "epochs": 2, "warmup_epochs": 0,
                    "val_interval": 2, "alpha_temperature": [1.0, 0.1], "alpha_entropy_weight": 0.5})

@@ -452,7 +452,8 @@ def test_diverged_search_workflow_writes_no_genotype(tmp_path, search_data):
     run = tmp_path / "run"
     with pytest.raises(Exception) as info:
         bundle_run(
-            config_file=str(repo / "bundle/configs/search.yaml"), logging_file=False, dataset_dir=str(search_data),
+            config_file=[str(repo / "bundle/configs/train.yaml"), str(repo / "bundle/configs/search.yaml")],
+            logging_file=False, dataset_dir=str(search_data),
             output_dir=str(run), epochs=2, warmup_epochs=0, roi_size=[32, 32], features=[4, 8, 8, 8, 8],
             epoch_crops=4, num_workers=0, progress=False, learning_rate=1e30, arch_learning_rate=1e30,
         )

@@ -171,8 +171,9 @@ def test_resume_paths_and_bools(tmp_path):
 def test_reference_preset_overrides_search():
     from monai.bundle import ConfigParser
 
+    search = [str(REPO / "bundle/configs/train.yaml"), str(REPO / "bundle/configs/search.yaml")]
     parser = ConfigParser()
-    parser.read_config([str(REPO / "bundle/configs/search.yaml"), str(REPO / "bundle/configs/reference.yaml")])
+    parser.read_config([*search, str(REPO / "bundle/configs/reference.yaml")])
     assert (parser["warmup_epochs"], parser["schedule"], parser["learning_rate"], parser["arch_learning_rate"]) == (
         20,
         "epoch",
@@ -184,7 +185,7 @@ def test_reference_preset_overrides_search():
     assert (loss.w_dice, loss.w_cross, loss.gamma_dice, loss.batch, loss.sigmoid) == (1.0, 0.0, 0.3, True, True)
 
     patent = ConfigParser()
-    patent.read_config(str(REPO / "bundle/configs/search.yaml"))
+    patent.read_config(search)
     expected = {"epochs": 120, "warmup_epochs": 40, "learning_rate": 1e-4, "arch_learning_rate": "auto", "batch_size": 4}
     assert {k: patent[k] for k in expected} == expected
     # the budget-aware alpha rate is the patent's 1e-3 at the patent's budget (80 alpha epochs of 4,803 crops / 4)
@@ -193,7 +194,7 @@ def test_reference_preset_overrides_search():
     assert budget_arch_learning_rate("auto", count_alpha_steps(120, 40, 4803 // 4)) == 1e-3
     # and the paper preset fixes it at any budget
     fixed = ConfigParser()
-    fixed.read_config([str(REPO / "bundle/configs/search.yaml"), str(REPO / "bundle/configs/patent.yaml")])
+    fixed.read_config([*search, str(REPO / "bundle/configs/patent.yaml")])
     assert fixed["arch_learning_rate"] == 1e-3 and fixed["learning_rate"] == 1e-4 and fixed["warmup_epochs"] == 40
     assert patent["roi_size"] == [256, 256] and patent["synchronous"] is True and patent["schedule"] == "iteration"
 

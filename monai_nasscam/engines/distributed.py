@@ -103,8 +103,8 @@ def init_distributed(device: str | torch.device | None = None, backend: str | No
     if missing:
         raise RuntimeError(
             f"the multi-GPU configs must be launched by torchrun (missing {', '.join(missing)} in the environment): "
-            "torchrun --nproc_per_node=N -m monai.bundle run --config_file \"['bundle/configs/search.yaml',"
-            "'bundle/configs/multi_gpu_search.yaml']\" ..."
+            "torchrun --nproc_per_node=N -m monai.bundle run --config_file \"['bundle/configs/train.yaml',"
+            "'bundle/configs/search.yaml','bundle/configs/multi_gpu_search.yaml']\" ..."
         )
     dist.init_process_group(backend=backend or ("nccl" if device.type == "cuda" else "gloo"))
     return True
