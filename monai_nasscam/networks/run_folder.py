@@ -22,7 +22,7 @@ import torch.nn as nn
 from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.errors import InputError, MissingInputError, input_check
 from monai_nasscam.networks.attentions import attention_names, build_attention_network, get_attention
-from monai_nasscam.networks.diagnostics import CONVERGED
+from monai_nasscam.networks.diagnostics import CONVERGED, STABILITY_UNCHECKED
 from monai_nasscam.networks.genotype import Genotype
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
 from monai_nasscam.networks.utils import unwrap_model
@@ -337,8 +337,8 @@ def warn_unconverged_genotype(genotype: Genotype | None, path: str | os.PathLike
 
     A version-2 genotype file holds a ``search`` section (:attr:`~monai_nasscam.networks.genotype.Genotype.search`)
     with the verdict of the alphas it was derived from; retraining a genotype whose search did not converge (or
-    collapsed) is allowed, but said once at the start of training. A genotype without that section (version 1, a
-    hand-made file) or without a verdict is not warned about.
+    collapsed) is allowed, but said once at the start of training, with the verdict's reasons. A genotype without
+    that section (version 1, a hand-made file) or without a verdict is not warned about.
 
     Args:
         genotype: the genotype to be trained, or ``None`` (a baseline: nothing to say).
@@ -352,9 +352,15 @@ def warn_unconverged_genotype(genotype: Genotype | None, path: str | os.PathLike
     verdict = genotype.search.get("verdict")
     if verdict is None or verdict == CONVERGED:
         return None
+    reasons = [str(r) for r in genotype.search.get("reasons") or []]
+    if reasons and all(r.startswith(STABILITY_UNCHECKED) for r in reasons):
+        meaning = "the alphas decided, but the choice was not shown to hold across two validations"
+    else:
+        meaning = "a genotype from a search that did not converge is close to a random pick"
+    because = f" ({'; '.join(reasons)})" if reasons else ""
     message = (
-        f"{path}: the genotype comes from a search whose verdict is {verdict!r}, not 'converged'; a genotype from a "
-        "search that did not converge is close to a random pick; see docs/search.md"
+        f"{path}: the genotype comes from a search whose verdict is {verdict!r}{because}, not 'converged'; {meaning}; "
+        "see docs/search.md"
     )
     logging.getLogger(__name__).warning(message)
     return message
