@@ -411,3 +411,22 @@ def test_a_fresh_run_never_starts_over_an_earlier_runs_checkpoint(tmp_path):
         check_fresh_run(tmp_path, None)
     assert check_fresh_run(tmp_path, str(tmp_path / "checkpoints" / "search_checkpoint.pt"))  # resuming it
     assert check_fresh_run(tmp_path, None, TRAIN_CHECKPOINT_NAME)  # a training run beside the search's outputs
+
+
+def test_troubleshooting_quotes_the_messages_the_code_prints():
+    # a user who searches docs/troubleshooting.md for the line on the screen finds it, word for word
+    from monai_nasscam.engines import check_roi_size
+    from monai_nasscam.inference.tiling import window_geometry
+    from monai_nasscam.inferers import validation_roi_size
+    from monai_nasscam.networks.diagnostics import _unchecked_reason, VerdictRule
+
+    text = (REPO / "docs" / "troubleshooting.md").read_text()
+    printed = []
+    for check in (check_roi_size, lambda r: window_geometry(r, 0.5), lambda r: validation_roi_size(None, r)):
+        with pytest.raises(InputError) as info:  # search and training, inference, validation: one message
+            check([40, 40])
+        printed.append(str(info.value))
+    assert len(set(printed)) == 1 and printed[0].startswith("roi_size must be multiples of 16")
+    printed += [_unchecked_reason(None, None, VerdictRule()), _unchecked_reason(3, 0.0, VerdictRule())]
+    for message in printed:
+        assert message in text, message
