@@ -6,7 +6,8 @@ PyTorch tags every tensor of a checkpoint with the device it was on when saved, 
 
 - saves CPU tensors (:func:`to_cpu`, used by the best-model saver and the resumable checkpoints), so its files
   load anywhere; the loaders that resume a run move them to the run's device;
-- loads with ``map_location="cpu"`` where it reads checkpoints itself (:func:`load_checkpoint`);
+- loads with ``map_location="cpu"`` where it reads checkpoints itself (:func:`read_checkpoint`, which also names
+  what is wrong with a file that is no weights-only checkpoint; :func:`load_checkpoint` is the plain load);
 - and, for loaders it does not control (MONAI's ``ckpt_export`` / ``CheckpointLoader`` without ``map_location``,
   ignite's ``Checkpoint.load_objects``) and for files saved by older versions with CUDA tensors, registers with
   ``torch.serialization`` a restore rule that leaves a CUDA-tagged tensor on the CPU when this machine has no CUDA
@@ -132,10 +133,13 @@ _ZIP_MAGIC, _PICKLE_PROTOCOL = b"PK\x03\x04", b"\x80"
 
 def _describe_start(head: bytes) -> str:
     """The start of a file that is no checkpoint, in words: the first line of a text, else the first bytes."""
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"it starts with the bytes {head[:8].hex(' ')}"
+    text = None
+    for cut in range(4):  # the 64 bytes read may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
     if text and all(c.isprintable() or c in "\r\n\t" for c in text):
         line = text.strip().splitlines()[0] if text.strip() else ""
         return f"it is a text file, starting {line[:40]!r}"
