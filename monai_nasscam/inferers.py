@@ -137,14 +137,12 @@ def validation_roi_size(val_roi_size: Any, roi_size: Any, key: str = "val_roi_si
         the window, 2 integers.
 
     Raises:
-        InputError: a value that is not 2 positive multiples of 16, naming ``key``.
+        InputError: a value that is not 2 positive multiples of 16, naming ``key`` (or ``roi_size``, by default).
     """
     if val_roi_size is None or (isinstance(val_roi_size, str) and val_roi_size.strip().lower() in ("", "none", "null")):
-        crop = list(roi_size) if isinstance(roi_size, (list, tuple)) else [roi_size, roi_size]
-        try:
-            return [max(DEFAULT_VAL_WINDOW, int(r)) for r in crop[:2]]
-        except (TypeError, ValueError):
-            raise InputError(f"roi_size must be 2 integers, multiples of {WINDOW_MULTIPLE}; got {roi_size!r}.") from None
+        from monai_nasscam.engines.search_inputs import check_roi_size  # the one roi_size message of every workflow
+
+        return [max(DEFAULT_VAL_WINDOW, r) for r in check_roi_size(roi_size, multiple=WINDOW_MULTIPLE)]
     values = list(val_roi_size) if isinstance(val_roi_size, (list, tuple)) else [val_roi_size, val_roi_size]
     ok = len(values) == 2 and all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 and v % WINDOW_MULTIPLE == 0 for v in values

@@ -198,3 +198,22 @@ def test_bundle_style_instantiation(balanced_prep):
 def test_balanced_dataset_rejects_multi_sample_crop(balanced_prep):
     with pytest.raises(ValueError, match="num_samples=1"):
         ClassBalancedCropDataset(balanced_prep[:2], train_transforms(roi_size=(48, 48), num_samples=4))
+
+
+def test_loaded_images_are_writable_arrays_so_torch_does_not_warn(tmp_path):
+    # numpy.asarray of a PIL image is a read-only view; torch.as_tensor of it warns "The given NumPy array is not
+    # writable" (once per process, so the warning itself cannot be caught reliably here: the arrays are checked)
+    from monai.data import PILReader
+    from PIL import Image
+
+    from monai_nasscam.data.transforms import WritablePILReader, load_transforms
+
+    pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    assert not PILReader(reverse_indexing=False).get_data(Image.open(tmp_path / "a.png"))[0].flags.writeable
+    data, _ = WritablePILReader(reverse_indexing=False).get_data(Image.open(tmp_path / "a.png"))
+    assert data.flags.writeable and np.array_equal(data, pixels)
+    loaded = {"image": str(tmp_path / "a.png")}
+    for t in load_transforms(keys=("image",)):
+        loaded = t(loaded)
+    assert loaded["image"].shape == (3, 4, 5) and torch.equal(loaded["image"].as_tensor(), torch.as_tensor(pixels).permute(2, 0, 1))

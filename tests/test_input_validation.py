@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from contextlib import redirect_stderr
@@ -303,17 +304,101 @@ def test_a_misspelt_setting_is_refused_naming_the_closest_keys(tmp_path):
     assert check_override_keys(["pytest", "tests"])  # monai.bundle.run(...) from Python: nothing to check
 
 
-def test_a_search_checkpoint_where_weights_are_expected_says_to_retrain(tmp_path):
+def test_a_search_checkpoint_where_weights_are_expected_says_to_retrain_first(tmp_path):
+    from PIL import Image
+
+    from monai_nasscam.engines.train_inputs import check_evaluate_inputs
+    from monai_nasscam.inference import check_inference_inputs
     from monai_nasscam.networks import POSITIONS, Genotype, NASSCAMUNet
     from monai_nasscam.networks.run_folder import check_checkpoint
 
     supernet = NASSCAMUNet(2, 3, 4, attention="nas-sam", features=FEATURES)
-    torch.save({"network": supernet.state_dict(), "trainer": {"epoch": 1}}, tmp_path / "search_checkpoint.pt")
+    path = tmp_path / "run" / "checkpoints" / "search_checkpoint.pt"
+    path.parent.mkdir(parents=True)
+    torch.save({"network": supernet.state_dict(), "arch_optimizer": {}, "trainer": {"epoch": 1}}, path)
+    message = (
+        f"{path} is a search checkpoint (the supernet with its alphas and every candidate operation), not trained "
+        "weights: retrain the derived network (train.yaml --genotype_path RUN/genotype.json) and pass --ckpt_path "
+        "RUN/models/model.pt (the weights train.yaml writes)."
+    )
     modules = [{"position": p, "sam": ["conv3"] * 6} for p in POSITIONS]
     derived = NASSCAMUNet(2, 3, 4, attention=None, genotype=Genotype("nas-sam", True, modules), features=FEATURES)
-    with pytest.raises(InputError, match=r"another architecture .* It holds a search's supernet \(alphas and every "
-                                         r"candidate op\): retrain the derived network with train\.yaml --genotype_path"):
-        check_checkpoint(tmp_path / "search_checkpoint.pt", derived)
+    with pytest.raises(InputError) as info:
+        check_checkpoint(path, derived)
+    assert str(info.value) == message
+    # inference and evaluation say it before they look for the network (the run folder has no genotype, no record):
+    # one run to the real message, not three
+    Image.fromarray(torch.full((32, 32, 3), 200, dtype=torch.uint8).numpy()).save(tmp_path / "a.png")
+    with pytest.raises(InputError) as info:
+        check_inference_inputs(tmp_path / "a.png", path, stain="none")
+    assert str(info.value) == message
+    with pytest.raises(InputError) as info:
+        check_evaluate_inputs(tmp_path / "no_prep", "test", path, derived)
+    assert str(info.value) == message
+    # its network alone (no optimiser): still recognised by the alphas
+    torch.save({"network": supernet.state_dict()}, path)
+    with pytest.raises(InputError, match=r"is a search checkpoint \(the supernet"):
+        check_checkpoint(path, derived)
+    # as a resume checkpoint (key="network") it is what a search resumes from: accepted
+    assert check_checkpoint(path, supernet, key="network")
+
+
+def test_a_file_that_is_no_checkpoint_is_named_with_its_cause_not_torchs_advice(tmp_path):
+    from monai_nasscam.networks.run_folder import check_checkpoint, check_trained_weights
+
+    net = torch.nn.Linear(2, 2)
+    good = tmp_path / "model.pt"
+    torch.save(net.state_dict(), good)
+    text, json_file, empty, binary, pickled, cut = (tmp_path / n for n in ("notes.pt", "j.pt", "e.pt", "b.pt", "w.pt", "c.pt"))
+    text.write_text("hello, this is not a checkpoint\nsecond line\n")
+    json_file.write_text('{"a": 1}')
+    empty.write_bytes(b"")
+    binary.write_bytes(bytes([0, 1, 2, 250, 251, 252, 253, 254, 255]))
+    torch.save(net, pickled)  # a whole model: unpickling it would run code
+    cut.write_bytes(good.read_bytes()[:200])  # an interrupted copy
+    advice = "; pass --ckpt_path RUN/models/model.pt (the weights train.yaml writes)."
+    cases = {
+        text: f"{text} is not a PyTorch checkpoint (it is a text file, starting 'hello, this is not a checkpoint'){advice}",
+        json_file: f"""{json_file} is not a PyTorch checkpoint (it is a text file, starting '{{"a": 1}}'){advice}""",
+        empty: f"{empty} is not a PyTorch checkpoint (it is empty){advice}",
+        binary: f"{binary} is not a PyTorch checkpoint (it starts with the bytes 00 01 02 fa fb fc fd fe){advice}",
+        pickled: f"{pickled} holds Python objects besides weights (a torch.nn.modules.linear.Linear), which this "
+        "project never unpickles (unpickling can run any code); a weights file holds a state dict: "
+        f"torch.save(model.state_dict(), path){advice}",
+    }
+    for path, message in cases.items():
+        for check in (lambda p: check_checkpoint(p, net), check_trained_weights):
+            with pytest.raises(InputError) as info:
+                check(path)
+            assert str(info.value) == message
+            assert "weights_only" not in message
+    with pytest.raises(InputError, match=rf"^{cut} is a damaged or incomplete PyTorch checkpoint \(RuntimeError: "
+                                         r"PytorchStreamReader failed reading zip archive[^)]*\)" + re.escape(advice) + "$"):
+        check_checkpoint(cut, net)
+    # a resume checkpoint gets the advice that fits it
+    with pytest.raises(InputError, match=r"not a PyTorch checkpoint .*; start afresh in another --output_dir\.$"):
+        check_checkpoint(text, net, key="network")
+    assert check_checkpoint(good, net) and check_trained_weights(good) == good
+
+
+def test_the_run_folder_of_a_training_checkpoint_is_the_run(tmp_path):
+    from monai_nasscam.inference import check_inference_inputs, run_dir_of
+    from monai_nasscam.networks.run_folder import build_network
+
+    run = tmp_path / "run"
+    assert run_dir_of(run / "models" / "model.pt") == str(run.absolute())
+    assert run_dir_of(run / "checkpoints" / "train_checkpoint.pt") == str(run.absolute())
+    assert run_dir_of(tmp_path / "weights.pt") == str(tmp_path.absolute())
+    # --ckpt_path RUN/checkpoints/train_checkpoint.pt: the network comes from RUN/network.json, not checkpoints/
+    net = build_network(attention="unet", features=FEATURES)
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save({"network": net.state_dict(), "trainer": {"epoch": 1}}, run / "checkpoints" / "train_checkpoint.pt")
+    (run / "network.json").write_text(json.dumps({"attention": "none", "features": FEATURES, "mpp": 0.5}))
+    from PIL import Image
+
+    Image.fromarray(torch.full((32, 32, 3), 200, dtype=torch.uint8).numpy()).save(tmp_path / "a.png")
+    assert check_inference_inputs(tmp_path / "a.png", run / "checkpoints" / "train_checkpoint.pt", stain="none",
+                                  roi_size=(32, 32))
 
 
 def test_a_fresh_run_never_starts_over_an_earlier_runs_checkpoint(tmp_path):
@@ -327,3 +412,22 @@ def test_a_fresh_run_never_starts_over_an_earlier_runs_checkpoint(tmp_path):
         check_fresh_run(tmp_path, None)
     assert check_fresh_run(tmp_path, str(tmp_path / "checkpoints" / "search_checkpoint.pt"))  # resuming it
     assert check_fresh_run(tmp_path, None, TRAIN_CHECKPOINT_NAME)  # a training run beside the search's outputs
+
+
+def test_troubleshooting_quotes_the_messages_the_code_prints():
+    # a user who searches docs/troubleshooting.md for the line on the screen finds it, word for word
+    from monai_nasscam.engines import check_roi_size
+    from monai_nasscam.inference.tiling import window_geometry
+    from monai_nasscam.inferers import validation_roi_size
+    from monai_nasscam.networks.diagnostics import _unchecked_reason, VerdictRule
+
+    text = (REPO / "docs" / "troubleshooting.md").read_text()
+    printed = []
+    for check in (check_roi_size, lambda r: window_geometry(r, 0.5), lambda r: validation_roi_size(None, r)):
+        with pytest.raises(InputError) as info:  # search and training, inference, validation: one message
+            check([40, 40])
+        printed.append(str(info.value))
+    assert len(set(printed)) == 1 and printed[0].startswith("roi_size must be multiples of 16")
+    printed += [_unchecked_reason(None, None, VerdictRule()), _unchecked_reason(3, 0.0, VerdictRule())]
+    for message in printed:
+        assert message in text, message

@@ -166,7 +166,7 @@ def test_bad_blending_settings_are_named(setting: dict, message: str, tmp_path: 
     from monai_nasscam.inference import check_inference_inputs
 
     Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(tmp_path / "a.png")
-    (tmp_path / "model.pt").write_bytes(b"weights")
+    torch.save({}, tmp_path / "model.pt")
     common = dict(attention="unet", stain="none", roi_size=(ROI, ROI))
     assert check_inference_inputs(tmp_path, tmp_path / "model.pt", sw_mode="constant", sigma_scale=0.125, **common)
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -32,6 +32,7 @@ from monai_nasscam.networks.diagnostics import (
     CONVERGED_MAX_CHANGED_SHARE,
     DECIDED_MARGIN,
     edge_figures,
+    stability_checked,
     verdict_advice,
 )
 from monai_nasscam.networks.ops import CAM_OPS, SAM_OPS
@@ -130,15 +131,16 @@ def _varied(shift: int = 0) -> dict:
 def test_verdict_not_converged_uniform():
     d = diagnose(_uniform(), shared=False)
     assert d.verdict == "not converged" and d.entropy == pytest.approx(1.0) and d.decided == 0.0
-    assert d.reasons == ("0.0% of the edges decided (margin >= 0.05), 80% needed",)
+    # every criterion not met is a reason: too few edges decided, and no previous validation to compare with
+    assert d.reasons == ("0.0% of the edges decided (margin >= 0.05), 80% needed", "stability not checked (one validation)")
     # the argmax of an exactly uniform row is the first candidate, none: undecided, so no collapse
     assert d.none_share == 1.0 and d.dominant == {"sam": (None, 0.0), "cam": (None, 0.0)}
 
 
 def test_verdict_converged_and_unstable():
     first = diagnose(_varied())
-    # one validation: converged, but the reasons say the stability was not checked
-    assert first.verdict == "converged" and first.decided == 1.0 and first.reasons == ("stability not checked (one validation)",)
+    # one validation: every edge decided, but the stability was not checked: not converged, and the reasons say why
+    assert first.verdict == "not converged" and first.decided == 1.0 and first.reasons == ("stability not checked (one validation)",)
     same = diagnose(_varied(), previous=first.best_ops())
     assert same.verdict == "converged" and same.changed == 0
     moved = diagnose(_varied(shift=1), previous=first.best_ops())  # every best op changed
@@ -159,7 +161,7 @@ def test_verdict_converged_and_unstable():
     for p in POSITIONS[:3]:
         weights[p]["cam"] = (CAM, _rows(8, [1, 2, 3, 4, 5, 6], 0.2, 0.19))
     weights["up1"]["sam"] = (SAM, torch.cat([weights["up1"]["sam"][1][:4], _rows(6, [1, 2], 0.2, 0.19)[:2]]))
-    d = diagnose(weights)
+    d = diagnose(weights, previous=diagnose(weights).best_ops())  # unchanged since a previous validation
     assert d.decided == pytest.approx(76 / 96) and d.verdict == "not converged"
     assert d.reasons == ("79.2% of the edges decided (margin >= 0.05), 80% needed",)  # not rounded up to the bar
 
@@ -180,14 +182,16 @@ def test_verdict_collapsed():
     assert "conv5 is the decided best op on 92% of the 48 CAM edges" in d.reasons[0]
     # 43 of 48 (89.6 %): not a collapse
     weights["up3"]["cam"] = (CAM, _rows(8, [1, 3, 3, 3, 3, 3], 0.55, 0.15))
-    assert diagnose(weights).verdict == "converged"
+    assert diagnose(weights, previous=diagnose(weights).best_ops()).verdict == "converged"
 
 
 def test_shared_search_counts_one_cell_and_skips_the_dominant_rule():
     sam = _rows(6, [2] * 6, 0.6, 0.1)  # the same op on all 6 edges: a choice, not a collapse, with 6 edges
     cam = _rows(8, [1, 2, 3, 4, 5, 6], 0.6, 0.1)
     d = diagnose(_network_weights(sam, cam))  # detected: every position identical
-    assert d.shared and d.edges == 12 and d.verdict == "converged"
+    assert d.shared and d.edges == 12 and d.previous_decided is None
+    d = diagnose(_network_weights(sam, cam), previous=d.decided_ops())  # the same choice at the next validation
+    assert d.verdict == "converged" and d.changed == 0 and d.previous_decided == 1.0
     assert d.dominant["sam"] == ("conv3", 1.0)
     assert diagnose(_network_weights(sam, cam), shared=False).verdict == "collapsed"  # 48 edges: collapsed
     d = diagnose(_network_weights(_rows(6, [0] * 6, 0.6, 0.1), cam))
@@ -496,22 +500,54 @@ def test_changed_counts_only_edges_decided_at_the_previous_validation():
     assert diagnose(again, previous=first.best_ops()).changed == 2
 
 
-def test_first_validation_after_the_warmup_can_converge():
-    # the warm-up's near-uniform alphas: every edge undecided, argmax arbitrary; then every edge decided elsewhere
+def test_a_validation_after_the_warmup_alone_is_not_converged():
+    # the case: a 2-epoch search with 1 warm-up epoch. The warm-up's near-uniform alphas: every edge
+    # undecided, argmax arbitrary; then every edge decided at the one validation after it
     warm = diagnose(_network_weights(_rows(6, [0] * 6, 0.17, 0.166), _rows(8, [0] * 6, 0.126, 0.125)))
     assert warm.decided == 0.0 and warm.verdict == "not converged"
     after = diagnose(_varied(), previous=warm.decided_ops())
-    assert after.changed == 0 and after.verdict == "converged" and after.reasons == ()
+    # nothing changed, because nothing had been decided: no evidence of stability, so not converged
+    assert after.changed == 0 and after.previous_decided == 0.0 and after.verdict == "not converged"
+    reason = "stability not checked (the previous validation decided 0.0% of the edges, 80% needed)"
+    assert after.reasons == (reason,) and not after.stability_checked
+    # entropy: SAM rows (0.55, 0.15, 4 x 0.075) 0.7760 / ln 6, CAM rows (0.55, 0.15, 6 x 0.05) 0.7272: mean 0.752
+    assert after.summary() == (
+        "not converged: decided 100% of 96 edges, entropy 0.752, margin 0.400, none 0%, changed 0/96 (" + reason + ")"
+    )
+    assert after.to_dict()["previous_decided"] == 0.0 and after.to_dict()["reasons"] == [reason]
+    # the validation after it, with the same choices: decided at two validations in a row, nothing changed
+    third = diagnose(_varied(), previous=after.decided_ops())
+    assert third.previous_decided == 1.0 and third.changed == 0 and third.verdict == "converged" and third.reasons == ()
     # with every flip counted it could never converge
     assert diagnose(_varied(), previous=warm.best_ops()).verdict == "not converged"
 
 
+def test_stability_needs_the_decided_share_at_the_previous_validation_too():
+    # 77 of 96 edges decided before (80.2 % would be 77; 76 is 79.2 %): 76 -> not checked, 77 -> checked
+    for before, checked in ((76, False), (77, True)):
+        previous = diagnose(_varied()).decided_ops()
+        undecided = 96 - before
+        for p in POSITIONS:
+            for kind in ("sam", "cam"):
+                for e in range(6):
+                    if undecided:
+                        previous[p][kind][e] = None
+                        undecided -= 1
+        d = diagnose(_varied(), previous=previous)
+        assert d.previous_decided == pytest.approx(before / 96) and d.stability_checked == checked
+        assert d.verdict == ("converged" if checked else "not converged"), before
+    assert stability_checked(0, None) and not stability_checked(None, 1.0) and not stability_checked(3, 0.5)
+    assert stability_checked(3, 0.5, VerdictRule(converged_decided_share=0.5))
+
+
 def test_one_validation_says_stability_not_checked(tmp_path):
     first = diagnose(_varied())
-    assert first.verdict == "converged" and first.changed is None
+    assert first.verdict == "not converged" and first.changed is None and first.previous_decided is None
     assert first.summary().endswith("(stability not checked (one validation))")
     assert first.to_dict()["reasons"] == ["stability not checked (one validation)"]
-    assert "stability was not checked" in verdict_advice("converged", first)
+    advice = verdict_advice("not converged", first)
+    assert "stability of the choice was not checked" in advice and "--val_interval" in advice
+    assert "random pick" not in advice and "still change" not in advice
     assert "stability" not in verdict_advice("converged", diagnose(_varied(), previous=first.decided_ops()))
 
 
@@ -519,9 +555,10 @@ def test_not_converged_advice_names_the_failing_criterion():
     rule = VerdictRule().to_dict()
     still_changing = {"decided": 0.9, "changed": 30, "edges": 96, "rule": rule}
     undecided = {"decided": 0.5, "changed": 0, "edges": 96, "rule": rule}
-    both = {"decided": 0.5, "changed": 30, "edges": 96, "rule": rule}
+    both = {"decided": 0.5, "changed": 30, "edges": 96, "rule": rule, "previous_decided": 0.9}
+    still_changing["previous_decided"] = undecided["previous_decided"] = 0.9
     text = verdict_advice("not converged", still_changing)
-    assert "still change" in text and "random pick" not in text
+    assert "still change" in text and "random pick" not in text and "not checked" not in text
     text = verdict_advice("not converged", undecided)
     assert "random pick" in text and "still change" not in text
     text = verdict_advice("not converged", both)
@@ -551,10 +588,19 @@ def test_diagnose_genotype_agrees_with_the_recorded_verdict(tmp_path):
     evaluator.run([0], max_epochs=2)
     first = Genotype.load(tmp_path / "genotypes" / "genotype_epoch0001.json")
     second = Genotype.load(tmp_path / "genotypes" / "genotype_epoch0002.json")
-    assert first.search["verdict"] == "converged" and first.search["reasons"] == ["stability not checked (one validation)"]
+    assert first.search["verdict"] == "not converged" and first.search["reasons"] == ["stability not checked (one validation)"]
     assert second.search["verdict"] == "not converged" and second.search["changed"] == 96
+    assert second.search["previous_decided"] == 1.0
     for genotype in (first, second):
         again = diagnose_genotype(genotype)
         assert again.verdict == genotype.search["verdict"] and list(again.reasons) == genotype.search["reasons"]
         assert again.changed == genotype.search["changed"] and again.epoch == genotype.search["epoch"]
         assert again.cells["up3"]["cam"].changed == genotype.search["modules"]["up3"]["cam"]["changed"]
+        assert again.previous_decided == genotype.search["previous_decided"]
+    # a warm-up validation before it (nothing decided) is recorded, and the recomputed verdict keeps it unchecked
+    second.search.update(previous_decided=0.0, changed=0, verdict="not converged")
+    again = diagnose_genotype(second)
+    assert again.reasons == ("stability not checked (the previous validation decided 0.0% of the edges, 80% needed)",)
+    # a file written before previous_decided existed: a changed count is taken as checked (the rule it was judged by)
+    del second.search["previous_decided"]
+    assert diagnose_genotype(second).verdict == "converged"

@@ -276,3 +276,42 @@ def test_a_resumed_search_does_not_log_an_alpha_rate_it_does_not_use(caplog):
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["arch_learning_rate auto: 0.5 for 20 alpha steps (max(1e-3, 10 / steps))",
                         "arch_learning_rate auto: resuming, the checkpoint's alpha learning rate is kept"]
+
+
+def test_a_resumed_run_logs_where_it_continues_and_its_learning_rates(tmp_path, caplog):
+    from monai.handlers import CheckpointLoader
+
+    from monai_nasscam.handlers import SearchInterrupted
+
+    def run(max_epochs: int, resume: bool, stop_at: int | None = None) -> list[str]:
+        net = torch.nn.Linear(2, 2)
+        trainer = Engine(lambda e, b: None)
+        trainer.optimizer = torch.optim.SGD(net.parameters(), lr=0.01)  # as MONAI's trainers hold it
+        trainer.arch_optimizer = torch.optim.Adam(net.parameters(), lr=0.25)
+        objects = {"network": net, "trainer": trainer, "optimizer": trainer.optimizer, "arch": trainer.arch_optimizer}
+        saver = ResumableCheckpointSaver(tmp_path, objects, handle_signals=False)
+        saver.attach(trainer)
+        if resume:  # the bundle attaches its CheckpointLoader after the saver
+            trainer.arch_optimizer.param_groups[0]["lr"] = 99.0  # the checkpoint's rate comes back
+            CheckpointLoader(str(saver.path), objects).attach(trainer)
+        if stop_at is not None:
+            trainer.add_event_handler(Events.ITERATION_STARTED(once=stop_at), lambda e: saver.request_stop())
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=trainer.logger.name):
+            try:
+                trainer.run(range(2), max_epochs=max_epochs)
+            except SearchInterrupted:
+                pass
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("resumed")]
+
+    assert run(2, resume=False) == []  # from scratch: nothing said
+    assert run(3, resume=True) == [
+        "resumed at epoch 3 of 3 (the checkpoint's iteration 4, 2 epoch(s) finished); learning rate 0.01, alpha "
+        "learning rate 0.25 (the checkpoint's)"
+    ]
+    (tmp_path / "search_checkpoint.pt").unlink()
+    run(3, resume=False, stop_at=3)  # stopped after iteration 3: in epoch 2, after its first iteration
+    assert run(3, resume=True) == [
+        "resumed in epoch 2 of 3 after its iteration 1 of 2 (the checkpoint's iteration 3, 1 epoch(s) finished); "
+        "learning rate 0.01, alpha learning rate 0.25 (the checkpoint's)"
+    ]

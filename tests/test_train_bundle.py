@@ -275,7 +275,7 @@ def test_record_run_inputs_copies_the_genotype_without_replacing_one(prepared, t
     assert not (tmp_path / "rank1").exists()
 
 
-@pytest.mark.parametrize("verdict", ["not converged", "collapsed", "converged", None])
+@pytest.mark.parametrize("verdict", ["not converged", "collapsed", "converged", None, "unchecked"])
 def test_a_genotype_whose_search_did_not_converge_is_named_once_at_the_start_of_training(tmp_path, caplog, verdict):
     from monai_nasscam.engines.train_inputs import record_run_inputs
 
@@ -284,14 +284,22 @@ def test_a_genotype_whose_search_did_not_converge_is_named_once_at_the_start_of_
     if verdict is None:  # a version-1 file: no search section, nothing known, nothing said
         data["version"] = 1
         data.pop("search", None)
+    elif verdict == "unchecked":  # decided, but only one validation: the message says so, not "a random pick"
+        data["search"].update(verdict="not converged", reasons=["stability not checked (one validation)"])
     else:
-        data["search"]["verdict"] = verdict
+        data["search"].update(verdict=verdict, reasons=[])
     path.write_text(json.dumps(data))
     with caplog.at_level("WARNING", logger="monai_nasscam.engines.train_inputs"):
         assert record_run_inputs(tmp_path / "no_prep", tmp_path / "run", path, rank=0)
     said = [r.getMessage() for r in caplog.records if "converge" in r.getMessage()]
     if verdict in ("converged", None):
         assert said == []
+    elif verdict == "unchecked":
+        assert said == [
+            f"{path}: the genotype comes from a search whose verdict is 'not converged' (stability not checked (one "
+            "validation)), not 'converged'; the alphas decided, but the choice was not shown to hold across two "
+            "validations; see docs/search.md"
+        ]
     else:
         assert said == [
             f"{path}: the genotype comes from a search whose verdict is {verdict!r}, not 'converged'; a genotype "

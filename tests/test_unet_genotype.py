@@ -120,13 +120,34 @@ def _valid(tmp_path):
     "mutate,message",
     [
         (lambda d: d["modules"][2]["sam"].__setitem__(1, "conv7"), "down3: unknown sam operation"),
-        (lambda d: d["modules"].pop(), "must list 8 modules, got 7"),
+        (lambda d: d["modules"].pop(), r"'modules' must list the 8 positions down1, down2, down3, down4, up1, up2, up3, "
+                                       r"up4 once each, in this order; got 7 module\(s\): missing up4\.$"),
+        (lambda d: d["modules"].pop(5), r"got 7 module\(s\): missing up2\.$"),
+        (lambda d: d["modules"].__setitem__(6, dict(d["modules"][5])), r"got 8 module\(s\): missing up3; up2 listed more "
+                                                                         r"than once\.$"),
+        (lambda d: d["modules"][0].__setitem__("position", "down0"), r"missing down1; unknown position\(s\) \['down0'\]\.$"),
+        (lambda d: d["modules"].__setitem__(2, "conv3"), r"module 2 must be a JSON object with a 'position', got 'conv3'\."),
         (lambda d: d["modules"][0]["cam"].pop(), "down1: 'cam' must list 6 operations"),
         (lambda d: d.__setitem__("version", 9), "unknown genotype version 9"),
         (lambda d: d.__setitem__("format", "darts"), "'format' must be"),
         (lambda d: d.__setitem__("attention", "cbam"), "'attention' must be one of"),
         (lambda d: d.__setitem__("edges", [[0, 1]]), "'edges' must be"),
-        (lambda d: d["modules"].reverse(), "module 0 must be at position 'down1'"),
+        (lambda d: d["modules"].reverse(), r"got 8 module\(s\): listed in the order \['up4', 'up3', "),
+        # recorded alphas that do not fit the operations: named by cell, with what is wrong
+        (lambda d: d["alphas"]["up2"]["cam"].pop(), r"the alphas of the cam cell at up2 must be 6 rows \(one per edge\) of "
+                                                    r"8 weights \(one per cam operation: none, conv1, conv3, conv5, conv9, "
+                                                    r"conv15, dil_conv3, dil_conv5\), got 5 rows\.$"),
+        (lambda d: d["alphas"]["down3"]["sam"][4].append(0.0), r"the alphas of the sam cell at down3 must be 6 rows \(one "
+                                                               r"per edge\) of 6 weights .*; edge 4 \(1->3\) has 7 weights\.$"),
+        (lambda d: d["alphas"]["down1"].__setitem__("sam", d["alphas"]["down1"]["cam"]), r"sam cell at down1 must be 6 rows"),
+        (lambda d: d["alphas"]["up1"]["sam"].__setitem__(0, [0.5] * 6), r"the alphas of the sam cell at up1 must be softmax "
+                                                                        r"weights \(each in \[0, 1\], each edge's summing to "
+                                                                        r"1\); edge 0 \(0->1\) has weights from 0\.5 to 0\.5 "
+                                                                        r"summing to 3\.$"),
+        (lambda d: d["alphas"]["up1"]["sam"].__setitem__(1, [2.0, -1.0, 0, 0, 0, 0]), r"edge 1 \(0->2\) has weights from -1 to 2 "),
+        (lambda d: d["alphas"].__setitem__("up5", {}), r"'alphas': unknown position 'up5'; positions are \['down1', "),
+        (lambda d: d["alphas"]["up3"].__setitem__("ecam", []), r"'alphas' of up3: 'ecam' is not a cell kind of nas-scam-p "
+                                                              r"\(it searches \['sam', 'cam'\]\)\.$"),
         (lambda d: d.__setitem__("synchronous", False), "same operations at all 8 positions"),
     ],
 )

@@ -73,6 +73,7 @@ __all__ = [
     "RandClassCropd",
     "RandMedianSmoothd",
     "AUGMENTATION_DEFAULTS",
+    "WritablePILReader",
     "load_transforms",
     "train_transforms",
     "val_transforms",
@@ -92,6 +93,20 @@ AUGMENTATION_DEFAULTS: dict[str, float] = {
 
 #: datalist / sample key of the ambiguous-region mask (MoNuSAC's test release, ``PREP/ambiguous/NAME.png``)
 AMBIGUOUS_KEY = "ambiguous"
+
+
+class WritablePILReader(PILReader):
+    """MONAI's ``PILReader`` whose arrays are writable.
+
+    ``numpy.asarray`` of a PIL image is a read-only view of the image's bytes; ``LoadImage`` turns it into a tensor
+    with ``torch.as_tensor``, which shares the memory and warns once per process that "The given NumPy array is not
+    writable" (the tensor must not be written to). A writable copy, made here once per loaded image, silences it
+    where it starts; an array that is already writable is returned as it is.
+    """
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        data, meta = super().get_data(img)
+        return (data if data.flags.writeable else data.copy()), meta
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -457,14 +472,15 @@ class RandClassCropd(Randomizable, MapTransform):
 def load_transforms(
     keys: Sequence[str] = ("image", "label"), allow_missing_keys: bool = False
 ) -> list[MapTransform]:
-    """Load PNG / TIFF files with numpy axis order (``PILReader(reverse_indexing=False)``), channel first.
+    """Load PNG / TIFF files with numpy axis order (:class:`WritablePILReader` with ``reverse_indexing=False``),
+    channel first.
 
     Pixel types are kept (uint8 image and class map, int32 instances).
     """
     return [
         LoadImaged(
             keys=list(keys),
-            reader=PILReader(reverse_indexing=False),
+            reader=WritablePILReader(reverse_indexing=False),
             dtype=None,
             image_only=True,
             allow_missing_keys=allow_missing_keys,

@@ -283,9 +283,7 @@ def check_search_inputs(
             "run, and the genotype would be a random pick."
         )
     if roi_size is not None:
-        sizes = [int(roi_size)] * 2 if isinstance(roi_size, (int, float)) else [int(r) for r in roi_size]
-        if any(r < 16 or r % 16 for r in sizes):
-            raise ValueError(f"roi_size must be multiples of 16 (the U-Net pools 4 times), got {list(sizes)}.")
+        check_roi_size(roi_size)
     if batch_size is not None and (int(batch_size) < NUM_CLASSES or int(batch_size) % NUM_CLASSES):
         raise ValueError(f"batch_size must be a multiple of {NUM_CLASSES} (one crop per nucleus class), got {batch_size}.")
     lists = search_datalists(dataset_dir, arch_fraction, seed)

@@ -36,6 +36,7 @@ from monai_nasscam.networks.genotype import Genotype
 from monai_nasscam.networks.run_folder import (
     NETWORK_RECORD_NAME,
     check_checkpoint,
+    check_trained_weights,
     resolve_features,
     resolve_network_choice,
     warn_unconverged_genotype,
@@ -230,6 +231,7 @@ def check_evaluate_inputs(
     Raises:
         InputError: naming the setting or the file.
     """
+    check_trained_weights(ckpt_path)  # a search checkpoint or a text file: said first, before the network choice
     resolve_network_choice(attention, genotype_path, output_dir)
     entries = split_entries(dataset_dir, split)
     for key in ("image", "label", "instance"):

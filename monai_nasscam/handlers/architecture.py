@@ -28,6 +28,7 @@ from monai.utils import CommonKeys as Keys
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents
 from monai_nasscam.errors import InputError
 from monai_nasscam.fileio import atomic_path
+from monai_nasscam.handlers.checkpoint import learning_rates
 from monai_nasscam.networks.attentions import block_cells
 from monai_nasscam.networks.utils import unwrap_model
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell, arch_parameters
@@ -702,12 +703,6 @@ class SearchDiverged(FloatingPointError, InputError):
         super().__init__(message + (f" {advice}" if advice else ""))
 
 
-def _lr(optimizer: Any) -> str:
-    groups = getattr(optimizer, "param_groups", None) or []
-    rates = sorted({float(g["lr"]) for g in groups if "lr" in g})
-    return ", ".join(f"{r:g}" for r in rates) if rates else "?"
-
-
 def _nonfinite(value: Any) -> str | None:
     """``"nan"`` / ``"inf"`` when a number or tensor holds a non-finite value, else ``None``."""
     if isinstance(value, torch.Tensor):
@@ -759,8 +754,8 @@ class DivergenceGuard:
     def _fail(self, engine: Engine, what: str) -> None:
         advice = (
             f"No genotype is written. Search again with a lower --learning_rate (now "
-            f"{_lr(getattr(engine, 'optimizer', None))}) / --arch_learning_rate (now "
-            f"{_lr(getattr(engine, 'arch_optimizer', None))}); start a new run, not --resume (a checkpoint keeps "
+            f"{learning_rates(getattr(engine, 'optimizer', None))}) / --arch_learning_rate (now "
+            f"{learning_rates(getattr(engine, 'arch_optimizer', None))}); start a new run, not --resume (a checkpoint keeps "
             "the learning rates it was saved with)"
         )
         raise SearchDiverged(engine.state.epoch, engine.state.iteration, what, advice)

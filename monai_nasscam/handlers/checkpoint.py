@@ -64,6 +64,12 @@ class SearchInterrupted(RunInterrupted):
 
 
 
+def learning_rates(optimizer: Any) -> str:
+    """The learning rates of an optimiser's parameter groups, e.g. ``"0.001"`` or ``"0.001, 0.01"``."""
+    rates = sorted({float(group["lr"]) for group in getattr(optimizer, "param_groups", []) if "lr" in group})
+    return ", ".join(f"{rate:g}" for rate in rates) or "?"
+
+
 def _first_nonfinite(value: Any, key: str = "") -> str | None:
     """The key path (``network/conv.weight``) of the first floating-point tensor holding NaN or inf, or ``None``."""
     if isinstance(value, torch.Tensor):
@@ -117,6 +123,7 @@ class ResumableCheckpointSaver:
         self._interruption: SearchInterrupted | None = None
         self._previous: dict[int, Any] = {}
         self._owner_pid = os.getpid()
+        self._resume_reported = False
 
     @property
     def path(self) -> Path:
@@ -169,6 +176,31 @@ class ResumableCheckpointSaver:
         # epoch's checkpoint includes their results
         if not engine.has_event_handler(self._epoch_completed, Events.EPOCH_COMPLETED):
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._epoch_completed)
+        self._resume_reported = False
+        if not engine.has_event_handler(self._report_resume, Events.EPOCH_STARTED):
+            engine.add_event_handler(Events.EPOCH_STARTED, self._report_resume)
+
+    def _report_resume(self, engine: Engine) -> None:
+        """At the first epoch of a run that a checkpoint restored (MONAI's ``CheckpointLoader`` runs at ``STARTED``,
+        after which this handler runs), log where the run continues and with which learning rates."""
+        if self._resume_reported:
+            return
+        self._resume_reported = True
+        iteration, epoch, length = engine.state.iteration, engine.state.epoch, engine.state.epoch_length or 0
+        if iteration == 0 and epoch <= 1:
+            return  # a run from scratch
+        within = iteration - (epoch - 1) * length if length else 0
+        where = f"in epoch {epoch} of {engine.state.max_epochs} after its iteration {within} of {length}" if within > 0 \
+            else f"at epoch {epoch} of {engine.state.max_epochs}"
+        rates = [
+            f"{label} {learning_rates(getattr(engine, attribute, None))}"
+            for attribute, label in (("optimizer", "learning rate"), ("arch_optimizer", "alpha learning rate"))
+            if getattr(engine, attribute, None) is not None
+        ]
+        self.logger.info(
+            f"resumed {where} (the checkpoint's iteration {iteration}, {epoch - 1} epoch(s) finished)"
+            + (f"; {', '.join(rates)} (the checkpoint's)" if rates else "")
+        )
 
     def _epoch_completed(self, engine: Engine) -> None:
         if self.epoch_interval > 0 and engine.state.epoch % self.epoch_interval == 0 or self._signum is not None:

@@ -93,9 +93,10 @@ class InferenceError(RuntimeError):
 
 
 def run_dir_of(ckpt_path: str | os.PathLike) -> str:
-    """The training run folder of a checkpoint: ``RUN`` for ``RUN/models/model.pt``, else the file's folder."""
+    """The training run folder of a checkpoint: ``RUN`` for ``RUN/models/model.pt`` and
+    ``RUN/checkpoints/train_checkpoint.pt``, else the file's folder."""
     path = Path(ckpt_path).absolute()
-    return str(path.parent.parent if path.parent.name == "models" else path.parent)
+    return str(path.parent.parent if path.parent.name in ("models", "checkpoints") else path.parent)
 
 
 def find_images(input_dir: str | os.PathLike, recursive: bool = True) -> list[str]:
@@ -675,11 +676,11 @@ def check_inference_inputs(
     (``sw_mode`` / ``sigma_scale``: the window blending, checked when given; ``polygon_tolerance``: a finite number
     of pixels >= 0).
     (A checkpoint of another architecture is reported when the weights are loaded, naming the file.)"""
-    from monai_nasscam.networks.run_folder import require_checkpoint_file, resolve_network_choice
+    from monai_nasscam.networks.run_folder import check_trained_weights, resolve_network_choice
     from monai_nasscam.inference.tiling import window_geometry
 
     find_images(input_dir, as_bool(recursive, "recursive"))
-    require_checkpoint_file(ckpt_path)
+    check_trained_weights(ckpt_path)  # a search checkpoint or a text file: said first, before the network choice
     resolve_network_choice(attention, genotype_path, run_dir_of(ckpt_path))  # type: ignore[arg-type]
     load_stain_reference(resolve_stain_spec(stain, None if is_null(dataset_dir) else dataset_dir, run_dir_of(ckpt_path)))  # type: ignore[arg-type]
 

@@ -61,15 +61,14 @@ def window_geometry(roi_size: Any, overlap: Any) -> tuple[tuple[int, int], tuple
     Raises:
         ValueError: a window side that is not a multiple of 16, or an overlap outside [0, 1).
     """
-    roi = tuple(int(r) for r in ensure_tuple_rep(roi_size, 2))
+    from monai_nasscam.engines.search_inputs import check_roi_size  # the one roi_size message of every workflow
+
+    roi = tuple(check_roi_size(roi_size))
     overlap = ensure_tuple_rep(overlap, 2)
     for o in overlap:
         if not 0.0 <= float(o) < 1.0:
             raise ValueError(f"sw_overlap must lie in [0, 1), got {o}.")
     stride = tuple(max(1, int(r * (1 - float(o)))) for r, o in zip(roi, overlap))
-    for r in roi:
-        if r < 16 or r % 16:
-            raise ValueError(f"roi_size must be a multiple of 16 (the U-Net pools 4 times), got {list(roi)}.")
     return roi, stride  # type: ignore[return-value]
 
 

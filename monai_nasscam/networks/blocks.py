@@ -87,7 +87,7 @@ class NASCAMBlock(_NASCellBlock):
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """The channel weights, ``(B, C, 1, ...)`` in (0, 1)."""
-        if x.shape[1] != self.in_channels:
+        if not torch.jit.is_tracing() and x.shape[1] != self.in_channels:  # an input check: not traced
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}).")
         z = x.mean(dim=tuple(range(2, x.ndim)))  # (B, C)
         weights = self.cell(z.unsqueeze(1))  # (B, 1, C)

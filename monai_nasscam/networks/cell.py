@@ -205,7 +205,7 @@ class NASAttentionCell(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The fused execution of :meth:`reference_forward`: ``(B, in_channels, *spatial)`` -> ``(B, 1, *spatial)``."""
-        if x.shape[1] != self.in_channels:
+        if not torch.jit.is_tracing() and x.shape[1] != self.in_channels:  # an input check: not traced (see NASSCAMUNet)
             raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}).")
         weights = self.mixture_weights()
         none_index = self.candidates.index("none")
@@ -225,7 +225,7 @@ class NASAttentionCell(nn.Module):
             node = acc[t]
             if node is None:
                 node = x.new_zeros(shape)
-            elif not isinstance(node, torch.Tensor) or node.shape != shape:
+            elif not isinstance(node, torch.Tensor) or node.dim() != x.dim():  # only none edges: a scalar
                 node = x.new_zeros(shape) + node
             nodes.append(node)
         return nodes[OUTPUT_NODE] / OUTPUT_FAN_IN
@@ -269,7 +269,7 @@ class NASAttentionCell(nn.Module):
             sig = torch.sigmoid(sigmoid_part)
             if sigmoid_weights:
                 sig = sig * torch.stack(sigmoid_weights).view(1, -1, *([1] * (sig.ndim - 2)))
-            if sig.shape[1] > 1:
+            if len(targets) - n_relu > 1:  # the channels of sigmoid_part, known without reading a (traced) shape
                 sig = sig.sum(1, keepdim=True)
             acc[OUTPUT_NODE] = sig if acc[OUTPUT_NODE] is None else acc[OUTPUT_NODE] + sig
 

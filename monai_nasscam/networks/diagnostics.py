@@ -21,11 +21,14 @@ The verdict (:class:`VerdictRule`, thresholds as module-level constants):
    the first candidate) is no choice, so an undecided search is never "collapsed". A shared (non-synchronous)
    search has one cell per kind, 6 distinct edges: the same operation on all 6 of them is a possible choice
    rather than evidence of a collapse, so only the all-``none`` rule applies there;
-2. otherwise ``"converged"`` when at least :data:`CONVERGED_DECIDED_SHARE` of the distinct edges are decided and,
-   when there was a previous validation, at most :data:`CONVERGED_MAX_CHANGED_SHARE` of them changed their best
-   operation since; without a previous validation the stability is not checked, and the reasons of a
-   ``converged`` verdict say so (:data:`STABILITY_UNCHECKED`);
-3. otherwise ``"not converged"``.
+2. otherwise ``"converged"`` when at least :data:`CONVERGED_DECIDED_SHARE` of the distinct edges are decided, the
+   stability was checked, and at most :data:`CONVERGED_MAX_CHANGED_SHARE` of the edges changed their best operation
+   since the previous validation. The stability is checked only against a previous validation at which at least
+   :data:`CONVERGED_DECIDED_SHARE` of the edges were decided too: the decided choices must hold across two
+   validations with decided edges. A first validation, or one after a validation with few decided edges (e.g. in
+   the warm-up, where the alphas do not move and no edge is decided, so that nothing can count as changed), is not
+   ``converged``, and its reasons say ``stability not checked (...)`` (:data:`STABILITY_UNCHECKED`);
+3. otherwise ``"not converged"``, with one reason per criterion not met.
 
 Edges are counted once per distinct cell: in a shared search the 8 modules hold the same alphas, so a kind
 has 6 edges, not 48.
@@ -50,6 +53,7 @@ __all__ = [
     "COLLAPSE_MIN_EDGES",
     "VERDICTS",
     "STABILITY_UNCHECKED",
+    "stability_checked",
     "VerdictRule",
     "CellDiagnostics",
     "SearchDiagnostics",
@@ -74,9 +78,9 @@ COLLAPSE_MIN_EDGES = 12
 NOT_CONVERGED, CONVERGED, COLLAPSED = "not converged", "converged", "collapsed"
 #: the possible verdicts.
 VERDICTS: tuple[str, ...] = (NOT_CONVERGED, CONVERGED, COLLAPSED)
-#: the reason added when there is no previous validation to compare with (a ``converged`` verdict is then only
-#: "decided", not "stable").
-STABILITY_UNCHECKED = "stability not checked (one validation)"
+#: the start of the reason given when the stability was not checked (no previous validation, or too few edges
+#: decided at the previous one): such a verdict is never ``converged``.
+STABILITY_UNCHECKED = "stability not checked"
 
 #: ``{position: {kind: (candidate names, softmax weights (6, K))}}``, as ``handlers.alpha_weights`` returns.
 Weights = Mapping[str, Mapping[str, tuple[Sequence[str], Any]]]
@@ -195,6 +199,8 @@ class SearchDiagnostics:
         decided: share of the distinct edges that are decided.
         changed: distinct edges, decided at the previous validation, whose best operation changed since (``None``:
             no previous validation).
+        previous_decided: share of the distinct edges decided at the previous validation (``None``: no previous
+            validation, or not recorded).
         dominant: per kind, the operation that is the decided best on most distinct edges and its share of all the
             kind's distinct edges (``(None, 0.0)`` when no edge of the kind is decided).
         rule: the thresholds used.
@@ -214,10 +220,17 @@ class SearchDiagnostics:
     dominant: dict[str, tuple[str | None, float]]
     rule: VerdictRule = field(default_factory=VerdictRule)
     epoch: int | None = None
+    previous_decided: float | None = None
 
     @property
     def changed_share(self) -> float | None:
         return None if self.changed is None else self.changed / self.edges
+
+    @property
+    def stability_checked(self) -> bool:
+        """Whether the decided choices were compared with a previous validation that had decided edges
+        (:func:`stability_checked`)."""
+        return stability_checked(self.changed, self.previous_decided, self.rule)
 
     def best_ops(self) -> dict[str, dict[str, list[str]]]:
         """``{position: {kind: [best op per edge]}}``, decided or not."""
@@ -267,10 +280,38 @@ class SearchDiagnostics:
             "none_share": round(self.none_share, 6),
             "decided": round(self.decided, 6),
             "changed": self.changed,
+            "previous_decided": None if self.previous_decided is None else round(self.previous_decided, 6),
             "dominant": {k: {"op": op, "share": round(share, 6)} for k, (op, share) in self.dominant.items()},
             "modules": {p: {k: c.to_dict() for k, c in per.items()} for p, per in self.cells.items()},
             "rule": self.rule.to_dict(),
         }
+
+
+def stability_checked(changed: int | None, previous_decided: float | None, rule: VerdictRule | None = None) -> bool:
+    """Whether a verdict's stability was checked: there was a previous validation (``changed`` is a count) and at
+    least ``rule.converged_decided_share`` of the edges were decided at it, so that "changed" compared choices with
+    choices.
+
+    Args:
+        changed: edges decided at the previous validation whose best operation changed since; ``None``: no previous
+            validation.
+        previous_decided: share of the edges decided at the previous validation, in [0, 1]; ``None`` with a
+            ``changed`` count: not recorded (a genotype written before this figure existed), taken as checked.
+        rule: the thresholds; default :class:`VerdictRule`.
+    """
+    if changed is None:
+        return False
+    rule = rule or VerdictRule()
+    return previous_decided is None or previous_decided >= rule.converged_decided_share
+
+
+def _unchecked_reason(changed: int | None, previous_decided: float | None, rule: VerdictRule) -> str:
+    if changed is None:
+        return f"{STABILITY_UNCHECKED} (one validation)"
+    return (
+        f"{STABILITY_UNCHECKED} (the previous validation decided {previous_decided:.1%} of the edges, "
+        f"{rule.converged_decided_share:.0%} needed)"
+    )
 
 
 def _detect_shared(weights: Weights) -> bool:
@@ -287,6 +328,7 @@ def diagnose(
     shared: bool | None = None,
     epoch: int | None = None,
     changed: int | None = None,
+    previous_decided: float | None = None,
 ) -> SearchDiagnostics:
     """The figures and the verdict of a network's softmax(alpha).
 
@@ -302,6 +344,8 @@ def diagnose(
         epoch: recorded in the result.
         changed: with ``previous=None``, the changed count recorded elsewhere (a genotype's ``search`` section),
             used in the verdict as if it came from a previous validation; ignored when ``previous`` is given.
+        previous_decided: with ``previous=None``, the share of the edges decided at the previous validation recorded
+            with ``changed`` (:func:`stability_checked`); ignored when ``previous`` is given (counted from it).
 
     Returns:
         a :class:`SearchDiagnostics`.
@@ -344,12 +388,22 @@ def diagnose(
     margin = sum(sum(c.margin) for _, c in pool) / edges
     none_share = sum(c.none_share * c.edges for _, c in pool) / edges
     decided = sum(c.decided for _, c in pool) / edges
-    recorded = changed
-    changed = sum(c.changed or 0 for _, c in pool) if previous is not None else (None if recorded is None else int(recorded))
+    positions = list(cells)[:1] if shared else list(cells)
+    if previous is not None:
+        changed = sum(c.changed or 0 for _, c in pool)
+        decided_before = sum(
+            b is not None
+            for position in positions
+            for kind, c in cells[position].items()
+            for b in list((previous.get(position) or {}).get(kind) or [])[: c.edges]
+        )
+        previous_decided = decided_before / edges
+    else:
+        changed = None if changed is None else int(changed)
+        previous_decided = None if changed is None or previous_decided is None else float(previous_decided)
 
     dominant: dict[str, tuple[str | None, float]] = {}
     kind_edges: dict[str, int] = {}
-    positions = list(cells)[:1] if shared else list(cells)
     for kind in dict.fromkeys(k for k, _ in pool):
         kind_edges[kind] = sum(c.edges for k, c in pool if k == kind)
         best = [b for p in positions for b in decided_by_cell.get((p, kind), [])]
@@ -379,9 +433,9 @@ def diagnose(
                 f"{changed / edges:.1%} of the best ops changed since the previous validation, "
                 f"at most {rule.converged_max_changed_share:.0%} allowed"
             )
+        if not stability_checked(changed, previous_decided, rule):  # decided or not, not shown to be stable
+            reasons.append(_unchecked_reason(changed, previous_decided, rule))
         verdict = NOT_CONVERGED if reasons else CONVERGED
-        if verdict == CONVERGED and changed is None:  # decided, but not shown to be stable
-            reasons.append(STABILITY_UNCHECKED)
     return SearchDiagnostics(
         verdict=verdict,
         reasons=tuple(reasons),
@@ -396,6 +450,7 @@ def diagnose(
         dominant=dominant,
         rule=rule,
         epoch=epoch,
+        previous_decided=previous_decided,
     )
 
 
@@ -417,9 +472,11 @@ def genotype_weights(alphas: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[
 def diagnose_genotype(genotype: Any, rule: VerdictRule | None = None) -> SearchDiagnostics:
     """:func:`diagnose` of a :class:`~monai_nasscam.networks.Genotype`'s recorded alphas, agreeing with the verdict
     its ``search`` section recorded during the search: the section's ``changed`` count (edges whose best operation
-    changed since the validation before, which the alphas alone cannot tell), per cell and in total, its ``rule``
-    (unless ``rule`` is given) and its ``epoch`` are used. Without a section (or with ``changed`` null), nothing is
-    counted as changed and the reasons say the stability was not checked.
+    changed since the validation before, which the alphas alone cannot tell), per cell and in total, its
+    ``previous_decided`` share (whether the stability was checked; absent in files written before it existed: taken
+    as checked when ``changed`` is a count), its ``rule`` (unless ``rule`` is given) and its ``epoch`` are used.
+    Without a section (or with ``changed`` null), nothing is counted as changed and the reasons say the stability
+    was not checked.
 
     Args:
         genotype: a :class:`~monai_nasscam.networks.Genotype` with recorded alphas.
@@ -440,6 +497,7 @@ def diagnose_genotype(genotype: Any, rule: VerdictRule | None = None) -> SearchD
         shared=not genotype.synchronous,
         epoch=search.get("epoch"),
         changed=None if changed is None else int(changed),
+        previous_decided=search.get("previous_decided"),
     )
     modules = search.get("modules") if isinstance(search.get("modules"), Mapping) else {}
     for position, per in result.cells.items():
@@ -467,12 +525,6 @@ def verdict_advice(verdict: str, search: SearchDiagnostics | Mapping[str, Any] |
             "genotype, is what `nasscam compare --models nas-scam-p random --seeds 3` measures (on short searches "
             "the choice depends on the seed: docs/search.md)."
         )
-        if search is not None and _get(search, "changed") is None:
-            return (
-                "the alphas chose, but their stability was not checked (one validation): retrain the derived "
-                "network (train.yaml --genotype_path RUN/genotype.json), or search longer with more validations "
-                "after the warm-up to confirm the choice." + reproducible
-            )
         return "the alphas chose: retrain the derived network (train.yaml --genotype_path RUN/genotype.json)." + reproducible
     if verdict == COLLAPSED:
         return (
@@ -482,15 +534,16 @@ def verdict_advice(verdict: str, search: SearchDiagnostics | Mapping[str, Any] |
             "over, --exclude_none true derives the best operation other than none."
         )
     if verdict == NOT_CONVERGED:
-        undecided = changing = True
+        undecided = changing = unchecked = True
         if search is not None:
             rule = _get(search, "rule")
             rule = rule if isinstance(rule, VerdictRule) else VerdictRule.from_dict(rule or {})
             decided, changed, edges = _get(search, "decided"), _get(search, "changed"), _get(search, "edges")
             undecided = decided is None or decided < rule.converged_decided_share
             changing = changed is not None and bool(edges) and changed / edges > rule.converged_max_changed_share
-            if not (undecided or changing):
-                undecided = changing = True  # figures that do not explain the verdict: give all the advice
+            unchecked = not stability_checked(changed, _get(search, "previous_decided"), rule)
+            if not (undecided or changing or unchecked):
+                undecided = changing = unchecked = True  # figures that do not explain the verdict: all the advice
         parts = []
         if undecided:
             parts.append(
@@ -504,6 +557,14 @@ def verdict_advice(verdict: str, search: SearchDiagnostics | Mapping[str, Any] |
                 "decided edges still change their best operation between validations: the choice has not settled. "
                 "Search longer (more --epochs) so that it settles, or lower --arch_learning_rate if the choices "
                 "keep flipping."
+            )
+        if unchecked:
+            parts.append(
+                "the stability of the choice was not checked: only one validation after the alphas decided (the "
+                "first validation, or one after the warm-up, where no edge is decided, has nothing to compare with). "
+                "Validate at least twice once the alphas decide (a smaller --val_interval, or more --epochs after "
+                "--warmup_epochs); the genotype can be retrained (train.yaml --genotype_path RUN/genotype.json), but "
+                "its choice is not shown to hold."
             )
         return " ".join(parts)
     raise ValueError(f"unknown verdict {verdict!r}; expected one of {list(VERDICTS)}.")

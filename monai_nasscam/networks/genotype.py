@@ -212,13 +212,8 @@ class Genotype:
         kinds = _kinds(self.attention)
         if not isinstance(self.synchronous, bool):
             raise ValueError(f"'synchronous' must be true or false, got {self.synchronous!r}.")
-        if not isinstance(self.modules, list) or len(self.modules) != len(POSITIONS):
-            count = len(self.modules) if isinstance(self.modules, list) else type(self.modules).__name__
-            raise ValueError(f"'modules' must list {len(POSITIONS)} modules, got {count}.")
-        for i, (module, position) in enumerate(zip(self.modules, POSITIONS)):
-            if not isinstance(module, Mapping) or module.get("position") != position:
-                got = module.get("position") if isinstance(module, Mapping) else module
-                raise ValueError(f"module {i} must be at position {position!r}, got {got!r}.")
+        _check_positions(self.modules)
+        for module, position in zip(self.modules, POSITIONS):
             for kind in kinds:
                 ops = module.get(kind)
                 if not isinstance(ops, list) or len(ops) != len(EDGES):
@@ -233,14 +228,22 @@ class Genotype:
         if not isinstance(self.alphas, Mapping):
             raise ValueError(f"'alphas' must be a JSON object, got {type(self.alphas).__name__}.")
         for position, per in self.alphas.items():
+            if position not in POSITIONS:
+                raise ValueError(f"'alphas': unknown position {position!r}; positions are {list(POSITIONS)}.")
             if not isinstance(per, Mapping):
                 raise ValueError(f"'alphas' of {position} must be a JSON object of cell kinds, got {type(per).__name__}.")
             for kind, rows in per.items():
+                if kind not in kinds:
+                    raise ValueError(
+                        f"'alphas' of {position}: {kind!r} is not a cell kind of {self.attention} (it searches "
+                        f"{list(kinds)})."
+                    )
                 if not _all_finite(rows):
                     raise ValueError(
                         f"the alphas of the {kind} cell at {position} hold non-finite or non-numeric values (the search "
                         "diverged?)."
                     )
+                _check_weights(rows, position, kind)
         if self.search is not None:
             if not isinstance(self.search, Mapping):
                 raise ValueError(f"'search' must be a JSON object or absent, got {type(self.search).__name__}.")
@@ -248,6 +251,55 @@ class Genotype:
                 raise ValueError(f"'search': unknown verdict {self.search['verdict']!r}; expected one of {list(VERDICTS)}.")
             if not _all_finite(self.search, numbers_only=False):
                 raise ValueError("'search' holds non-finite numbers.")
+
+
+def _check_positions(modules: Any) -> None:
+    """``modules`` lists one module per position in :data:`POSITIONS` order; else a ``ValueError`` naming the
+    missing, repeated, unknown or misplaced positions."""
+    if not isinstance(modules, list):
+        raise ValueError(f"'modules' must be a list of {len(POSITIONS)} modules, got {type(modules).__name__}.")
+    for i, module in enumerate(modules):
+        if not isinstance(module, Mapping):
+            raise ValueError(f"module {i} must be a JSON object with a 'position', got {module!r}.")
+    positions = [module.get("position") for module in modules]
+    if positions == list(POSITIONS):
+        return
+    missing = [p for p in POSITIONS if p not in positions]
+    repeated = [p for p in POSITIONS if positions.count(p) > 1]
+    unknown = [p for p in positions if p not in POSITIONS]
+    problems = [f"missing {', '.join(missing)}"] if missing else []
+    problems += [f"{', '.join(repeated)} listed more than once"] if repeated else []
+    problems += [f"unknown position(s) {unknown}"] if unknown else []
+    if not problems:
+        problems = [f"listed in the order {positions}"]
+    raise ValueError(
+        f"'modules' must list the {len(POSITIONS)} positions {', '.join(POSITIONS)} once each, in this order; got "
+        f"{len(modules)} module(s): {'; '.join(problems)}."
+    )
+
+
+#: how far a recorded softmax row may sum from 1 (the weights are rounded to 6 decimals).
+_SUM_TOLERANCE = 1e-3
+
+
+def _check_weights(rows: Any, position: str, kind: str) -> None:
+    """``rows`` are the softmax weights of one cell: one row per edge, one weight in [0, 1] per candidate operation
+    of ``kind``, each row summing to 1; else a ``ValueError`` naming the cell and what is wrong."""
+    names = list(OPS[kind])
+    what = f"the alphas of the {kind} cell at {position}"
+    shape = f"{len(EDGES)} rows (one per edge) of {len(names)} weights (one per {kind} operation: {', '.join(names)})"
+    if not isinstance(rows, list) or len(rows) != len(EDGES):
+        got = f"{len(rows)} rows" if isinstance(rows, list) else type(rows).__name__
+        raise ValueError(f"{what} must be {shape}, got {got}.")
+    for e, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(names):
+            got = f"{len(row)} weights" if isinstance(row, list) else repr(row)
+            raise ValueError(f"{what} must be {shape}; edge {e} ({EDGES[e][0]}->{EDGES[e][1]}) has {got}.")
+        if min(row) < 0.0 or max(row) > 1.0 or abs(sum(row) - 1.0) > _SUM_TOLERANCE:
+            raise ValueError(
+                f"{what} must be softmax weights (each in [0, 1], each edge's summing to 1); edge {e} "
+                f"({EDGES[e][0]}->{EDGES[e][1]}) has weights from {min(row):g} to {max(row):g} summing to {sum(row):g}."
+            )
 
 
 def _all_finite(value: Any, numbers_only: bool = True) -> bool:

@@ -22,12 +22,12 @@ import torch.nn as nn
 from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.errors import InputError, MissingInputError, input_check
 from monai_nasscam.networks.attentions import attention_names, build_attention_network, get_attention
-from monai_nasscam.networks.diagnostics import CONVERGED
+from monai_nasscam.networks.diagnostics import CONVERGED, STABILITY_UNCHECKED
 from monai_nasscam.networks.genotype import Genotype
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
 from monai_nasscam.networks.utils import unwrap_model
 from monai_nasscam.overrides import is_null
-from monai_nasscam.serialization import install_cpu_fallback, load_checkpoint
+from monai_nasscam.serialization import install_cpu_fallback, read_checkpoint
 
 # checkpoints saved on a GPU load on a machine without one, whoever loads them (MONAI's ckpt_export builds its
 # network through this module)
@@ -43,6 +43,7 @@ __all__ = [
     "build_network",
     "describe_network",
     "check_checkpoint",
+    "check_trained_weights",
     "require_checkpoint_file",
     "warn_unconverged_genotype",
 ]
@@ -271,6 +272,55 @@ def require_checkpoint_file(path: str | os.PathLike | None) -> Path:
     return path
 
 
+#: the advice after a ``--ckpt_path`` that holds no trained weights.
+_TRAINED_WEIGHTS = "pass --ckpt_path RUN/models/model.pt (the weights train.yaml writes)"
+
+
+def _is_search_checkpoint(state: Any) -> bool:
+    """A search's resume checkpoint (``RUN/checkpoints/search_checkpoint.pt``): it has the alpha optimiser, or its
+    network holds alphas (the supernet)."""
+    if not isinstance(state, Mapping):
+        return False
+    network = state.get("network")
+    return "arch_optimizer" in state or (isinstance(network, Mapping) and any(str(k).endswith(".alpha") for k in network))
+
+
+def _read_weights(path: Path, advice: str, mmap: bool = False) -> Mapping:
+    """The checkpoint at ``path`` as a mapping; a ``ValueError`` naming it, the cause and ``advice`` otherwise."""
+    try:
+        state = read_checkpoint(path, mmap=mmap)  # CPU tensors, whatever device they were saved from
+    except ValueError as e:
+        raise ValueError(f"{str(e).rstrip('.')}; {advice}.") from None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict; {advice}.")
+    return state
+
+
+@input_check
+def check_trained_weights(path: str | os.PathLike | None) -> Path:
+    """``path`` as a ``Path`` if it is a checkpoint of trained weights (what evaluation and inference load: a state
+    dict, or one under ``model`` / ``network``); checked before the network is built, so that the message names the
+    real cause first. The tensors are memory-mapped, not read.
+
+    Raises:
+        MissingInputError: no such file, or ``None`` (see :func:`require_checkpoint_file`).
+        InputError: a folder; not a PyTorch checkpoint (a text file, ...), a damaged one, or one with pickled Python
+            objects; a search checkpoint (the supernet: the message says to retrain the derived network).
+    """
+    path = require_checkpoint_file(path)
+    _refuse_search_checkpoint(path, _read_weights(path, _TRAINED_WEIGHTS, mmap=True))
+    return path
+
+
+def _refuse_search_checkpoint(path: Path, state: Mapping) -> None:
+    if _is_search_checkpoint(state):
+        raise ValueError(
+            f"{path} is a search checkpoint (the supernet with its alphas and every candidate operation), not trained "
+            "weights: retrain the derived network (train.yaml --genotype_path RUN/genotype.json) and "
+            f"{_TRAINED_WEIGHTS}."
+        )
+
+
 @input_check
 def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | None = None) -> bool:
     """Check that ``path`` holds weights for ``network`` (same parameter names and shapes); ``True`` if so.
@@ -283,20 +333,17 @@ def check_checkpoint(path: str | os.PathLike, network: nn.Module, key: str | Non
 
     Raises:
         MissingInputError: no such file (also a ``FileNotFoundError``).
-        InputError: not a checkpoint, or weights of another architecture (which keys or shapes differ).
+        InputError: not a checkpoint (see :func:`check_trained_weights`; with ``key`` None a search checkpoint
+            too), or weights of another architecture (which keys or shapes differ).
     """
     path = require_checkpoint_file(path)
-    try:
-        state = load_checkpoint(path)  # CPU tensors, whatever device they were saved from
-    except Exception as e:  # noqa: BLE001 - any unpickling error means "not a weights file"
-        raise ValueError(f"{path} is not a weights-only PyTorch checkpoint ({type(e).__name__}: {e}).") from None
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict.")
+    state = _read_weights(path, _TRAINED_WEIGHTS if key is None else "start afresh in another --output_dir")
     if key is not None:
         if key not in state:
             raise ValueError(f"{path} has no {key!r} entry (it has {sorted(state)[:8]}).")
         state = state[key]
     else:
+        _refuse_search_checkpoint(path, state)
         for candidate in ("model", "network"):
             if candidate in state and isinstance(state[candidate], Mapping):
                 state = state[candidate]
@@ -337,8 +384,8 @@ def warn_unconverged_genotype(genotype: Genotype | None, path: str | os.PathLike
 
     A version-2 genotype file holds a ``search`` section (:attr:`~monai_nasscam.networks.genotype.Genotype.search`)
     with the verdict of the alphas it was derived from; retraining a genotype whose search did not converge (or
-    collapsed) is allowed, but said once at the start of training. A genotype without that section (version 1, a
-    hand-made file) or without a verdict is not warned about.
+    collapsed) is allowed, but said once at the start of training, with the verdict's reasons. A genotype without
+    that section (version 1, a hand-made file) or without a verdict is not warned about.
 
     Args:
         genotype: the genotype to be trained, or ``None`` (a baseline: nothing to say).
@@ -352,9 +399,15 @@ def warn_unconverged_genotype(genotype: Genotype | None, path: str | os.PathLike
     verdict = genotype.search.get("verdict")
     if verdict is None or verdict == CONVERGED:
         return None
+    reasons = [str(r) for r in genotype.search.get("reasons") or []]
+    if reasons and all(r.startswith(STABILITY_UNCHECKED) for r in reasons):
+        meaning = "the alphas decided, but the choice was not shown to hold across two validations"
+    else:
+        meaning = "a genotype from a search that did not converge is close to a random pick"
+    because = f" ({'; '.join(reasons)})" if reasons else ""
     message = (
-        f"{path}: the genotype comes from a search whose verdict is {verdict!r}, not 'converged'; a genotype from a "
-        "search that did not converge is close to a random pick; see docs/search.md"
+        f"{path}: the genotype comes from a search whose verdict is {verdict!r}{because}, not 'converged'; {meaning}; "
+        "see docs/search.md"
     )
     logging.getLogger(__name__).warning(message)
     return message

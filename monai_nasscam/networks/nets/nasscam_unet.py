@@ -181,9 +181,10 @@ class NASSCAMUNet(nn.Module):
         return weight_parameters(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for size in x.shape[2:]:
-            if size % 16 != 0:
-                raise ValueError(f"NASSCAMUNet needs spatial sizes divisible by 16, got {x.shape[2:]}.")
+        # a check of the input, not of the computation: skipped while tracing (the sizes are traced values there,
+        # and a trace would keep the check's outcome for its example input as a constant, with a TracerWarning)
+        if not torch.jit.is_tracing() and any(size % 16 != 0 for size in x.shape[2:]):
+            raise ValueError(f"NASSCAMUNet needs spatial sizes divisible by 16, got {x.shape[2:]}.")
         skips = [self.conv_0(x)]
         for block in self.down:
             skips.append(block["attention"](block["pool"](block["conv"](skips[-1]))))
