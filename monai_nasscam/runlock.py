@@ -54,7 +54,8 @@ def _describe(record: dict[str, Any]) -> str:
     """``search run (process 1234 on host, started 2025-01-01 10:00:00)`` from a lock file's record."""
     what = [f"process {record['pid']}" + (f" on {record['host']}" if record.get("host") else "")] if "pid" in record else []
     what += [f"started {record['started']}"] if record.get("started") else []
-    return f"{record.get('workflow') or 'a'} run" + (f" ({', '.join(what)})" if what else "")
+    kind = f"{record['workflow']} run" if record.get("workflow") else "run"
+    return kind + (f" ({', '.join(what)})" if what else "")
 
 
 def _read_record(fd: int) -> dict[str, Any]:
@@ -126,7 +127,7 @@ class RunLock:
                 record = _read_record(fd)
                 os.close(fd)
                 raise OutputDirInUse(
-                    f"{self.output_dir} is in use by a {_describe(record)}: two runs in one folder would overwrite "
+                    f"{self.output_dir} is in use by another {_describe(record)}: two runs in one folder would overwrite "
                     f"each other's files. Wait for it to finish, or pass another --output_dir (lock: {self.path})."
                 ) from None
             try:
@@ -140,7 +141,7 @@ class RunLock:
             raise OutputDirInUse(f"{self.output_dir}: could not claim {self.path}; try again.")
         stale = _read_record(fd)
         if stale:
-            logger.warning("%s: taking over the lock file left by a %s, which ended without removing it.",
+            logger.warning("%s: taking over the lock file left by the %s, which ended without removing it.",
                            self.output_dir, _describe(stale))
         record = {
             "pid": os.getpid(),

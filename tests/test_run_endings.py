@@ -259,7 +259,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_with_one_line_and_the_firs
                                       "unet", *TINY), env=_env(), capture_output=True, text=True, timeout=300)
         line = _the_line(proc.stderr, proc.stdout, "error: ")
         assert proc.returncode == 1
-        assert line.startswith(f"error: {run} is in use by a train run (process {holder.pid} on {record['host']}, "
+        assert line.startswith(f"error: {run} is in use by another train run (process {holder.pid} on {record['host']}, "
                                f"started {record['started']}): two runs in one folder would overwrite")
         assert "--output_dir" in line
         # search, evaluate and inference too (in this process)
@@ -268,7 +268,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_with_one_line_and_the_firs
                                                        "ckpt_path": str(unet_run / "models" / "model.pt")}),
                                   (INFERENCE, {"input_dir": str(prepared / "images"), "attention": "unet",
                                                "ckpt_path": str(unet_run / "models" / "model.pt"), "stain": "none"})):
-            assert "is in use by a train run" in _fails_in_process(config, output_dir=str(run), features=FEATURES,
+            assert "is in use by another train run" in _fails_in_process(config, output_dir=str(run), features=FEATURES,
                                                                    roi_size=[32, 32], **overrides)
         assert _snapshot(run) == before  # nothing of the first run touched, its lock included
     finally:
@@ -288,7 +288,7 @@ def test_a_stale_lock_is_taken_over_and_reported_and_released_at_exit(tmp_path, 
     assert (run / LOCK_NAME).exists()
     with caplog.at_level(logging.WARNING, logger="monai_nasscam.runlock"):
         lock_output_dir(run, "inference")
-    assert f"taking over the lock file left by a train run (process {stale['pid']} on {stale['host']}" in caplog.text
+    assert f"taking over the lock file left by the train run (process {stale['pid']} on {stale['host']}" in caplog.text
     assert json.loads((run / LOCK_NAME).read_text())["pid"] == os.getpid()
     # a forked child (a data-loader worker) does not keep the claim: its parent dies without an exit handler
     # (the file stays), the child lives on, and the folder can be claimed
