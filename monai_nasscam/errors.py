@@ -14,7 +14,7 @@ traceback. :func:`install_excepthook` (the first step of every bundle workflow's
 ``__context__``) holds an :class:`InputError` or a :class:`~monai_nasscam.data.errors.DataError` with the single
 line ``error: <message>`` on stderr (exit status 1), and that of an interrupted run -- a :class:`RunInterrupted`
 (the run says what it saved and how to continue) or a plain ``KeyboardInterrupt`` (Ctrl-C) -- with
-``stopped: <message>`` (exit status 130, as a shell reports a Ctrl-C); every other exception keeps its full
+``stopped: <message>`` (exit status 130 as a shell reports a Ctrl-C, 143 after a SIGTERM); every other exception keeps its full
 traceback. ``NASSCAM_TRACEBACK=1`` in the environment keeps the full traceback for these too.
 """
 
@@ -61,7 +61,7 @@ class RunInterrupted(KeyboardInterrupt):
     """A run that stopped on a signal (Ctrl-C, SIGTERM) after saving what it resumes from; the message says where.
 
     On the command line it ends the run with the single line ``stopped: <message>`` instead of a traceback
-    (:func:`nasscam_excepthook`; exit status 130).
+    (:func:`nasscam_excepthook`; exit status 130, or 128 + ``signum`` when it has that attribute: 143 for SIGTERM).
     """
 
 
@@ -157,8 +157,9 @@ def nasscam_excepthook(
     exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None
 ) -> None:
     """``sys.excepthook``: the :func:`one_line` of the exception on stderr, else the previous hook (the full
-    traceback). Python then exits with status 1; after a ``stopped:`` line the process exits with
-    :data:`INTERRUPTED_STATUS` (130) once the exit handlers (``atexit``) have run."""
+    traceback). Python then exits with status 1; after a ``stopped:`` line the process exits with 128 + the signal
+    (:data:`INTERRUPTED_STATUS`, 130, for a Ctrl-C; 143 for a SIGTERM that a search or training stopped on) once the
+    exit handlers (``atexit``) have run."""
     line = one_line(exc)
     if line is None:
         (_previous_hook or sys.__excepthook__)(exc_type, exc, tb)
@@ -166,7 +167,8 @@ def nasscam_excepthook(
     _flush()
     print(line, file=sys.stderr, flush=True)
     if line.startswith("stopped:") and sys.excepthook is nasscam_excepthook:
-        _exit_interrupted()
+        interruption = _find_in_chain(exc, (KeyboardInterrupt,))
+        _exit_interrupted(128 + int(getattr(interruption, "signum", 2)))  # 130 for SIGINT, 143 for SIGTERM
 
 
 def _flush() -> None:
@@ -177,17 +179,17 @@ def _flush() -> None:
             pass
 
 
-def _exit_interrupted() -> None:
-    """End the process with :data:`INTERRUPTED_STATUS`: Python would exit with 1 after the hook (and with a
-    SIGINT death only for a plain ``KeyboardInterrupt``), so run the exit handlers (logging, lock files,
-    data-loader workers) as a normal exit would, then leave."""
+def _exit_interrupted(status: int = INTERRUPTED_STATUS) -> None:
+    """End the process with ``status``: Python would exit with 1 after the hook (and with a SIGINT death only for a
+    plain ``KeyboardInterrupt``), so run the exit handlers (logging, lock files, data-loader workers) as a normal
+    exit would, then leave."""
     import atexit
 
     try:
         atexit._run_exitfuncs()
     finally:
         _flush()
-        os._exit(INTERRUPTED_STATUS)
+        os._exit(status)
 
 
 def install_excepthook() -> bool:
