@@ -3,7 +3,7 @@
 Two runs writing into one folder at the same time overwrite each other's model, checkpoint, TensorBoard and table
 files, and both end "successfully". The search, train and evaluate workflows (in their ``initialize``, after the input
 checks and before anything is written), the inference workflow (:class:`~monai_nasscam.inference.NucleiPredictor`)
-and ``nasscam compare`` therefore claim their output folder first with :func:`lock_output_dir`:
+and ``nasscam compare`` therefore claim their output folder first (:func:`lock_output_dir`, :func:`claim_output_dir`):
 
 - the claim is an exclusive ``flock`` on ``OUTPUT/.nasscam.lock``, which records the holder (process id, host,
   workflow, start time, command line). The operating system releases the ``flock`` when the process ends however it
@@ -13,7 +13,7 @@ and ``nasscam compare`` therefore claim their output folder first with :func:`lo
 - a lock file left by a process that ended without removing it (killed) is *stale*: the next run takes it over
   and logs whose it was;
 - the lock is released (the file removed) when the run's process exits, also after an error or an interruption
-  (``atexit``), or at the end of a ``with`` block (:class:`RunLock`); an output folder the claim had to create is
+  (``atexit``), or at the end of a :func:`claim_output_dir` block; an output folder the claim had to create is
   removed again if the run left it empty (a run refused for a bad input leaves nothing behind).
 
 Forked children (data-loader workers) do not keep the lock: it is the run's process alone that holds it. Under

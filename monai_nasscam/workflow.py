@@ -146,7 +146,7 @@ def run_workflow(
     where = f" (log: {log})" if quiet else ""
     if returncode == 0:
         marker.write_text(json.dumps(record, indent=1))
-    if interrupted or returncode == INTERRUPTED_STATUS:
+    if interrupted or returncode in (INTERRUPTED_STATUS, -signal.SIGINT):  # -SIGINT: stopped before its hook
         raise RunInterrupted(
             f"interrupted: the {name} workflow in {output_dir} stopped{where}; finished steps are kept, and the same "
             "command continues (an interrupted search or training resumes from its checkpoint)."

@@ -8,7 +8,8 @@ in ``OUT/[sub/]NAME/`` (MONAI ``SaveImage``'s layout), by default:
 - ``NAME_classmap.nii.gz``: the same through MONAI ``SaveImage`` (axes ``(x, y)``, spacing in mm when known);
 - ``NAME_overlay.png``: the image with the classes in colour and a legend with the counts (a subsampled
   overview for images larger than ``overlay_max_size``);
-- ``NAME_nuclei.geojson``: one Polygon per nucleus, QuPath ``detection`` or ``annotation`` objects with their class
+- ``NAME_nuclei.geojson``: one Polygon per nucleus (a MultiPolygon for a nucleus the watershed left in pieces),
+  QuPath ``detection`` or ``annotation`` objects with their class
   name and colour and their measurements (centroid, area in px and µm², class probabilities), in full-resolution
   pixel coordinates;
 - ``NAME_nuclei.csv``: one row per nucleus with the same measurements;
