@@ -140,10 +140,10 @@ def feature_problems(feat: Any, object_type: str = "detection") -> list[str]:
     else:
         multi = geom["type"] == "MultiPolygon"
         polygons = geom["coordinates"] if multi else [geom["coordinates"]]
-        if not polygons or not all(isinstance(p, list) for p in polygons):
-            return out + ["ring-size: the geometry has no polygon"]
-        arrays = [_ring_arrays(p, out) for p in polygons]
-        if all(a is not None for a in arrays):
+        arrays = [_ring_arrays(p, out) if isinstance(p, list) else None for p in polygons]
+        if not polygons:
+            out.append("ring-size: the geometry has no polygon")
+        elif all(a is not None for a in arrays):
             # ROITypeAdapters.parseGeometry (0.6) reduces every geometry with JTS GeometryPrecisionReducer, which
             # throws on an invalid polygon ("Reduction failed, possible invalid input"): one self-crossing nucleus
             # fails the whole import. (0.5 imports it, split into a MultiPolygon.)

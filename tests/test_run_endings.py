@@ -26,7 +26,7 @@ import yaml
 
 from monai_nasscam.cli import main as cli_main
 from monai_nasscam.errors import INTERRUPTED_STATUS, InputError, find_input_error, one_line
-from monai_nasscam.runlock import LOCK_NAME, OutputDirInUse, held_locks, lock_output_dir
+from monai_nasscam.runlock import LOCK_NAME, held_locks, lock_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
