@@ -1,20 +1,11 @@
 """monai-nasscam: NAS-SCAM searched attention for nuclei segmentation, as MONAI components.
 
-Importing the package (every bundle config does so first) installs two process-wide conveniences: a bad input found
-by a workflow's checks ends the run with one ``error: ...`` line instead of a traceback
-(:func:`monai_nasscam.errors.install_excepthook`), and checkpoints saved on a GPU load on a machine without it
-(:func:`monai_nasscam.serialization.install_cpu_fallback`; done here when torch is already imported, as in the
-bundle configs, and otherwise when the first module that loads networks is).
+Importing the package changes nothing process-wide: a user who puts its blocks or networks into their own bundle
+keeps MONAI's behaviour. The bundle's workflows install what they need themselves: the one-line report of a bad input
+or an interruption (:func:`monai_nasscam.errors.install_excepthook`, the first step of every config's
+``initialize``), and the rule that loads a checkpoint saved on a GPU onto a machine without it
+(:func:`monai_nasscam.serialization.install_cpu_fallback`, when a run's network is built by
+:func:`monai_nasscam.networks.run_folder.build_network`). The ``nasscam`` command reports errors itself.
 """
 
-import sys as _sys
-
-from monai_nasscam.errors import install_excepthook as _install_excepthook
-
 __version__ = "0.1.0"
-
-_install_excepthook()
-if "torch" in _sys.modules:  # do not import torch for the light command-line tools
-    from monai_nasscam.serialization import install_cpu_fallback as _install_cpu_fallback
-
-    _install_cpu_fallback()

@@ -28,6 +28,7 @@ class Command:
         add_arguments: declares the subcommand's arguments on its parser.
         run: executes the parsed arguments; returns the exit status.
         description: longer text for ``nasscam NAME --help`` (defaults to ``help``).
+        interrupted: what a Ctrl-C leaves behind, for the ``stopped:`` line (e.g. "nothing was written").
     """
 
     name: str
@@ -35,6 +36,7 @@ class Command:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
     description: str = ""
+    interrupted: str = ""
 
 
 COMMANDS: list[Command] = []
@@ -44,6 +46,10 @@ def register_command(command: Command) -> Command:
     """Add (or replace, by name) a subcommand of ``nasscam``."""
     COMMANDS[:] = [c for c in COMMANDS if c.name != command.name] + [command]
     return command
+
+
+#: what an interrupted command that builds its output aside (``staged_dir``) leaves behind
+STAGED = "nothing was written (the output folder appears only once complete)."
 
 
 # ---------------------------------------------------------------------------------------------- synth
@@ -223,6 +229,7 @@ register_command(
         _synth_arguments,
         _synth_run,
         "Write a synthetic H&E nuclei dataset in the MoNuSAC 2020 on-disk format, for demos and tests.",
+        interrupted=STAGED,
     )
 )
 register_command(
@@ -234,6 +241,7 @@ register_command(
         "Rasterise the XML annotations (or read the masks of an image + mask folder), normalise the stain, split by "
         "patient or image, and write PREP/datalist.json and PREP/manifest.json. The output appears only when the run "
         "succeeds.",
+        interrupted=STAGED,
     )
 )
 
@@ -305,6 +313,7 @@ register_command(
         "agreement of the seeds' derived operations against chance), OUT/results.json, "
         "OUT/MODEL/consensus_genotype.json (majority vote over the seeds), OUT/dice_bars.png and OUT/panel.png. "
         "Finished runs are skipped, so an interrupted comparison resumes.",
+        interrupted="finished runs are kept, and the same command continues.",
     )
 )
 
@@ -315,28 +324,41 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nasscam", description="NAS-SCAM for MONAI: data preparation and utilities."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="also log per-file notes")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error or an interruption")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
         cmd.add_arguments(p)
-        p.set_defaults(_run=cmd.run)
+        p.set_defaults(_run=cmd.run, _interrupted=cmd.interrupted)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``nasscam`` console script; returns the exit status (1 on a data error)."""
+    """Entry point of the ``nasscam`` console script; returns the exit status.
+
+    A bad input (a missing folder, a bad setting, a data error) ends the command with one line
+    ``nasscam COMMAND: error: ...`` and status 1, a Ctrl-C with ``nasscam COMMAND: stopped: ...`` and status 130;
+    ``--debug`` (or ``NASSCAM_TRACEBACK=1``) shows the full traceback instead. Any other error (a bug) keeps its
+    traceback.
+    """
     from monai_nasscam.data.errors import DataError
+    from monai_nasscam.errors import INTERRUPTED_MESSAGE, INTERRUPTED_STATUS, RunInterrupted, full_traceback_wanted
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return int(args._run(args) or 0)
-    except DataError as e:
-        print(f"nasscam {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        if args.debug or full_traceback_wanted():
+            raise
+        message = str(e) if isinstance(e, RunInterrupted) else f"{INTERRUPTED_MESSAGE} {args._interrupted}"
+        print(f"nasscam {args.command}: stopped: {' '.join(message.split())}", file=sys.stderr)
+        return INTERRUPTED_STATUS
+    except (DataError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+        if args.debug or full_traceback_wanted():
+            raise
+        print(f"nasscam {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 1
-    except ValueError as e:
-        print(f"nasscam {args.command}: error: {e}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

@@ -18,17 +18,19 @@ import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from monai_nasscam.data.classes import BACKGROUND_COLOR, CLASS_COLORS, CLASS_NAMES
+from monai_nasscam.errors import MissingInputError, RunInterrupted
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.attentions import get_attention, registered_attentions
 from monai_nasscam.networks.genotype import Genotype, agreement, consensus, random_genotype
-from monai_nasscam.workflow import run_workflow
+from monai_nasscam.runlock import claim_output_dir
+from monai_nasscam.workflow import interrupt_workflows, run_workflow
 
 __all__ = [
     "MODELS",
@@ -153,8 +155,10 @@ def run_comparison(
 
     Raises:
         ValueError: an unknown model or ``jobs`` < 1.
-        FileNotFoundError: ``dataset_dir`` has no ``datalist.json``.
+        MissingInputError: ``dataset_dir`` (a ``FileNotFoundError``) does not exist or has no ``datalist.json``.
+        OutputDirInUse: another comparison is writing into ``output_dir`` (:mod:`monai_nasscam.runlock`).
         WorkflowError: a workflow failed (after every other run went on to its end).
+        RunInterrupted: Ctrl-C; the running workflows were stopped (a search or training saves its checkpoint).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}.")
@@ -162,8 +166,10 @@ def run_comparison(
     if unknown:
         raise ValueError(f"unknown model(s) {unknown}; choose from {list(MODELS)}.")
     dataset_dir, output_dir = str(Path(dataset_dir).resolve()), Path(output_dir).resolve()
+    if not Path(dataset_dir).is_dir():
+        raise MissingInputError(f"dataset folder {dataset_dir} does not exist; `nasscam prepare` writes one.")
     if not (Path(dataset_dir) / "datalist.json").is_file():
-        raise FileNotFoundError(f"{dataset_dir} has no datalist.json; run `nasscam prepare` first.")
+        raise MissingInputError(f"{dataset_dir} has no datalist.json; run `nasscam prepare` first.")
     common, search, train, evaluate = dict(common or {}), dict(search or {}), dict(train or {}), dict(evaluate or {})
     pairs = [(m, s) for m in models for s in seeds]
 
@@ -181,12 +187,44 @@ def run_comparison(
         run_workflow(["train.yaml", "evaluate.yaml"], {**overrides, **evaluate}, run_dir / "train", "evaluate.log", quiet)
         return json.loads((run_dir / "train" / "metrics.json").read_text())
 
-    if jobs > 1:  # every run goes on to its end; then the first failure, if any, is raised
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(run_one, i, m, s) for i, (m, s) in enumerate(pairs)]
-        metrics = [f.result() for f in futures]
-    else:
-        metrics = [run_one(i, m, s) for i, (m, s) in enumerate(pairs)]
+    with claim_output_dir(output_dir, "compare"):
+        metrics = _run_all(run_one, pairs, jobs)
+        return _report(output_dir, dataset_dir, models, seeds, pairs, metrics, common, search, train, evaluate)
+
+
+def _run_all(run_one: Any, pairs: list[tuple[str, int]], jobs: int) -> list[dict]:
+    """``run_one(i, model, seed)`` for every pair, ``jobs`` at a time; every run goes on to its end, then the first
+    failure, if any, is raised. A Ctrl-C cancels the runs not started, passes the interrupt on to the running
+    workflows (:func:`~monai_nasscam.workflow.interrupt_workflows`), waits for them and raises
+    :class:`~monai_nasscam.errors.RunInterrupted`."""
+    if jobs == 1:
+        return [run_one(i, m, s) for i, (m, s) in enumerate(pairs)]
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = [pool.submit(run_one, i, m, s) for i, (m, s) in enumerate(pairs)]
+    interrupted = False
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+            pool.shutdown(wait=False, cancel_futures=True)
+            interrupt_workflows()
+    pool.shutdown()
+    if interrupted:
+        raise RunInterrupted(
+            "interrupted: the running workflows stopped; finished runs are kept, and the same command continues "
+            "(an interrupted search or training resumes from its checkpoint)."
+        )
+    return [f.result() for f in futures]
+
+
+def _report(
+    output_dir: Path, dataset_dir: str, models: Sequence[str], seeds: Sequence[int], pairs: list[tuple[str, int]],
+    metrics: list[dict], common: dict, search: dict, train: dict, evaluate: dict,
+) -> dict[str, Any]:
+    """Write ``results.json``, ``table.md``, the consensus genotypes and the figures of finished runs; returns the
+    summary (see :func:`run_comparison`)."""
     results: dict[str, dict[str, Any]] = {}
     for (model, seed), run_metrics in zip(pairs, metrics):
         results.setdefault(model, {})[str(seed)] = run_metrics

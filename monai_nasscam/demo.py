@@ -190,4 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from monai_nasscam.errors import install_excepthook
+
+    install_excepthook()  # a Ctrl-C (passed on to the running workflow) or a bad input: one line, not a traceback
     sys.exit(main())

@@ -11,8 +11,9 @@ PyTorch tags every tensor of a checkpoint with the device it was on when saved, 
 - and, for loaders it does not control (MONAI's ``ckpt_export`` / ``CheckpointLoader`` without ``map_location``,
   ignite's ``Checkpoint.load_objects``) and for files saved by older versions with CUDA tensors, registers with
   ``torch.serialization`` a restore rule that leaves a CUDA-tagged tensor on the CPU when this machine has no CUDA
-  device of that index (:func:`install_cpu_fallback`, done when ``monai_nasscam`` is imported, which every bundle
-  config does first). On a machine with that GPU nothing changes.
+  device of that index (:func:`install_cpu_fallback`, done when a run's network is built by
+  :func:`~monai_nasscam.networks.run_folder.build_network`, as every bundle config and MONAI's ``ckpt_export`` do;
+  importing ``monai_nasscam`` does not). On a machine with that GPU nothing changes.
 """
 
 from __future__ import annotations

@@ -4,6 +4,11 @@ The demo and ``nasscam compare`` drive the bundle exactly as a user would, one s
 crash or a leak in one run cannot change another. A finished run leaves a marker file holding the overrides it
 ran with; running the same step again with the same overrides is skipped, and a step that was interrupted after
 its first checkpoint continues from it, which makes long drivers resumable.
+
+Each workflow runs in a session of its own, so a Ctrl-C in the terminal reaches the driver alone, which passes it on
+to every workflow it is running (:func:`interrupt_workflows`) and waits for them: a search or a training saves its
+checkpoint and stops as it does when run by hand, and the driver then stops with :class:`RunInterrupted`. A second
+Ctrl-C is passed on too (the workflows then stop at once).
 """
 
 from __future__ import annotations
@@ -12,13 +17,17 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUNDLE_DIR", "config_path", "bundle_command", "run_workflow", "WorkflowError"]
+from monai_nasscam.errors import INTERRUPTED_STATUS, RunInterrupted
+
+__all__ = ["BUNDLE_DIR", "config_path", "bundle_command", "run_workflow", "interrupt_workflows", "WorkflowError"]
 
 #: the bundle shipped with this checkout (configs, docs, metadata).
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
@@ -30,6 +39,35 @@ EXTENDING_CONFIGS = ("evaluate.yaml",)
 
 class WorkflowError(RuntimeError):
     """A bundle workflow exited with an error; the message names the command and its log."""
+
+
+#: the workflow processes running now (any thread), for :func:`interrupt_workflows`
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def interrupt_workflows() -> int:
+    """Send SIGINT to every workflow process this driver is running (as a Ctrl-C would); returns their number."""
+    with _RUNNING_LOCK:
+        running = [p for p in _RUNNING if p.poll() is None]
+    for proc in running:
+        try:
+            proc.send_signal(signal.SIGINT)
+        except ProcessLookupError:
+            pass
+    return len(running)
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, bool]:
+    """Wait for ``proc``; a ``KeyboardInterrupt`` meanwhile is passed on to the workflows (:func:`interrupt_workflows`)
+    and the wait goes on. Returns the exit status and whether this thread was interrupted."""
+    interrupted = False
+    while True:
+        try:
+            return proc.wait(), interrupted
+        except KeyboardInterrupt:
+            interrupted = True
+            interrupt_workflows()
 
 
 def config_path(name: str) -> str:
@@ -75,6 +113,10 @@ def run_workflow(
 
     Returns:
         ``True`` if the workflow ran, ``False`` if it was already done.
+
+    Raises:
+        RunInterrupted: the workflow stopped on a Ctrl-C (passed on to it, see the module docstring).
+        WorkflowError: the workflow failed; the message names the command and its log.
     """
     output_dir = Path(output_dir)
     overrides = {**overrides, "output_dir": str(output_dir)}
@@ -94,10 +136,24 @@ def run_workflow(
     cmd = bundle_command(configs, {**overrides, "resume": True} if resume else overrides)
     log = output_dir / log_name
     with open(log, "a" if resume else "w") if quiet else open(os.devnull, "w") as sink:
-        result = subprocess.run(cmd, stdout=sink if quiet else None, stderr=subprocess.STDOUT if quiet else None)
-    if result.returncode != 0:
+        proc = subprocess.Popen(cmd, stdout=sink if quiet else None, stderr=subprocess.STDOUT if quiet else None,
+                                start_new_session=True)  # a Ctrl-C reaches the driver, which passes it on (_wait)
+        with _RUNNING_LOCK:
+            _RUNNING.add(proc)
+        try:
+            returncode, interrupted = _wait(proc)
+        finally:
+            with _RUNNING_LOCK:
+                _RUNNING.discard(proc)
+    where = f" (log: {log})" if quiet else ""
+    if returncode == 0:
+        marker.write_text(json.dumps(record, indent=1))
+    if interrupted or returncode in (INTERRUPTED_STATUS, -signal.SIGINT):  # -SIGINT: stopped before its hook
+        raise RunInterrupted(
+            f"interrupted: the {name} workflow in {output_dir} stopped{where}; finished steps are kept, and the same "
+            "command continues (an interrupted search or training resumes from its checkpoint)."
+        )
+    if returncode != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-30:]) if quiet else ""
-        where = f" (log: {log})" if quiet else ""
-        raise WorkflowError(f"workflow failed with exit code {result.returncode}{where}:\n  {shlex.join(cmd)}\n{tail}")
-    marker.write_text(json.dumps(record, indent=1))
+        raise WorkflowError(f"workflow failed with exit code {returncode}{where}:\n  {shlex.join(cmd)}\n{tail}")
     return True

@@ -135,6 +135,8 @@ def test_bundle_end_to_end_from_another_directory(run_dir: Path, images: Path, t
         rows = {r["image"]: r for r in csv.DictReader(f)}
     assert set(rows) == {"a.png", "broken.png", "c.svs", os.path.join("sub", "b.tif")}
     assert rows["broken.png"]["status"] == "error" and "broken.png" in rows["broken.png"]["message"]
+    assert not (out / "broken").exists()  # the corrupt image leaves no (empty) folder
+    assert not (out / ".nasscam.lock").exists()  # the run released its folder
     summary = json.loads((out / "summary.json").read_text())
     assert summary["succeeded"] == 3 and summary["settings"]["stain"]["method"] == "macenko"
 
@@ -177,16 +179,20 @@ def _check_polygons(features: list[dict], class_map: np.ndarray) -> None:
         props = feat["properties"]
         assert props["objectType"] == "detection" and len(props["classification"]["color"]) == 3
         cid = names[props["classification"]["name"]]
-        assert feat["geometry"]["type"] == "Polygon"
-        exterior = np.asarray(feat["geometry"]["coordinates"][0])
-        assert np.allclose(exterior[0], exterior[-1])
-        rr, cc = fill(exterior[:, 1] - 0.5, exterior[:, 0] - 0.5, class_map.shape)
-        raster[rr, cc] = cid
-        rings = [np.asarray(r) for r in feat["geometry"]["coordinates"]]
-        area = sum((-1 if k else 1) * 0.5 * abs(np.dot(r[:, 0], np.roll(r[:, 1], -1)) - np.dot(np.roll(r[:, 0], -1), r[:, 1]))
-                   for k, r in enumerate(rings))
+        geometry = feat["geometry"]
+        assert geometry["type"] in ("Polygon", "MultiPolygon")  # a MultiPolygon: a nucleus in pieces
+        polygons = geometry["coordinates"] if geometry["type"] == "MultiPolygon" else [geometry["coordinates"]]
+        area, rings = 0.0, 0
+        for polygon in polygons:
+            exterior = np.asarray(polygon[0])
+            assert np.allclose(exterior[0], exterior[-1])
+            rr, cc = fill(exterior[:, 1] - 0.5, exterior[:, 0] - 0.5, class_map.shape)
+            raster[rr, cc] = cid
+            area += sum((-1 if k else 1) * 0.5 * abs(np.dot(r[:, 0], np.roll(r[:, 1], -1)) - np.dot(np.roll(r[:, 0], -1), r[:, 1]))
+                        for k, r in enumerate(np.asarray(r) for r in polygon))
+            rings += len(polygon)
         pixels = props["measurements"]["Area px"]
-        assert area <= pixels + len(rings)  # a contour passes half a pixel inside the outline (outside holes)
+        assert area <= pixels + rings  # a contour passes half a pixel inside the outline (outside holes)
         if pixels >= 40:
             assert area >= 0.5 * pixels
     fg = class_map > 0

@@ -30,7 +30,7 @@ from PIL import Image
 
 from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
 from monai_nasscam.inference import NucleiPredictor
-from monai_nasscam.inference.nuclei import _closed_rings, _rings, iter_nuclei
+from monai_nasscam.inference.nuclei import _outline, _polygons, iter_nuclei
 
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -99,6 +99,19 @@ def polygon_problems(rings: list[np.ndarray]) -> list[str]:
     return problems
 
 
+def multipolygon_problems(polygons: list[list[np.ndarray]]) -> list[str]:
+    """Why polygons (each: closed rings, exterior first) are not one valid MultiPolygon (JTS ``IsValidOp``): each
+    must be a valid polygon (the plain checks above), and their interiors must not overlap (they may touch at
+    points): that part is left to Shapely, whose GEOS implements JTS's rules."""
+    import shapely
+
+    problems = [f"polygon {k}: {p}" for k, rings in enumerate(polygons) for p in polygon_problems(rings)]
+    if problems:
+        return problems
+    shape = shapely.MultiPolygon([shapely.Polygon(rings[0], rings[1:]) for rings in polygons])
+    return [] if shapely.is_valid(shape) else [f"polygons overlap: {shapely.is_valid_reason(shape)}"]
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -119,41 +132,59 @@ def feature_problems(feat: Any, object_type: str = "detection") -> list[str]:
         out.append("id: present (QuPath keeps a UUID id as the object ID; none should be written)")
     # ROITypeAdapters.parseGeometry: a geometry needs "type" and "coordinates" (else IllegalArgumentException, the
     # whole import fails); GeometryTools.geometryToROI turns one Polygon into one PolygonROI (a GeometryROI with
-    # holes). One nucleus is one Polygon.
+    # holes) and a MultiPolygon into one GeometryROI. A nucleus is one Polygon, or a MultiPolygon when in pieces.
     geom = feat.get("geometry")
-    if not isinstance(geom, dict) or geom.get("type") != "Polygon" or not isinstance(geom.get("coordinates"), list):
-        out.append("geometry: not a GeoJSON Polygon with coordinates")
+    if (not isinstance(geom, dict) or geom.get("type") not in ("Polygon", "MultiPolygon")
+            or not isinstance(geom.get("coordinates"), list)):
+        out.append("geometry: not a GeoJSON Polygon or MultiPolygon with coordinates")
     else:
-        rings = []
-        for k, ring in enumerate(geom["coordinates"]):
-            # ROITypeAdapters.parseCoordinate: each position is an array whose elements 0 and 1 are read as doubles.
-            if not isinstance(ring, list) or not all(
-                isinstance(p, list) and len(p) == 2 and all(_number(v) and math.isfinite(v) for v in p) for p in ring
-            ):
-                out.append(f"position: ring {k} has a position that is not [x, y] of finite numbers")
-                continue
-            arr = np.asarray(ring, dtype=np.float64)
-            # ROITypeAdapters.parsePolygon -> JTS GeometryFactory.createLinearRing: an open ring throws
-            # ("Points of LinearRing do not form a closed linestring"): the whole import fails.
-            if len(arr) == 0 or not np.array_equal(arr[0], arr[-1]):
-                out.append(f"ring-closed: ring {k} is not closed")
-                continue
-            # RFC 7946 section 3.1.6 (JTS accepts 3 positions but the object then has no area).
-            if len(arr) < 4:
-                out.append(f"ring-size: ring {k} has {len(arr)} positions (< 4)")
-                continue
-            # GeometryTools.getDefaultFactory (0.6: PrecisionModel of 0.01 px, used by ROITypeAdapters.parseGeometry):
-            # coordinates off the 0.01 grid are moved on import; on it they import unchanged.
-            if not np.allclose(arr, np.round(arr, 2), rtol=0, atol=1e-9):
-                out.append(f"precision: ring {k} has coordinates off QuPath 0.6's 0.01-pixel grid")
-            rings.append(arr)
-        if not geom["coordinates"]:
-            out.append("ring-size: the polygon has no ring")
-        elif len(rings) == len(geom["coordinates"]):
+        multi = geom["type"] == "MultiPolygon"
+        polygons = geom["coordinates"] if multi else [geom["coordinates"]]
+        arrays = [_ring_arrays(p, out) if isinstance(p, list) else None for p in polygons]
+        if not polygons:
+            out.append("ring-size: the geometry has no polygon")
+        elif all(a is not None for a in arrays):
             # ROITypeAdapters.parseGeometry (0.6) reduces every geometry with JTS GeometryPrecisionReducer, which
             # throws on an invalid polygon ("Reduction failed, possible invalid input"): one self-crossing nucleus
             # fails the whole import. (0.5 imports it, split into a MultiPolygon.)
-            out += [f"valid: {p}" for p in polygon_problems(rings)]
+            out += [f"valid: {p}" for p in (multipolygon_problems(arrays) if multi else polygon_problems(arrays[0]))]
+    return out + _property_problems(feat, object_type)
+
+
+def _ring_arrays(coordinates: list, out: list[str]) -> list[np.ndarray] | None:
+    """One polygon's rings as arrays; the rule ids of the broken ones go to ``out`` (``None``: a ring is broken)."""
+    rings = []
+    for k, ring in enumerate(coordinates):
+        # ROITypeAdapters.parseCoordinate: each position is an array whose elements 0 and 1 are read as doubles.
+        if not isinstance(ring, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(_number(v) and math.isfinite(v) for v in p) for p in ring
+        ):
+            out.append(f"position: ring {k} has a position that is not [x, y] of finite numbers")
+            continue
+        arr = np.asarray(ring, dtype=np.float64)
+        # ROITypeAdapters.parsePolygon -> JTS GeometryFactory.createLinearRing: an open ring throws
+        # ("Points of LinearRing do not form a closed linestring"): the whole import fails.
+        if len(arr) == 0 or not np.array_equal(arr[0], arr[-1]):
+            out.append(f"ring-closed: ring {k} is not closed")
+            continue
+        # RFC 7946 section 3.1.6 (JTS accepts 3 positions but the object then has no area).
+        if len(arr) < 4:
+            out.append(f"ring-size: ring {k} has {len(arr)} positions (< 4)")
+            continue
+        # GeometryTools.getDefaultFactory (0.6: PrecisionModel of 0.01 px, used by ROITypeAdapters.parseGeometry):
+        # coordinates off the 0.01 grid are moved on import; on it they import unchanged.
+        if not np.allclose(arr, np.round(arr, 2), rtol=0, atol=1e-9):
+            out.append(f"precision: ring {k} has coordinates off QuPath 0.6's 0.01-pixel grid")
+        rings.append(arr)
+    if not coordinates:
+        out.append("ring-size: the polygon has no ring")
+        return None
+    return rings if len(rings) == len(coordinates) else None
+
+
+def _property_problems(feat: dict, object_type: str) -> list[str]:
+    """The rule ids (with details) that a feature's properties break."""
+    out: list[str] = []
     props = feat.get("properties")
     if not isinstance(props, dict):
         return out + ["properties: missing"]
@@ -325,11 +356,11 @@ def test_simplified_outlines_stay_valid_and_no_nucleus_is_lost(tmp_path):
 
     mask = _mask(CROSSING)
     contours = _contours(mask)
-    raw = _closed_rings([approximate_polygon(c, 2.0) for c in contours], 0, 0)  # plain Douglas-Peucker
+    raw = _polygons([approximate_polygon(c, 2.0) for c in contours], 0, 0)[0]  # plain Douglas-Peucker
     assert any("meets" in p for p in polygon_problems(raw))  # the checker sees the crossing
-    exact = _rings(mask, 0, 0, 0.0)
+    [exact] = _outline(mask, 0, 0, 0.0)
     assert [len(r) for r in exact] == [97, 5] and polygon_problems(exact) == []
-    rings = _rings(mask, 0, 0, 2.0)  # the writer's outline: simplified (not the exact one) and valid, hole kept
+    [rings] = _outline(mask, 0, 0, 2.0)  # the writer's outline: simplified (not the exact one) and valid, hole kept
     # (GEOS 3.13+, Shapely 2.1+, also drops a ring's first vertex: the 1-pixel hole's diamond becomes a triangle)
     assert len(rings[0]) == 10 and len(rings[1]) in (4, 5) and polygon_problems(rings) == []
     # through the workflow: the crossing nucleus and one-pixel specks (whose simplified outline has < 4 positions)
@@ -381,14 +412,164 @@ def test_simplified_outlines_pass_the_checker_at_any_tolerance(seed):
     assert simplified >= len(exact)  # the outlines were simplified, not kept exact
 
 
-def test_an_invalid_outline_stays_exact():
-    """A mask whose exact rings are not one valid polygon (two pixels touching at a corner: two outlines, the smaller
-    taken for a hole outside the other) keeps them exactly under any tolerance."""
-    mask = np.array([[1, 0], [0, 1]], bool)
-    exact = _rings(mask, 3, 5, 0.0)
-    assert len(exact) == 2 and polygon_problems(exact) == ["hole 1 lies outside the exterior ring"]
-    for tol in (0.5, 1.0, 3.0):
-        assert all(np.array_equal(a, b) for a, b in zip(_rings(mask, 3, 5, tol), exact, strict=True))
+def test_a_nucleus_in_pieces_is_one_valid_multipolygon():
+    """Pixels touching only at a corner are two pieces under 4-connectivity: two polygons of one MultiPolygon (the
+    smaller used to be written as a hole outside the exterior, which QuPath 0.6 rejects), under any tolerance; a
+    piece inside another's hole keeps that hole, and a hole of the inner piece goes to the inner piece."""
+    import shapely
+
+    corner = np.array([[1, 0], [0, 1]], bool)
+    exact = _outline(corner, 3, 5, 0.0)
+    assert [len(p) for p in exact] == [1, 1] and multipolygon_problems(exact) == []
+    for tol in (0.5, 1.0, 3.0):  # simplified (GEOS may drop a diamond's first vertex), still two valid polygons
+        simple = _outline(corner, 3, 5, tol)
+        assert [len(p) for p in simple] == [1, 1] and multipolygon_problems(simple) == []
+        assert all(len(p[0]) >= 4 for p in simple)
+    # a ring (7 x 7, hole 5 x 5) around a 3 x 3 block with a one-pixel hole
+    nested = np.zeros((9, 9), bool)
+    nested[1:8, 1:8] = True
+    nested[2:7, 2:7] = False
+    nested[3:6, 3:6] = True
+    nested[4, 4] = False
+    polygons = _outline(nested, 0, 0, 0.0)
+    assert [len(p) for p in polygons] == [2, 2] and multipolygon_problems(polygons) == []
+    shape = shapely.MultiPolygon([shapely.Polygon(p[0], p[1:]) for p in polygons])
+    assert shapely.is_valid(shape) and shape.area == nested.sum() - (2 - 2) / 2  # each loop cuts 4 corners of 1/8
+
+
+def _exact_area(polygons: list[list[np.ndarray]]) -> float:
+    """The area of the exact outline of a nucleus of ``n`` pixels is ``n - (pieces - holes) / 2``: marching squares
+    cuts 1/8 px off every convex pixel corner and adds 1/8 px at every concave one, and each boundary loop turns
+    four more times one way than the other (outward for a piece, inward for a hole)."""
+    return sum(len(p) - 2 for p in polygons) / 2  # to add to the pixel count: -(1 exterior - holes) / 2 per piece
+
+
+def _perimeter(polygons: list[list[np.ndarray]]) -> float:
+    return sum(float(np.linalg.norm(np.diff(r, axis=0), axis=1).sum()) for p in polygons for r in p)
+
+
+def _random_instance_map(rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """Instances of every shape: blobs, specks and lone pixels, holes, pieces touching at corners, and instances in
+    several disjoint pieces (the components of a noisy mask dealt out to a few instance ids), some nested."""
+    from scipy import ndimage
+    from skimage.measure import label
+
+    smooth = ndimage.gaussian_filter(rng.standard_normal((size, size)), rng.uniform(0.5, 3.0))
+    mask = (smooth > rng.uniform(-0.3, 0.3)) & (rng.random((size, size)) > rng.uniform(0.0, 0.2))
+    components = label(mask, connectivity=1)
+    ids = rng.integers(1, int(rng.integers(2, 7)), components.max() + 1)
+    ids[0] = 0
+    return ids[components]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_outlines_of_random_instance_maps_are_valid_and_keep_the_area(seed):
+    """Property test: for every instance of many random instance maps, at every tolerance, the outline is one valid
+    Polygon or MultiPolygon (Shapely: GEOS implements QuPath's JTS rules), its vertices on the
+    half-pixel grid, its area the pixel count less (pieces - holes) / 2 exactly, and within ``tolerance`` x perimeter
+    of that once simplified."""
+    import shapely
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    pieces = 0
+    for _ in range(40):
+        instances = _random_instance_map(rng)
+        for k, box in enumerate(ndimage.find_objects(instances), start=1):
+            if box is None:
+                continue
+            mask = instances[box] == k
+            exact = _outline(mask, box[0].start, box[1].start, 0.0)
+            pieces += len(exact) > 1
+            for tol in (0.0, 0.5, 1.0, 2.0):
+                polygons = exact if tol == 0 else _outline(mask, box[0].start, box[1].start, tol)
+                shape = shapely.MultiPolygon([shapely.Polygon(p[0], p[1:]) for p in polygons])
+                assert shapely.is_valid(shape), (seed, k, tol, shapely.is_valid_reason(shape))
+                assert [len(p) for p in polygons] == [len(p) for p in exact]  # no piece and no hole lost
+                for ring in (r for p in polygons for r in p):
+                    assert np.array_equal(ring[0], ring[-1]) and np.all((ring * 2) == np.round(ring * 2))
+                area = mask.sum() + _exact_area(exact)
+                if tol == 0:
+                    assert shape.area == area, (seed, k)
+                else:
+                    assert abs(shape.area - area) <= tol * _perimeter(exact) + 1e-9, (seed, k, tol)
+    assert pieces >= 20  # the maps hold many nuclei in pieces
+
+
+def test_the_writer_repairs_or_drops_an_invalid_outline_and_says_so(tmp_path, caplog):
+    """The last line of defence: a geometry that is not valid as written is repaired (``make_valid``) or, when no
+    polygon is left, dropped; the counts are logged and every written feature is valid."""
+    import shapely
+    from shapely.geometry import shape
+
+    from monai_nasscam.inference.nuclei import GeoJSONWriter, Nucleus
+
+    def nucleus(*polygons):
+        return Nucleus(1, 16, (0, 0, 4, 4), [[np.asarray(r, float) for r in p] for p in polygons], center=(2.0, 2.0))
+
+    square = [[0.5, 0.5], [4.5, 0.5], [4.5, 4.5], [0.5, 4.5], [0.5, 0.5]]
+    bow_tie = [[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]
+    flat = [[0, 0], [4, 0], [8, 0], [0, 0]]
+    path = tmp_path / "x.geojson"
+    writer = GeoJSONWriter(path)
+    for n in (nucleus([square]), nucleus([bow_tie]), nucleus([flat]), nucleus([square], [[[6, 6], [7, 6], [7, 7], [6, 7], [6, 6]]])):
+        writer.add(n)
+    with caplog.at_level("WARNING", logger="monai_nasscam.inference"):
+        writer.close()
+    assert (writer.count, writer.repaired, writer.dropped) == (3, 1, 1)
+    assert "1 repaired (shapely.make_valid), 1 dropped" in caplog.text and str(path) in caplog.text
+    features = json.loads(path.read_text())["features"]
+    assert [f["geometry"]["type"] for f in features] == ["Polygon", "MultiPolygon", "MultiPolygon"]
+    assert all(shapely.is_valid(shape(f["geometry"])) for f in features) and qupath_problems(path) == []
+    assert shape(features[1]["geometry"]).area == pytest.approx(50.0)  # the bow-tie's two triangles
+
+
+FRAGMENTED_SEEDS = (0, 2, 3)  # noisy masks whose watershed leaves nuclei in pieces (asserted below)
+
+
+def _fragmented_image() -> np.ndarray:
+    """Nuclei with rough outlines and scattered one-pixel holes, as a thresholded network output has them: the
+    watershed (which fills small holes to place its markers, then takes them out again) leaves some in pieces."""
+    from scipy import ndimage
+
+    tiles = []
+    for seed in FRAGMENTED_SEEDS:
+        rng = np.random.default_rng(seed)
+        blobs = ndimage.gaussian_filter(rng.standard_normal((128, 128)), 4) > 0.05
+        tiles.append(blobs & (rng.random((128, 128)) >= 0.1))
+    mask = np.concatenate(tiles, axis=1)
+    image = np.full((*mask.shape, 3), 255, np.uint8)
+    image[mask] = 51  # Epithelial for the stand-in network
+    return image
+
+
+def test_inference_writes_valid_outlines_for_nuclei_in_pieces(tmp_path):
+    """The reported case, through the workflow with its default instance separation (the watershed): every written
+    feature is a valid polygon (Shapely and the QuPath rules), the nuclei in pieces are MultiPolygons, and every
+    outline's area matches the nucleus's pixel count ("Area px") exactly, and within the tolerance once simplified."""
+    import shapely
+    from shapely.geometry import shape
+
+    image = _fragmented_image()
+    runs = {}
+    for tol in (0.0, 1.0):
+        (tmp_path / f"tol{tol}").mkdir()
+        path = _infer(image, tmp_path / f"tol{tol}", polygon_tolerance=tol)
+        assert qupath_problems(path) == []
+        runs[tol] = json.loads(path.read_text())["features"]
+    exact, simplified = runs[0.0], runs[1.0]
+    assert len(exact) == len(simplified) >= 10
+    multi = [f for f in exact if f["geometry"]["type"] == "MultiPolygon"]
+    assert len(multi) >= 3  # the image does produce nuclei in pieces
+    for e, s in zip(exact, simplified):
+        px = e["properties"]["measurements"]["Area px"]
+        assert s["properties"]["measurements"]["Area px"] == px
+        polygons = e["geometry"]["coordinates"] if e["geometry"]["type"] == "MultiPolygon" else [e["geometry"]["coordinates"]]
+        polygons = [[np.asarray(r) for r in p] for p in polygons]
+        g_exact, g_simple = shape(e["geometry"]), shape(s["geometry"])
+        assert shapely.is_valid(g_exact) and shapely.is_valid(g_simple)
+        assert g_exact.area == pytest.approx(px + _exact_area(polygons), abs=1e-9)
+        assert abs(g_simple.area - g_exact.area) <= 1.0 * _perimeter(polygons) + 1e-9
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -427,7 +608,7 @@ SQUARE = [[0.5, 0.5], [4.5, 0.5], [4.5, 4.5], [0.5, 4.5], [0.5, 0.5]]
 VIOLATIONS = {
     "feature-type": _drop(["type"]),
     "id": _set(["id"], "123e4567-e89b-12d3-a456-426614174000"),
-    "geometry": _set(["geometry", "type"], "MultiPolygon"),
+    "geometry": _set(["geometry", "type"], "LineString"),
     "position": _set(["geometry", "coordinates"], [[[0.5, 0.5], [4.5, "x"], [4.5, 4.5], [0.5, 0.5]]]),
     "ring-closed": _set(["geometry", "coordinates"], [SQUARE[:-1]]),
     "ring-size": _set(["geometry", "coordinates"], [[[0.5, 0.5], [4.5, 0.5], [0.5, 0.5]]]),

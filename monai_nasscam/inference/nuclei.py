@@ -22,12 +22,19 @@ Outlines come from ``skimage.measure.find_contours`` at level 0.5 on the nucleus
 interior rings) and are given in full-image pixel coordinates with pixel ``(row, col)`` covering
 ``[col, col + 1) x [row, row + 1)`` -- QuPath's convention -- so a contour vertex ``(r, c)`` becomes
 ``(x, y) = (c + 0.5, r + 0.5)`` and a pixel's centre is ``(col + 0.5, row + 0.5)``.
-A ``tolerance`` simplifies them with Shapely, keeping every polygon valid.
+A nucleus is normally one 4-connected piece and its outline one polygon. The watershed can leave a nucleus in
+several pieces (its flooding crosses the small holes it fills, which are then taken out again, so a pale centre
+can cut a nucleus in two; pieces touching only at a corner are apart under 4-connectivity): such a nucleus keeps
+its pixels, its measurements and its single row in the tables, and its outline is a ``MultiPolygon``, one polygon
+per piece (largest first), each with its own holes -- the nucleus stays the instance that evaluation scores.
+A ``tolerance`` simplifies the outlines with Shapely, keeping every polygon valid; :class:`GeoJSONWriter` checks
+every geometry again as written (after rounding) and repairs or drops one that is not valid, with a count in the log.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,8 +45,10 @@ import numpy as np
 from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
 from monai_nasscam.fileio import AtomicTextFile
 
-__all__ = ["Nucleus", "iter_nuclei", "count_components", "nucleus_feature", "nucleus_measurements", "GeoJSONWriter"]
+__all__ = ["Nucleus", "iter_nuclei", "count_components", "nucleus_feature", "nucleus_geometry", "nucleus_measurements",
+           "GeoJSONWriter"]
 
+logger = logging.getLogger("monai_nasscam.inference")
 
 
 @dataclass
@@ -50,7 +59,9 @@ class Nucleus:
         class_id: class id, 1..C.
         area: pixels.
         bbox: ``(row0, col0, row1, col1)`` in full-image pixels, end exclusive.
-        rings: outline rings as ``(x, y)`` arrays in full-image coordinates (exterior first, then holes).
+        polygons: the outline, one polygon per 4-connected piece (largest first; one for almost every nucleus), each
+            a list of closed ``(n, 2)`` float64 ``(x, y)`` rings in full-image coordinates: the exterior
+            (counter-clockwise) then its holes (clockwise); ``[]``: not computed.
         center: ``(x, y)``, mean of the pixel centres ``(col + 0.5, row + 0.5)`` (the polygon's coordinates);
             ``None``: unknown (:attr:`centroid` then approximates it).
         probabilities: mean probability of each class (channel ``c`` is class ``c + 1``) over the nucleus's pixels,
@@ -62,11 +73,16 @@ class Nucleus:
     class_id: int
     area: int
     bbox: tuple[int, int, int, int]
-    rings: list[np.ndarray] = field(default_factory=list)
+    polygons: list[list[np.ndarray]] = field(default_factory=list)
     center: tuple[float, float] | None = None
     probabilities: tuple[float, ...] | None = None
     mpp: float | None = None
     index: int = 0
+
+    @property
+    def rings(self) -> list[np.ndarray]:
+        """Every outline ring, polygon after polygon (each exterior followed by its holes)."""
+        return [ring for polygon in self.polygons for ring in polygon]
 
     @property
     def centroid(self) -> tuple[float, float]:
@@ -97,17 +113,18 @@ def _signed_area(ring: np.ndarray) -> float:
     return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
 
 
-def _rings(mask: np.ndarray, row0: int, col0: int, tolerance: float) -> list[np.ndarray]:
-    """Outline rings of one component's mask placed at ``(row0, col0)`` in the full image.
+def _outline(mask: np.ndarray, row0: int, col0: int, tolerance: float) -> list[list[np.ndarray]]:
+    """Outline polygons of one nucleus's mask placed at ``(row0, col0)`` in the full image.
 
     The exact rings are ``find_contours``' at level 0.5 on the mask padded by one pixel (so every contour is
-    closed); marching squares with the background fully connected makes them simple and disjoint. With
-    ``tolerance > 0`` the polygon is simplified by Shapely (GEOS' topology-preserving Douglas-Peucker,
-    ``shapely.simplify(..., preserve_topology=True)``), which keeps every hole, keeps every ring at 4 positions or
-    more and makes no ring cross or touch itself or another; its vertices are a subset of the exact ones, so they
-    stay on the half-pixel grid. Should the simplified polygon still not be valid (``shapely.is_valid``: GEOS
-    implements the validity rules of JTS, which QuPath uses) or lose a hole, the exact rings are kept, so no nucleus
-    is lost from the GeoJSON and no invalid polygon is written (QuPath 0.6 rejects the whole file for one).
+    closed); marching squares with the background fully connected makes them simple and disjoint, and grouped into
+    polygons (:func:`_polygons`) they form a valid ``Polygon`` or ``MultiPolygon``. With ``tolerance > 0`` the
+    outline is simplified by Shapely (GEOS' topology-preserving Douglas-Peucker, ``shapely.simplify(...,
+    preserve_topology=True)``), which keeps every hole, keeps every ring at 4 positions or more and makes no ring
+    cross or touch itself or another; its vertices are a subset of the exact ones, so they stay on the half-pixel
+    grid. Should the simplified outline still not be valid (``shapely.is_valid``: GEOS implements the validity rules
+    of JTS, which QuPath uses) or lose a ring, the exact one is kept, so no nucleus is lost from the GeoJSON and no
+    invalid polygon is written (QuPath 0.6 rejects the whole file for one).
 
     Args:
         mask: ``(h, w)`` bool, one nucleus cropped to its box.
@@ -116,23 +133,38 @@ def _rings(mask: np.ndarray, row0: int, col0: int, tolerance: float) -> list[np.
         tolerance: simplification in pixels; 0: the exact rings.
 
     Returns:
-        closed ``(n, 2)`` float64 ``(x, y)`` rings, ``n >= 4``: the exterior (counter-clockwise) then the holes
-        (clockwise); ``[]`` for an empty mask.
+        the polygons (see :attr:`Nucleus.polygons`); ``[]`` for an empty mask.
     """
     from skimage.measure import find_contours
 
     contours = [c for c in find_contours(np.pad(mask.astype(np.uint8), 1), 0.5) if len(c) >= 4]
-    rings = _closed_rings(contours, row0, col0)
-    if tolerance <= 0 or not rings:
-        return rings
+    polygons = _polygons(contours, row0, col0)
+    if tolerance <= 0 or not polygons:
+        return polygons
     import shapely
 
-    simple = shapely.simplify(shapely.Polygon(rings[0], rings[1:]), tolerance, preserve_topology=True)
-    if not (isinstance(simple, shapely.Polygon) and shapely.is_valid(simple)
-            and len(simple.interiors) == len(rings) - 1):
-        return rings
-    out = [shapely.get_coordinates(simple.exterior), *(shapely.get_coordinates(h) for h in simple.interiors)]
-    return [_oriented(r, k == 0) for k, r in enumerate(out)]
+    simple = shapely.simplify(_shape(polygons), tolerance, preserve_topology=True)
+    parts = list(shapely.get_parts(simple))
+    if not (shapely.is_valid(simple) and all(isinstance(p, shapely.Polygon) for p in parts)
+            and [len(p.interiors) + 1 for p in parts] == [len(p) for p in polygons]):
+        return polygons
+    return [_rings_of(p) for p in parts]
+
+
+def _rings_of(polygon: Any) -> list[np.ndarray]:
+    """A Shapely polygon's rings as ``(x, y)`` arrays, the exterior counter-clockwise, the holes clockwise."""
+    import shapely
+
+    rings = [shapely.get_coordinates(polygon.exterior), *(shapely.get_coordinates(h) for h in polygon.interiors)]
+    return [_oriented(r, k == 0) for k, r in enumerate(rings)]
+
+
+def _shape(polygons: list[list[np.ndarray]]) -> Any:
+    """The Shapely ``Polygon`` (one polygon) or ``MultiPolygon`` of outline polygons."""
+    import shapely
+
+    shapes = [shapely.Polygon(p[0], p[1:]) for p in polygons]
+    return shapes[0] if len(shapes) == 1 else shapely.MultiPolygon(shapes)
 
 
 def _oriented(ring: np.ndarray, exterior: bool) -> np.ndarray:
@@ -140,12 +172,29 @@ def _oriented(ring: np.ndarray, exterior: bool) -> np.ndarray:
     return ring if (_signed_area(ring) > 0) == exterior else ring[::-1]
 
 
-def _closed_rings(contours: list[np.ndarray], row0: int, col0: int) -> list[np.ndarray]:
-    """Closed ``find_contours`` contours (``(row, col)`` in the padded mask) as ``(x, y)`` rings in full-image
-    coordinates, largest first, oriented (exterior counter-clockwise, holes clockwise)."""
+def _polygons(contours: list[np.ndarray], row0: int, col0: int) -> list[list[np.ndarray]]:
+    """Closed ``find_contours`` contours (``(row, col)`` in the padded mask) as outline polygons in full-image
+    ``(x, y)`` coordinates: ``find_contours`` leaves the foreground on one side of every contour, so the outer
+    boundary of each piece turns one way and each hole's the other; every hole goes to the smallest exterior that
+    contains it (a piece may lie in another's hole). Pieces largest first, holes largest first; exteriors
+    counter-clockwise, holes clockwise."""
     rings = [np.stack([c[:, 1] + col0 - 1 + 0.5, c[:, 0] + row0 - 1 + 0.5], axis=1) for c in contours]
-    order = np.argsort([abs(_signed_area(r)) for r in rings])[::-1]
-    return [_oriented(rings[i], k == 0) for k, i in enumerate(order)]
+    areas = [_signed_area(r) for r in rings]
+    order = sorted(range(len(rings)), key=lambda i: -abs(areas[i]))
+    exteriors = [i for i in order if areas[i] > 0]
+    holes = [i for i in order if areas[i] < 0]
+    polygons = [[_oriented(rings[i], True)] for i in exteriors]
+    if len(polygons) == 1:
+        polygons[0] += [_oriented(rings[i], False) for i in holes]
+    elif holes:
+        import shapely
+
+        shells = [shapely.Polygon(rings[i]) for i in exteriors]
+        for i in holes:
+            x, y = rings[i][0]
+            inside = [k for k, shell in enumerate(shells) if shapely.contains_xy(shell, x, y)]
+            polygons[min(inside, key=lambda k: shells[k].area)].append(_oriented(rings[i], False))
+    return polygons
 
 
 def _measure(
@@ -163,8 +212,8 @@ def _measure(
     if probabilities is not None:
         crop = np.asarray(probabilities[:, bbox[0] : bbox[2], bbox[1] : bbox[3]])
         probs = tuple(float(v) / PROBABILITY_SCALE for v in crop[:, mask].mean(axis=1, dtype=np.float64))
-    rings = _rings(mask, r0, c0, tolerance) if outlines else []
-    return Nucleus(cid, area, bbox, rings, center=center, probabilities=probs, mpp=mpp)
+    polygons = _outline(mask, r0, c0, tolerance) if outlines else []
+    return Nucleus(cid, area, bbox, polygons, center=center, probabilities=probs, mpp=mpp)
 
 
 def _shrink(mask: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -343,14 +392,28 @@ def _class_name(names: Mapping[int, str] | Sequence[str], class_id: int) -> str:
     return names[class_id] if isinstance(names, Mapping) else names[class_id - 1]
 
 
+#: decimals of the GeoJSON coordinates: QuPath 0.6 reads them on a 0.01-pixel grid (its precision model)
+COORDINATE_DECIMALS = 2
+
+
+def nucleus_geometry(polygons: Sequence[Sequence[np.ndarray]]) -> dict[str, Any]:
+    """The GeoJSON geometry of outline polygons (:attr:`Nucleus.polygons`): a ``Polygon`` for one, a
+    ``MultiPolygon`` for a nucleus in several pieces; coordinates rounded to :data:`COORDINATE_DECIMALS`."""
+    coordinates = [[np.round(r, COORDINATE_DECIMALS).tolist() for r in polygon] for polygon in polygons]
+    if len(coordinates) == 1:
+        return {"type": "Polygon", "coordinates": coordinates[0]}
+    return {"type": "MultiPolygon", "coordinates": coordinates}
+
+
 def nucleus_feature(
     nucleus: Nucleus,
     names: Mapping[int, str] | Sequence[str] = CLASS_NAMES,
     colors: Mapping[int, Sequence[int]] = CLASS_COLORS,
     object_type: str = "detection",
 ) -> dict[str, Any]:
-    """A GeoJSON ``Feature`` (Polygon) that QuPath (0.4 to 0.6) imports as a classified detection or annotation:
-    ``properties`` hold ``objectType``, ``classification`` (``name`` and ``color`` as ``[r, g, b]``) and
+    """A GeoJSON ``Feature`` that QuPath (0.4 to 0.6) imports as a classified detection or annotation: the outline
+    (:func:`nucleus_geometry`: a ``Polygon``, or a ``MultiPolygon`` for a nucleus in several pieces) and
+    ``properties`` holding ``objectType``, ``classification`` (``name`` and ``color`` as ``[r, g, b]``) and
     ``measurements`` as a flat map of name -> number (:func:`nucleus_measurements`).
 
     No ``id`` is written: QuPath reads feature ids as UUIDs and gives every imported object a new one.
@@ -362,18 +425,50 @@ def nucleus_feature(
         "isLocked": False,
         "measurements": nucleus_measurements(nucleus, names),
     }
-    feature: dict[str, Any] = {
-        "type": "Feature",
-        "geometry": {"type": "Polygon", "coordinates": [np.round(r, 2).tolist() for r in nucleus.rings]},
-        "properties": props,
-    }
-    return feature
+    return {"type": "Feature", "geometry": nucleus_geometry(nucleus.polygons), "properties": props}
+
+
+def _valid_geometry(geometry: dict[str, Any]) -> dict[str, Any] | None:
+    """``geometry`` (GeoJSON, as written) if it is a valid polygonal geometry (``shapely.is_valid``: the rules of
+    JTS, which QuPath uses), else its repair by ``shapely.make_valid`` (polygonal parts only, rounded like it and
+    valid after rounding), else ``None``."""
+    import shapely
+    from shapely.geometry import shape
+
+    geom = shape(geometry)
+    if shapely.is_valid(geom) and not geom.is_empty:
+        return geometry
+    parts, polygons = [shapely.make_valid(geom)], []
+    while parts:
+        part = parts.pop()
+        if isinstance(part, shapely.Polygon):
+            if part.area > 0:
+                polygons.append(part)
+        elif isinstance(part, (shapely.MultiPolygon, shapely.GeometryCollection)):
+            parts.extend(shapely.get_parts(part))
+    if not polygons:
+        return None
+    polygons.sort(key=lambda g: -g.area)
+    repaired = nucleus_geometry([_rings_of(g) for g in polygons])
+    return repaired if shapely.is_valid(shape(repaired)) else None
 
 
 class GeoJSONWriter:
     """Stream a ``FeatureCollection`` to a file, one feature at a time (a slide may hold 10^5 nuclei).
 
-    Written to a temporary file next to ``path`` and renamed on :meth:`close` (:class:`~monai_nasscam.fileio.AtomicTextFile`), so a crash never leaves a truncated file.
+    Written to a temporary file next to ``path`` and renamed on :meth:`close`
+    (:class:`~monai_nasscam.fileio.AtomicTextFile`), so a crash never leaves a truncated file. Every geometry is
+    checked as it is written (rounded to :data:`COORDINATE_DECIMALS`) with ``shapely.is_valid``: one that is not a
+    valid polygon (QuPath 0.6 rejects a whole file for one) is repaired with ``shapely.make_valid``, or dropped
+    when no valid polygon remains; :attr:`repaired` and :attr:`dropped` count them and :meth:`close` logs the
+    counts. (The outlines of :func:`iter_nuclei` are valid by construction: this is the last line of defence.)
+
+    Args:
+        path: the ``.geojson`` file.
+        object_type: QuPath object type of the features, ``detection`` or ``annotation``.
+
+    Raises:
+        ValueError: another ``object_type``.
     """
 
     def __init__(self, path: str | os.PathLike, object_type: str = "detection") -> None:
@@ -385,20 +480,37 @@ class GeoJSONWriter:
         self._f = self._out.file
         self._f.write('{"type": "FeatureCollection", "features": [\n')
         self.count = 0
+        self.repaired = 0
+        self.dropped = 0
 
     def add(self, nucleus: Nucleus) -> None:
-        if not nucleus.rings:
+        """Write the feature of ``nucleus`` (nothing for a nucleus without an outline)."""
+        if not nucleus.polygons:
             return
+        feature = nucleus_feature(nucleus, object_type=self.object_type)
+        geometry = _valid_geometry(feature["geometry"])
+        if geometry is None:
+            self.dropped += 1
+            return
+        if geometry is not feature["geometry"]:
+            self.repaired += 1
+            feature["geometry"] = geometry
         if self.count:
             self._f.write(",\n")
-        self._f.write(json.dumps(nucleus_feature(nucleus, object_type=self.object_type), separators=(",", ":")))
+        self._f.write(json.dumps(feature, separators=(",", ":")))
         self.count += 1
 
     def close(self) -> None:
+        """Finish the file and rename it into place; log the repaired and dropped outlines, if any."""
         if self._f.closed:
             return
         self._f.write("\n]}\n")
         self._out.commit()
+        if self.repaired or self.dropped:
+            logger.warning("%s: %d outline(s) were not valid polygons: %d repaired (shapely.make_valid), %d dropped "
+                           "(no valid polygon left); %d features written.", self.path, self.repaired + self.dropped,
+                           self.repaired, self.dropped, self.count)
 
     def abort(self) -> None:
+        """Drop the file (nothing is written at ``path``)."""
         self._out.discard()

@@ -388,8 +388,9 @@ class OutputWriter(ABC):
 
 
 class NucleiGeoJSONWriter(OutputWriter):
-    """``NAME_nuclei.geojson``: one QuPath-importable Polygon per nucleus, streamed to disk
-    (:class:`~monai_nasscam.inference.nuclei.GeoJSONWriter`, renamed into place when complete).
+    """``NAME_nuclei.geojson``: one QuPath-importable feature per nucleus (a Polygon, a MultiPolygon for a nucleus in
+    pieces), every geometry checked as written, streamed to disk (:class:`~monai_nasscam.inference.nuclei.GeoJSONWriter`,
+    renamed into place when complete).
 
     Args:
         object_type: QuPath object type of the polygons, ``detection`` (light, the default) or ``annotation``.

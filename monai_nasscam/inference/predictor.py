@@ -8,7 +8,8 @@ in ``OUT/[sub/]NAME/`` (MONAI ``SaveImage``'s layout), by default:
 - ``NAME_classmap.nii.gz``: the same through MONAI ``SaveImage`` (axes ``(x, y)``, spacing in mm when known);
 - ``NAME_overlay.png``: the image with the classes in colour and a legend with the counts (a subsampled
   overview for images larger than ``overlay_max_size``);
-- ``NAME_nuclei.geojson``: one Polygon per nucleus, QuPath ``detection`` or ``annotation`` objects with their class
+- ``NAME_nuclei.geojson``: one Polygon per nucleus (a MultiPolygon for a nucleus the watershed left in pieces),
+  QuPath ``detection`` or ``annotation`` objects with their class
   name and colour and their measurements (centroid, area in px and µm², class probabilities), in full-resolution
   pixel coordinates;
 - ``NAME_nuclei.csv``: one row per nucleus with the same measurements;
@@ -49,7 +50,7 @@ import torch.nn as nn
 
 from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.data.errors import DataError
-from monai_nasscam.errors import InputError, input_check
+from monai_nasscam.errors import InputError, RunInterrupted, input_check
 from monai_nasscam.overrides import as_bool, is_null
 from monai_nasscam.inference.instances import INSTANCE_METHODS, WATERSHED_DEFAULTS, WATERSHED_MIN_SIZE, InstanceSeparator
 from monai_nasscam.inference.nuclei import iter_nuclei
@@ -61,6 +62,7 @@ from monai_nasscam.inference.outputs import (
     write_summary,
 )
 from monai_nasscam.fileio import atomic_write_text
+from monai_nasscam.runlock import claim_output_dir
 from monai_nasscam.inferers import AutocastNetwork, autocast_dtype, check_precision, describe_precision
 from monai_nasscam.inference.regions import IMAGE_SUFFIXES, open_region_reader
 from monai_nasscam.inference.resolution import (
@@ -345,17 +347,35 @@ class NucleiPredictor:
     def run(self) -> dict[str, Any]:
         """Process every image; returns the summary (also ``OUT/summary.json``).
 
+        The output folder is claimed for the run (:func:`~monai_nasscam.runlock.claim_output_dir`): a second run
+        into it at the same time is refused, and the first is not touched.
+
         Raises:
             FileNotFoundError: no input image.
+            OutputDirInUse: another run is writing into ``output_dir`` (:mod:`monai_nasscam.runlock`).
             InferenceError: not a single image could be processed.
+            RunInterrupted: Ctrl-C (a ``KeyboardInterrupt``); the message says what is kept and how to go on.
         """
         images = find_images(self.input_dir, self.recursive)
-        os.makedirs(self.output_dir, exist_ok=True)
-        self.setup()
-        root = self.input_dir if os.path.isdir(self.input_dir) else os.path.dirname(self.input_dir)
+        with claim_output_dir(self.output_dir, "inference"):
+            try:
+                return self._run(images)
+            except RunInterrupted:
+                raise
+            except KeyboardInterrupt:
+                done = sum(r.get("status") == "ok" for r in self.rows)
+                raise RunInterrupted(
+                    f"interrupted after {done} of {len(images)} images; their outputs are complete and kept "
+                    f"({os.path.join(self.output_dir, 'summary.json')} says complete: false). The same command "
+                    "continues: finished images are skipped."
+                ) from None
+
+    def _run(self, images: list[str]) -> dict[str, Any]:
         self.rows = []
         self.skipped = []
         self.resolutions = {}
+        self.setup()
+        root = self.input_dir if os.path.isdir(self.input_dir) else os.path.dirname(self.input_dir)
         for i, path in enumerate(images, start=1):
             rel = os.path.relpath(path, root)
             start = time.perf_counter()
@@ -370,10 +390,10 @@ class NucleiPredictor:
             logger.info("[%d/%d] %s", i, len(images), rel)
             try:
                 row = self.process(path)
-            except KeyboardInterrupt:
-                self._remove_if_empty(os.path.dirname(self._base(path)))  # the image in progress left nothing
-                raise
-            except (DataError, OSError, ValueError, RuntimeError, MemoryError) as e:
+            except BaseException as e:
+                self._remove_if_empty(os.path.dirname(self._base(path)))  # a failed image leaves no empty folder
+                if not isinstance(e, (DataError, OSError, ValueError, RuntimeError, MemoryError)):
+                    raise
                 first = (str(e).strip().splitlines() or [""])[0][:500]
                 message = str(e) if isinstance(e, DataError) else f"{path}: {type(e).__name__}: {first}"
                 logger.error("could not process %s", message)
@@ -499,12 +519,14 @@ class NucleiPredictor:
             complete=complete,
         )
 
-    @staticmethod
-    def _remove_if_empty(folder: str) -> None:
-        try:
-            os.rmdir(folder)  # only succeeds on an empty folder
-        except OSError:
-            pass
+    def _remove_if_empty(self, folder: str) -> None:
+        """Remove ``folder`` and its parents below the output folder while they are empty."""
+        while os.path.commonpath([folder, self.output_dir]) == self.output_dir and folder != self.output_dir:
+            try:
+                os.rmdir(folder)  # only succeeds on an empty folder
+            except OSError:
+                return
+            folder = os.path.dirname(folder)
 
     # ------------------------------------------------------------------------------------------ one image
     def _base(self, path: str) -> str:

@@ -29,10 +29,6 @@ from monai_nasscam.networks.utils import unwrap_model
 from monai_nasscam.overrides import is_null
 from monai_nasscam.serialization import install_cpu_fallback, read_checkpoint
 
-# checkpoints saved on a GPU load on a machine without one, whoever loads them (MONAI's ckpt_export builds its
-# network through this module)
-install_cpu_fallback()
-
 __all__ = [
     "NETWORK_RECORD_NAME",
     "DEFAULT_FEATURES",
@@ -215,9 +211,14 @@ def build_network(
     registered builder. Both return logits. ``features`` ``None``: the widths ``output_dir/network.json`` records
     (inference of a trained run), else :data:`DEFAULT_FEATURES`.
 
+    Building a run's network also installs :func:`~monai_nasscam.serialization.install_cpu_fallback`, so that a
+    checkpoint saved on a GPU loads on a machine without one whoever loads it (MONAI's ``ckpt_export`` builds its
+    network here; importing the package installs nothing).
+
     Raises:
         InputError: a bad network choice or setting (see :func:`resolve_network_choice`), naming it.
     """
+    install_cpu_fallback()
     features = resolve_features(features, output_dir)
     check_network_settings(features=features, dropout=dropout)
     attention, genotype, _ = resolve_network_choice(attention, genotype_path, output_dir)
