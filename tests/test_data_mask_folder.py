@@ -398,7 +398,7 @@ def test_cli_prints_the_value_map_and_records_mpp(tmp_path, capsys):
     assert cli_main(["prepare", "--data-dir", str(src), "--out-dir", str(tmp_path / "x")]) == 1
     assert "an image + mask folder (images/, masks/): say how its masks give classes with --palette" in capsys.readouterr().err
     assert cli_main(["prepare", "--data-dir", str(src), "--out-dir", str(tmp_path / "x"), "--palette", "monusac",
-                     "--mask-values", "1:Epithelial"]) == 2
+                     "--mask-values", "1:Epithelial"]) == 1
     assert "--mask-values applies to index masks only (--index-masks)" in capsys.readouterr().err
 
 
@@ -437,3 +437,32 @@ def test_evaluation_of_semantic_only_ground_truth_leaves_instance_metrics_out(tm
     table = (tmp_path / "metrics.md").read_text()
     assert "Instance metrics (PQ, AJI, F1, mPQ+): left out: the ground truth of 2 of 2 images" in table
     assert "| PQ" not in table
+
+
+def test_evaluate_yaml_skips_instance_metrics_for_a_semantic_only_split(tmp_path):
+    """A split whose entries are all semantic-only: evaluate.yaml attaches no PQ / AJI metric (nothing computed);
+    a dataset with instance ground truth (or none readable) keeps them."""
+    from pathlib import Path
+
+    from monai.bundle import ConfigParser
+
+    from monai_nasscam.data.datalist import semantic_only_split
+
+    src = folder(tmp_path / "src", {f"P{i}_1.jpg": (tissue(seed=i), f"P{i}_1.jpg", colour_jpeg(class_map())) for i in range(3)})
+    prepare(src, tmp_path / "prep", COLOUR)
+    assert semantic_only_split(tmp_path / "prep", "all") is True
+    assert semantic_only_split(tmp_path / "missing", "test") is False
+    data = json.loads((tmp_path / "prep" / "datalist.json").read_text())
+    data["training"][0].pop("semantic_only")  # one entry with instance ground truth
+    (tmp_path / "prep" / "datalist.json").write_text(json.dumps(data))
+    assert semantic_only_split(tmp_path / "prep", "all") is False
+
+    configs = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+    for split, expected in (("validation", ["dice_per_image"]), ("training", ["dice_per_image", "pq", "aji"])):
+        parser = ConfigParser()
+        parser.read_config([str(configs / "train.yaml"), str(configs / "evaluate.yaml")])
+        parser["dataset_dir"], parser["eval_split"] = str(tmp_path / "prep"), split
+        parser["attention"], parser["output_dir"] = "unet", str(tmp_path / "run")
+        assert sorted(parser.get_parsed_content("validate#additional_metrics")) == sorted(expected)
+        writer = parser.get_parsed_content("validate#handlers")[-1]
+        assert writer.semantic_only is (True if split == "validation" else None)

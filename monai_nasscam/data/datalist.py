@@ -28,6 +28,7 @@ __all__ = [
     "SPLITS",
     "read_datalist",
     "split_entries",
+    "semantic_only_split",
     "split_architecture",
     "search_datalists",
     "epoch_groups",
@@ -108,6 +109,19 @@ def split_entries(dataset_dir: str | os.PathLike, split: str) -> list[dict]:
             + (", or evaluate another split (--eval_split validation)." if split == "test" else ".")
         )
     return entries
+
+
+def semantic_only_split(dataset_dir: str | os.PathLike, split: str) -> bool:
+    """Whether every entry of ``split`` in ``dataset_dir/datalist.json`` is marked ``"semantic_only": true`` (an image
+    + mask folder whose masks merge touching nuclei of a class): evaluation then skips the instance metrics, which
+    would score merged regions as nuclei. ``False`` when the datalist cannot be read or the split is empty (the
+    workflow's input checks report those); the evaluation report still checks each evaluated entry's flag.
+    """
+    try:
+        entries = split_entries(dataset_dir, split)
+    except (OSError, ValueError):
+        return False
+    return all(bool(e.get("semantic_only", False)) for e in entries)
 
 
 @input_check
