@@ -249,8 +249,8 @@ def test_savers_write_cpu_tensors(tmp_path):
     from ignite.engine import Engine
 
     from monai_nasscam.handlers import ResumableCheckpointSaver
-    from monai_nasscam.handlers.training import BestModelSaver
-    from monai_nasscam.serialization import CPUStateDict, to_cpu
+    from monai_nasscam.handlers.training import BestModelSaver, CPUStateDict
+    from monai_nasscam.serialization import to_cpu
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     state = net.state_dict()
@@ -416,7 +416,7 @@ def test_a_fresh_run_never_starts_over_an_earlier_runs_checkpoint(tmp_path):
 
 def test_troubleshooting_quotes_the_messages_the_code_prints():
     # a user who searches docs/troubleshooting.md for the line on the screen finds it, word for word
-    from monai_nasscam.engines import check_roi_size
+    from monai_nasscam.overrides import check_roi_size
     from monai_nasscam.inference.tiling import window_geometry
     from monai_nasscam.inferers import validation_roi_size
     from monai_nasscam.networks.diagnostics import _unchecked_reason, VerdictRule

@@ -18,7 +18,7 @@ from monai.inferers import SlidingWindowInferer
 from PIL import Image
 from wsi_fixtures import he_like_image, jpeg_bytes, write_mirax, write_ndpi
 
-from monai_nasscam.data.errors import DataError
+from monai_nasscam.errors import DataError
 from monai_nasscam.data.slide import (
     ArrayRegionReader,
     OpenSlideRegionReader,

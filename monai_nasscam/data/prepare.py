@@ -30,7 +30,7 @@ import numpy as np
 
 from ..fileio import staged_dir
 from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
-from .errors import DataError
+from ..errors import DataError
 from .imagescope import read_imagescope_xml
 from .mask_folder import (
     FolderCase,

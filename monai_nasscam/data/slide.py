@@ -41,7 +41,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = [
     "read_rgb",

@@ -10,7 +10,7 @@ key                shape / dtype               content
                                                (``label_format="multilabel"``, the default, for the
                                                4-channel sigmoid head); or ``(1, H, W)`` int64 class map
                                                0-4 with ``label_format="classmap"`` (softmax head). Training
-                                               crops: -1 (:data:`~monai_nasscam.losses.IGNORE_VALUE`, every
+                                               crops: -1 (:data:`~monai_nasscam.data.classes.IGNORE_VALUE`, every
                                                channel) on ambiguous pixels, which the loss leaves out
 ``class_map``      ``(1, H, W)`` uint8         class map 0-4 (``"multilabel"`` format only)
 ``crop_class``     int                         class the training crop was centred on (training only)
@@ -60,8 +60,7 @@ from monai.transforms import (
 from monai.transforms.transform import Randomizable
 from monai.utils import ensure_tuple_rep
 
-from ..losses.exp_log import IGNORE_VALUE
-from .classes import NUM_CLASSES
+from .classes import IGNORE_VALUE, NUM_CLASSES
 
 __all__ = [
     "AMBIGUOUS_KEY",

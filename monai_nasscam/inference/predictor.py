@@ -49,8 +49,7 @@ import torch
 import torch.nn as nn
 
 from monai_nasscam.data.classes import CLASS_NAMES
-from monai_nasscam.data.errors import DataError
-from monai_nasscam.errors import InputError, RunInterrupted, input_check
+from monai_nasscam.errors import DataError, InferenceError, InputError, RunInterrupted, input_check
 from monai_nasscam.overrides import as_bool, is_null
 from monai_nasscam.inference.instances import INSTANCE_METHODS, WATERSHED_DEFAULTS, WATERSHED_MIN_SIZE, InstanceSeparator
 from monai_nasscam.inference.nuclei import iter_nuclei
@@ -78,8 +77,7 @@ from monai_nasscam.inference.resolution import (
 from monai_nasscam.inference.stain import SlideStainNormalizer, load_stain_reference, resolve_stain_spec
 from monai_nasscam.inference.tiling import predict_class_map
 
-__all__ = ["NucleiPredictor", "check_inference_inputs", "find_images", "load_weights", "run_dir_of", "InferenceError",
-           "COMPLETE_SUFFIX"]
+__all__ = ["NucleiPredictor", "check_inference_inputs", "find_images", "load_weights", "run_dir_of", "COMPLETE_SUFFIX"]
 
 logger = logging.getLogger("monai_nasscam.inference")
 
@@ -88,10 +86,6 @@ logger = logging.getLogger("monai_nasscam.inference")
 #: of the image is in place: a re-run skips the image while the marker and every file it lists are there
 COMPLETE_SUFFIX = "_complete.json"
 COMPLETE_FORMAT = "monai-nasscam-inference-complete"
-
-
-class InferenceError(RuntimeError):
-    """The inference run could not produce anything (no image, or every image failed)."""
 
 
 def run_dir_of(ckpt_path: str | os.PathLike) -> str:

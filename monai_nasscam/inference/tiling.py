@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from monai.utils import ensure_tuple_rep
 
+from monai_nasscam.overrides import check_roi_size
+
 __all__ = [
     "BlockPlan",
     "plan_blocks",
@@ -61,8 +63,6 @@ def window_geometry(roi_size: Any, overlap: Any) -> tuple[tuple[int, int], tuple
     Raises:
         ValueError: a window side that is not a multiple of 16, or an overlap outside [0, 1).
     """
-    from monai_nasscam.engines.search_inputs import check_roi_size  # the one roi_size message of every workflow
-
     roi = tuple(check_roi_size(roi_size))
     overlap = ensure_tuple_rep(overlap, 2)
     for o in overlap:
