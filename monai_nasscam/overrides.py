@@ -93,12 +93,13 @@ def as_int(value: Any, name: str = "value", low: int | None = None) -> int:
     return number
 
 
+@input_check
 def check_roi_size(roi_size: Any, name: str = "roi_size", multiple: int = 16) -> list[int]:
     """``roi_size`` (an integer or 2 of them) as a list of 2 integers, each a positive multiple of ``multiple`` (the
     U-Net pools 4 times): the one message of every workflow's crop and window size.
 
     Raises:
-        ValueError: anything else, naming ``name``.
+        InputError: (a ``ValueError``) anything else, naming ``name``.
     """
     sizes = [roi_size] * 2 if not isinstance(roi_size, (list, tuple)) else list(roi_size)
     values = [whole_number(s) for s in sizes]

@@ -194,7 +194,6 @@ def check_run_settings(
 
 
 @input_check
-@input_check
 def check_search_inputs(
     dataset_dir: str | os.PathLike,
     attention: str = "nas-scam-p",
