@@ -3,7 +3,7 @@
 The image is padded (white, at the end of each axis, as the training crops) so that MONAI's
 ``SlidingWindowInferer`` places its windows exactly on a global grid of step ``stride = int(roi * (1 - overlap))``
 with no clamped last window. A small image is inferred in one piece. A large one (read through a
-:class:`~monai_nasscam.inference.regions.TiffRegionReader`) is cut into blocks: each block's core is a multiple of
+:class:`~monai_nasscam.data.tiff_reader.TiffRegionReader`) is cut into blocks: each block's core is a multiple of
 ``stride`` and the block is read with the margin that holds every window overlapping the core, so every core pixel
 is blended from exactly the windows -- in the same order -- that the one-piece inference would use. The class maps
 of the two paths are therefore the same, while a block needs a few hundred MB whatever the slide size.
@@ -206,7 +206,7 @@ def predict_class_map(
     """Infer the class map of the image behind ``reader``.
 
     Args:
-        reader: a region reader (``shape``, ``read(y0, y1, x0, x1)``), see :mod:`.regions`.
+        reader: a region reader (``shape``, ``read(y0, y1, x0, x1)``), see :func:`monai_nasscam.data.slide.open_image`.
         network: called on ``(n, 3, roi_h, roi_w)`` float batches in [0, 1]; returns ``(n, 4, ...)`` logits.
         inferer: a MONAI ``SlidingWindowInferer`` (``roi_size``, ``overlap``, ``sw_batch_size``, ``mode`` ...).
         normalizer: a :class:`~monai_nasscam.inference.stain.SlideStainNormalizer` (fitted here on this image),
