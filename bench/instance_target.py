@@ -192,7 +192,7 @@ def boundary_train_transforms(roi_size: Sequence[int] | int = (64, 64), num_clas
     from monai.utils import ensure_tuple_rep
 
     from monai_nasscam.data import transforms as T
-    from monai_nasscam.losses.exp_log import IGNORE_VALUE
+    from monai_nasscam.data.classes import IGNORE_VALUE
 
     a = T.AUGMENTATION_DEFAULTS
     roi = ensure_tuple_rep(roi_size, 2)

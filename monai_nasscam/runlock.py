@@ -36,7 +36,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from monai_nasscam.errors import OutputDirInUse
+from monai_nasscam.errors import InputError, OutputDirInUse
 
 __all__ = ["LOCK_NAME", "RunLock", "lock_output_dir", "claim_output_dir", "held_locks"]
 
