@@ -2,6 +2,7 @@
 step, a synthetic generator, stain normalisation, splits, the prepared datalist and its class weights, and MONAI
 training / validation transforms."""
 
+from .chains import inference_transforms, train_transforms, val_transforms
 from .classes import CLASS_COLORS, CLASS_IDS, CLASS_NAMES, NUM_CLASSES, labels_dict, normalize_layer_name, parse_remap
 from . import datalist
 from .datalist import *  # noqa: F403  (the prepared datalist: its __all__ is part of this package's)
@@ -27,9 +28,6 @@ from .transforms import (
     ClassMapToMultiLabeld,
     RandClassCropd,
     RandMedianSmoothd,
-    inference_transforms,
-    train_transforms,
-    val_transforms,
 )
 
 __all__ = [
