@@ -431,3 +431,20 @@ def test_troubleshooting_quotes_the_messages_the_code_prints():
     printed += [_unchecked_reason(None, None, VerdictRule()), _unchecked_reason(3, 0.0, VerdictRule())]
     for message in printed:
         assert message in text, message
+
+
+def test_integers_and_window_sizes_as_overrides_deliver_them():
+    from monai_nasscam.overrides import as_int, check_roi_size, whole_number
+
+    assert [whole_number(v) for v in (3, 3.0, "3", -2)] == [3, 3, 3, -2]
+    assert [whole_number(v) for v in (2.5, "3.0", "three", True, None, float("inf"), float("nan"))] == [None] * 7
+    assert as_int("8", "epochs", 1) == 8
+    for value, message in ((0, "epochs must be an integer >= 1, got 0."),
+                           ("x", "epochs must be an integer >= 1, got 'x'.")):
+        with pytest.raises(ValueError) as info:
+            as_int(value, "epochs", 1)
+        assert str(info.value) == message
+    assert check_roi_size(32) == [32, 32] and check_roi_size(["64", 48.0]) == [64, 48]
+    for bad in ([32], [32, 40], [0, 32], [32, True], "x"):
+        with pytest.raises(InputError, match=r"^roi_size must be multiples of 16"):
+            check_roi_size(bad)

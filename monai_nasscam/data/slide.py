@@ -7,28 +7,30 @@ Which reader reads what:
 
 - **OpenSlide** (the ``openslide-python`` / ``openslide-bin`` wheels) reads every file it recognises as a vendor's
   whole-slide format (Aperio ``.svs`` -- JPEG, JPEG 2000 YCbCr ``33003`` and RGB ``33005`` tiles --, Hamamatsu,
-  Leica, Philips, Ventana ...), level 0, through :class:`~monai_nasscam.data.openslide_reader.OpenSlideRegionReader`: ``.svs`` and ``.tif`` files it
-  takes as a vendor's, and the :data:`OPENSLIDE_SUFFIXES` (``.ndpi``, ``.vms``, ``.vmu``, ``.mrxs``, ``.scn``,
-  ``.bif``, ``.svslide``). Its resolution is OpenSlide's ``openslide.mpp-x`` (a value outside
+  Leica, Philips, Ventana ...), level 0, through
+  :class:`~monai_nasscam.data.openslide_reader.OpenSlideRegionReader`: ``.svs`` and ``.tif`` files it takes as a
+  vendor's, and the :data:`OPENSLIDE_SUFFIXES` (``.ndpi``, ``.vms``, ``.vmu``, ``.mrxs``, ``.scn``, ``.bif``,
+  ``.svslide``). Its resolution is OpenSlide's ``openslide.mpp-x`` (a value outside
   :data:`~monai_nasscam.data.tiff_format.PLAUSIBLE_MPP` counts as unknown, as for tifffile).
 - **tifffile** (``imagecodecs`` codecs) reads every other TIFF -- plain tiled or stripped TIFFs, MoNuSAC ``.tif``
   copies, ``.svs`` files OpenSlide does not take as Aperio (e.g. written with a second ``ImageDescription`` tag) --
-  segment by segment, through :class:`~monai_nasscam.data.tiff_reader.TiffRegionReader`; also a TIFF-based vendor file OpenSlide recognises but
-  cannot open (e.g. tiles in a compression it lacks; an NDPI level is decoded restart interval by restart interval,
-  with tifffile's NDPI support), and OME-TIFF (``.ome.tif``: the first series, level 0 of its pyramid). A slide that
-  is not a TIFF (MIRAX, VMS ...) and that OpenSlide refuses or does not recognise is reported with its reason.
-  OpenSlide's generic-TIFF driver is not used: it reads only tiled files, through libtiff's 8-bit RGBA path, while
-  tifffile reads strips, 16-bit, planar and grey samples exactly. The resolution comes from the Aperio description,
-  OME-XML ``PhysicalSizeX`` or the TIFF resolution tags (:mod:`monai_nasscam.data.tiff_format`).
+  segment by segment, through :class:`~monai_nasscam.data.tiff_reader.TiffRegionReader`; also a TIFF-based vendor
+  file OpenSlide recognises but cannot open (e.g. tiles in a compression it lacks; an NDPI level is decoded restart
+  interval by restart interval, with tifffile's NDPI support), and OME-TIFF (``.ome.tif``: the first series, level 0
+  of its pyramid). A slide that is not a TIFF (MIRAX, VMS ...) and that OpenSlide refuses or does not recognise is
+  reported with its reason. OpenSlide's generic-TIFF driver is not used: it reads only tiled files, through
+  libtiff's 8-bit RGBA path, while tifffile reads strips, 16-bit, planar and grey samples exactly. The resolution
+  comes from the Aperio description, OME-XML ``PhysicalSizeX`` or the TIFF resolution tags
+  (:mod:`monai_nasscam.data.tiff_format`).
 - **PIL** reads PNG, JPEG, BMP (decoded whole), through :class:`ArrayRegionReader`.
 
 What stays hand-written, because no reader does it: transparent pixels are composited onto **white** (OpenSlide
 returns them as ``(0, 0, 0, 0)``, tifffile and PIL return the raw samples), so a transparent slide margin reads as
 glass; and where tifffile hands back a JPEG 2000 ``33003`` codestream's Y, Cb, Cr samples unconverted (a codestream
 without chroma subsampling) or an uncompressed YCbCr TIFF, they are converted to RGB with OpenSlide's arithmetic
-(:mod:`monai_nasscam.data.pixels`). Every reader's ``read_region`` also returns the mask of fully transparent pixels, which
-inference keeps out of the class map. MONAI's ``WSIReader`` is not used: its OpenSlide backend is this same library,
-and its tifffile backend returns 33003 tiles as Y, Cb, Cr and drops alpha like a bare tifffile read.
+(:mod:`monai_nasscam.data.pixels`). Every reader's ``read_region`` also returns the mask of fully transparent
+pixels, which inference keeps out of the class map. MONAI's ``WSIReader`` is not used: its OpenSlide backend is this
+same library, and its tifffile backend returns 33003 tiles as Y, Cb, Cr and drops alpha like a bare tifffile read.
 """
 
 from __future__ import annotations
