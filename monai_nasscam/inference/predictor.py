@@ -51,14 +51,7 @@ import torch.nn as nn
 
 from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.errors import DataError, InferenceError, RunInterrupted, input_check
-from monai_nasscam.inference.outputs import (
-    ClassMapPNGWriter,
-    InferredImage,
-    NucleiCSVWriter,
-    NucleiGeoJSONWriter,
-    OutputWriter,
-    OverlayWriter,
-)
+from monai_nasscam.inference.outputs import InferredImage, OutputWriter
 from monai_nasscam.inference.predicting import ClassMapPredictor, instance_separator, run_dir_of
 from monai_nasscam.inference.reading import ImageSource, find_images
 from monai_nasscam.inference.resolution import MPP_TOLERANCE
@@ -173,8 +166,6 @@ class NucleiPredictor:
         overwrite: Any = False,
         precision: Any = "auto",
     ) -> None:
-        if outputs is None:
-            outputs = [NucleiGeoJSONWriter(), NucleiCSVWriter(), ClassMapPNGWriter(), OverlayWriter()]
         self.reading = ImageSource(input_dir, recursive, tiled, max_whole_pixels, tif_bgr)
         self.writing = OutputFolder(output_dir, self.reading.root, outputs, as_bool(overwrite, "overwrite"))
         self.prediction = ClassMapPredictor(

@@ -17,7 +17,15 @@ import numpy as np
 from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.errors import InputError
 from monai_nasscam.fileio import atomic_write_text
-from monai_nasscam.inference.outputs import InferredImage, OutputWriter, write_csv
+from monai_nasscam.inference.outputs import (
+    ClassMapPNGWriter,
+    InferredImage,
+    NucleiCSVWriter,
+    NucleiGeoJSONWriter,
+    OutputWriter,
+    OverlayWriter,
+    write_csv,
+)
 
 __all__ = ["OutputFolder", "COMPLETE_SUFFIX", "COUNT_FIELDS", "write_counts_csv", "write_summary"]
 
@@ -88,7 +96,7 @@ class OutputFolder:
         output_dir: the folder.
         root: the folder the input images' names are relative to (``OUT/[sub/]NAME/`` mirrors ``root/[sub/]NAME.ext``).
         writers: the per-image output writers, called in this order (``None`` entries, e.g. disabled ones of a
-            bundle, are skipped).
+            bundle, are skipped); ``None``: the nuclei GeoJSON and CSV, the class map PNG and the overlay.
         overwrite: redo images whose outputs are complete (``False``: :meth:`completed` finds them).
 
     Raises:
@@ -96,10 +104,16 @@ class OutputFolder:
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, root: str, writers: Sequence[OutputWriter | None], overwrite: bool = False
+        self,
+        output_dir: str | os.PathLike,
+        root: str,
+        writers: Sequence[OutputWriter | None] | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.output_dir = os.path.abspath(os.fspath(output_dir))
         self.root = root
+        if writers is None:
+            writers = [NucleiGeoJSONWriter(), NucleiCSVWriter(), ClassMapPNGWriter(), OverlayWriter()]
         self.writers: list[OutputWriter] = [w for w in writers if w is not None]
         for writer in self.writers:
             if not isinstance(writer, OutputWriter):
