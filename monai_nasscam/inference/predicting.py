@@ -134,9 +134,10 @@ class ImagePrediction:
 
 
 class ClassMapPredictor:
-    """The trained network applied to one image at a time: class map, class probabilities and nuclei.
+    """The trained network applied to one image at a time: class map, class probabilities and nuclei. Its settings are
+    those of :class:`~monai_nasscam.inference.predictor.NucleiPredictor` of the same names.
 
-    Args (the settings of :class:`~monai_nasscam.inference.predictor.NucleiPredictor` of the same names):
+    Args:
         network: the network; its weights are loaded from ``ckpt_path`` in :meth:`setup`.
         inferer: a MONAI ``SlidingWindowInferer`` (roi_size, overlap, sw_batch_size, mode).
         ckpt_path: weights (``RUN/models/model.pt``); ``None`` keeps the network's weights.
