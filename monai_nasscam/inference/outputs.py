@@ -316,8 +316,9 @@ class ClassMapNiftiWriter(OutputWriter):
 
 
 class OverlayWriter(OutputWriter):
-    """``NAME_overlay.png``: the image with the classes in colour and a legend with the counts
-    (see :func:`~monai_nasscam.inference.overlay.write_overlay`); a large image is shown subsampled (the predictor's ``overlay_max_size``).
+    """``NAME_overlay.png``: the image with the classes in colour and a legend with the counts (see
+    :func:`~monai_nasscam.inference.overlay.write_overlay`); a large image is shown subsampled (the predictor's
+    ``overlay_max_size``).
 
     Args:
         alpha: opacity of the class colours over the image.
