@@ -91,7 +91,8 @@ def tile_bench(size: int, batch: int, roi: int, workers: int, nets: list[str], m
     from monai.inferers import SlidingWindowInferer
 
     from monai_nasscam.data.synth import synth_tile
-    from monai_nasscam.inference import ArrayRegionReader, predict_class_map, prepare_network
+    from monai_nasscam.data.slide import ArrayRegionReader
+    from monai_nasscam.inference import predict_class_map, prepare_network
     from monai_nasscam.allocator import tune_allocator
     from monai_nasscam.inference.tiling import plan_blocks, window_geometry
 

@@ -191,18 +191,19 @@ def boundary_train_transforms(roi_size: Sequence[int] | int = (64, 64), num_clas
     )
     from monai.utils import ensure_tuple_rep
 
+    from monai_nasscam.data import chains as C
     from monai_nasscam.data import transforms as T
-    from monai_nasscam.losses.exp_log import IGNORE_VALUE
+    from monai_nasscam.data.classes import IGNORE_VALUE
 
-    a = T.AUGMENTATION_DEFAULTS
+    a = C.AUGMENTATION_DEFAULTS
     roi = ensure_tuple_rep(roi_size, 2)
     amb = T.AMBIGUOUS_KEY
     keys = ["image", "label", amb, "instance"]
     nearest = ("bilinear", "nearest", "nearest", "nearest")
     return Compose([
         T.DropEmptyd(amb),
-        *T.load_transforms(["image", "label", "instance"]),
-        *T.load_transforms([amb], allow_missing_keys=True),
+        *C.load_transforms(["image", "label", "instance"]),
+        *C.load_transforms([amb], allow_missing_keys=True),
         T.EnsureAmbiguousd(amb, ref_key="label"),
         SpatialPadd(keys="image", spatial_size=roi, method="symmetric", mode="constant", value=255),
         SpatialPadd(keys=["label", amb, "instance"], spatial_size=roi, method="symmetric", mode="constant", value=0),

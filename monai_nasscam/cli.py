@@ -341,8 +341,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ``--debug`` (or ``NASSCAM_TRACEBACK=1``) shows the full traceback instead. Any other error (a bug) keeps its
     traceback.
     """
-    from monai_nasscam.data.errors import DataError
-    from monai_nasscam.errors import INTERRUPTED_MESSAGE, INTERRUPTED_STATUS, RunInterrupted, full_traceback_wanted
+    from monai_nasscam.errors import (
+        INTERRUPTED_MESSAGE,
+        INTERRUPTED_STATUS,
+        DataError,
+        RunInterrupted,
+        full_traceback_wanted,
+    )
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")

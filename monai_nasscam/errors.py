@@ -1,5 +1,12 @@
-"""Bad input and interruptions, reported as one line: the exception types of the input checks, and the
+"""Bad input and interruptions, reported as one line: every exception type of the package, and the
 ``error: ...`` / ``stopped: ...`` ending of a run.
+
+The exception types live here, in one module that imports nothing else of the package, so that any layer can raise
+them (docs/architecture.md, "Layers"): :class:`InputError` (a bad setting or input file) and its kinds
+:class:`MissingInputError`, :class:`OutputDirInUse` and :class:`SearchDiverged`; :class:`DataError` (one named input
+file or folder is unreadable or wrong); :class:`StainEstimationError`; :class:`RunInterrupted` (a run stopped on a
+signal after saving) and :class:`SearchInterrupted`; :class:`InferenceError` and :class:`WorkflowError` (a whole
+run produced nothing, or a workflow subprocess failed).
 
 Every check of a workflow's command-line settings and input files (``check_search_inputs``,
 ``check_train_inputs``, ``check_evaluate_inputs``, ``check_inference_inputs``, the network choice, the datalist,
@@ -11,7 +18,7 @@ MONAI's config parser wraps every error raised while it evaluates an expression 
 ``RuntimeError`` ("Failed to evaluate ConfigExpression ..."), which buries the message at the end of a long
 traceback. :func:`install_excepthook` (the first step of every bundle workflow's ``initialize``; importing
 ``monai_nasscam`` installs nothing) replaces the traceback of an uncaught exception whose chain (``__cause__`` /
-``__context__``) holds an :class:`InputError` or a :class:`~monai_nasscam.data.errors.DataError` with the single
+``__context__``) holds an :class:`InputError` or a :class:`DataError` with the single
 line ``error: <message>`` on stderr (exit status 1), and that of an interrupted run -- a :class:`RunInterrupted`
 (the run says what it saved and how to continue) or a plain ``KeyboardInterrupt`` (Ctrl-C) -- with
 ``stopped: <message>`` (exit status 130 as a shell reports a Ctrl-C, 143 after a SIGTERM); every other exception keeps its full
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from collections.abc import Callable
 from types import TracebackType
@@ -30,7 +38,14 @@ from typing import Any, TypeVar
 __all__ = [
     "InputError",
     "MissingInputError",
+    "OutputDirInUse",
+    "SearchDiverged",
+    "DataError",
+    "StainEstimationError",
     "RunInterrupted",
+    "SearchInterrupted",
+    "InferenceError",
+    "WorkflowError",
     "as_input_error",
     "find_input_error",
     "full_traceback_wanted",
@@ -57,6 +72,59 @@ class InputError(ValueError):
     """
 
 
+class MissingInputError(InputError, FileNotFoundError):
+    """An input file or folder that does not exist (also a ``FileNotFoundError``); the message names the path."""
+
+
+class OutputDirInUse(InputError):
+    """The output folder is claimed by another run that is still going; the message names it and the holder
+    (:mod:`monai_nasscam.runlock`)."""
+
+
+class SearchDiverged(FloatingPointError, InputError):
+    """The search's loss or alphas became non-finite (NaN or infinite): it stopped, and no genotype is written.
+
+    A ``FloatingPointError``; also an :class:`InputError` (the learning rates are too high for the run), so a bundle
+    run ends with the one line ``error: search diverged at ...`` (exit status 1) instead of a traceback. Raised by
+    :class:`~monai_nasscam.handlers.architecture.DivergenceGuard`.
+
+    Args:
+        epoch: the trainer's epoch.
+        iteration: the trainer's (global) iteration.
+        what: what was non-finite.
+        advice: what to change, appended to the message.
+    """
+
+    def __init__(self, epoch: int, iteration: int, what: str, advice: str = "") -> None:
+        self.epoch = int(epoch)
+        self.iteration = int(iteration)
+        self.what = what
+        message = f"search diverged at epoch {self.epoch}, iteration {self.iteration}: {what}."
+        super().__init__(message + (f" {advice}" if advice else ""))
+
+
+class DataError(Exception):
+    """A problem with one input file or folder, with a message that names both: ``"<path>: <problem>"``.
+
+    Args:
+        path: the offending file or folder.
+        problem: what is wrong with it, in a few words.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):
+        return (self.__class__, (self.path, self.problem))
+
+
+class StainEstimationError(ValueError):
+    """An image's (or the reference's) stain statistics cannot be estimated; the message says why
+    (:mod:`monai_nasscam.data.stain`)."""
+
+
 class RunInterrupted(KeyboardInterrupt):
     """A run that stopped on a signal (Ctrl-C, SIGTERM) after saving what it resumes from; the message says where.
 
@@ -65,8 +133,34 @@ class RunInterrupted(KeyboardInterrupt):
     """
 
 
-class MissingInputError(InputError, FileNotFoundError):
-    """An input file or folder that does not exist (also a ``FileNotFoundError``); the message names the path."""
+class SearchInterrupted(RunInterrupted):
+    """The search (or training) stopped on a signal after saving its checkpoint.
+
+    Raised by the engine's ``run`` once ignite has ended the run (``terminate``, so no ``COMPLETED`` handler runs
+    and ignite does not report it as a failure; :class:`~monai_nasscam.handlers.checkpoint.ResumableCheckpointSaver`);
+    on the command line it ends the run with one ``stopped: ...`` line (:func:`nasscam_excepthook`).
+
+    Args:
+        signum: the signal received.
+        path: the checkpoint written.
+        iteration: the last completed iteration.
+    """
+
+    def __init__(self, signum: int, path: str, iteration: int) -> None:
+        self.signum = signum
+        self.path = path
+        self.iteration = iteration
+        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
+        super().__init__(f"{name} received: stopped after iteration {iteration}; resume from {path} (--resume true).")
+
+
+class InferenceError(RuntimeError):
+    """The inference run could not produce anything (no image, or every image failed)."""
+
+
+class WorkflowError(RuntimeError):
+    """A bundle workflow exited with an error; the message names the command and its log
+    (:mod:`monai_nasscam.workflow`)."""
 
 
 def as_input_error(error: BaseException) -> InputError:
@@ -83,14 +177,12 @@ def as_input_error(error: BaseException) -> InputError:
 
 def input_check(func: F) -> F:
     """Decorate a check of user input: a ``ValueError``, ``FileNotFoundError``, ``NotADirectoryError``,
-    ``IsADirectoryError`` or :class:`~monai_nasscam.data.errors.DataError` it raises becomes an :class:`InputError`
+    ``IsADirectoryError`` or :class:`DataError` it raises becomes an :class:`InputError`
     (a ``FileNotFoundError`` a :class:`MissingInputError`) with the same message, so that the run ends with that one
     line (:func:`nasscam_excepthook`). Other exceptions (bugs) pass unchanged."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from monai_nasscam.data.errors import DataError
-
         try:
             return func(*args, **kwargs)
         except InputError:
@@ -102,19 +194,14 @@ def input_check(func: F) -> F:
 
 
 def find_input_error(error: BaseException | None) -> BaseException | None:
-    """The first :class:`InputError` or :class:`~monai_nasscam.data.errors.DataError` in ``error``'s chain
+    """The first :class:`InputError` or :class:`DataError` in ``error``'s chain
     (``error`` itself, then its ``__cause__`` / ``__context__``), or ``None``."""
-    from monai_nasscam.data.errors import DataError
-
     return _find_in_chain(error, (InputError, DataError))
 
 
-def _reported_types() -> tuple[type[BaseException], ...]:
-    """The exceptions the hook reports as one line: input errors and interruptions (``RunInterrupted`` is a
-    ``KeyboardInterrupt``)."""
-    from monai_nasscam.data.errors import DataError
-
-    return (InputError, DataError, KeyboardInterrupt)
+#: the exceptions the hook reports as one line: input errors and interruptions (``RunInterrupted`` is a
+#: ``KeyboardInterrupt``)
+_REPORTED_TYPES: tuple[type[BaseException], ...] = (InputError, DataError, KeyboardInterrupt)
 
 
 def _find_in_chain(error: BaseException | None, types: tuple[type[BaseException], ...]) -> BaseException | None:
@@ -143,7 +230,7 @@ def one_line(error: BaseException) -> str | None:
     ``stopped: <message>`` for an interruption (:class:`RunInterrupted`, or a plain ``KeyboardInterrupt`` with
     :data:`INTERRUPTED_MESSAGE`); ``None`` for anything else (a bug: its traceback is shown) or when
     ``NASSCAM_TRACEBACK`` asks for the full traceback."""
-    found = None if full_traceback_wanted() else _find_in_chain(error, _reported_types())
+    found = None if full_traceback_wanted() else _find_in_chain(error, _REPORTED_TYPES)
     if found is None:
         return None
     if isinstance(found, KeyboardInterrupt):

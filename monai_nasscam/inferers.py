@@ -30,6 +30,7 @@ import torch
 from monai.inferers import Inferer
 
 from monai_nasscam.errors import InputError
+from monai_nasscam.overrides import check_roi_size
 
 __all__ = [
     "PRECISIONS",
@@ -140,8 +141,6 @@ def validation_roi_size(val_roi_size: Any, roi_size: Any, key: str = "val_roi_si
         InputError: a value that is not 2 positive multiples of 16, naming ``key`` (or ``roi_size``, by default).
     """
     if val_roi_size is None or (isinstance(val_roi_size, str) and val_roi_size.strip().lower() in ("", "none", "null")):
-        from monai_nasscam.engines.search_inputs import check_roi_size  # the one roi_size message of every workflow
-
         return [max(DEFAULT_VAL_WINDOW, r) for r in check_roi_size(roi_size, multiple=WINDOW_MULTIPLE)]
     values = list(val_roi_size) if isinstance(val_roi_size, (list, tuple)) else [val_roi_size, val_roi_size]
     ok = len(values) == 2 and all(

@@ -2,8 +2,8 @@
 
 ``python -m monai.bundle run ... --synchronous false --genotype_path null`` passes most values through
 python-fire, which turns ``false`` into a bool but leaves ``"off"``, ``"no"``, ``"None"`` or an empty string as strings,
-and config expressions may pass any of them on. Every workflow reads booleans and "no value" the same way through
-:func:`as_bool` and :func:`is_null`, and refuses a setting that is no key of its config files
+and config expressions may pass any of them on. Every workflow reads booleans, integers, "no value" and the window
+size the same way through :func:`as_bool`, :func:`as_int`, :func:`is_null` and :func:`check_roi_size`, and refuses a setting that is no key of its config files
 (:func:`check_override_keys`: MONAI would add it as a new, unused key), and an override config named without the
 config it overrides (:data:`BASE_CONFIGS`).
 """
@@ -17,7 +17,18 @@ from typing import Any
 
 from monai_nasscam.errors import input_check
 
-__all__ = ["TRUE_STRINGS", "FALSE_STRINGS", "NULL_STRINGS", "BASE_CONFIGS", "as_bool", "is_null", "check_override_keys"]
+__all__ = [
+    "TRUE_STRINGS",
+    "FALSE_STRINGS",
+    "NULL_STRINGS",
+    "BASE_CONFIGS",
+    "as_bool",
+    "whole_number",
+    "as_int",
+    "is_null",
+    "check_roi_size",
+    "check_override_keys",
+]
 
 #: strings read as true / false (case and surrounding spaces ignored)
 TRUE_STRINGS = ("true", "yes", "on", "1")
@@ -51,6 +62,53 @@ def as_bool(value: Any, name: str = "value") -> bool:
     if isinstance(value, str) and value.strip().lower() in TRUE_STRINGS + FALSE_STRINGS:
         return value.strip().lower() in TRUE_STRINGS
     raise ValueError(f"{name} must be true or false, got {value!r}.")
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as an int if it is a whole number -- an int, a float or a string (``3``, ``3.0``, ``"3"``), never a
+    bool --, else ``None``."""
+    try:
+        number = int(value)
+        return number if float(value) == number and not isinstance(value, bool) else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def as_int(value: Any, name: str = "value", low: int | None = None) -> int:
+    """``value`` as an int (a :func:`whole_number`).
+
+    Args:
+        value: the override's value.
+        name: the override's name, for the error message.
+        low: the smallest value allowed (``None``: no bound).
+
+    Raises:
+        ValueError: anything else, or a number under ``low``, naming ``name``:
+            ``"NAME must be an integer >= LOW, got X."``
+    """
+    number = whole_number(value)
+    if number is None or (low is not None and number < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ValueError(f"{name} must be an integer{bound}, got {value!r}.")
+    return number
+
+
+@input_check
+def check_roi_size(roi_size: Any, name: str = "roi_size", multiple: int = 16) -> list[int]:
+    """``roi_size`` (an integer or 2 of them) as a list of 2 integers, each a positive multiple of ``multiple`` (the
+    U-Net pools 4 times): the one message of every workflow's crop and window size.
+
+    Raises:
+        InputError: (a ``ValueError``) anything else, naming ``name``.
+    """
+    sizes = [roi_size] * 2 if not isinstance(roi_size, (list, tuple)) else list(roi_size)
+    values = [whole_number(s) for s in sizes]
+    if len(values) != 2 or any(v is None or v < multiple or v % multiple for v in values):
+        raise ValueError(
+            f"{name} must be multiples of {multiple} (the U-Net pools 4 times): 2 sizes, each a positive multiple "
+            f"of {multiple}, e.g. [256, 256]; got {roi_size!r}."
+        )
+    return [int(v) for v in values]  # type: ignore[arg-type]
 
 
 def is_null(value: Any, nulls: Sequence[str] = NULL_STRINGS) -> bool:

@@ -36,18 +36,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from monai_nasscam.errors import InputError
+from monai_nasscam.errors import InputError, OutputDirInUse
 
-__all__ = ["LOCK_NAME", "OutputDirInUse", "RunLock", "lock_output_dir", "claim_output_dir", "held_locks"]
+__all__ = ["LOCK_NAME", "RunLock", "lock_output_dir", "claim_output_dir", "held_locks"]
 
 #: the lock file in a claimed output folder
 LOCK_NAME = ".nasscam.lock"
 
 logger = logging.getLogger("monai_nasscam.runlock")
-
-
-class OutputDirInUse(InputError):
-    """The output folder is claimed by another run that is still going; the message names it and the holder."""
 
 
 def _describe(record: dict[str, Any]) -> str:

@@ -29,7 +29,6 @@ import torch
 
 __all__ = [
     "to_cpu",
-    "CPUStateDict",
     "load_checkpoint",
     "read_checkpoint",
     "install_cpu_fallback",
@@ -60,31 +59,6 @@ def to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(v) for v in obj)
     return obj
-
-
-class CPUStateDict:
-    """A view of ``obj`` (a module, an optimiser, anything with ``state_dict`` / ``load_state_dict``) whose
-    ``state_dict()`` holds CPU tensors: give it to a saver (ignite's ``Checkpoint``, MONAI's ``CheckpointSaver``) so
-    that the file loads on any machine. A ``DataParallel`` / ``DistributedDataParallel`` module is saved without
-    its ``module.`` prefix. ``load_state_dict`` loads into ``obj`` (which moves the tensors to its own device).
-
-    Args:
-        obj: the object saved.
-    """
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def _target(self) -> Any:
-        from monai_nasscam.networks.utils import unwrap_model  # networks import this module: import when called
-
-        return unwrap_model(self.obj) if isinstance(self.obj, torch.nn.Module) else self.obj
-
-    def state_dict(self) -> Any:
-        return to_cpu(self._target().state_dict())
-
-    def load_state_dict(self, state_dict: Mapping, *args: Any, **kwargs: Any) -> Any:
-        return self._target().load_state_dict(state_dict, *args, **kwargs)
 
 
 def cuda_location_missing(location: str) -> bool:

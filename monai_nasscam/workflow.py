@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from monai_nasscam.errors import INTERRUPTED_STATUS, RunInterrupted
+from monai_nasscam.errors import INTERRUPTED_STATUS, RunInterrupted, WorkflowError
 
-__all__ = ["BUNDLE_DIR", "config_path", "bundle_command", "run_workflow", "interrupt_workflows", "WorkflowError"]
+__all__ = ["BUNDLE_DIR", "config_path", "bundle_command", "run_workflow", "interrupt_workflows"]
 
 #: the bundle shipped with this checkout (configs, docs, metadata).
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
@@ -35,10 +35,6 @@ DONE_MARKER = ".workflow_done.json"
 STARTED_MARKER = ".workflow_started.json"
 #: configs that add to the folder of the run they evaluate instead of owning one (see :func:`run_workflow`)
 EXTENDING_CONFIGS = ("evaluate.yaml",)
-
-
-class WorkflowError(RuntimeError):
-    """A bundle workflow exited with an error; the message names the command and its log."""
 
 
 #: the workflow processes running now (any thread), for :func:`interrupt_workflows`

@@ -25,7 +25,7 @@ from monai_nasscam.data import (
     train_transforms,
     val_transforms,
 )
-from monai_nasscam.data.transforms import AUGMENTATION_DEFAULTS
+from monai_nasscam.data.chains import AUGMENTATION_DEFAULTS
 from monai_nasscam.losses import ExpLogLoss
 
 REPO = Path(__file__).resolve().parents[1]

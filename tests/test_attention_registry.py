@@ -17,7 +17,6 @@ import torch.nn as nn
 
 from monai_nasscam.networks import attentions
 from monai_nasscam.networks.attentions import (
-    ATTENTIONS,
     attention_block,
     attention_names,
     block_cells,
@@ -62,12 +61,13 @@ def test_builtin_names_labels_and_kinds():
         "unet", "none", "deeplabv3plus", "cbam", "scse", "nas-sam", "nas-cam", "nas-scam-s", "nas-scam-p"
     )
     assert attention_names(searchable=True) == ("nas-sam", "nas-cam", "nas-scam-s", "nas-scam-p")
-    assert dict(ATTENTIONS) == {
+    blocks = attention_names(aliases=False, blocks_only=True)
+    assert {name: get_attention(name).cells for name in blocks} == {
         "none": (), "cbam": (), "scse": (), "nas-sam": ("sam",), "nas-cam": ("cam",),
         "nas-scam-s": ("sam", "cam"), "nas-scam-p": ("sam", "cam"),
     }
     assert get_attention(" UNet ").name == "none" and get_attention("none").public_name == "unet"
-    assert get_attention("deeplabv3plus").network is not None and "deeplabv3plus" not in ATTENTIONS
+    assert get_attention("deeplabv3plus").network is not None and "deeplabv3plus" not in blocks
     with pytest.raises(ValueError, match="unknown attention 'transformer'.*'nas-scam-p'"):
         get_attention("transformer")
     with pytest.raises(ValueError, match="whole network, not a block"):
@@ -80,7 +80,7 @@ def test_one_registration_reaches_the_unet_train_choices_and_compare(registry):
     from monai_nasscam.networks.run_folder import build_network, resolve_network_choice
 
     register_attention("toy-gate", label="U-Net + toy gate", block=ChannelGate)
-    assert attention_names(searchable=False)[-1] == "toy-gate" and ATTENTIONS["toy-gate"] == ()
+    assert attention_names(searchable=False)[-1] == "toy-gate" and get_attention("toy-gate").cells == ()
     net = NASSCAMUNet(attention="toy-gate", features=(4, 4, 8, 8, 16))
     assert all(isinstance(b, ChannelGate) for b in net.attention_blocks().values())
     assert net(torch.rand(1, 3, 32, 32)).shape == (1, 4, 32, 32)

@@ -55,7 +55,7 @@ def test_svs_is_a_whole_slide_tiff(synth_dir):
 
 def test_every_file_of_a_tile_records_the_same_resolution(synth_dir):
     """.tif (TIFF resolution tags), .svs (Aperio MPP) and .xml (MicronsPerPixel) all say 0.2521 µm/px."""
-    from monai_nasscam.data.slide import tiff_mpp
+    from monai_nasscam.data.tiff_format import tiff_mpp
     from monai_nasscam.data.synth import SYNTH_MPP
 
     tif = sorted(synth_dir.glob("*/*.tif"))[0]

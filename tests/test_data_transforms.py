@@ -20,7 +20,7 @@ from monai_nasscam.data import (
     train_transforms,
     val_transforms,
 )
-from monai_nasscam.data.transforms import AUGMENTATION_DEFAULTS
+from monai_nasscam.data.chains import AUGMENTATION_DEFAULTS
 
 NO_AUG = {k: 0.0 for k in AUGMENTATION_DEFAULTS}
 
@@ -179,8 +179,8 @@ def test_bundle_style_instantiation(balanced_prep):
     parser = ConfigParser(
         {
             "roi": [48, 48],
-            "train": {"_target_": "monai_nasscam.data.transforms.train_transforms", "roi_size": "@roi", "elastic_prob": 0.5},
-            "val": {"_target_": "monai_nasscam.data.transforms.val_transforms"},
+            "train": {"_target_": "monai_nasscam.data.chains.train_transforms", "roi_size": "@roi", "elastic_prob": 0.5},
+            "val": {"_target_": "monai_nasscam.data.chains.val_transforms"},
             "ds": {
                 "_target_": "monai_nasscam.data.ClassBalancedCropDataset",
                 "data": "$@data",
@@ -206,7 +206,8 @@ def test_loaded_images_are_writable_arrays_so_torch_does_not_warn(tmp_path):
     from monai.data import PILReader
     from PIL import Image
 
-    from monai_nasscam.data.transforms import WritablePILReader, load_transforms
+    from monai_nasscam.data.chains import load_transforms
+    from monai_nasscam.data.transforms import WritablePILReader
 
     pixels = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
     Image.fromarray(pixels).save(tmp_path / "a.png")

@@ -19,19 +19,22 @@ from monai.inferers import SlidingWindowInferer
 from PIL import Image
 
 from monai_nasscam.data import CLASS_NAMES, DataError, MacenkoNormalizer, read_rgb
+from monai_nasscam.data.slide import ArrayRegionReader, open_image
 from monai_nasscam.data.synth import synth_tile, write_svs
+from monai_nasscam.data.tiff_reader import TiffRegionReader
 from monai_nasscam.networks.run_folder import build_network
 from monai_nasscam.inference import (
-    ArrayRegionReader,
+    ClassMapNiftiWriter,
+    ClassMapPNGWriter,
     InferenceError,
+    NucleiCSVWriter,
+    NucleiGeoJSONWriter,
     NucleiPredictor,
     SlideStainNormalizer,
-    TiffRegionReader,
     check_inference_inputs,
     count_components,
     iter_nuclei,
     load_weights,
-    open_region_reader,
     plan_blocks,
     predict_class_map,
     prepare_network,
@@ -210,11 +213,11 @@ def test_block_wise_equals_whole_image(run_dir: Path, tmp_path: Path) -> None:
     inferer = _inferer(3)
     forward = prepare_network(net, "none")
 
-    with open_region_reader(path) as whole_reader:
+    with open_image(path) as whole_reader:
         assert isinstance(whole_reader, ArrayRegionReader)
         whole, info = predict_class_map(whole_reader, forward, inferer, SlideStainNormalizer(reference))
     assert info["blocks"] == 1 and whole.any()
-    with open_region_reader(path, tiled=True) as tiled_reader:
+    with open_image(path, tiled=True) as tiled_reader:
         assert isinstance(tiled_reader, TiffRegionReader)
         out = np.memmap(tmp_path / "map.u8", dtype=np.uint8, mode="w+", shape=tiled_reader.shape)
         tiled, info = predict_class_map(tiled_reader, forward, inferer, SlideStainNormalizer(reference), out=out,
@@ -237,7 +240,8 @@ def test_predictor_tiled_path_matches(run_dir: Path, tmp_path: Path) -> None:
         out = tmp_path / mode
         saver = SaveImage(output_dir=out, output_postfix="classmap", output_ext=".nii.gz", output_dtype=np.uint8,
                           resample=False, squeeze_end_dims=False, data_root_dir=src, print_log=False)
-        NucleiPredictor(net, _inferer(), src, out, saver=saver, stain="none", optimize="none", progress=False,
+        outputs = [NucleiGeoJSONWriter(), NucleiCSVWriter(), ClassMapPNGWriter(), ClassMapNiftiWriter(saver)]
+        NucleiPredictor(net, _inferer(), src, out, outputs=outputs, stain="none", optimize="none", progress=False,
                         tune_malloc=False, **kwargs).run()
         nifti = nib.load(out / "s" / "s_classmap.nii.gz")  # SaveImage (whole) / streamed by nibabel (tiled)
         results[mode] = (
@@ -396,7 +400,7 @@ def test_bad_inputs_are_named(run_dir: Path, images: Path, tmp_path: Path) -> No
     rows = list(csv.DictReader(open(tmp_path / "o" / "counts.csv")))
     assert [r["status"] for r in rows] == ["error", "error"] and "0 bytes" in rows[1]["message"]
     with pytest.raises(DataError, match="x.svs"):
-        open_region_reader(bad / "x.svs")
+        open_image(bad / "x.svs")
 
 
 def test_bundle_fails_clearly_on_an_empty_folder(run_dir: Path, tmp_path: Path) -> None:

@@ -15,10 +15,13 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from PIL import Image
 
-from monai_nasscam.data.slide import OpenSlideRegionReader, TiffRegionReader, open_image, openslide_format, read_mpp
+from monai_nasscam.data.openslide_reader import OpenSlideRegionReader, openslide_format
+from monai_nasscam.data.slide import open_image, read_mpp
+from monai_nasscam.data.tiff_reader import TiffRegionReader
 from monai_nasscam.inference import NucleiPredictor
 from monai_nasscam.inference.outputs import ClassMapPNGWriter, NucleiCSVWriter
-from monai_nasscam.inference.predictor import COMPLETE_SUFFIX, find_images
+from monai_nasscam.inference.reading import find_images
+from monai_nasscam.inference.writing import COMPLETE_SUFFIX
 
 
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -16,12 +16,12 @@ from monai.inferers import SlidingWindowInferer
 from PIL import Image
 
 from monai_nasscam.data.classes import CLASS_COLORS
+from monai_nasscam.data.slide import ArrayRegionReader
 from monai_nasscam.data.synth import write_svs
 from monai_nasscam.errors import InputError
 from monai_nasscam.inference import InstanceSeparator, NucleiPredictor, iter_nuclei, predict_class_map
 from monai_nasscam.inference.instances import WATERSHED_DEFAULTS, WATERSHED_MIN_SIZE
 from monai_nasscam.inference.outputs import NUCLEI_CSV_FIELDS, NucleiCSVWriter, NucleiGeoJSONWriter
-from monai_nasscam.inference.regions import ArrayRegionReader
 
 CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "inference.yaml"
 R = 10  # disc radius: 317 pixels, over the watershed's 200-pixel min_size

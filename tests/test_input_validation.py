@@ -249,8 +249,8 @@ def test_savers_write_cpu_tensors(tmp_path):
     from ignite.engine import Engine
 
     from monai_nasscam.handlers import ResumableCheckpointSaver
-    from monai_nasscam.handlers.training import BestModelSaver
-    from monai_nasscam.serialization import CPUStateDict, to_cpu
+    from monai_nasscam.handlers.training import BestModelSaver, CPUStateDict
+    from monai_nasscam.serialization import to_cpu
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     state = net.state_dict()
@@ -416,7 +416,7 @@ def test_a_fresh_run_never_starts_over_an_earlier_runs_checkpoint(tmp_path):
 
 def test_troubleshooting_quotes_the_messages_the_code_prints():
     # a user who searches docs/troubleshooting.md for the line on the screen finds it, word for word
-    from monai_nasscam.engines import check_roi_size
+    from monai_nasscam.overrides import check_roi_size
     from monai_nasscam.inference.tiling import window_geometry
     from monai_nasscam.inferers import validation_roi_size
     from monai_nasscam.networks.diagnostics import _unchecked_reason, VerdictRule
@@ -431,3 +431,20 @@ def test_troubleshooting_quotes_the_messages_the_code_prints():
     printed += [_unchecked_reason(None, None, VerdictRule()), _unchecked_reason(3, 0.0, VerdictRule())]
     for message in printed:
         assert message in text, message
+
+
+def test_integers_and_window_sizes_as_overrides_deliver_them():
+    from monai_nasscam.overrides import as_int, check_roi_size, whole_number
+
+    assert [whole_number(v) for v in (3, 3.0, "3", -2)] == [3, 3, 3, -2]
+    assert [whole_number(v) for v in (2.5, "3.0", "three", True, None, float("inf"), float("nan"))] == [None] * 7
+    assert as_int("8", "epochs", 1) == 8
+    for value, message in ((0, "epochs must be an integer >= 1, got 0."),
+                           ("x", "epochs must be an integer >= 1, got 'x'.")):
+        with pytest.raises(ValueError) as info:
+            as_int(value, "epochs", 1)
+        assert str(info.value) == message
+    assert check_roi_size(32) == [32, 32] and check_roi_size(["64", 48.0]) == [64, 48]
+    for bad in ([32], [32, 40], [0, 32], [32, True], "x"):
+        with pytest.raises(InputError, match=r"^roi_size must be multiples of 16"):
+            check_roi_size(bad)

@@ -12,8 +12,9 @@ from monai.bundle import ConfigParser
 from monai.inferers import SlidingWindowInferer
 
 from monai_nasscam.data.classes import CLASS_NAMES
-from monai_nasscam.inference import ArrayRegionReader, predict_class_map
-from monai_nasscam.inference.outputs import LEGEND_FONT_RANGE, _legend_strip, write_overlay
+from monai_nasscam.data.slide import ArrayRegionReader
+from monai_nasscam.inference import predict_class_map
+from monai_nasscam.inference.overlay import LEGEND_FONT_RANGE, _legend_strip, write_overlay
 
 CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "inference.yaml"
 ROI, OVERLAP = 32, 0.5

@@ -24,17 +24,13 @@ from PIL import Image
 
 from monai_nasscam.data import read_rgb
 from monai_nasscam.data.prepare import prepare_dataset
-from monai_nasscam.data.slide import (
-    OpenSlideRegionReader,
-    TiffRegionReader,
-    _j2k_chroma_subsampled,
-    composite_on_white,
-    open_image,
-    openslide_format,
-    ycbcr_to_rgb,
-)
+from monai_nasscam.data.openslide_reader import OpenSlideRegionReader, openslide_format
+from monai_nasscam.data.pixels import composite_on_white, ycbcr_to_rgb
+from monai_nasscam.data.slide import open_image
+from monai_nasscam.data.tiff_format import j2k_chroma_subsampled
+from monai_nasscam.data.tiff_reader import TiffRegionReader
 from monai_nasscam.data.synth import synth_tile
-from monai_nasscam.inference import NucleiPredictor, open_region_reader, predict_class_map
+from monai_nasscam.inference import NucleiPredictor, predict_class_map
 
 DATA = Path(__file__).resolve().parent / "data" / "jp2k_33003"
 FIELD_SVS = DATA / "TCGA-ZZ-0000-01Z-00-DX1" / "TCGA-ZZ-0000-01Z-00-DX1_1.svs"
@@ -135,7 +131,7 @@ def test_built_33003_and_33005_decode_to_rgb(tmp_path, aperio):
     assert (openslide_format(ycc) == "aperio") is aperio
     image = read_rgb(ycc)
     assert np.abs(image.astype(int) - rgb).max() <= 3  # lossless codestream: only the colour transform's rounding
-    with open_region_reader(ycc, tiled=True) as reader:
+    with open_image(ycc, tiled=True) as reader:
         np.testing.assert_array_equal(reader.read(20, 140, 33, 170), image[20:140, 33:170])
     rct = tmp_path / "rgb.svs"  # 33005: the codestream holds R, G, B (reversible colour transform): no conversion
     _write_jp2k_svs(rct, rgb, 33005, aperio=aperio, mct=True)
@@ -148,10 +144,10 @@ def test_ycbcr_conversion_and_codestream_subsampling():
     colours = np.random.default_rng(0).integers(0, 256, (500, 3)).astype(np.uint8)
     assert np.abs(ycbcr_to_rgb(_rgb_to_ycbcr(colours)).astype(int) - colours).max() <= 2
     stream = bytearray(imagecodecs.jpeg2k_encode(np.zeros((16, 16, 3), np.uint8), codecformat="J2K", mct=False))
-    assert _j2k_chroma_subsampled(bytes(stream)) is False
+    assert j2k_chroma_subsampled(bytes(stream)) is False
     stream[4 + 38 + 4] = 2  # XRsiz of the 2nd component: Cb at half width (Aperio "YUV 4:2:2")
-    assert _j2k_chroma_subsampled(bytes(stream)) is True
-    assert _j2k_chroma_subsampled(b"not a codestream") is None
+    assert j2k_chroma_subsampled(bytes(stream)) is True
+    assert j2k_chroma_subsampled(b"not a codestream") is None
 
 
 def test_prepare_and_inference_see_the_true_rgb_of_a_33003_svs(tmp_path):
@@ -168,7 +164,7 @@ def test_prepare_and_inference_see_the_true_rgb_of_a_33003_svs(tmp_path):
     inferer = SlidingWindowInferer(roi_size=(64, 64), sw_batch_size=4, overlap=0.5)
     net = _DarkIsNucleus().eval()
     for tiled, block in ((False, None), (True, 64)):
-        with open_region_reader(FIELD_SVS, tiled=tiled) as reader:
+        with open_image(FIELD_SVS, tiled=tiled) as reader:
             _, info = predict_class_map(reader, net, inferer, block_size=block, overview_step=1, skip_empty=False)
         np.testing.assert_array_equal(info["overview"], prepared)
 
@@ -311,7 +307,7 @@ def test_transparent_pixels_never_get_a_class(tmp_path, suffix):
     inferer = SlidingWindowInferer(roi_size=(32, 32), sw_batch_size=8, overlap=0.5)
     net = _EverythingIsNucleus().eval()
     for tiled, block in ((False, None), (suffix == ".tif", 48)):
-        with open_region_reader(path, tiled=tiled) as reader:
+        with open_image(path, tiled=tiled) as reader:
             class_map, info = predict_class_map(reader, net, inferer, block_size=block, skip_empty=False)
         assert (class_map[:, :80] == 2).all() and not class_map[:, 80:].any(), (tiled, block)
 

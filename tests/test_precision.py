@@ -212,14 +212,14 @@ def test_inference_runs_every_worker_under_autocast_and_blends_float32(tmp_path,
                                     progress=False, tune_malloc=False, parallel=2, precision=precision)
         predictor.setup()
         net.calls.clear()
-        outs[precision] = predictor._forward(x)
+        outs[precision] = predictor.prediction.forward(x)
         assert outs[precision].dtype == torch.float32
-        assert predictor._forward.description.endswith("bf16 autocast") == (precision == "bf16")
+        assert predictor.prediction.forward.description.endswith("bf16 autocast") == (precision == "bf16")
         if optimize == "none":  # the eager network records itself, in each of the 2 worker threads
             assert len(net.calls) == 4
             assert {(on, dtype) for on, dtype, _ in net.calls} == (
                 {(True, torch.bfloat16)} if precision == "bf16" else {(False, torch.float32)})
-        predictor._forward.close()
+        predictor.prediction.forward.close()
     assert torch.allclose(outs["fp32"], ref, atol=1e-5)
     assert not torch.equal(outs["bf16"], outs["fp32"]) and torch.allclose(outs["bf16"], ref, atol=0.05, rtol=0.05)
     with pytest.raises(InputError, match="^precision"):

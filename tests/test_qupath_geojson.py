@@ -30,6 +30,7 @@ from PIL import Image
 
 from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
 from monai_nasscam.inference import NucleiPredictor
+from monai_nasscam.inference.outputs import InferredImage, NucleiGeoJSONWriter
 from monai_nasscam.inference.nuclei import _outline, _polygons, iter_nuclei
 
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -316,7 +317,7 @@ def test_workflow_geojson_meets_every_qupath_rule(written):
 def test_annotations_meet_the_rules_too(tmp_path):
     image = np.full((40, 40, 3), 255, np.uint8)
     image[_disc((40, 40), (20, 20), R)] = 51
-    path = _infer(image, tmp_path, object_type="annotation")
+    path = _infer(image, tmp_path, outputs=[NucleiGeoJSONWriter(object_type="annotation")])
     assert qupath_problems(path, object_type="annotation") == []
 
 
@@ -502,7 +503,7 @@ def test_the_writer_repairs_or_drops_an_invalid_outline_and_says_so(tmp_path, ca
     import shapely
     from shapely.geometry import shape
 
-    from monai_nasscam.inference.nuclei import GeoJSONWriter, Nucleus
+    from monai_nasscam.inference.nuclei import Nucleus
 
     def nucleus(*polygons):
         return Nucleus(1, 16, (0, 0, 4, 4), [[np.asarray(r, float) for r in p] for p in polygons], center=(2.0, 2.0))
@@ -510,12 +511,15 @@ def test_the_writer_repairs_or_drops_an_invalid_outline_and_says_so(tmp_path, ca
     square = [[0.5, 0.5], [4.5, 0.5], [4.5, 4.5], [0.5, 4.5], [0.5, 0.5]]
     bow_tie = [[0, 0], [10, 10], [10, 0], [0, 10], [0, 0]]
     flat = [[0, 0], [4, 0], [8, 0], [0, 0]]
-    path = tmp_path / "x.geojson"
-    writer = GeoJSONWriter(path)
+    path = tmp_path / "x_nuclei.geojson"
+    image = InferredImage(source="x.png", base=str(tmp_path / "x"), name="x", class_map=np.zeros((12, 12), np.uint8),
+                          overview=np.zeros((12, 12, 3), np.uint8))
+    writer = NucleiGeoJSONWriter()
+    writer.begin(image)
     for n in (nucleus([square]), nucleus([bow_tie]), nucleus([flat]), nucleus([square], [[[6, 6], [7, 6], [7, 7], [6, 7], [6, 6]]])):
-        writer.add(n)
+        writer.add_nucleus(n)
     with caplog.at_level("WARNING", logger="monai_nasscam.inference"):
-        writer.close()
+        writer.write(image)
     assert (writer.count, writer.repaired, writer.dropped) == (3, 1, 1)
     assert "1 repaired (shapely.make_valid), 1 dropped" in caplog.text and str(path) in caplog.text
     features = json.loads(path.read_text())["features"]

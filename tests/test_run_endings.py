@@ -210,7 +210,7 @@ def _fails_in_process(config: str | list[str], **overrides) -> str:
 
 def test_a_missing_folder_ends_every_workflow_with_one_error_line(prepared, unet_run, tmp_path):
     missing, out = tmp_path / "missing", tmp_path / "out"
-    line = _fails_in_process(SEARCH, dataset_dir=str(missing), output_dir=str(out))
+    line = _fails_in_process([TRAIN, SEARCH], dataset_dir=str(missing), output_dir=str(out))
     assert str(missing) in line
     line = _fails_in_process(TRAIN, dataset_dir=str(missing), output_dir=str(out), attention="unet")
     assert str(missing) in line
@@ -263,7 +263,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_with_one_line_and_the_firs
                                f"started {record['started']}): two runs in one folder would overwrite")
         assert "--output_dir" in line
         # search, evaluate and inference too (in this process)
-        for config, overrides in ((SEARCH, {"dataset_dir": str(prepared)}),
+        for config, overrides in (([TRAIN, SEARCH], {"dataset_dir": str(prepared)}),
                                   ([TRAIN, EVALUATE], {"dataset_dir": str(prepared), "attention": "unet",
                                                        "ckpt_path": str(unet_run / "models" / "model.pt")}),
                                   (INFERENCE, {"input_dir": str(prepared / "images"), "attention": "unet",

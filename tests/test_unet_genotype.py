@@ -7,7 +7,7 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import BasicUNet
 
 from monai_nasscam.networks import POSITIONS, Genotype, NASSCAMUNet, add_attention, arch_parameters
-from monai_nasscam.networks.attentions import ATTENTIONS
+from monai_nasscam.networks.attentions import attention_names
 
 from pathlib import Path
 
@@ -31,7 +31,7 @@ def test_paper_network_sizes():
     assert sum(p.numel() for p in NASSCAMUNet(2, 3, 4, attention="none").parameters()) == 3_647_524
 
 
-@pytest.mark.parametrize("attention", list(ATTENTIONS))
+@pytest.mark.parametrize("attention", attention_names(aliases=False, blocks_only=True))
 def test_every_attention_2d(attention):
     net = NASSCAMUNet(2, 3, 4, attention=attention, features=SMALL)
     assert net(torch.randn(2, 3, 32, 48)).shape == (2, 4, 32, 48)

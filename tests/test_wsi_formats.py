@@ -18,18 +18,12 @@ from monai.inferers import SlidingWindowInferer
 from PIL import Image
 from wsi_fixtures import he_like_image, jpeg_bytes, write_mirax, write_ndpi
 
-from monai_nasscam.data.errors import DataError
-from monai_nasscam.data.slide import (
-    ArrayRegionReader,
-    OpenSlideRegionReader,
-    TiffRegionReader,
-    open_image,
-    openslide_format,
-    read_mpp,
-    read_rgb,
-)
+from monai_nasscam.data.openslide_reader import OpenSlideRegionReader, openslide_format
+from monai_nasscam.data.slide import ArrayRegionReader, open_image, read_mpp, read_rgb
+from monai_nasscam.data.tiff_reader import TiffRegionReader
+from monai_nasscam.errors import DataError
 from monai_nasscam.inference import NucleiPredictor
-from monai_nasscam.inference.predictor import find_images
+from monai_nasscam.inference.reading import find_images
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "bundle" / "configs" / "inference.yaml"

@@ -2,10 +2,11 @@
 step, a synthetic generator, stain normalisation, splits, the prepared datalist and its class weights, and MONAI
 training / validation transforms."""
 
+from .chains import inference_transforms, train_transforms, val_transforms
 from .classes import CLASS_COLORS, CLASS_IDS, CLASS_NAMES, NUM_CLASSES, labels_dict, normalize_layer_name, parse_remap
 from . import datalist
 from .datalist import *  # noqa: F403  (the prepared datalist: its __all__ is part of this package's)
-from .errors import DataError
+from ..errors import DataError
 from .imagescope import Annotations, Region, read_imagescope_xml, write_imagescope_xml
 from .loader import SignalSafeDataLoader
 from .mask_folder import FolderCase, MaskFolderSpec, load_folder_case, read_instance_classes, scan_mask_folder
@@ -27,9 +28,6 @@ from .transforms import (
     ClassMapToMultiLabeld,
     RandClassCropd,
     RandMedianSmoothd,
-    inference_transforms,
-    train_transforms,
-    val_transforms,
 )
 
 __all__ = [

@@ -12,6 +12,7 @@ __all__ = [
     "CLASS_COLORS",
     "BACKGROUND_COLOR",
     "AMBIGUOUS",
+    "IGNORE_VALUE",
     "REMAP_PRESETS",
     "normalize_layer_name",
     "parse_remap",
@@ -30,6 +31,10 @@ CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (230, 25, 75), 2: (0, 130, 2
 BACKGROUND_COLOR: tuple[int, int, int] = (0, 0, 0)
 #: name of the test-release layer whose regions are excluded from scoring.
 AMBIGUOUS: str = "Ambiguous"
+#: label value of a pixel left out of the loss: the training transforms write it at the pixels of an ``ambiguous``
+#: mask (:class:`~monai_nasscam.data.transforms.IgnoreAmbiguousd`), and ``ExpLogLoss(ignore_value=...)`` leaves such
+#: pixels out by default; never a class id.
+IGNORE_VALUE: float = -1.0
 
 #: named class-order remaps (source id -> destination id); ``hovernet`` swaps 3 and 4.
 REMAP_PRESETS: dict[str, dict[int, int]] = {

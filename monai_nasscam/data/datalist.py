@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai_nasscam.data.class_weights import count_labels, weights_from_frequencies
 from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.errors import input_check
 
@@ -226,19 +227,17 @@ def label_class_weights(entries: Sequence[Mapping], num_classes: int = NUM_CLASS
     """
     from PIL import Image
 
-    from monai_nasscam.losses import ExpLogLoss
-
     maps = []
     for entry in entries:
         with Image.open(entry["label"]) as im:
             maps.append(np.asarray(im))
-    counts = ExpLogLoss.count_labels(maps, num_classes + 1, skip_background=True).double()
+    counts = count_labels(maps, num_classes + 1, skip_background=True).double()
     present = counts > 0
     if not bool(present.any()):
         warnings.warn("no nucleus in the training labels; using class weights 1.", stacklevel=2)
         return torch.ones(num_classes)
     weights = torch.zeros(num_classes)
-    weights[present] = ExpLogLoss.weights_from_frequencies(counts[present])
+    weights[present] = weights_from_frequencies(counts[present])
     if not bool(present.all()):
         missing = [int(i) + 1 for i in torch.nonzero(~present).flatten()]
         warnings.warn(f"class ids {missing} occur in no training label; they get the largest weight.", stacklevel=2)

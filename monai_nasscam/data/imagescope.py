@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .classes import AMBIGUOUS, CLASS_COLORS, CLASS_IDS, normalize_layer_name
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["Region", "Annotations", "REGION_KINDS", "read_imagescope_xml", "write_imagescope_xml"]
 

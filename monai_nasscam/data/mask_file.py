@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 
 __all__ = ["MASK_SUFFIXES", "LOSSY_SUFFIXES", "read_mask", "exif_orientation", "orient", "oriented_shape"]
 

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .classes import CLASS_NAMES, parse_remap
-from .errors import DataError
+from ..errors import DataError
 from .mask_file import LOSSY_SUFFIXES, MASK_SUFFIXES, exif_orientation, orient, oriented_shape, read_mask
 from .palette import IGNORE_ID, Palette, ValueMap, class_id, class_label
 from .raster import Masks, clear_transparent

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataError
+from ..errors import DataError
 from .imagescope import Annotations, read_imagescope_xml
 from .raster import Masks, clear_transparent, rasterize_regions
 from .slide import open_image

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..fileio import staged_dir
 from .classes import CLASS_IDS, CLASS_NAMES, labels_dict, parse_remap
-from .errors import DataError
+from ..errors import DataError
 from .imagescope import read_imagescope_xml
 from .mask_folder import (
     FolderCase,
@@ -41,9 +41,10 @@ from .mask_folder import (
     scan_mask_folder,
 )
 from .monusac import MoNuSACCase, load_case, scan_monusac
-from .slide import PLAUSIBLE_MPP, read_mpp, read_rgb
+from .slide import read_mpp, read_rgb
 from .split import SPLITS, make_split
 from .stain import IdentityNormalizer, create_stain_normalizer, tissue_fraction
+from .tiff_format import PLAUSIBLE_MPP
 
 __all__ = ["prepare_dataset", "write_png", "write_instance_tiff", "MANIFEST_FORMAT"]
 

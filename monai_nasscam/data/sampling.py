@@ -57,7 +57,7 @@ class ClassBalancedCropDataset(Randomizable, _TorchDataset):
     Args:
         data: datalist entries (``{"image", "label", ...}`` with absolute paths, e.g. from
             ``monai.data.load_decathlon_datalist``).
-        transform: a chain from :func:`~monai_nasscam.data.transforms.train_transforms` (or any chain whose
+        transform: a chain from :func:`~monai_nasscam.data.chains.train_transforms` (or any chain whose
             crop reads ``crop_class`` / ``crop_center``).
         num_classes: number of foreground classes.
         num_groups: items per epoch (default: the number of images).

@@ -36,10 +36,11 @@ from typing import Any
 import numpy as np
 from monai.apps.pathology.transforms import ExtractHEStains, NormalizeHEStains
 
+from monai_nasscam.errors import StainEstimationError
+
 __all__ = [
     "tissue_fraction",
     "tissue_mask",
-    "StainEstimationError",
     "MacenkoNormalizer",
     "ReinhardNormalizer",
     "IdentityNormalizer",
@@ -56,10 +57,6 @@ STAIN_SKIPPED = "stain normalisation skipped, image left unchanged"
 MIN_TISSUE_PIXELS = 100
 #: default minimum angle (degrees) between the estimated H and E vectors
 MIN_STAIN_ANGLE = 1.0
-
-
-class StainEstimationError(ValueError):
-    """An image's (or the reference's) stain statistics cannot be estimated; the message says why."""
 
 
 def _absorbance(pixels: np.ndarray, tli: float) -> np.ndarray:

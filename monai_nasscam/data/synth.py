@@ -22,7 +22,7 @@ from scipy.ndimage import gaussian_filter, zoom
 
 from ..fileio import staged_dir
 from .classes import CLASS_NAMES
-from .errors import DataError
+from ..errors import DataError
 from .imagescope import Region, write_imagescope_xml
 from .raster import Masks, rasterize_regions
 from .synth_nuclei import FIBROBLAST, NUCLEUS_TYPES, nucleus_polygon, render_nucleus

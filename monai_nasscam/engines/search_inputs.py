@@ -19,7 +19,7 @@ from typing import Any
 from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.data.datalist import search_datalists
 from monai_nasscam.errors import input_check
-from monai_nasscam.overrides import as_bool, is_null
+from monai_nasscam.overrides import as_bool, as_int, check_roi_size, is_null
 from monai_nasscam.networks.attentions import attention_names
 from monai_nasscam.networks.run_folder import check_network_settings
 
@@ -29,7 +29,6 @@ __all__ = [
     "check_search_inputs",
     "check_search_attention",
     "check_device",
-    "check_roi_size",
     "check_run_settings",
     "resolve_resume",
     "ALPHA_TRAVEL",
@@ -93,18 +92,6 @@ def check_device(device: Any, name: str = "device") -> Any:
     return dev
 
 
-def _int(value: Any, name: str, low: int | None = None) -> int:
-    try:
-        number = int(value)
-        ok = float(value) == number and not isinstance(value, bool)
-    except (TypeError, ValueError):
-        ok = False
-    if not ok or (low is not None and number < low):
-        bound = f" >= {low}" if low is not None else ""
-        raise ValueError(f"{name} must be an integer{bound}, got {value!r}.")
-    return number
-
-
 def _float(value: Any, name: str, low: float, high: float, low_open: bool = False, high_open: bool = True) -> float:
     try:
         number = float(value)
@@ -165,7 +152,7 @@ def check_run_settings(
     if device is not None:
         check_device(device)
     if seed is not None:
-        _int(seed, "seed")
+        as_int(seed, "seed")
     if learning_rate is not None:
         _float(learning_rate, "learning_rate", 0.0, float("inf"), low_open=True)
     if arch_learning_rate is not None and not (
@@ -178,9 +165,9 @@ def check_run_settings(
                 f"arch_learning_rate must be a positive number or 'auto', got {arch_learning_rate!r}."
             ) from None
     if epochs is not None:
-        _int(epochs, "epochs", 1)
+        as_int(epochs, "epochs", 1)
     if val_interval is not None:
-        interval = _int(val_interval, "val_interval", 1)
+        interval = as_int(val_interval, "val_interval", 1)
         if epochs is not None and interval > int(epochs):
             raise ValueError(
                 f"val_interval must lie in [1, epochs={epochs}] (validation picks the best result), got {val_interval}."
@@ -188,43 +175,22 @@ def check_run_settings(
     check_network_settings(features=features, dropout=dropout)
     for name, value in (("epoch_crops", epoch_crops), ("arch_epoch_crops", arch_epoch_crops)):
         if not is_null(value, ("null", "none")):
-            _int(value, name, 1)
+            as_int(value, name, 1)
     if crop_mode is not None and crop_mode not in ("grid", "pixel"):
         raise ValueError(f"crop_mode must be 'grid' (the paper's windows) or 'pixel', got {crop_mode!r}.")
     if num_workers is not None:
-        _int(num_workers, "num_workers", 0)
+        as_int(num_workers, "num_workers", 0)
     if sw_batch_size is not None:
-        _int(sw_batch_size, "sw_batch_size", 1)
+        as_int(sw_batch_size, "sw_batch_size", 1)
     if sw_overlap is not None:
         _float(sw_overlap, "sw_overlap", 0.0, 1.0)
     if epoch_cycle is not None:
-        _int(epoch_cycle, "epoch_cycle", 2)
+        as_int(epoch_cycle, "epoch_cycle", 2)
     if progress is not None:
         as_bool(progress, "progress")
     if exclude_none is not None:
         as_bool(exclude_none, "exclude_none")
     return True
-
-
-@input_check
-def check_roi_size(roi_size: Any, name: str = "roi_size", multiple: int = 16) -> list[int]:
-    """``roi_size`` (an integer or 2 of them) as a list of 2 integers, each a positive multiple of ``multiple`` (the
-    U-Net pools 4 times), else an error naming ``name``."""
-    sizes = [roi_size] * 2 if not isinstance(roi_size, (list, tuple)) else list(roi_size)
-    values = [_int_or_none(r) for r in sizes]
-    if len(values) != 2 or any(v is None or v < multiple or v % multiple for v in values):
-        raise ValueError(
-            f"{name} must be multiples of {multiple} (the U-Net pools 4 times): 2 sizes, each a positive multiple "
-            f"of {multiple}, e.g. [256, 256]; got {roi_size!r}."
-        )
-    return [int(v) for v in values]  # type: ignore[arg-type]
-
-
-def _int_or_none(value: Any) -> int | None:
-    try:
-        return _int(value, "value")
-    except ValueError:
-        return None
 
 
 @input_check
@@ -259,11 +225,11 @@ def check_search_inputs(
             file or folder that does not exist).
     """
     check_run_settings(seed=seed, epochs=epochs, **settings)
-    _int(warmup_epochs, "warmup_epochs", 0)
+    as_int(warmup_epochs, "warmup_epochs", 0)
     if roi_size is not None:
         check_roi_size(roi_size)
     if batch_size is not None:
-        _int(batch_size, "batch_size", 1)
+        as_int(batch_size, "batch_size", 1)
     check_search_attention(attention)
     as_bool(synchronous, "synchronous")
     check_alpha_temperature(alpha_temperature)

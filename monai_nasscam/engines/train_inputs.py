@@ -27,9 +27,9 @@ import torch.nn as nn
 
 from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.data.datalist import split_entries
-from monai_nasscam.engines.search_inputs import check_roi_size, check_run_settings
+from monai_nasscam.engines.search_inputs import check_run_settings
 from monai_nasscam.errors import input_check
-from monai_nasscam.overrides import is_null
+from monai_nasscam.overrides import check_roi_size, is_null
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.attentions import get_attention
 from monai_nasscam.networks.genotype import Genotype

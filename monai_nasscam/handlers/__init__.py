@@ -1,6 +1,7 @@
 """Handlers of the search: architecture logging, alpha figures and verdict, genotype saving, the divergence check,
 the resumable checkpoint."""
 
+from monai_nasscam.errors import SearchDiverged, SearchInterrupted
 from monai_nasscam.handlers.architecture import (
     AlphaHeatmapSaver,
     AlphaTensorBoardHandler,
@@ -8,12 +9,11 @@ from monai_nasscam.handlers.architecture import (
     DivergenceGuard,
     GenotypeSaver,
     SearchDiagnosticsHandler,
-    SearchDiverged,
     alpha_weights,
     plot_alpha_heatmap,
     search_diagnostics,
 )
-from monai_nasscam.handlers.checkpoint import ResumableCheckpointSaver, SearchInterrupted
+from monai_nasscam.handlers.checkpoint import ResumableCheckpointSaver
 from monai_nasscam.handlers.temperature import AlphaTemperatureScheduler
 
 __all__ = [

@@ -26,7 +26,7 @@ from monai.handlers import ValidationHandler
 from monai.utils import CommonKeys as Keys
 
 from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents
-from monai_nasscam.errors import InputError
+from monai_nasscam.errors import InputError, SearchDiverged
 from monai_nasscam.fileio import atomic_path
 from monai_nasscam.handlers.checkpoint import learning_rates
 from monai_nasscam.networks.attentions import block_cells
@@ -54,7 +54,6 @@ __all__ = [
     "BestGenotypeSaver",
     "SearchValidationHandler",
     "DivergenceGuard",
-    "SearchDiverged",
 ]
 
 
@@ -680,27 +679,6 @@ class BestGenotypeSaver:
         self.best_metric = state.get("best_metric")
         self.best_epoch = int(state.get("best_epoch", -1))
         self.best_genotype = state.get("best_genotype")
-
-
-class SearchDiverged(FloatingPointError, InputError):
-    """The search's loss or alphas became non-finite (NaN or infinite): it stopped, and no genotype is written.
-
-    A ``FloatingPointError``; also an :class:`~monai_nasscam.errors.InputError` (the learning rates are too high for
-    the run), so a bundle run ends with the one line ``error: search diverged at ...`` (exit status 1) instead of a
-    traceback.
-
-    Attributes:
-        epoch: the trainer's epoch.
-        iteration: the trainer's (global) iteration.
-        what: what was non-finite.
-    """
-
-    def __init__(self, epoch: int, iteration: int, what: str, advice: str = "") -> None:
-        self.epoch = int(epoch)
-        self.iteration = int(iteration)
-        self.what = what
-        message = f"search diverged at epoch {self.epoch}, iteration {self.iteration}: {what}."
-        super().__init__(message + (f" {advice}" if advice else ""))
 
 
 def _nonfinite(value: Any) -> str | None:

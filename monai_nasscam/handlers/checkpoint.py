@@ -36,32 +36,10 @@ from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 
 from monai_nasscam.engines.search_inputs import CHECKPOINT_NAME
-from monai_nasscam.errors import RunInterrupted
+from monai_nasscam.errors import SearchInterrupted
 from monai_nasscam.serialization import to_cpu
 
-__all__ = ["ResumableCheckpointSaver", "SearchInterrupted"]
-
-
-class SearchInterrupted(RunInterrupted):
-    """The search (or training) stopped on a signal after saving its checkpoint.
-
-    Raised by the engine's ``run`` once ignite has ended the run (``terminate``, so no ``COMPLETED`` handler runs
-    and ignite does not report it as a failure); on the command line it ends the run with one ``stopped: ...``
-    line (:func:`monai_nasscam.errors.nasscam_excepthook`).
-
-    Args:
-        signum: the signal received.
-        path: the checkpoint written.
-        iteration: the last completed iteration.
-    """
-
-    def __init__(self, signum: int, path: str, iteration: int) -> None:
-        self.signum = signum
-        self.path = path
-        self.iteration = iteration
-        name = signal.Signals(signum).name if signum in signal.Signals._value2member_map_ else str(signum)
-        super().__init__(f"{name} received: stopped after iteration {iteration}; resume from {path} (--resume true).")
-
+__all__ = ["ResumableCheckpointSaver"]
 
 
 def learning_rates(optimizer: Any) -> str:

@@ -1,5 +1,5 @@
 """Handlers of the retraining workflow (``bundle/configs/train.yaml``): the best-model saver whose tracking survives a
-resume, a per-epoch re-seeding for reproducible resumed runs, and a progress bar showing the loss.
+resume (its file holds CPU tensors: :class:`CPUStateDict`), a per-epoch re-seeding for reproducible resumed runs, and a progress bar showing the loss.
 
 They follow MONAI's handler habits: small classes configured in ``__init__`` and hooked to an engine by
 ``attach(engine)``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,11 +20,35 @@ from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver, from_engine
 
 from monai_nasscam.engines.bilevel import derive_seed
-from monai_nasscam.serialization import CPUStateDict
+from monai_nasscam.networks.utils import unwrap_model
+from monai_nasscam.serialization import to_cpu
 
-__all__ = ["BestModelSaver", "EpochReseeder", "TrainProgressBar"]
+__all__ = ["BestModelSaver", "CPUStateDict", "EpochReseeder", "TrainProgressBar"]
 
 _EPOCH_STREAM = 201  # seed stream of EpochReseeder (distinct from the search trainer's)
+
+
+class CPUStateDict:
+    """A view of ``obj`` (a module, an optimiser, anything with ``state_dict`` / ``load_state_dict``) whose
+    ``state_dict()`` holds CPU tensors: give it to a saver (ignite's ``Checkpoint``, MONAI's ``CheckpointSaver``) so
+    that the file loads on any machine. A ``DataParallel`` / ``DistributedDataParallel`` module is saved without
+    its ``module.`` prefix. ``load_state_dict`` loads into ``obj`` (which moves the tensors to its own device).
+
+    Args:
+        obj: the object saved.
+    """
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def _target(self) -> Any:
+        return unwrap_model(self.obj) if isinstance(self.obj, torch.nn.Module) else self.obj
+
+    def state_dict(self) -> Any:
+        return to_cpu(self._target().state_dict())
+
+    def load_state_dict(self, state_dict: Mapping, *args: Any, **kwargs: Any) -> Any:
+        return self._target().load_state_dict(state_dict, *args, **kwargs)
 
 
 class BestModelSaver(CheckpointSaver):

@@ -1,5 +1,6 @@
 """Nuclei from a class map: connected components per class, split into nuclei by an instance separator, their
-counts, areas, centroids, class probabilities and outlines, and GeoJSON.
+counts, areas, centroids, class probabilities and outlines (their QuPath GeoJSON features:
+:mod:`monai_nasscam.inference.geojson`).
 
 The pixels of one class form connected components (4-connectivity, as the evaluation's panoptic quality). Each
 component is handed, on its own (its box grown by one pixel, inside the image), to an
@@ -27,28 +28,22 @@ several pieces (its flooding crosses the small holes it fills, which are then ta
 can cut a nucleus in two; pieces touching only at a corner are apart under 4-connectivity): such a nucleus keeps
 its pixels, its measurements and its single row in the tables, and its outline is a ``MultiPolygon``, one polygon
 per piece (largest first), each with its own holes -- the nucleus stays the instance that evaluation scores.
-A ``tolerance`` simplifies the outlines with Shapely, keeping every polygon valid; :class:`GeoJSONWriter` checks
-every geometry again as written (after rounding) and repairs or drops one that is not valid, with a count in the log.
+A ``tolerance`` simplifies the outlines with Shapely, keeping every polygon valid;
+:class:`~monai_nasscam.inference.outputs.NucleiGeoJSONWriter` checks every geometry again as written (after
+rounding) and repairs or drops one that is not valid, with a count in the log.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
-from monai_nasscam.fileio import AtomicTextFile
+from monai_nasscam.data.classes import CLASS_NAMES
 
-__all__ = ["Nucleus", "iter_nuclei", "count_components", "nucleus_feature", "nucleus_geometry", "nucleus_measurements",
-           "GeoJSONWriter"]
-
-logger = logging.getLogger("monai_nasscam.inference")
+__all__ = ["Nucleus", "iter_nuclei", "count_components", "polygon_rings"]
 
 
 @dataclass
@@ -148,10 +143,10 @@ def _outline(mask: np.ndarray, row0: int, col0: int, tolerance: float) -> list[l
     if not (shapely.is_valid(simple) and all(isinstance(p, shapely.Polygon) for p in parts)
             and [len(p.interiors) + 1 for p in parts] == [len(p) for p in polygons]):
         return polygons
-    return [_rings_of(p) for p in parts]
+    return [polygon_rings(p) for p in parts]
 
 
-def _rings_of(polygon: Any) -> list[np.ndarray]:
+def polygon_rings(polygon: Any) -> list[np.ndarray]:
     """A Shapely polygon's rings as ``(x, y)`` arrays, the exterior counter-clockwise, the holes clockwise."""
     import shapely
 
@@ -367,150 +362,3 @@ def count_components(class_map: np.ndarray, num_classes: int = len(CLASS_NAMES))
     from skimage.measure import label
 
     return {c: int(label(class_map == c, connectivity=1).max()) for c in range(1, num_classes + 1)}
-
-
-def nucleus_measurements(
-    nucleus: Nucleus, names: Mapping[int, str] | Sequence[str] = CLASS_NAMES, decimals: int = 4
-) -> dict[str, float]:
-    """The QuPath measurements of a nucleus (a flat map of name -> number): ``Centroid X px``, ``Centroid Y px``
-    (full-image pixel coordinates, as the polygon), ``Area px``, ``Area µm^2`` (when the resolution is known),
-    ``Class probability`` (mean of the class's sigmoid over the nucleus) and ``Probability <class>`` for every class
-    (when the probabilities are known)."""
-    x, y = nucleus.centroid
-    out: dict[str, float] = {"Centroid X px": round(float(x), 2), "Centroid Y px": round(float(y), 2),
-                             "Area px": int(nucleus.area)}
-    if nucleus.area_um2 is not None:
-        out["Area µm^2"] = round(float(nucleus.area_um2), decimals)
-    if nucleus.probabilities is not None:
-        out["Class probability"] = round(float(nucleus.probability), decimals)  # type: ignore[arg-type]
-        for c, p in enumerate(nucleus.probabilities, start=1):
-            out[f"Probability {_class_name(names, c)}"] = round(float(p), decimals)
-    return out
-
-
-def _class_name(names: Mapping[int, str] | Sequence[str], class_id: int) -> str:
-    return names[class_id] if isinstance(names, Mapping) else names[class_id - 1]
-
-
-#: decimals of the GeoJSON coordinates: QuPath 0.6 reads them on a 0.01-pixel grid (its precision model)
-COORDINATE_DECIMALS = 2
-
-
-def nucleus_geometry(polygons: Sequence[Sequence[np.ndarray]]) -> dict[str, Any]:
-    """The GeoJSON geometry of outline polygons (:attr:`Nucleus.polygons`): a ``Polygon`` for one, a
-    ``MultiPolygon`` for a nucleus in several pieces; coordinates rounded to :data:`COORDINATE_DECIMALS`."""
-    coordinates = [[np.round(r, COORDINATE_DECIMALS).tolist() for r in polygon] for polygon in polygons]
-    if len(coordinates) == 1:
-        return {"type": "Polygon", "coordinates": coordinates[0]}
-    return {"type": "MultiPolygon", "coordinates": coordinates}
-
-
-def nucleus_feature(
-    nucleus: Nucleus,
-    names: Mapping[int, str] | Sequence[str] = CLASS_NAMES,
-    colors: Mapping[int, Sequence[int]] = CLASS_COLORS,
-    object_type: str = "detection",
-) -> dict[str, Any]:
-    """A GeoJSON ``Feature`` that QuPath (0.4 to 0.6) imports as a classified detection or annotation: the outline
-    (:func:`nucleus_geometry`: a ``Polygon``, or a ``MultiPolygon`` for a nucleus in several pieces) and
-    ``properties`` holding ``objectType``, ``classification`` (``name`` and ``color`` as ``[r, g, b]``) and
-    ``measurements`` as a flat map of name -> number (:func:`nucleus_measurements`).
-
-    No ``id`` is written: QuPath reads feature ids as UUIDs and gives every imported object a new one.
-    """
-    props: dict[str, Any] = {
-        "objectType": object_type,
-        "classification": {"name": _class_name(names, nucleus.class_id),
-                           "color": [int(v) for v in colors[nucleus.class_id]]},
-        "isLocked": False,
-        "measurements": nucleus_measurements(nucleus, names),
-    }
-    return {"type": "Feature", "geometry": nucleus_geometry(nucleus.polygons), "properties": props}
-
-
-def _valid_geometry(geometry: dict[str, Any]) -> dict[str, Any] | None:
-    """``geometry`` (GeoJSON, as written) if it is a valid polygonal geometry (``shapely.is_valid``: the rules of
-    JTS, which QuPath uses), else its repair by ``shapely.make_valid`` (polygonal parts only, rounded like it and
-    valid after rounding), else ``None``."""
-    import shapely
-    from shapely.geometry import shape
-
-    geom = shape(geometry)
-    if shapely.is_valid(geom) and not geom.is_empty:
-        return geometry
-    parts, polygons = [shapely.make_valid(geom)], []
-    while parts:
-        part = parts.pop()
-        if isinstance(part, shapely.Polygon):
-            if part.area > 0:
-                polygons.append(part)
-        elif isinstance(part, (shapely.MultiPolygon, shapely.GeometryCollection)):
-            parts.extend(shapely.get_parts(part))
-    if not polygons:
-        return None
-    polygons.sort(key=lambda g: -g.area)
-    repaired = nucleus_geometry([_rings_of(g) for g in polygons])
-    return repaired if shapely.is_valid(shape(repaired)) else None
-
-
-class GeoJSONWriter:
-    """Stream a ``FeatureCollection`` to a file, one feature at a time (a slide may hold 10^5 nuclei).
-
-    Written to a temporary file next to ``path`` and renamed on :meth:`close`
-    (:class:`~monai_nasscam.fileio.AtomicTextFile`), so a crash never leaves a truncated file. Every geometry is
-    checked as it is written (rounded to :data:`COORDINATE_DECIMALS`) with ``shapely.is_valid``: one that is not a
-    valid polygon (QuPath 0.6 rejects a whole file for one) is repaired with ``shapely.make_valid``, or dropped
-    when no valid polygon remains; :attr:`repaired` and :attr:`dropped` count them and :meth:`close` logs the
-    counts. (The outlines of :func:`iter_nuclei` are valid by construction: this is the last line of defence.)
-
-    Args:
-        path: the ``.geojson`` file.
-        object_type: QuPath object type of the features, ``detection`` or ``annotation``.
-
-    Raises:
-        ValueError: another ``object_type``.
-    """
-
-    def __init__(self, path: str | os.PathLike, object_type: str = "detection") -> None:
-        if object_type not in ("detection", "annotation"):
-            raise ValueError(f"object_type must be 'detection' or 'annotation', got {object_type!r}.")
-        self.path = os.fspath(path)
-        self.object_type = object_type
-        self._out = AtomicTextFile(self.path)
-        self._f = self._out.file
-        self._f.write('{"type": "FeatureCollection", "features": [\n')
-        self.count = 0
-        self.repaired = 0
-        self.dropped = 0
-
-    def add(self, nucleus: Nucleus) -> None:
-        """Write the feature of ``nucleus`` (nothing for a nucleus without an outline)."""
-        if not nucleus.polygons:
-            return
-        feature = nucleus_feature(nucleus, object_type=self.object_type)
-        geometry = _valid_geometry(feature["geometry"])
-        if geometry is None:
-            self.dropped += 1
-            return
-        if geometry is not feature["geometry"]:
-            self.repaired += 1
-            feature["geometry"] = geometry
-        if self.count:
-            self._f.write(",\n")
-        self._f.write(json.dumps(feature, separators=(",", ":")))
-        self.count += 1
-
-    def close(self) -> None:
-        """Finish the file and rename it into place; log the repaired and dropped outlines, if any."""
-        if self._f.closed:
-            return
-        self._f.write("\n]}\n")
-        self._out.commit()
-        if self.repaired or self.dropped:
-            logger.warning("%s: %d outline(s) were not valid polygons: %d repaired (shapely.make_valid), %d dropped "
-                           "(no valid polygon left); %d features written.", self.path, self.repaired + self.dropped,
-                           self.repaired, self.dropped, self.count)
-
-    def abort(self) -> None:
-        """Drop the file (nothing is written at ``path``)."""
-        self._out.discard()

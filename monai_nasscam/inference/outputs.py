@@ -1,5 +1,6 @@
-"""Files written per image and per run by the inference workflow: class map PNG and NIfTI, colour overlay, nuclei
-GeoJSON, tables.
+"""The files written per image by the inference workflow: class map PNG and NIfTI, colour overlay
+(:mod:`monai_nasscam.inference.overlay`), nuclei GeoJSON (:mod:`monai_nasscam.inference.geojson`) and CSV. (The run's
+tables and completion markers: :mod:`monai_nasscam.inference.writing`.)
 
 The per-image files are written by a list of output writers (``outputs`` in ``bundle/configs/inference.yaml``), each
 a small class with the interface of :class:`OutputWriter`: :meth:`~OutputWriter.write` gets the
@@ -26,7 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from monai_nasscam.data.classes import CLASS_COLORS, CLASS_NAMES
+from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.errors import InputError
 from monai_nasscam.fileio import AtomicTextFile, atomic_path, atomic_write_text
-from monai_nasscam.inference.nuclei import GeoJSONWriter, Nucleus
+from monai_nasscam.inference.geojson import OBJECT_TYPES, nucleus_feature, valid_geometry
+from monai_nasscam.inference.nuclei import Nucleus
+from monai_nasscam.inference.overlay import write_overlay
 
 __all__ = [
     "InferredImage",
@@ -48,14 +51,12 @@ __all__ = [
     "ClassMapPNGWriter",
     "ClassMapNiftiWriter",
     "OverlayWriter",
-    "default_outputs",
     "write_class_map_png",
     "save_class_map_nifti",
-    "write_overlay",
     "write_csv",
-    "write_counts_csv",
-    "write_summary",
 ]
+
+logger = logging.getLogger("monai_nasscam.inference")
 
 
 def write_class_map_png(path: str, class_map: np.ndarray) -> None:
@@ -102,172 +103,6 @@ def save_class_map_nifti(
     return str(layout.filename(subject=source)) if layout is not None else None
 
 
-def _blend(image: np.ndarray, class_map: np.ndarray, alpha: float) -> np.ndarray:
-    """The image with each class's pixels tinted by its colour and outlined in it (uint8, touched pixels only)."""
-    from scipy import ndimage
-
-    out = np.array(image, dtype=np.uint8, copy=True)
-    colours = np.zeros((len(CLASS_NAMES) + 1, 3), np.float32)
-    for cid, rgb in CLASS_COLORS.items():
-        colours[cid] = rgb
-    fg = class_map > 0
-    # solid outlines: foreground pixels with another value in their 3 x 3 neighbourhood
-    edge = fg & (ndimage.grey_erosion(class_map, size=3) != ndimage.grey_dilation(class_map, size=3))
-    ids = class_map[fg]
-    out[fg] = np.clip((1 - alpha) * out[fg].astype(np.float32) + alpha * colours[ids] + 0.5, 0, 255).astype(np.uint8)
-    out[edge] = colours[class_map[edge]].astype(np.uint8)
-    return out
-
-
-#: font size range of the overlay's title and legend, in points at 100 dpi (1 pt = 1.39 px): readable on a 64-px
-#: image, not shouting on a 4096-px one
-LEGEND_FONT_RANGE = (8.0, 36.0)
-
-
-def _wrap_to_width(text: str, fits: Any) -> list[str]:
-    """``text`` cut into lines for which ``fits(line)`` holds: at spaces where possible, inside a word (a long file
-    name) where a word alone does not fit."""
-    lines: list[str] = []
-    for paragraph in text.split("\n"):
-        line = ""
-        for word in paragraph.split(" "):
-            candidate = f"{line} {word}" if line else word
-            if fits(candidate):
-                line = candidate
-                continue
-            if line:
-                lines.append(line)
-            line = ""
-            while word and not fits(word):
-                cut = max(1, max((k for k in range(1, len(word) + 1) if fits(word[:k])), default=1))
-                lines.append(word[:cut])
-                word = word[cut:]
-            line = word
-        lines.append(line)
-    return lines
-
-
-def _legend_strip(
-    width: int, counts: Mapping[int, int], label: str, boxes: list[tuple[str, tuple[float, float, float, float]]] | None = None
-) -> np.ndarray:
-    """A white strip with the title and the class colours, names and counts, laid out for an image ``width`` pixels
-    wide (rendered by matplotlib).
-
-    The font size follows the width (``width / 55`` points within :data:`LEGEND_FONT_RANGE`); the title is wrapped
-    to the strip (inside long words too), the four entries take as many rows as the width needs (4, 2 or 1 per
-    row), and the strip is wider than ``width`` when even one entry per row does not fit (a very narrow image).
-
-    Args:
-        width: the image's width in pixels.
-        counts: nuclei per class id (1-4); a missing class counts 0.
-        label: the title.
-        boxes: when given, receives ``(text, (x0, y0, x1, y1))`` of every text drawn, in strip pixels (rows from
-            the top), as matplotlib measures it.
-
-    Returns:
-        ``(h, w, 3)`` uint8 RGB, ``w >= width``.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.patches import Rectangle
-
-    dpi = 100.0
-    lo, hi = LEGEND_FONT_RANGE
-    size = float(np.clip(width / 55.0, lo, hi))
-    font = FontProperties(size=size)
-    px = size * dpi / 72.0  # the font size in pixels
-    measure = FigureCanvasAgg(Figure(dpi=dpi)).get_renderer()
-
-    def text_width(s: str) -> float:
-        return measure.get_text_width_height_descent(s, font, ismath=False)[0]
-
-    margin, swatch, gap, col_gap = round(0.8 * px), round(0.9 * px), round(0.4 * px), round(1.5 * px)
-    line_h, row_h = round(1.3 * px), round(1.6 * px)
-    entries = [f"{name}: {int(counts.get(c, 0))}" for c, name in enumerate(CLASS_NAMES, start=1)]
-    entry_w = max(swatch + gap + text_width(e) for e in entries)
-    strip_w = int(max(width, math.ceil(entry_w + 2 * margin)))
-    ncol = next(n for n in (4, 2, 1) if n == 1 or n * entry_w + (n - 1) * col_gap <= strip_w - 2 * margin)
-    nrow = -(-len(entries) // ncol)
-    lines = _wrap_to_width(label, lambda s: text_width(s) <= strip_w - 2 * margin) if label else []
-    strip_h = int(2 * margin + len(lines) * line_h + (gap if lines else 0) + nrow * row_h)
-
-    fig = Figure(figsize=(strip_w / dpi, strip_h / dpi), dpi=dpi, facecolor="white")
-    canvas = FigureCanvasAgg(fig)
-
-    def place(x: float, y: float, s: str, ha: str) -> None:  # (x, y): pixels from the top left, text's centre row
-        fig.text(x / strip_w, 1 - y / strip_h, s, fontproperties=font, ha=ha, va="center", color="black")
-
-    y = margin
-    for line in lines:
-        place(strip_w / 2, y + line_h / 2, line, "center")
-        y += line_h
-    y += gap if lines else 0
-    grid_w = ncol * entry_w + (ncol - 1) * col_gap
-    x0 = (strip_w - grid_w) / 2
-    for i, (cid, entry) in enumerate(zip(range(1, len(entries) + 1), entries)):
-        r, c = divmod(i, ncol)
-        ex, ey = x0 + c * (entry_w + col_gap), y + r * row_h + row_h / 2
-        fig.add_artist(Rectangle((ex / strip_w, 1 - (ey + swatch / 2) / strip_h), swatch / strip_w, swatch / strip_h,
-                                 transform=fig.transFigure, facecolor=np.asarray(CLASS_COLORS[cid]) / 255.0,
-                                 edgecolor="black", linewidth=max(0.5, px / 20)))
-        place(ex + swatch + gap, ey, entry, "left")
-    canvas.draw()
-    if boxes is not None:
-        renderer = canvas.get_renderer()
-        for t in fig.texts:
-            bb = t.get_window_extent(renderer)
-            boxes.append((t.get_text(), (bb.x0, strip_h - bb.y1, bb.x1, strip_h - bb.y0)))
-    strip = np.asarray(canvas.buffer_rgba())[..., :3].copy()
-    return strip
-
-
-def write_overlay(
-    path: str,
-    image: np.ndarray,
-    class_map: np.ndarray,
-    counts: Mapping[int, int],
-    title: str = "",
-    alpha: float = 0.45,
-    note: str = "",
-) -> None:
-    """A PNG of the image with the classes in colour (tinted, with outlines) above its title and a legend with the
-    counts (see :func:`_legend_strip`: laid out for the image's width, never clipped).
-
-    ``image`` and ``class_map`` have the same ``(h, w)`` (a slide's overview and its class map subsampled alike).
-    The image is written at its own resolution (no resampling); only the legend is drawn by matplotlib. When the
-    legend needs more width than the image (an image narrower than about 200 px), the picture takes the legend's
-    width and the image is centred on white above it.
-
-    Args:
-        path: the PNG written (atomically).
-        image: ``(h, w, 3)`` uint8 RGB.
-        class_map: ``(h, w)`` uint8, 0 background, 1-4 the classes.
-        counts: nuclei per class id.
-        title: the image's name, first line(s) of the legend.
-        alpha: opacity of the class colours.
-        note: shown after the title in brackets (e.g. ``subsampled 1:4``).
-    """
-    from PIL import Image
-
-    blended = _blend(image, class_map, alpha)
-    h, w = blended.shape[:2]
-    label = title + (f" ({note})" if note else "")
-    strip = _legend_strip(w, counts, (label + " -- nuclei per class") if label else "nuclei per class")
-    width = max(w, strip.shape[1])
-    canvas = np.full((h + strip.shape[0], width, 3), 255, np.uint8)
-    canvas[:h, (width - w) // 2 : (width - w) // 2 + w] = blended
-    canvas[h:, (width - strip.shape[1]) // 2 : (width - strip.shape[1]) // 2 + strip.shape[1]] = strip
-    with atomic_path(path) as tmp:
-        Image.fromarray(canvas).save(tmp, format="PNG", compress_level=3)
-
-
-COUNT_FIELDS = ["image", "name", "status", "height", "width", *CLASS_NAMES, "total", "seconds", "message"]
-
-
 def write_csv(path: str, fieldnames: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """A CSV with a header, written atomically; keys not in ``fieldnames`` are left out."""
     text = io.StringIO(newline="")
@@ -277,57 +112,6 @@ def write_csv(path: str, fieldnames: Sequence[str], rows: Sequence[Mapping[str, 
     atomic_write_text(path, text.getvalue())
 
 
-def write_counts_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """One row per input image: nuclei per class (``status`` ``ok`` or ``error`` with the ``message``)."""
-    write_csv(path, COUNT_FIELDS, rows)
-
-
-def write_summary(
-    csv_path: str,
-    json_path: str,
-    rows: Sequence[Mapping[str, Any]],
-    settings: Mapping[str, Any],
-    images_found: int | None = None,
-    complete: bool = True,
-) -> dict:
-    """Totals per class over the images that succeeded (CSV, one row per class) and ``summary.json``.
-
-    Args:
-        csv_path: the per-class table (``counts_summary.csv``).
-        json_path: ``summary.json``.
-        rows: one row per image processed so far (``counts.csv``).
-        settings: the run's settings, recorded under ``settings``.
-        images_found: the images the run found (``None``: ``len(rows)``).
-        complete: ``False`` while the run is still going (the tables are rewritten after every image), so that the
-            files of an interrupted run say so.
-    """
-    ok = [r for r in rows if r.get("status") == "ok"]
-    table = []
-    for cid, name in enumerate(CLASS_NAMES, start=1):
-        values = [int(r.get(name, 0)) for r in ok]
-        table.append({
-            "class_id": cid,
-            "class": name,
-            "nuclei": int(sum(values)),
-            "images_with_class": int(sum(v > 0 for v in values)),
-            "mean_per_image": round(float(np.mean(values)), 3) if values else 0.0,
-        })
-    write_csv(csv_path, list(table[0]), table)
-    summary = {
-        "complete": bool(complete),
-        "images_found": len(rows) if images_found is None else int(images_found),
-        "images": len(rows),
-        "succeeded": len(ok),
-        "failed": [{"image": r["image"], "message": r.get("message", "")} for r in rows if r.get("status") != "ok"],
-        "nuclei": {t["class"]: t["nuclei"] for t in table},
-        "total_nuclei": int(sum(t["nuclei"] for t in table)),
-        "settings": dict(settings),
-    }
-    atomic_write_text(json_path, json.dumps(summary, indent=2, default=str))
-    return summary
-
-
-# ------------------------------------------------------------------------------------------ per-image writers
 @dataclass
 class InferredImage:
     """One inferred image, as the output writers see it.
@@ -388,9 +172,18 @@ class OutputWriter(ABC):
 
 
 class NucleiGeoJSONWriter(OutputWriter):
-    """``NAME_nuclei.geojson``: one QuPath-importable feature per nucleus (a Polygon, a MultiPolygon for a nucleus in
-    pieces), every geometry checked as written, streamed to disk (:class:`~monai_nasscam.inference.nuclei.GeoJSONWriter`,
-    renamed into place when complete).
+    """``NAME_nuclei.geojson``: a ``FeatureCollection`` with one QuPath-importable feature per nucleus
+    (:func:`~monai_nasscam.inference.geojson.nucleus_feature`: a Polygon, a MultiPolygon for a nucleus in pieces),
+    streamed to disk one feature at a time (a slide may hold 10^5 nuclei) into a temporary file renamed into place
+    when complete (:class:`~monai_nasscam.fileio.AtomicTextFile`), so a crash never leaves a truncated file.
+
+    Every geometry is checked as it is written (rounded to
+    :data:`~monai_nasscam.inference.geojson.COORDINATE_DECIMALS`) with ``shapely.is_valid``: one that is not a valid
+    polygon (QuPath 0.6 rejects a whole file for one) is repaired with ``shapely.make_valid``, or dropped when no
+    valid polygon remains (:func:`~monai_nasscam.inference.geojson.valid_geometry`); :attr:`count`,
+    :attr:`repaired` and :attr:`dropped` count the image's features, and :meth:`write` logs the repairs. (The
+    outlines of :func:`~monai_nasscam.inference.nuclei.iter_nuclei` are valid by construction: this is the last line
+    of defence.)
 
     Args:
         object_type: QuPath object type of the polygons, ``detection`` (light, the default) or ``annotation``.
@@ -402,25 +195,48 @@ class NucleiGeoJSONWriter(OutputWriter):
     streams_nuclei = True
 
     def __init__(self, object_type: str = "detection") -> None:
-        if object_type not in ("detection", "annotation"):
+        if object_type not in OBJECT_TYPES:
             raise InputError(f"object_type must be 'detection' or 'annotation', got {object_type!r}.")
         self.object_type = object_type
-        self._writer: GeoJSONWriter | None = None
+        self._file: AtomicTextFile | None = None
+        self.path = ""
+        self.count = self.repaired = self.dropped = 0
 
     def begin(self, image: InferredImage) -> None:
-        self._writer = GeoJSONWriter(image.base + "_nuclei.geojson", object_type=self.object_type)
+        self.path = image.base + "_nuclei.geojson"
+        self._file = AtomicTextFile(self.path)
+        self._file.file.write('{"type": "FeatureCollection", "features": [\n')
+        self.count = self.repaired = self.dropped = 0
 
     def add_nucleus(self, nucleus: Nucleus) -> None:
-        self._writer.add(nucleus)  # type: ignore[union-attr]
+        """Write the feature of ``nucleus`` (nothing for a nucleus without an outline)."""
+        if not nucleus.polygons:
+            return
+        feature = nucleus_feature(nucleus, object_type=self.object_type)
+        geometry = valid_geometry(feature["geometry"])
+        if geometry is None:
+            self.dropped += 1
+            return
+        if geometry is not feature["geometry"]:
+            self.repaired += 1
+            feature["geometry"] = geometry
+        self._file.file.write((",\n" if self.count else "") + json.dumps(feature, separators=(",", ":")))  # type: ignore[union-attr]
+        self.count += 1
 
     def write(self, image: InferredImage) -> None:
-        self._writer.close()  # type: ignore[union-attr]
-        self._writer = None
+        """Finish the file and rename it into place; log the repaired and dropped outlines, if any."""
+        self._file.file.write("\n]}\n")  # type: ignore[union-attr]
+        self._file.commit()  # type: ignore[union-attr]
+        self._file = None
+        if self.repaired or self.dropped:
+            logger.warning("%s: %d outline(s) were not valid polygons: %d repaired (shapely.make_valid), %d dropped "
+                           "(no valid polygon left); %d features written.", self.path, self.repaired + self.dropped,
+                           self.repaired, self.dropped, self.count)
 
     def abort(self) -> None:
-        if self._writer is not None:
-            self._writer.abort()
-            self._writer = None
+        if self._file is not None:
+            self._file.discard()
+            self._file = None
 
 
 #: the columns of ``NAME_nuclei.csv``
@@ -500,8 +316,9 @@ class ClassMapNiftiWriter(OutputWriter):
 
 
 class OverlayWriter(OutputWriter):
-    """``NAME_overlay.png``: the image with the classes in colour and a legend with the counts
-    (see :func:`write_overlay`); a large image is shown subsampled (the predictor's ``overlay_max_size``).
+    """``NAME_overlay.png``: the image with the classes in colour and a legend with the counts (see
+    :func:`~monai_nasscam.inference.overlay.write_overlay`); a large image is shown subsampled (the predictor's
+    ``overlay_max_size``).
 
     Args:
         alpha: opacity of the class colours over the image.
@@ -517,13 +334,3 @@ class OverlayWriter(OutputWriter):
         note = f"subsampled 1:{step}" if step > 1 else ""
         write_overlay(image.base + "_overlay.png", overview, small_map, image.counts, title=image.name,
                       alpha=self.alpha, note=note)
-
-
-def default_outputs(saver: Any = None, object_type: str = "detection") -> list[OutputWriter]:
-    """The files ``inference.yaml`` writes per image: the nuclei GeoJSON, the nuclei CSV, the class map PNG, the class
-    map NIfTI (when ``saver`` is given) and the overlay."""
-    outputs: list[OutputWriter] = [NucleiGeoJSONWriter(object_type), NucleiCSVWriter(), ClassMapPNGWriter()]
-    if saver is not None:
-        outputs.append(ClassMapNiftiWriter(saver))
-    outputs.append(OverlayWriter())
-    return outputs

@@ -1,5 +1,8 @@
 """The inference workflow of ``bundle/configs/inference.yaml``: a folder of images -> class maps, overlays, nucleus
-counts and QuPath polygons.
+counts and QuPath polygons. :class:`NucleiPredictor` runs it with three parts: reading
+(:mod:`~monai_nasscam.inference.reading`: the images and their readers), predicting
+(:mod:`~monai_nasscam.inference.predicting`: the network, class maps and nuclei) and writing
+(:mod:`~monai_nasscam.inference.writing`: the output folder, completion markers and tables).
 
 Per input image ``IN/[sub/]NAME.ext`` its output writers (``outputs``, :mod:`monai_nasscam.inference.outputs`) write,
 in ``OUT/[sub/]NAME/`` (MONAI ``SaveImage``'s layout), by default:
@@ -38,10 +41,8 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,97 +50,20 @@ import torch
 import torch.nn as nn
 
 from monai_nasscam.data.classes import CLASS_NAMES
-from monai_nasscam.data.errors import DataError
-from monai_nasscam.errors import InputError, RunInterrupted, input_check
+from monai_nasscam.errors import DataError, InferenceError, RunInterrupted, input_check
+from monai_nasscam.inference.outputs import InferredImage, OutputWriter
+from monai_nasscam.inference.predicting import ClassMapPredictor, instance_separator, run_dir_of
+from monai_nasscam.inference.reading import ImageSource, find_images
+from monai_nasscam.inference.resolution import MPP_TOLERANCE
+from monai_nasscam.inference.stain import load_stain_reference, resolve_stain_spec
+from monai_nasscam.inference.writing import OutputFolder
+from monai_nasscam.inferers import describe_precision
 from monai_nasscam.overrides import as_bool, is_null
-from monai_nasscam.inference.instances import INSTANCE_METHODS, WATERSHED_DEFAULTS, WATERSHED_MIN_SIZE, InstanceSeparator
-from monai_nasscam.inference.nuclei import iter_nuclei
-from monai_nasscam.inference.outputs import (
-    InferredImage,
-    OutputWriter,
-    default_outputs,
-    write_counts_csv,
-    write_summary,
-)
-from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.runlock import claim_output_dir
-from monai_nasscam.inferers import AutocastNetwork, autocast_dtype, check_precision, describe_precision
-from monai_nasscam.inference.regions import IMAGE_SUFFIXES, open_region_reader
-from monai_nasscam.inference.resolution import (
-    MPP_TOLERANCE,
-    RescaledNetwork,
-    ResolutionPlan,
-    check_mpp,
-    plan_resolution,
-    rescaled_inferer,
-    scaled_separator,
-    train_resolution,
-)
-from monai_nasscam.inference.stain import SlideStainNormalizer, load_stain_reference, resolve_stain_spec
-from monai_nasscam.inference.tiling import predict_class_map
 
-__all__ = ["NucleiPredictor", "check_inference_inputs", "find_images", "load_weights", "run_dir_of", "InferenceError",
-           "COMPLETE_SUFFIX"]
+__all__ = ["NucleiPredictor", "check_inference_inputs"]
 
 logger = logging.getLogger("monai_nasscam.inference")
-
-
-#: the per-image completion marker ``OUT/[sub/]NAME/NAME_complete.json``, written last (atomically) once every output
-#: of the image is in place: a re-run skips the image while the marker and every file it lists are there
-COMPLETE_SUFFIX = "_complete.json"
-COMPLETE_FORMAT = "monai-nasscam-inference-complete"
-
-
-class InferenceError(RuntimeError):
-    """The inference run could not produce anything (no image, or every image failed)."""
-
-
-def run_dir_of(ckpt_path: str | os.PathLike) -> str:
-    """The training run folder of a checkpoint: ``RUN`` for ``RUN/models/model.pt`` and
-    ``RUN/checkpoints/train_checkpoint.pt``, else the file's folder."""
-    path = Path(ckpt_path).absolute()
-    return str(path.parent.parent if path.parent.name in ("models", "checkpoints") else path.parent)
-
-
-def find_images(input_dir: str | os.PathLike, recursive: bool = True) -> list[str]:
-    """Image files under ``input_dir`` (or the file itself), sorted; where ``NAME.svs`` and ``NAME.tif`` sit side by
-    side (the MoNuSAC release), only the ``.svs`` (the source of truth) is kept.
-
-    Raises:
-        FileNotFoundError: ``input_dir`` does not exist, or holds no image (the message names it).
-    """
-    root = Path(input_dir)
-    if root.is_file():
-        return [str(root)]
-    if not root.is_dir():
-        raise FileNotFoundError(f"input folder {root} does not exist.")
-    walker = root.rglob("*") if recursive else root.glob("*")
-    files = sorted(str(p) for p in walker if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    svs = {os.path.splitext(f)[0] for f in files if f.lower().endswith(".svs")}
-    files = [f for f in files if f.lower().endswith(".svs") or os.path.splitext(f)[0] not in svs]
-    if not files:
-        raise FileNotFoundError(
-            f"input folder {root} holds no image ({', '.join(IMAGE_SUFFIXES)}){'' if recursive else ' (not searched recursively)'}."
-        )
-    return files
-
-
-def load_weights(network: nn.Module, ckpt_path: str | os.PathLike) -> nn.Module:
-    """Load a weights-only checkpoint (``RUN/models/model.pt``: a state dict, or one under ``model``/``network``).
-
-    Raises:
-        FileNotFoundError / ValueError: naming the checkpoint, and for another architecture which weights differ.
-    """
-    from monai_nasscam.networks.run_folder import check_checkpoint
-
-    check_checkpoint(ckpt_path, network)
-    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    for key in ("model", "network"):
-        if key in state and isinstance(state[key], Mapping):
-            state = state[key]
-            break
-    network.load_state_dict(state, strict=True)
-    return network
 
 
 class NucleiPredictor:
@@ -152,9 +76,8 @@ class NucleiPredictor:
         output_dir: where the outputs go.
         ckpt_path: weights (``RUN/models/model.pt``); ``None`` keeps the network's weights (tests).
         outputs: the per-image files, a sequence of :class:`~monai_nasscam.inference.outputs.OutputWriter` called in
-            this order (``None`` entries, e.g. disabled ones of a bundle, are skipped); default
-            :func:`~monai_nasscam.inference.outputs.default_outputs` of ``saver`` and ``object_type``.
-        saver: without ``outputs``: a MONAI ``SaveImage`` for the class map (NIfTI); ``None`` writes no NIfTI.
+            this order (``None`` entries, e.g. disabled ones of a bundle, are skipped); ``None``: the nuclei GeoJSON
+            and CSV, the class map PNG and the overlay (``inference.yaml`` lists its own, the NIfTI among them).
         stain: the stain reference: ``auto`` (``RUN/stain.json``, ``RUN/manifest.json`` or ``dataset_dir``'s
             ``manifest.json``), a ``manifest.json`` path, a JSON file / dict with the reference, or
             ``macenko`` / ``reinhard`` (default references) / ``none``.
@@ -169,17 +92,8 @@ class NucleiPredictor:
         num_workers: threads that read and normalise the next blocks while one is inferred.
         tif_bgr: ``.tif`` files store B, G, R (MoNuSAC ``.tif`` copies); ``.svs`` are always RGB.
         recursive: search ``input_dir`` recursively.
-        object_type: without ``outputs``: QuPath object type of the polygons, ``detection`` (light, the default) or
-            ``annotation``.
         polygon_tolerance: Douglas-Peucker simplification of the polygons in pixels (0: exact contours).
         min_area: nuclei smaller than this many pixels are removed (from the class map too).
-        instance_method: how the class map becomes nuclei: ``watershed`` (default: each connected component of a
-            class split by the marker-controlled watershed that evaluation uses) or ``connected_components`` (one
-            nucleus per component, the paper's protocol).
-        watershed: the watershed's parameters in pixels, a mapping with any of ``h``, ``min_distance``, ``sigma`` and
-            ``min_size`` (nuclei under ``min_size`` pixels are dropped, with the watershed only); missing keys take
-            :data:`~monai_nasscam.inference.instances.WATERSHED_DEFAULTS` and
-            :data:`~monai_nasscam.inference.instances.WATERSHED_MIN_SIZE`.
         overlay_max_size: longest side of the overview image the writers get (the overlay PNG); larger images are
             shown subsampled.
         optimize: network preparation, see :func:`monai_nasscam.inference.optimize.prepare_network`.
@@ -187,17 +101,34 @@ class NucleiPredictor:
         num_threads: torch intra-op threads (``None``: torch's default, one per core; 1 when ``parallel`` > 1).
         parallel: windows of a batch computed in this many threads at once (``auto``: one per CPU core on CPU,
             1 on GPU); see :class:`~monai_nasscam.inference.optimize.PreparedNetwork`.
-        tune_malloc: on CPU, keep freed memory for reuse (:func:`~monai_nasscam.inference.optimize.tune_allocator`).
+        tune_malloc: on CPU, keep freed memory for reuse (:func:`~monai_nasscam.allocator.tune_allocator`).
+        instance_method: how the class map becomes nuclei: ``watershed`` (default: each connected component of a
+            class split by the marker-controlled watershed that evaluation uses) or ``connected_components`` (one
+            nucleus per component, the paper's protocol).
+        watershed: the watershed's parameters in pixels, a mapping with any of ``h``, ``min_distance``, ``sigma`` and
+            ``min_size`` (nuclei under ``min_size`` pixels are dropped, with the watershed only); missing keys take
+            :data:`~monai_nasscam.inference.instances.WATERSHED_DEFAULTS` and
+            :data:`~monai_nasscam.inference.instances.WATERSHED_MIN_SIZE`.
         mpp: microns per pixel of the images whose file records none (``None``: such images' resolution is unknown,
             which is said once per image); a file's own resolution always wins.
         train_mpp: the resolution the network was trained at (``None``: the one ``RUN/network.json`` records, else
             :data:`~monai_nasscam.inference.resolution.DEFAULT_TRAIN_MPP`).
         mpp_tolerance: relative difference under which an image's resolution counts as the training one; images
             further off are rescaled to it (see :mod:`monai_nasscam.inference.resolution`).
-        overwrite: redo images whose outputs are complete (``False``: they are skipped, see :data:`COMPLETE_SUFFIX`).
+        overwrite: redo images whose outputs are complete (``False``: they are skipped, see
+            :data:`~monai_nasscam.inference.writing.COMPLETE_SUFFIX`).
         precision: ``auto`` (bfloat16 autocast on a CPU with native bfloat16, else float32), ``bf16`` or ``fp32``
             (see :mod:`monai_nasscam.inferers`). Only the network's forward pass: its outputs are cast back to
             float32 before the windows are blended, so the probabilities are float32 (then quantised as always).
+
+    Raises:
+        InputError: a setting out of range or of the wrong kind, naming it (before anything is read or written).
+
+    Attributes:
+        reading: the :class:`~monai_nasscam.inference.reading.ImageSource` of ``input_dir``.
+        prediction: the :class:`~monai_nasscam.inference.predicting.ClassMapPredictor` (network, stain reference,
+            resolution plans, class maps and nuclei).
+        writing: the :class:`~monai_nasscam.inference.writing.OutputFolder` of ``output_dir`` and ``outputs``.
     """
 
     def __init__(
@@ -208,7 +139,6 @@ class NucleiPredictor:
         output_dir: str | os.PathLike,
         ckpt_path: str | os.PathLike | None = None,
         outputs: Sequence[OutputWriter | None] | None = None,
-        saver: Any = None,
         stain: Any = "auto",
         dataset_dir: str | os.PathLike | None = None,
         device: str | torch.device = "cpu",
@@ -220,7 +150,6 @@ class NucleiPredictor:
         num_workers: int = 0,
         tif_bgr: Any = False,
         recursive: Any = True,
-        object_type: str = "detection",
         polygon_tolerance: float = 0.0,
         min_area: int = 0,
         overlay_max_size: int = 4096,
@@ -237,111 +166,22 @@ class NucleiPredictor:
         overwrite: Any = False,
         precision: Any = "auto",
     ) -> None:
-        self.network = network
-        self.inferer = inferer
-        self.input_dir = os.path.abspath(os.fspath(input_dir))
-        self.output_dir = os.path.abspath(os.fspath(output_dir))
-        self.ckpt_path = None if is_null(ckpt_path) else os.fspath(ckpt_path)  # type: ignore[arg-type]
-        if outputs is None:
-            outputs = default_outputs(saver, object_type)
-        self.outputs: list[OutputWriter] = [w for w in outputs if w is not None]
-        for writer in self.outputs:
-            if not isinstance(writer, OutputWriter):
-                raise InputError(
-                    f"outputs must be OutputWriter objects (monai_nasscam.inference.outputs), got {writer!r}."
-                )
-        self.stain = stain
-        self.dataset_dir = None if is_null(dataset_dir) else os.fspath(dataset_dir)  # type: ignore[arg-type]
-        self.device = torch.device(device)
-        self.threshold = float(threshold)
-        if not 0.0 < self.threshold < 1.0:
-            raise InputError(f"threshold must lie in (0, 1), got {threshold}.")
-        self.tiled: bool | str = "auto" if str(tiled).strip().lower() == "auto" else as_bool(tiled, "tiled")
-        self.max_whole_pixels = int(max_whole_pixels)
-        self.block_size = int(block_size)
-        self.skip_empty = as_bool(skip_empty, "skip_empty")
-        self.num_workers = max(0, int(num_workers))
-        self.tif_bgr = as_bool(tif_bgr, "tif_bgr")
-        self.recursive = as_bool(recursive, "recursive")
-        self.polygon_tolerance = float(polygon_tolerance)
-        self.min_area = int(min_area)
-        self.separator = self._separator(instance_method, watershed)
-        self.overlay_max_size = int(overlay_max_size)
-        self.optimize = optimize
-        self.progress = as_bool(progress, "progress")
-        self.num_threads = None if is_null(num_threads) else int(num_threads)  # type: ignore[arg-type]
-        self.parallel = parallel
-        self.tune_malloc = as_bool(tune_malloc, "tune_malloc")
-        try:
-            self.mpp = check_mpp(mpp, "mpp")
-            self.train_mpp_setting = check_mpp(train_mpp, "train_mpp")
-        except ValueError as e:
-            raise InputError(str(e)) from None
-        self.mpp_tolerance = float(mpp_tolerance)
-        if not 0.0 <= self.mpp_tolerance < 1.0:
-            raise InputError(f"mpp_tolerance must lie in [0, 1) (a relative difference), got {mpp_tolerance}.")
-        self.overwrite = as_bool(overwrite, "overwrite")
-        self.precision = check_precision(precision)
-        self.train_mpp: float | None = None
-        self.train_mpp_source = ""
-        self.resolutions: dict[str, dict[str, Any]] = {}
+        self.reading = ImageSource(input_dir, recursive, tiled, max_whole_pixels, tif_bgr)
+        self.writing = OutputFolder(output_dir, self.reading.root, outputs, as_bool(overwrite, "overwrite"))
+        self.prediction = ClassMapPredictor(
+            network, inferer, ckpt_path, stain=stain, dataset_dir=dataset_dir, device=device, threshold=threshold,
+            block_size=block_size, skip_empty=skip_empty, num_workers=num_workers, optimize=optimize,
+            progress=progress, num_threads=num_threads, parallel=parallel, tune_malloc=tune_malloc,
+            precision=precision, mpp=mpp, train_mpp=train_mpp, mpp_tolerance=mpp_tolerance,
+            separator=instance_separator(instance_method, watershed), min_area=min_area,
+            polygon_tolerance=polygon_tolerance, overlay_max_size=overlay_max_size,
+        )
         self.skipped: list[str] = []
         self.rows: list[dict[str, Any]] = []
-        self._forward: Any = None
-        self._reference: dict[str, Any] | None = None
 
-    @staticmethod
-    def _separator(method: Any, watershed: Mapping[str, Any] | None) -> InstanceSeparator:
-        """The :class:`InstanceSeparator` of ``instance_method`` and ``watershed`` (errors name the setting)."""
-        method = str(method).strip().lower()
-        if method not in INSTANCE_METHODS:
-            raise InputError(f"instance_method must be one of {', '.join(INSTANCE_METHODS)}, got {method!r}.")
-        params: dict[str, Any] = {**WATERSHED_DEFAULTS, "min_size": WATERSHED_MIN_SIZE}
-        if not is_null(watershed):
-            if not isinstance(watershed, Mapping):
-                raise InputError(f"watershed must be a mapping of {sorted(params)}, got {watershed!r}.")
-            unknown = sorted(set(watershed) - set(params))
-            if unknown:
-                raise InputError(f"watershed: unknown key(s) {unknown}; expected some of {sorted(params)}.")
-            params.update({k: v for k, v in watershed.items() if not is_null(v)})
-        try:
-            if method == "connected_components":
-                return InstanceSeparator(method, min_size=0)
-            return InstanceSeparator(method, h=float(params["h"]), min_distance=int(params["min_distance"]),
-                                     sigma=float(params["sigma"]), min_size=int(params["min_size"]))
-        except (TypeError, ValueError) as e:
-            raise InputError(f"watershed: {e}") from None
-
-    # --------------------------------------------------------------------------------------------- set-up
     def setup(self) -> None:
         """Load the weights, prepare the network and the stain reference (errors here stop the run)."""
-        from monai_nasscam.allocator import tune_allocator
-        from monai_nasscam.inference.optimize import default_workers, prepare_network
-
-        auto = str(self.parallel).strip().lower() == "auto"
-        workers = default_workers(self.device) if auto else max(1, int(self.parallel))
-        if self.num_threads is not None:
-            torch.set_num_threads(max(1, self.num_threads))
-        elif workers > 1 and self.device.type == "cpu":
-            torch.set_num_threads(1)  # the workers run in parallel, each single-threaded
-        if self.tune_malloc and self.device.type == "cpu":
-            tune_allocator(True)
-        if self.ckpt_path is not None:
-            load_weights(self.network, self.ckpt_path)
-        run_dir = run_dir_of(self.ckpt_path) if self.ckpt_path is not None else None
-        self.train_mpp, self.train_mpp_source = train_resolution(run_dir, self.train_mpp_setting)
-        logger.info("training resolution %g µm/px (%s)", self.train_mpp, self.train_mpp_source)
-        self._reference = load_stain_reference(resolve_stain_spec(self.stain, self.dataset_dir, run_dir))
-        self.network.to(self.device).eval()
-        roi = [int(r) for r in np.broadcast_to(np.asarray(self.inferer.roi_size), (2,))]
-        self._forward = prepare_network(
-            self.network, self.optimize, (int(self.inferer.sw_batch_size), 3, *roi), self.device, workers=workers
-        )
-        dtype = autocast_dtype(self.precision, self.device)
-        if dtype is not None:  # in the module the (possibly parallel) workers call: autocast is per thread
-            self._forward.module = AutocastNetwork(self._forward.module, dtype, self.device.type)
-            self._forward.description += ", bf16 autocast"
-        logger.info("stain reference: %s; network preparation: %s", self._reference.get("method"), self._forward.description)
+        self.prediction.setup()
 
     # ----------------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
@@ -356,8 +196,8 @@ class NucleiPredictor:
             InferenceError: not a single image could be processed.
             RunInterrupted: Ctrl-C (a ``KeyboardInterrupt``); the message says what is kept and how to go on.
         """
-        images = find_images(self.input_dir, self.recursive)
-        with claim_output_dir(self.output_dir, "inference"):
+        images = self.reading.find()
+        with claim_output_dir(self.writing.output_dir, "inference"):
             try:
                 return self._run(images)
             except RunInterrupted:
@@ -366,32 +206,31 @@ class NucleiPredictor:
                 done = sum(r.get("status") == "ok" for r in self.rows)
                 raise RunInterrupted(
                     f"interrupted after {done} of {len(images)} images; their outputs are complete and kept "
-                    f"({os.path.join(self.output_dir, 'summary.json')} says complete: false). The same command "
+                    f"({os.path.join(self.writing.output_dir, 'summary.json')} says complete: false). The same command "
                     "continues: finished images are skipped."
                 ) from None
 
     def _run(self, images: list[str]) -> dict[str, Any]:
         self.rows = []
         self.skipped = []
-        self.resolutions = {}
+        self.prediction.resolutions = {}
         self.setup()
-        root = self.input_dir if os.path.isdir(self.input_dir) else os.path.dirname(self.input_dir)
         for i, path in enumerate(images, start=1):
-            rel = os.path.relpath(path, root)
+            rel = self.reading.relative(path)
             start = time.perf_counter()
-            done = None if self.overwrite else self._completed(path)
+            done = self.writing.completed(path, self._fingerprint())
             if done is not None:
                 logger.info("[%d/%d] %s: skipped (complete)", i, len(images), rel)
                 self.rows.append(done["row"])
                 if done.get("resolution"):
-                    self.resolutions[done["row"].get("name", rel)] = done["resolution"]
+                    self.prediction.resolutions[done["row"].get("name", rel)] = done["resolution"]
                 self.skipped.append(rel)
                 continue
             logger.info("[%d/%d] %s", i, len(images), rel)
             try:
                 row = self.process(path)
             except BaseException as e:
-                self._remove_if_empty(os.path.dirname(self._base(path)))  # a failed image leaves no empty folder
+                self.writing.remove_if_empty(os.path.dirname(self.writing.base(path)))  # a failed image leaves no empty folder
                 if not isinstance(e, (DataError, OSError, ValueError, RuntimeError, MemoryError)):
                     raise
                 first = (str(e).strip().splitlines() or [""])[0][:500]
@@ -402,277 +241,114 @@ class NucleiPredictor:
             row.update(image=rel, seconds=round(time.perf_counter() - start, 2))
             self.rows.append(row)
             if row.get("status") == "ok":
-                self._mark_complete(path, row)
-            self._write_tables(len(images), complete=False)
-        self._forward.close()
-        self._forward = None
-        summary = self._write_tables(len(images))
+                self.writing.mark_complete(path, row, self._fingerprint(), self.prediction.resolutions.get(row["name"]))
+            self.writing.write_tables(self.rows, self._settings(), len(images), complete=False)
+        self.prediction.close()
+        summary = self.writing.write_tables(self.rows, self._settings(), len(images))
         ok = summary["succeeded"]
         logger.info("%d of %d images processed (%d skipped as complete), %d nuclei; outputs in %s", ok, len(images),
-                    len(self.skipped), summary["total_nuclei"], self.output_dir)
+                    len(self.skipped), summary["total_nuclei"], self.writing.output_dir)
         if ok == 0:
             failed = "; ".join(f"{f['message']}" for f in summary["failed"][:5])
             raise InferenceError(f"no image could be processed ({len(images)} failed): {failed}")
         return summary
 
-    def _settings(self) -> dict[str, Any]:
-        roi = getattr(self.inferer, "roi_size", None)
-        return {
-            "input_dir": self.input_dir,
-            "checkpoint": self.ckpt_path,
-            "stain": self._reference,
-            "threshold": self.threshold,
-            "roi_size": [int(r) for r in np.broadcast_to(np.asarray(roi), (2,))] if roi is not None else None,
-            "overlap": getattr(self.inferer, "overlap", None),
-            "blend_mode": getattr(getattr(self.inferer, "mode", None), "value", getattr(self.inferer, "mode", None)),
-            "sigma_scale": getattr(self.inferer, "sigma_scale", None),
-            "sw_batch_size": getattr(self.inferer, "sw_batch_size", None),
-            "precision": describe_precision(self.precision, self.device),
-            "block_size": self.block_size,
-            "max_whole_pixels": self.max_whole_pixels,
-            "min_area": self.min_area,
-            "instance_separation": self.separator.describe(),
-            "classes": {str(i): n for i, n in enumerate(CLASS_NAMES, start=1)},
-            "resolution": {
-                "train_mpp": self.train_mpp,
-                "train_mpp_source": self.train_mpp_source,
-                "mpp_setting": self.mpp,
-                "tolerance": self.mpp_tolerance,
-                "unknown": sorted(n for n, r in self.resolutions.items() if r.get("source") == "unknown"),
-                "rescaled": sorted(n for n, r in self.resolutions.items() if r.get("rescaled")),
-                "images": self.resolutions,
-            },
-            "resume": {"overwrite": self.overwrite, "skipped_complete": list(self.skipped)},
-        }
-
-    # ------------------------------------------------------------------------------------------- resume
-    def _fingerprint(self) -> dict[str, Any]:
-        """What the outputs depend on besides the image: outputs made with other settings are not complete."""
-        ckpt = None
-        if self.ckpt_path is not None and os.path.isfile(self.ckpt_path):
-            st = os.stat(self.ckpt_path)
-            ckpt = [os.path.abspath(self.ckpt_path), st.st_size, st.st_mtime_ns]
-        settings = self._settings()
-        keep = ("threshold", "roi_size", "overlap", "blend_mode", "sigma_scale", "min_area", "instance_separation")
-        return json.loads(json.dumps({
-            "checkpoint": ckpt,
-            **{k: settings.get(k) for k in keep},
-            "polygon_tolerance": self.polygon_tolerance,
-            "stain": (self._reference or {}).get("method"),
-            "outputs": [type(w).__name__ for w in self.outputs],
-            "mpp": self.mpp, "train_mpp": self.train_mpp, "mpp_tolerance": self.mpp_tolerance,
-        }, default=str))
-
-    def _marker(self, path: str) -> str:
-        return self._base(path) + COMPLETE_SUFFIX
-
-    def _completed(self, path: str) -> dict[str, Any] | None:
-        """The completion record of ``path``'s outputs when they are complete and current: the marker exists, the
-        input file and the settings are those it records, and every output file it lists is there with its size;
-        else ``None``."""
-        marker = self._marker(path)
-        try:
-            record = json.loads(Path(marker).read_text())
-            st = os.stat(path)
-        except (OSError, ValueError):
-            return None
-        if not isinstance(record, dict) or record.get("format") != COMPLETE_FORMAT:
-            return None
-        if record.get("source") != [st.st_size, st.st_mtime_ns]:
-            return None
-        if record.get("settings") != self._fingerprint():
-            logger.info("%s: outputs made with other settings; redone", path)
-            return None
-        folder = os.path.dirname(marker)
-        for name, size in (record.get("files") or {}).items():
-            try:
-                if os.path.getsize(os.path.join(folder, name)) != size:
-                    return None
-            except OSError:
-                return None
-        return record if record.get("files") and isinstance(record.get("row"), dict) else None
-
-    def _mark_complete(self, path: str, row: dict[str, Any]) -> None:
-        """Write the completion marker, last and atomically: the image's output files (name and size), the input's
-        size and modification time, the settings and its ``counts.csv`` row."""
-        marker = self._marker(path)
-        folder, stem = os.path.dirname(marker), os.path.basename(self._base(path))
-        files = {
-            f: os.path.getsize(os.path.join(folder, f)) for f in sorted(os.listdir(folder))
-            if f.startswith(stem + "_") and not f.endswith(COMPLETE_SUFFIX) and os.path.isfile(os.path.join(folder, f))
-        }
-        st = os.stat(path)
-        record = {"format": COMPLETE_FORMAT, "version": 1, "source": [st.st_size, st.st_mtime_ns],
-                  "settings": self._fingerprint(), "files": files, "row": row,
-                  "resolution": self.resolutions.get(row.get("name", ""))}
-        atomic_write_text(marker, json.dumps(record, indent=1, default=str) + "\n")
-
-    def _write_tables(self, images_found: int, complete: bool = True) -> dict[str, Any]:
-        """``counts.csv``, ``counts_summary.csv`` and ``summary.json`` of the images so far (``complete``: all)."""
-        write_counts_csv(os.path.join(self.output_dir, "counts.csv"), self.rows)
-        return write_summary(
-            os.path.join(self.output_dir, "counts_summary.csv"),
-            os.path.join(self.output_dir, "summary.json"),
-            self.rows,
-            self._settings(),
-            images_found=images_found,
-            complete=complete,
-        )
-
-    def _remove_if_empty(self, folder: str) -> None:
-        """Remove ``folder`` and its parents below the output folder while they are empty."""
-        while os.path.commonpath([folder, self.output_dir]) == self.output_dir and folder != self.output_dir:
-            try:
-                os.rmdir(folder)  # only succeeds on an empty folder
-            except OSError:
-                return
-            folder = os.path.dirname(folder)
-
     # ------------------------------------------------------------------------------------------ one image
-    def _base(self, path: str) -> str:
-        """``OUT/[sub/]NAME/NAME`` -- the folder layout of ``SaveImage`` (``data_root_dir`` = the input folder)."""
-        from monai.data.utils import create_file_basename
-
-        root = self.input_dir if os.path.isdir(self.input_dir) else os.path.dirname(self.input_dir)
-        return create_file_basename("", path, self.output_dir, data_root_dir=root, separate_folder=True, makedirs=True)
-
     def process(self, path: str) -> dict[str, Any]:
         """Infer one image and write its files; returns its ``counts.csv`` row."""
-        if self._forward is None:
-            self.setup()
-        base = self._base(path)
-        name = os.path.relpath(base, self.output_dir)
-        name = os.path.dirname(name)
-        if os.path.exists(base + COMPLETE_SUFFIX):  # being redone: complete again only once every output is rewritten
-            os.remove(base + COMPLETE_SUFFIX)
-        reader = open_region_reader(path, tiled=self.tiled, max_whole_pixels=self.max_whole_pixels, swap_rb=self.tif_bgr)
-        tmp_map = tmp_probs = None
+        base = self.writing.base(path)
+        name = self.writing.name(path)
+        self.writing.unmark(path)  # being redone: complete again only once every output is rewritten
+        reader = self.reading.open(path)
         try:
             height, width = reader.shape
-            plan = self._plan(path, name, reader.mpp)
-            forward, inferer, separator = self._forward, self.inferer, self.separator
-            if plan.rescaled:
-                forward = RescaledNetwork(self._forward, plan.roi)
-                inferer = rescaled_inferer(self.inferer, plan.window)
-                separator = scaled_separator(self.separator, plan.scale)
-            large = bool(reader.tiled) or height * width > self.max_whole_pixels
-            step = max(1, math.ceil(max(height, width) / self.overlay_max_size))
-            measure = any(w.streams_nuclei for w in self.outputs)  # nucleus probabilities need the class maps
-            probs: np.ndarray | bool = measure
-            if large:  # the class map goes to a memory map next to the outputs, never whole in RAM as float
-                fd, tmp_map = tempfile.mkstemp(prefix=".classmap-", suffix=".u8", dir=os.path.dirname(base))
-                os.close(fd)
-                out = np.memmap(tmp_map, dtype=np.uint8, mode="w+", shape=(height, width))
-                if measure:  # and the quantised probabilities, C bytes per pixel, to a memory map as well
-                    fd, tmp_probs = tempfile.mkstemp(prefix=".probabilities-", suffix=".u8", dir=os.path.dirname(base))
-                    os.close(fd)
-                    probs = np.memmap(tmp_probs, dtype=np.uint8, mode="w+", shape=(len(CLASS_NAMES), height, width))
-            else:
-                out = None
-            normalizer = SlideStainNormalizer(self._reference or {"method": "none"})
             t0 = time.perf_counter()
-            class_map, info = predict_class_map(
-                reader,
-                forward,
-                inferer,
-                normalizer=normalizer,
-                out=out,
-                block_size=self.block_size if large else None,
-                threshold=self.threshold,
-                skip_empty=self.skip_empty,
-                prefetch=self.num_workers if large else 0,
-                overview_step=step if (large or step > 1) else None,
-                progress=self.progress and large,
-                zeroed=out is not None,
-                probabilities=probs,
-            )
-            if info["stain_note"]:
-                logger.warning("%s: %s", path, info["stain_note"])
-            overview = info.get("overview")
-            if overview is None:
-                overview = reader.image  # type: ignore[union-attr]
-            mpp = plan.image_mpp
-        except BaseException:
-            for tmp in (tmp_map, tmp_probs):  # the memory maps of a failed image
-                if tmp is not None and os.path.exists(tmp):
-                    os.remove(tmp)
-            raise
+            prediction = self.prediction.predict(reader, path, name, os.path.dirname(base), self.reading.is_large(reader),
+                                                 probabilities=self.writing.streams_nuclei)
         finally:
             reader.close()
         t1 = time.perf_counter()
-        image = InferredImage(source=path, base=base, name=name, class_map=class_map, overview=overview,
-                              overview_step=step, mpp=mpp, streamed=large)
+        image = InferredImage(source=path, base=base, name=name, class_map=prediction.class_map,
+                              overview=prediction.overview, overview_step=prediction.overview_step,
+                              mpp=prediction.plan.image_mpp, streamed=prediction.streamed)
+        info = prediction.info
         try:
-            self._nuclei(image, info.get("probabilities"), separator)
+            self.prediction.nuclei(image, prediction, self.writing.writers)
             t2 = time.perf_counter()
-            for writer in self.outputs:
-                writer.write(image)
-            counts = image.counts
-            logger.info(
-                "%s: %d x %d px (width x height), %d block(s) (%d without tissue), inference %.1f s, %d nuclei %.1f s, "
-                "files %.1f s", name, width, height, info["blocks"], info["skipped_blocks"], t1 - t0, sum(counts.values()),
-                t2 - t1, time.perf_counter() - t2,
-            )
+            self.writing.write(image)
         except BaseException:
-            for writer in self.outputs:
-                writer.abort()
+            self.writing.abort()
             raise
         finally:
-            info.pop("probabilities", None)
-            if tmp_map is not None:
-                del class_map, out, image, probs
-                os.remove(tmp_map)
-            if tmp_probs is not None:
-                os.remove(tmp_probs)
+            prediction.release()
+        counts = image.counts
+        logger.info(
+            "%s: %d x %d px (width x height), %d block(s) (%d without tissue), inference %.1f s, %d nuclei %.1f s, "
+            "files %.1f s", name, width, height, info["blocks"], info["skipped_blocks"], t1 - t0, sum(counts.values()),
+            t2 - t1, time.perf_counter() - t2,
+        )
         row: dict[str, Any] = {"name": name, "status": "ok", "height": height, "width": width, "message": ""}
         for cid, cname in enumerate(CLASS_NAMES, start=1):
             row[cname] = counts[cid]
         row["total"] = int(sum(counts.values()))
         if info["skipped_blocks"]:
             row["message"] = f"{info['skipped_blocks']} of {info['blocks']} blocks without tissue skipped"
-        for note in (info["stain_note"], plan.note):
+        for note in (info["stain_note"], prediction.plan.note):
             if note:
                 row["message"] = (row["message"] + "; " if row["message"] else "") + note
         return row
 
-    def _plan(self, path: str, name: str, file_mpp: float | None) -> ResolutionPlan:
-        """The image's :class:`~monai_nasscam.inference.resolution.ResolutionPlan` (its file's resolution, else the
-        ``mpp`` setting), logged -- a warning naming the file when the resolution is unknown -- and recorded for
-        ``summary.json``."""
-        if self.train_mpp is None:
-            self.train_mpp, self.train_mpp_source = train_resolution(
-                run_dir_of(self.ckpt_path) if self.ckpt_path is not None else None, self.train_mpp_setting)
-        mpp, source = (file_mpp, "file") if file_mpp else (self.mpp, "setting")
-        roi = [int(r) for r in np.broadcast_to(np.asarray(self.inferer.roi_size), (2,))]
-        plan = plan_resolution(mpp, source, self.train_mpp, roi, self.mpp_tolerance)
-        if plan.source == "unknown":
-            logger.warning("%s: %s; pass --mpp (microns per pixel) if it is not %g", path, plan.note, self.train_mpp)
-        elif plan.rescaled:
-            logger.info("%s: %s", path, plan.note)
-        self.resolutions[name] = plan.to_dict()
-        return plan
+    # -------------------------------------------------------------------------------------------- records
+    def _settings(self) -> dict[str, Any]:
+        """The run's settings, as ``summary.json`` records them."""
+        p = self.prediction
+        inferer = p.inferer
+        resolutions = p.resolutions
+        return {
+            "input_dir": self.reading.input_dir,
+            "checkpoint": p.ckpt_path,
+            "stain": p.reference,
+            "threshold": p.threshold,
+            "roi_size": p.roi if getattr(inferer, "roi_size", None) is not None else None,
+            "overlap": getattr(inferer, "overlap", None),
+            "blend_mode": getattr(getattr(inferer, "mode", None), "value", getattr(inferer, "mode", None)),
+            "sigma_scale": getattr(inferer, "sigma_scale", None),
+            "sw_batch_size": getattr(inferer, "sw_batch_size", None),
+            "precision": describe_precision(p.precision, p.device),
+            "block_size": p.block_size,
+            "max_whole_pixels": self.reading.max_whole_pixels,
+            "min_area": p.min_area,
+            "instance_separation": p.separator.describe(),
+            "classes": {str(i): n for i, n in enumerate(CLASS_NAMES, start=1)},
+            "resolution": {
+                "train_mpp": p.train_mpp,
+                "train_mpp_source": p.train_mpp_source,
+                "mpp_setting": p.mpp,
+                "tolerance": p.mpp_tolerance,
+                "unknown": sorted(n for n, r in resolutions.items() if r.get("source") == "unknown"),
+                "rescaled": sorted(n for n, r in resolutions.items() if r.get("rescaled")),
+                "images": resolutions,
+            },
+            "resume": {"overwrite": self.writing.overwrite, "skipped_complete": list(self.skipped)},
+        }
 
-    def _nuclei(
-        self, image: InferredImage, probabilities: np.ndarray | None = None, separator: InstanceSeparator | None = None
-    ) -> None:
-        """Find the nuclei of ``image.class_map`` (split by the instance separation; those it drops and those under
-        ``min_area`` are removed from it), measure them (``probabilities``: the quantised ``(C, H, W)`` class
-        probabilities), count them into ``image.counts`` / ``image.areas`` and stream them to the writers that take
-        them. ``separator``: the instance separation for this image (default: the predictor's)."""
-        counts = {c: 0 for c in range(1, len(CLASS_NAMES) + 1)}
-        areas = dict(counts)
-        for writer in self.outputs:
-            writer.begin(image)
-        streams = [w for w in self.outputs if w.streams_nuclei]
-        nuclei = iter_nuclei(image.class_map, outlines=bool(streams), tolerance=self.polygon_tolerance,
-                             min_area=self.min_area, separator=separator or self.separator,
-                             probabilities=probabilities if streams else None, mpp=image.mpp)
-        for nucleus in nuclei:
-            counts[nucleus.class_id] += 1
-            areas[nucleus.class_id] += nucleus.area
-            for writer in streams:
-                writer.add_nucleus(nucleus)
-        image.counts, image.areas = counts, areas
+    def _fingerprint(self) -> dict[str, Any]:
+        """What the outputs depend on besides the image: outputs made with other settings are not complete."""
+        p = self.prediction
+        ckpt = None
+        if p.ckpt_path is not None and os.path.isfile(p.ckpt_path):
+            st = os.stat(p.ckpt_path)
+            ckpt = [os.path.abspath(p.ckpt_path), st.st_size, st.st_mtime_ns]
+        settings = self._settings()
+        keep = ("threshold", "roi_size", "overlap", "blend_mode", "sigma_scale", "min_area", "instance_separation")
+        return json.loads(json.dumps({
+            "checkpoint": ckpt,
+            **{k: settings.get(k) for k in keep},
+            "polygon_tolerance": p.polygon_tolerance,
+            "stain": (p.reference or {}).get("method"),
+            "outputs": [type(w).__name__ for w in self.writing.writers],
+            "mpp": p.mpp, "train_mpp": p.train_mpp, "mpp_tolerance": p.mpp_tolerance,
+        }, default=str))
 
 
 @input_check  # one "error: ..." line naming the setting or file (monai_nasscam.errors)
@@ -698,8 +374,8 @@ def check_inference_inputs(
     (``sw_mode`` / ``sigma_scale``: the window blending, checked when given; ``polygon_tolerance``: a finite number
     of pixels >= 0).
     (A checkpoint of another architecture is reported when the weights are loaded, naming the file.)"""
-    from monai_nasscam.networks.run_folder import check_trained_weights, resolve_network_choice
     from monai_nasscam.inference.tiling import window_geometry
+    from monai_nasscam.networks.run_folder import check_trained_weights, resolve_network_choice
 
     find_images(input_dir, as_bool(recursive, "recursive"))
     check_trained_weights(ckpt_path)  # a search checkpoint or a text file: said first, before the network choice

@@ -3,7 +3,7 @@
 The image is padded (white, at the end of each axis, as the training crops) so that MONAI's
 ``SlidingWindowInferer`` places its windows exactly on a global grid of step ``stride = int(roi * (1 - overlap))``
 with no clamped last window. A small image is inferred in one piece. A large one (read through a
-:class:`~monai_nasscam.inference.regions.TiffRegionReader`) is cut into blocks: each block's core is a multiple of
+:class:`~monai_nasscam.data.tiff_reader.TiffRegionReader`) is cut into blocks: each block's core is a multiple of
 ``stride`` and the block is read with the margin that holds every window overlapping the core, so every core pixel
 is blended from exactly the windows -- in the same order -- that the one-piece inference would use. The class maps
 of the two paths are therefore the same, while a block needs a few hundred MB whatever the slide size.
@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from monai.utils import ensure_tuple_rep
 
+from monai_nasscam.overrides import check_roi_size
+
 __all__ = [
     "BlockPlan",
     "plan_blocks",
@@ -61,8 +63,6 @@ def window_geometry(roi_size: Any, overlap: Any) -> tuple[tuple[int, int], tuple
     Raises:
         ValueError: a window side that is not a multiple of 16, or an overlap outside [0, 1).
     """
-    from monai_nasscam.engines.search_inputs import check_roi_size  # the one roi_size message of every workflow
-
     roi = tuple(check_roi_size(roi_size))
     overlap = ensure_tuple_rep(overlap, 2)
     for o in overlap:
@@ -206,7 +206,7 @@ def predict_class_map(
     """Infer the class map of the image behind ``reader``.
 
     Args:
-        reader: a region reader (``shape``, ``read(y0, y1, x0, x1)``), see :mod:`.regions`.
+        reader: a region reader (``shape``, ``read(y0, y1, x0, x1)``), see :func:`monai_nasscam.data.slide.open_image`.
         network: called on ``(n, 3, roi_h, roi_w)`` float batches in [0, 1]; returns ``(n, 4, ...)`` logits.
         inferer: a MONAI ``SlidingWindowInferer`` (``roi_size``, ``overlap``, ``sw_batch_size``, ``mode`` ...).
         normalizer: a :class:`~monai_nasscam.inference.stain.SlideStainNormalizer` (fitted here on this image),

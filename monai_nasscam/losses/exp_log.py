@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -13,12 +13,10 @@ from monai.networks import one_hot
 from monai.utils import LossReduction
 from torch.nn.modules.loss import _Loss
 
-__all__ = ["ExpLogLoss", "IGNORE_VALUE"]
+from monai_nasscam.data.class_weights import weights_from_frequencies
+from monai_nasscam.data.classes import IGNORE_VALUE
 
-#: target value of a pixel left out of the loss (``ExpLogLoss(ignore_value=...)``'s default); the training transforms
-#: write it into the label at the pixels of an ``ambiguous`` mask (see ``monai_nasscam.data.train_transforms``).
-IGNORE_VALUE: float = -1.0
-
+__all__ = ["ExpLogLoss"]
 
 class ExpLogLoss(_Loss):
     """
@@ -62,8 +60,8 @@ class ExpLogLoss(_Loss):
     transforms mark the ambiguous regions of MoNuSAC's test release this way.
 
     Class weights: ``w_l = ((sum_k f_k) / f_l) ** 0.5`` from training-set label frequencies ``f`` (see
-    :py:meth:`count_labels`, :py:meth:`weights_from_frequencies`, :py:meth:`from_frequencies`), one per channel
-    used; ``None`` means all 1. For the sigmoid head without background channel pass the frequencies of its classes
+    :mod:`monai_nasscam.data.class_weights` and :py:meth:`from_frequencies`), one per channel used; ``None`` means
+    all 1. For the sigmoid head without background channel pass the frequencies of its classes
     (``count_labels(..., skip_background=True)``): the sum then runs over those classes only, and negatives keep
     weight 1 (close to Wong's background weight ``((sum_k f_k) / f_0) ** 0.5`` when the background dominates).
 
@@ -146,46 +144,10 @@ class ExpLogLoss(_Loss):
         self.register_buffer("class_weights", weights)
         self.class_weights: torch.Tensor | None
 
-    @staticmethod
-    def weights_from_frequencies(frequencies: Sequence[float] | torch.Tensor | np.ndarray) -> torch.Tensor:
-        """
-        Wong et al.'s label weights ``w_l = ((sum_k f_k) / f_l) ** 0.5``.
-
-        Args:
-            frequencies: label frequencies or voxel counts ``f_k`` of the training set, one per class, > 0.
-        """
-        f = np.asarray(frequencies, dtype=np.float64).flatten()
-        if f.size == 0 or (f <= 0).any():
-            raise ValueError(f"frequencies must be positive, got {f.tolist()}.")
-        return torch.as_tensor(np.sqrt(f.sum() / f), dtype=torch.float32)
-
-    @staticmethod
-    def count_labels(
-        label_maps: Iterable[torch.Tensor | np.ndarray], num_classes: int, skip_background: bool = False
-    ) -> torch.Tensor:
-        """
-        Voxel count of each class id over class maps (e.g. the training label PNGs), the ``f_k`` of
-        :py:meth:`weights_from_frequencies`.
-
-        Args:
-            label_maps: class maps with ids in ``0..num_classes - 1`` (any shape each).
-            num_classes: number of class ids, the background 0 included.
-            skip_background: drop id 0 from the result (for heads without a background channel, where channel
-                ``c`` is class id ``c + 1``).
-        """
-        counts = np.zeros(num_classes, dtype=np.int64)
-        for label_map in label_maps:
-            values = label_map.detach().cpu().numpy() if isinstance(label_map, torch.Tensor) else label_map
-            values = np.asarray(values).astype(np.int64).ravel()
-            if values.size and (values.min() < 0 or values.max() >= num_classes):
-                raise ValueError(f"class ids must be in 0..{num_classes - 1}, got {values.min()}..{values.max()}.")
-            counts += np.bincount(values, minlength=num_classes)
-        return torch.as_tensor(counts[1:] if skip_background else counts)
-
     @classmethod
     def from_frequencies(cls, frequencies: Sequence[float] | torch.Tensor | np.ndarray, **kwargs: Any) -> ExpLogLoss:
         """Build the loss with ``class_weights=weights_from_frequencies(frequencies)``; other args as ``__init__``."""
-        return cls(class_weights=cls.weights_from_frequencies(frequencies), **kwargs)
+        return cls(class_weights=weights_from_frequencies(frequencies), **kwargs)
 
     @classmethod
     def reference(cls, **kwargs: Any) -> ExpLogLoss:

@@ -47,7 +47,6 @@ from monai_nasscam.networks.nets.deeplabv3plus import DeepLabV3Plus
 
 __all__ = [
     "Attention",
-    "ATTENTIONS",
     "register_attention",
     "get_attention",
     "registered_attentions",
@@ -197,30 +196,6 @@ def check_attention(name: str) -> str:
             f"{list(attention_names(aliases=False, blocks_only=True))}."
         )
     return entry.name
-
-
-class _BlockAttentions(Mapping):
-    """Read-only live view: canonical name of every block attention -> the cell kinds it searches."""
-
-    def __getitem__(self, name: str) -> tuple[str, ...]:
-        entry = _REGISTRY[name]
-        if entry.block is None:
-            raise KeyError(name)
-        return entry.cells
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(attention_names(aliases=False, blocks_only=True))
-
-    def __len__(self) -> int:
-        return len(attention_names(aliases=False, blocks_only=True))
-
-    def __repr__(self) -> str:
-        return f"ATTENTIONS({dict(self)})"
-
-
-#: attention names accepted at the 8 positions of the U-Net -> the cell kinds each one searches (a live view of the
-#: registry: registering an attention adds it here).
-ATTENTIONS: Mapping[str, tuple[str, ...]] = _BlockAttentions()
 
 
 def attention_block(

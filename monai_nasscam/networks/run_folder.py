@@ -26,7 +26,7 @@ from monai_nasscam.networks.diagnostics import CONVERGED, STABILITY_UNCHECKED
 from monai_nasscam.networks.genotype import Genotype
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
 from monai_nasscam.networks.utils import unwrap_model
-from monai_nasscam.overrides import is_null
+from monai_nasscam.overrides import is_null, whole_number
 from monai_nasscam.serialization import install_cpu_fallback, read_checkpoint
 
 __all__ = [
@@ -85,14 +85,6 @@ def resolve_features(features: Sequence[int] | None, output_dir: str | os.PathLi
     return list(features)  # type: ignore[arg-type]
 
 
-def _int_or_none(value: Any) -> int | None:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        return None
-    return number if float(value) == number and not isinstance(value, bool) else None
-
-
 @input_check
 def check_network_settings(features: Any = None, dropout: Any = None) -> bool:
     """Check the U-Net's settings; ``None`` leaves one unchecked; ``True`` if valid.
@@ -106,7 +98,7 @@ def check_network_settings(features: Any = None, dropout: Any = None) -> bool:
     """
     if features is not None:
         widths = list(features) if isinstance(features, (list, tuple)) else None
-        if widths is None or len(widths) != 5 or any(_int_or_none(w) is None or int(w) < 1 for w in widths):
+        if widths is None or len(widths) != 5 or any((whole_number(w) or 0) < 1 for w in widths):
             raise ValueError(
                 f"features must be 5 positive integers (widths of the U-Net's input block and 4 down blocks), "
                 f"got {features!r}."
