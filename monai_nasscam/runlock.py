@@ -38,7 +38,7 @@ from typing import Any
 
 from monai_nasscam.errors import InputError, OutputDirInUse
 
-__all__ = ["LOCK_NAME", "RunLock", "lock_output_dir", "claim_output_dir", "held_locks"]
+__all__ = ["LOCK_NAME", "RunLock", "lock_output_dir", "release_output_dir", "claim_output_dir", "held_locks"]
 
 #: the lock file in a claimed output folder
 LOCK_NAME = ".nasscam.lock"
@@ -257,6 +257,20 @@ def lock_output_dir(output_dir: str | os.PathLike, workflow: str = "") -> bool:
     """
     if not _held_here(output_dir):
         RunLock(output_dir, workflow).acquire()
+    return True
+
+
+def release_output_dir(output_dir: str | os.PathLike) -> bool:
+    """Release the claim this process holds on ``output_dir`` (:func:`lock_output_dir`): the lock file is removed
+    at once instead of at exit, for a workflow run inside a longer-lived Python process (the bundle configs'
+    ``finalize``). Nothing when this process holds no claim on it.
+
+    Returns:
+        ``True`` (so that a config expression can chain it).
+    """
+    lock = _HELD.get(os.path.abspath(os.fspath(output_dir)))
+    if lock is not None and lock.held:
+        lock.release()
     return True
 
 

@@ -209,14 +209,20 @@ def test_the_drivers_run_the_two_file_search_in_a_folder_it_owns(tmp_path, monke
 
     commands = []
 
-    def fake_run(cmd, **kwargs):  # the bundle run: writes its checkpoint, then fails (an interruption)
-        commands.append(cmd)
-        out = Path(cmd[cmd.index("--output_dir") + 1])
-        (out / "checkpoints").mkdir(exist_ok=True)
-        (out / "checkpoints" / "search_checkpoint.pt").write_bytes(b"")
-        return subprocess.CompletedProcess(cmd, 1)
+    class FakeRun:  # the bundle run's process: writes its checkpoint, then fails (exit status 1)
+        def __init__(self, cmd, **kwargs):
+            commands.append(cmd)
+            out = Path(cmd[cmd.index("--output_dir") + 1])
+            (out / "checkpoints").mkdir(exist_ok=True)
+            (out / "checkpoints" / "search_checkpoint.pt").write_bytes(b"")
 
-    monkeypatch.setattr(workflow.subprocess, "run", fake_run)
+        def wait(self):
+            return 1
+
+        def poll(self):
+            return 1
+
+    monkeypatch.setattr(workflow.subprocess, "Popen", FakeRun)
     run = tmp_path / "search"
     run.mkdir()
     (run / "stale.txt").write_text("an earlier, different run")
