@@ -160,30 +160,28 @@ def demo_checkpoints(runs: Path | None, work: Path, models: list[str]) -> dict[s
 # ----------------------------------------------------------------------------------------- stage clock (child)
 class StageClock:
     """CPU time (``time.thread_time``, exclusive of nested stages), main-thread wall time, calls and peak resident
-    memory per stage."""
+    memory (the highest sampled while the stage ran in any thread) per stage."""
 
     def __init__(self) -> None:
         self.cpu: dict[str, float] = defaultdict(float)
         self.wall: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.peak: dict[str, int] = defaultdict(int)
+        self.active: dict[str, int] = defaultdict(int)  # threads in each stage now
         self.lock = threading.Lock()
         self.local = threading.local()
         self.main = threading.get_ident()
-        self.current = "other"  # the main thread's innermost stage, for the memory sampler
         self.page = os.sysconf("SC_PAGE_SIZE")
         self._stop = threading.Event()
         self._sampler = threading.Thread(target=self._sample, daemon=True)
         self._sampler.start()
 
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self.page
-
     def _note(self) -> None:
-        rss, stage = self.rss(), self.current
-        if rss > self.peak[stage]:
-            self.peak[stage] = rss
+        with open("/proc/self/statm") as f:
+            rss = int(f.read().split()[1]) * self.page
+        with self.lock:
+            for stage in [s for s, n in self.active.items() if n] or ["other"]:
+                self.peak[stage] = max(self.peak[stage], rss)
 
     def _sample(self) -> None:
         while not self._stop.wait(0.01):
@@ -194,28 +192,23 @@ class StageClock:
         self._sampler.join()
 
     def enter(self, name: str) -> None:
-        stack = self.local.__dict__.setdefault("stack", [])
-        stack.append([name, time.thread_time(), time.perf_counter(), 0.0, 0.0])
-        if threading.get_ident() == self.main:
-            self._note()
-            self.current = name
+        self.local.__dict__.setdefault("stack", []).append([name, time.thread_time(), time.perf_counter(), 0.0, 0.0])
+        with self.lock:
+            self.active[name] += 1
 
     def leave(self) -> None:
         stack = self.local.stack
         name, c0, w0, child_cpu, child_wall = stack.pop()
         cpu, wall = time.thread_time() - c0, time.perf_counter() - w0
-        main = threading.get_ident() == self.main
         with self.lock:
+            self.active[name] -= 1
             self.cpu[name] += cpu - child_cpu
             self.calls[name] += 1
-            if main:
+            if threading.get_ident() == self.main:
                 self.wall[name] += wall - child_wall
         if stack:
             stack[-1][3] += cpu
             stack[-1][4] += wall
-        if main:
-            self._note()
-            self.current = stack[-1][0] if stack else "other"
 
     def wrap(self, name: str, fn: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
