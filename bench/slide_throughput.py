@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -431,10 +432,11 @@ def run_child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_variant(text: str) -> dict[str, Any]:
+    """``KEY=VALUE[,KEY=VALUE...]`` (values as JSON where they parse, e.g. ``roi_size=[512,512]``) -> overrides."""
     if text == "default":
         return {}
     out = {}
-    for item in text.split(","):
+    for item in re.split(r",(?=\s*[A-Za-z_][\w#]*\s*=)", text):  # commas before the next KEY= only
         key, _, value = item.partition("=")
         try:
             out[key.strip()] = json.loads(value)
