@@ -17,6 +17,14 @@ per channel; where several channels pass, the most probable wins. Channel ``c`` 
 marks fully transparent (alpha 0: nothing was scanned there; the readers give them as white) are background
 whatever the network predicts.
 
+Background never reaches the network (``skip_empty``, the default): a window is run only when it, or the band one
+window stride wide around it, holds a stained pixel (optical density above ``tissue_beta`` in all three channels, the
+stain normalisers' test); the pixels of a window that is not run are background (class 0, probabilities 0), and a
+block none of whose windows runs is neither normalised nor inferred. Every pixel within one stride of a stained pixel
+(Chebyshev distance; 128 px, 32 µm at the defaults) lies only in windows that run, so its classes and probabilities
+are exactly those of running every window. The decision for a window depends on the image alone (a block reads the
+band around its region for it), so the block-wise and one-piece class maps stay the same.
+
 Besides the class map, :func:`predict_class_map` can keep every class's probability (the ``sigmoid`` of the blended
 logits) for the nucleus measurements, quantised to ``uint8``: ``round(255 * p)``, read back as ``q / 255``, so a
 stored probability is within ``0.5 / 255 < 0.002`` of the computed one. The ``(C, H, W)`` array (or memory map, like
@@ -25,6 +33,7 @@ the class map for a slide) costs ``C`` bytes per pixel instead of ``4 C`` as ``f
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +43,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.inferers import SlidingWindowInferer
 from monai.utils import ensure_tuple_rep
 
 from monai_nasscam.overrides import check_roi_size
@@ -47,6 +57,7 @@ __all__ = [
     "quantise_probabilities",
     "release_rows",
     "tissue_mask",
+    "tissue_windows",
     "PROBABILITY_SCALE",
 ]
 
@@ -125,6 +136,82 @@ def tissue_mask(pixels: np.ndarray, tli: float = 240.0, beta: float = 0.15) -> n
     return np.all(pixels < limit, axis=-1)
 
 
+def tissue_windows(
+    tissue: np.ndarray, roi: Sequence[int], stride: Sequence[int], band: Sequence[int] | None = None
+) -> np.ndarray:
+    """Which windows of a region hold a stained pixel in themselves or in the band around them.
+
+    Args:
+        tissue: ``(band_y + H + band_y, band_x + W + band_x)`` bool, the stained pixels of a region of ``(H, W)``
+            pixels whose windows lie on the ``stride`` grid from its top-left pixel (``(H - roi) % stride == 0``),
+            with the band around it (pixels outside the image are False).
+        roi: window ``(h, w)``.
+        stride: window step ``(y, x)``.
+        band: width of the band ``(y, x)`` in pixels; default ``stride``.
+
+    Returns:
+        ``(ny, nx)`` bool: window ``(i, j)``, at ``(i * stride_y, j * stride_x)`` of the region, is to be run.
+
+    Raises:
+        ValueError: a region whose windows do not fit the grid.
+    """
+    band = tuple(stride) if band is None else tuple(band)
+    size = [int(tissue.shape[a]) - 2 * int(band[a]) for a in range(2)]
+    if any(size[a] < roi[a] or (size[a] - roi[a]) % stride[a] for a in range(2)):
+        raise ValueError(f"a region of {size} px has no whole grid of {tuple(roi)} windows at stride {tuple(stride)}.")
+    # stained pixels per cell of the grid all window and band edges fall on (their common divisor), then a summed-area
+    # table over the cells: each window's count in O(1)
+    cell = [math.gcd(math.gcd(int(roi[a]), int(stride[a])), int(band[a]) or int(stride[a])) for a in range(2)]
+    shape = [tissue.shape[a] // cell[a] for a in range(2)]
+    cells = tissue[: shape[0] * cell[0], : shape[1] * cell[1]].reshape(shape[0], cell[0], shape[1], cell[1]).any(axis=(1, 3))
+    table = np.zeros((shape[0] + 1, shape[1] + 1), dtype=np.int64)
+    table[1:, 1:] = cells.cumsum(0).cumsum(1)
+    edges = []
+    for a in range(2):
+        start = np.arange((size[a] - roi[a]) // stride[a] + 1) * stride[a]  # window start in the region
+        edges.append((start // cell[a], (start + roi[a] + 2 * band[a]) // cell[a]))  # its band, in cells
+    (y0, y1), (x0, x1) = edges
+    count = table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
+    return count > 0
+
+
+class _TissueWindows:
+    """The network for a sliding window that passes the window coordinates (MONAI ``with_coord``): the windows that
+    ``run`` marks are computed by ``network`` (in their order, as a smaller batch), the others get ``-inf`` logits,
+    which the blending carries to every pixel they cover (background, probability 0). ``seen`` keeps the shape and
+    dtype of the network's output per window, shared by the blocks of an image."""
+
+    def __init__(self, network: Callable[[torch.Tensor], torch.Tensor], run: np.ndarray, stride: Sequence[int],
+                 seen: dict[str, Any]) -> None:
+        self.network, self.run, self.stride, self.seen = network, run, stride, seen
+
+    def _runs(self, coords: Sequence[Sequence[slice]]) -> list[bool]:
+        keep = []
+        for c in coords:
+            (i, di), (j, dj) = divmod(c[-2].start, self.stride[0]), divmod(c[-1].start, self.stride[1])
+            on_grid = not (di or dj) and i < self.run.shape[0] and j < self.run.shape[1]
+            keep.append(bool(self.run[i, j]) if on_grid else True)  # a window off the grid runs
+        return keep
+
+    def _remember(self, out: torch.Tensor) -> torch.Tensor:
+        self.seen.setdefault("window", (tuple(out.shape[1:]), out.dtype, out.device))
+        return out
+
+    def __call__(self, windows: torch.Tensor, coords: Sequence[Sequence[slice]]) -> torch.Tensor:
+        keep = self._runs(coords)
+        if all(keep):
+            return self._remember(self.network(windows))
+        index = [k for k, run in enumerate(keep) if run]
+        computed = self._remember(self.network(windows[index])) if index else None
+        if "window" not in self.seen:  # nothing computed yet: one window tells the output's shape
+            self._remember(self.network(windows[:1]))
+        shape, dtype, device = self.seen["window"]
+        out = torch.full((windows.shape[0], *shape), -math.inf, dtype=dtype, device=device)
+        if computed is not None:
+            out[index] = computed
+        return out
+
+
 def logits_to_class_map(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """``(C, ...)`` logits -> uint8 class map: ``argmax + 1`` where the largest ``sigmoid`` exceeds ``threshold``."""
     if not 0.0 < threshold < 1.0:
@@ -178,6 +265,7 @@ class _Prepared:
     canvas: np.ndarray | None  # normalised block, white-padded; None when the core holds no tissue
     raw_core: np.ndarray  # raw pixels of the core (for the overview image)
     clear_core: np.ndarray | None = None  # fully transparent pixels of the core (nothing scanned): never a class
+    run: np.ndarray | None = None  # windows to run (``tissue_windows``); None: every window
 
 
 def _read_block(reader: Any, y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -214,9 +302,10 @@ def predict_class_map(
         out: ``(H, W)`` uint8 array (e.g. a memory map) receiving the class map; allocated when ``None``.
         block_size: core size of the blocks; ``None``: the whole image in one piece.
         threshold: sigmoid threshold.
-        skip_empty: a block whose core holds no stained pixel (glass) is not inferred; its classes are 0. Fully
-            transparent pixels (read as white by the reader: nothing was scanned there) are class 0 whatever the
-            network predicts.
+        skip_empty: background is not inferred: a window with no stained pixel in itself or in the band one stride
+            wide around it is not run and its pixels are class 0; a block none of whose windows runs is skipped
+            (module docstring). ``False``: every window runs. Fully transparent pixels (read as white by the reader:
+            nothing was scanned there) are class 0 whatever the network predicts, either way.
         tissue_beta: optical-density threshold of a stained pixel (for ``skip_empty``).
         prefetch: blocks read and normalised ahead in background threads (0: none).
         overview_step: also return a raw RGB overview subsampled every ``overview_step`` pixels (for overlays).
@@ -228,7 +317,8 @@ def predict_class_map(
             not kept. Skipped blocks and fully transparent pixels get 0.
 
     Returns:
-        ``(class_map, info)`` where ``info`` has ``blocks``, ``skipped_blocks``, ``stain_note``,
+        ``(class_map, info)`` where ``info`` has ``blocks``, ``skipped_blocks``, ``windows`` and
+            ``skipped_windows`` (window computations of the blocks, and those not run), ``stain_note``,
         ``stain_sample_step``, with ``overview_step`` ``overview``, and with ``probabilities`` ``probabilities``
         (the ``(C, H, W)`` uint8 array).
 
@@ -245,7 +335,9 @@ def predict_class_map(
         out = np.zeros((height, width), dtype=np.uint8)
     elif tuple(out.shape) != (height, width) or out.dtype != np.uint8:
         raise ValueError(f"out must be a ({height}, {width}) uint8 array, got {out.dtype} {tuple(out.shape)}.")
-    info: dict[str, Any] = {"blocks": len(blocks), "skipped_blocks": 0, "stain_note": None, "stain_sample_step": None}
+    info: dict[str, Any] = {"blocks": len(blocks), "skipped_blocks": 0, "windows": 0, "skipped_windows": 0,
+                            "stain_note": None, "stain_sample_step": None}
+    seen: dict[str, Any] = {}  # the network's output per window, once known (for the windows not run)
     probs: np.ndarray | None = None
     if isinstance(probabilities, np.ndarray):
         if tuple(probabilities.shape[1:]) != (height, width) or probabilities.dtype != np.uint8 or probabilities.ndim != 3:
@@ -267,16 +359,28 @@ def predict_class_map(
 
     def prepare(block: BlockPlan) -> _Prepared:
         ry1, rx1 = min(block.ry1, height), min(block.rx1, width)
-        raw, clear = _read_block(reader, block.ry0, ry1, block.rx0, rx1)
+        run = None
+        if skip_empty:  # read the band around the region too: which windows run depends on the image alone
+            ey0, ex0 = max(block.ry0 - stride[0], 0), max(block.rx0 - stride[1], 0)
+            ey1, ex1 = min(block.ry1 + stride[0], height), min(block.rx1 + stride[1], width)
+            wide, wide_clear = _read_block(reader, ey0, ey1, ex0, ex1)
+            inside = (slice(block.ry0 - ey0, ry1 - ey0), slice(block.rx0 - ex0, rx1 - ex0))
+            raw, clear = wide[inside], None if wide_clear is None else wide_clear[inside]
+            tissue = np.zeros((block.ry1 - block.ry0 + 2 * stride[0], block.rx1 - block.rx0 + 2 * stride[1]), bool)
+            oy, ox = ey0 - (block.ry0 - stride[0]), ex0 - (block.rx0 - stride[1])
+            tissue[oy : oy + wide.shape[0], ox : ox + wide.shape[1]] = tissue_mask(wide, beta=tissue_beta)
+            run = tissue_windows(tissue, roi, stride)
+        else:
+            raw, clear = _read_block(reader, block.ry0, ry1, block.rx0, rx1)
         inner = (slice(block.y0 - block.ry0, block.y1 - block.ry0), slice(block.x0 - block.rx0, block.x1 - block.rx0))
         core = raw[inner]
         clear_core = None if clear is None or not clear[inner].any() else clear[inner]
-        if skip_empty and not tissue_mask(core, beta=tissue_beta).any():
-            return _Prepared(block, None, core)
+        if run is not None and not run.any():
+            return _Prepared(block, None, core, run=run)
         norm = normalizer.apply(raw) if normalizer is not None else raw
         canvas = np.full((block.ry1 - block.ry0, block.rx1 - block.rx0, 3), 255, dtype=np.uint8)
         canvas[: norm.shape[0], : norm.shape[1]] = norm
-        return _Prepared(block, canvas, core, clear_core)
+        return _Prepared(block, canvas, core, clear_core, run=None if run is None or run.all() else run)
 
     bar = tqdm(total=len(blocks), desc="blocks", unit="block", disable=not progress or len(blocks) < 2, leave=False)
     try:
@@ -287,7 +391,10 @@ def predict_class_map(
                 oy, ox = (-b.y0) % s, (-b.x0) % s
                 sub = item.raw_core[oy::s, ox::s]
                 overview[(b.y0 + oy) // s : (b.y0 + oy) // s + sub.shape[0], (b.x0 + ox) // s : (b.x0 + ox) // s + sub.shape[1]] = sub
+            windows = int(item.run.size) if item.run is not None else _window_count(b, roi, stride)
+            info["windows"] += windows
             if item.canvas is None:
+                info["skipped_windows"] += windows
                 if not zeroed:
                     out[b.y0 : b.y1, b.x0 : b.x1] = 0
                     if probs is not None:
@@ -296,7 +403,13 @@ def predict_class_map(
             else:
                 x = torch.from_numpy(item.canvas).permute(2, 0, 1).unsqueeze(0).to(torch.float32).div_(255.0)
                 with torch.inference_mode():
-                    logits = inferer(x, network)
+                    if item.run is None or not isinstance(inferer, SlidingWindowInferer):
+                        logits = inferer(x, network)
+                    else:  # glass windows are not run: the network is told each window's place
+                        info["skipped_windows"] += int(item.run.size - item.run.sum())
+                        sliding = copy.copy(inferer)
+                        sliding.with_coord = True
+                        logits = sliding(x, _TissueWindows(network, item.run, stride, seen))
                     logits = logits[0, :, b.y0 - b.ry0 : b.y1 - b.ry0, b.x0 - b.rx0 : b.x1 - b.rx0]
                     logits = logits.float().cpu()
                     classes = logits_to_class_map(logits, threshold).numpy()
@@ -331,6 +444,12 @@ def predict_class_map(
             probs = np.zeros((NUM_CLASSES, height, width), dtype=np.uint8)
         info["probabilities"] = probs
     return out, info
+
+
+def _window_count(block: BlockPlan, roi: Sequence[int], stride: Sequence[int]) -> int:
+    """Windows of a block's region on the stride grid."""
+    spans = ((block.ry0, block.ry1), (block.rx0, block.rx1))
+    return math.prod((end - start - roi[a]) // stride[a] + 1 for a, (start, end) in enumerate(spans))
 
 
 def _iterate(blocks: list[BlockPlan], prepare: Callable[[BlockPlan], _Prepared], prefetch: int) -> Iterator[_Prepared]:
