@@ -249,19 +249,19 @@ def instrument(predictor: Any, clock: StageClock, windows: dict[str, int]) -> No
     """Wrap the functions behind each stage (see the module docstring); nothing else changes."""
     import monai_nasscam.inference.optimize as optimize
     import monai_nasscam.inference.tiling as tiling
-    from monai_nasscam.inference import outputs, stain
+    from monai_nasscam.inference import stain, writing
     from monai_nasscam.inference.instances import InstanceSeparator
     from monai_nasscam.inference.nuclei import iter_nuclei
-    from monai_nasscam.inference.regions import open_region_reader
+    from monai_nasscam.data.slide import open_image
 
     def opened(*args: Any, **kwargs: Any) -> Any:
-        reader = open_region_reader(*args, **kwargs)
+        reader = open_image(*args, **kwargs)
         for method in ("read", "read_region"):
             if hasattr(reader, method):
                 setattr(reader, method, clock.wrap("reading", getattr(reader, method)))
         return reader
 
-    patch_everywhere("open_region_reader", open_region_reader, clock.wrap("reading", opened))
+    patch_everywhere("open_image", open_image, clock.wrap("reading", opened))
     patch_everywhere("tissue_mask", tiling.tissue_mask, clock.wrap("tissue detection", tiling.tissue_mask))
     patch_everywhere("_sample_pixels", tiling._sample_pixels, clock.wrap("stain normalisation", tiling._sample_pixels))
     for method in ("fit_source", "apply"):
@@ -283,7 +283,7 @@ def instrument(predictor: Any, clock: StageClock, windows: dict[str, int]) -> No
     patch_everywhere("predict_class_map", original_predict, clock.wrap("stitching", predict))
     patch_everywhere("iter_nuclei", iter_nuclei, clock.wrap_iterator("nuclei", iter_nuclei))
     for fn in ("write_counts_csv", "write_summary"):
-        patch_everywhere(fn, getattr(outputs, fn), clock.wrap("writing", getattr(outputs, fn)))
+        patch_everywhere(fn, getattr(writing, fn), clock.wrap("writing", getattr(writing, fn)))
 
     original_prepare = optimize.prepare_network
 
@@ -299,9 +299,9 @@ def instrument(predictor: Any, clock: StageClock, windows: dict[str, int]) -> No
     timed = type("TimedSeparator", (InstanceSeparator,),
                  {"__call__": clock.wrap("instance separation", InstanceSeparator.__call__)})
     separator = timed.__new__(timed)
-    separator.__dict__.update(predictor.separator.__dict__)
-    predictor.separator = separator
-    for writer in predictor.outputs:
+    separator.__dict__.update(predictor.prediction.separator.__dict__)
+    predictor.prediction.separator = separator
+    for writer in predictor.writing.writers:
         for method in ("begin", "add_nucleus", "write"):
             setattr(writer, method, clock.wrap("writing", getattr(writer, method)))
 
@@ -380,16 +380,16 @@ def child_truth(spec: dict[str, Any]) -> dict[str, Any]:
     cpu0, wall0 = cpu_seconds(), time.perf_counter()
     counts = {c: 0 for c in range(1, 5)}
     areas = dict(counts)
-    for writer in predictor.outputs:
+    for writer in predictor.writing.writers:
         writer.begin(image)
-    streams = [w for w in predictor.outputs if w.streams_nuclei]
-    for nucleus in nuclei_iter(image.class_map, outlines=True, separator=predictor.separator, mpp=MPP):
+    streams = [w for w in predictor.writing.writers if w.streams_nuclei]
+    for nucleus in nuclei_iter(image.class_map, outlines=True, separator=predictor.prediction.separator, mpp=MPP):
         counts[nucleus.class_id] += 1
         areas[nucleus.class_id] += nucleus.area
         for writer in streams:
             writer.add_nucleus(nucleus)
     image.counts, image.areas = counts, areas
-    for writer in predictor.outputs:
+    for writer in predictor.writing.writers:
         writer.write(image)
     cpu, wall = cpu_seconds() - cpu0, time.perf_counter() - wall0
     clock.stop()
