@@ -408,7 +408,7 @@ def test_search_with_selection_by_perturbation(tmp_path, prepared, caplog):
     parser.read_config(SEARCH)
     parser.update({key: json.loads(value) for key, value in TINY.items()})
     parser.update({"dataset_dir": str(prepared), "output_dir": str(tmp_path / "run"), "epochs": 1, "warmup_epochs": 1,
-                   "attention": "nas-cam", "selection": "perturbation", "selection_crops": 4, "selection_interval": 1})
+                   "attention": "nas-cam", "selection": "perturbation", "selection_crops": 6, "selection_interval": 1})
     from monai_nasscam.engines import check_search_inputs
 
     assert check_search_inputs(prepared, epochs=1, warmup_epochs=1, selection="perturbation", selection_crops=4)
@@ -417,7 +417,8 @@ def test_search_with_selection_by_perturbation(tmp_path, prepared, caplog):
         trainer.run()
     genotype = Genotype.load(tmp_path / "run" / "genotype.json")
     selection = genotype.selection
-    assert selection["method"] == "perturbation" and selection["crops"] == 4 and selection["edges"] == 48
+    # whole loader batches of 4 crops until there are 6: 8 crops, in one pass
+    assert selection["method"] == "perturbation" and selection["crops"] == 8 and selection["edges"] == 48
     assert all(len(genotype.selection["modules"][m["position"]]["cam"]) == 6 for m in genotype.modules)
     assert Genotype.load(tmp_path / "run" / "genotype_alpha.json").selection["method"] == "alpha"
     for figure in ("genotype_heatmap.png", "genotype_alpha_heatmap.png"):

@@ -152,8 +152,8 @@ class PerturbationSelectionHandler:
         inputs, targets, count = [], [], 0
         while count < self.crops:
             data = engine.prepare_batch(engine.next_arch_batch(), engine.state.device, engine.non_blocking, **engine.to_kwargs)
-            inputs.append(data[0])
-            targets.append(data[1])
+            inputs.append(_plain(data[0]))
+            targets.append(_plain(data[1]))
             count += int(data[0].shape[0])
         x, y = torch.cat(inputs), torch.cat(targets)
         return [(x[i : i + EVALUATION_BATCH], y[i : i + EVALUATION_BATCH]) for i in range(0, count, EVALUATION_BATCH)]
@@ -182,6 +182,11 @@ class PerturbationSelectionHandler:
         return finetune
 
 
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """A MONAI ``MetaTensor`` as a plain tensor (batches of different images' metadata cannot be concatenated)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
 def selection_summary(genotype: Genotype, path: str | os.PathLike) -> list[str]:
     """The log lines of a genotype chosen by perturbation: how many edges the data decided, the tied edges (which took
     their cheapest tied operation), and the attention's FLOPs against the argmax of the alphas.
@@ -204,7 +209,8 @@ def selection_summary(genotype: Genotype, path: str | os.PathLike) -> list[str]:
         lines.append(
             f"attention cells: {flops['selected'] / 1e6:.2f} MFLOPs per {flops['input']} input, against "
             f"{flops['argmax'] / 1e6:.2f} for the argmax of the alphas ({flops['saved']:.1%} saved); "
-            f"{selection['passes']} masked passes in {selection['seconds']:.0f} s"
+            f"{selection['passes']} masked passes in {selection['seconds']:.0f} s ({selection['cpu_seconds']:.0f} s of "
+            "CPU, fine-tuning included)"
         )
     return lines
 

@@ -307,7 +307,7 @@ class PerturbationSelection:
         self.records: dict[int, dict[int, _EdgeRecord]] = {}
         self.spatial: dict[int, tuple[int, ...]] = {}  # cell id -> spatial size of its input
         self.passes = 0
-        self.seconds = 0.0
+        self.seconds = self.cpu_seconds = 0.0
         self._swapped: list[tuple[nn.Module, str, NASAttentionCell]] = []
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -317,7 +317,7 @@ class PerturbationSelection:
         Until :meth:`release`, the decided cells stay replaced by fixed cells and the others mixed with fixed
         weights.
         """
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         first_call = self._survey()
         for group in self.groups:
             group.set_weights(group.cells[0].mixture_weights().detach().clone())
@@ -333,7 +333,7 @@ class PerturbationSelection:
                 self._fix(self.groups[g], [self.records[g][e].decision.op for e in range(len(EDGES))])
             if self.finetune is not None and self.interval > 0 and step < len(units):
                 self.finetune(self.interval)
-        self.seconds = time.perf_counter() - start
+        self.seconds, self.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
         return self.chosen()
 
     def release(self) -> None:
@@ -497,6 +497,7 @@ class PerturbationSelection:
             "tied": tied,
             "passes": self.passes,
             "seconds": round(self.seconds, 1),
+            "cpu_seconds": round(self.cpu_seconds, 1),
             "modules": modules,
         }
         if argmax is not None:
