@@ -249,7 +249,7 @@ def test_genotype_version_3_round_trip_and_refusals(tmp_path):
     data["selection"]["modules"]["up2"]["cam"][4]["op"] = "conv15" if chosen["up2"]["cam"][4] != "conv15" else "conv9"
     data["modules"][POSITIONS.index("up2")]["cam"][4] = chosen["up2"]["cam"][4]
     path.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=r"genotype.json: 'selection': module up2 cam edge 4 records op"):
+    with pytest.raises(ValueError, match=r"genotype.json: 'selection': module up2 cam edge 4 \(n1->n3\) records op"):
         Genotype.load(path)
     data["selection"] = {"method": "guess"}
     path.write_text(json.dumps(data))

@@ -125,8 +125,10 @@ class PerturbationSelectionHandler:
             unit=self.unit, interval=self.interval, exclude_none=self.exclude_none,
             samples=self.samples, confidence=self.confidence, seed=self.seed, log=self.logger.info,
         )
-        chosen = selection.run()
-        selection.release()
+        try:
+            chosen = selection.run()
+        finally:
+            selection.release()  # the supernet again (with the fine-tuned weights)
         epoch = int(engine.state.epoch)
         diagnostics = self.diagnostics
         search = diagnostics.record(epoch) if diagnostics is not None else search_diagnostics(net, epoch=epoch).to_dict()

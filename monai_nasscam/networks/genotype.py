@@ -290,7 +290,7 @@ class Genotype:
                 if not isinstance(cell, list) or len(cell) != len(EDGES):
                     raise ValueError(f"'selection': module {position} {kind!r} must record {len(EDGES)} edges, got {cell!r}.")
                 for e, record in enumerate(cell):
-                    where = f"'selection': module {position} {kind} edge {e}"
+                    where = f"'selection': module {position} {kind} edge {e} (n{EDGES[e][0]}->n{EDGES[e][1]})"
                     if not isinstance(record, Mapping) or record.get("op") != module[kind][e]:
                         got = record.get("op") if isinstance(record, Mapping) else record
                         raise ValueError(f"{where} records op {got!r}, the genotype has {module[kind][e]!r}.")
