@@ -353,7 +353,8 @@ def paired_differences(results: Mapping[str, Mapping[str, Mapping[str, Any]]], b
         seeds where both runs have the metric (sd 0.0 for one seed, ``None`` for none), ``interval`` the 95 %
         :func:`seed_interval` (``None`` under 2 seeds); ``dice_per_image``: per seed and over all seeds, the
         difference of the mean pooled Dice with a 95 % bootstrap interval over the test images
-        (:func:`image_bootstrap`, from ``metrics.json``'s ``per_image`` counts; ``None`` without them).
+        (:func:`monai_nasscam.metrics.paired.image_bootstrap`, from ``metrics.json``'s ``per_image`` counts; ``None``
+        without them).
     """
     if baseline not in results:
         return {}

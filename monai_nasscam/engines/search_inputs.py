@@ -19,6 +19,7 @@ from typing import Any
 from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.data.datalist import search_datalists
 from monai_nasscam.errors import input_check
+from monai_nasscam.networks.selection import UNITS
 from monai_nasscam.overrides import as_bool, is_null
 from monai_nasscam.networks.attentions import attention_names
 from monai_nasscam.networks.run_folder import check_network_settings
@@ -319,7 +320,7 @@ def check_selection(selection: Any, crops: Any = 8, interval: Any = 1, unit: Any
         raise ValueError(f"selection_crops must be an integer >= 2 (the intervals resample the crops), got {crops!r}.")
     if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
         raise ValueError(f"selection_interval must be an integer >= 0 (weight steps between decisions), got {interval!r}.")
-    if unit not in ("cell", "edge"):
+    if unit not in UNITS:
         raise ValueError(f"selection_unit must be 'cell' or 'edge', got {unit!r}.")
     return True
 
