@@ -27,11 +27,18 @@ restricted to it, and it explains the share of the variance that ``k`` holds on 
 Why these planted ops are the unique best on their edges, which edges are not planted and why, and the figures
 are in bench/README.md (section "search: known-answer benchmark").
 
-    python bench/search_known_answer.py [--seeds 0 1 2] [--jobs 2] [--epochs 9] [--warmup-epochs 3]
-        [--iterations 40] [--arch-lr auto] [--json out.json]
+``--selection perturbation`` chooses the operations of the trained supernet by masking them out instead
+(:mod:`monai_nasscam.networks.selection`, on ``--crops`` fresh crops of the architecture stream, ``--interval`` weight
+steps between decisions); a planted op then counts as found when it is the chosen op of its edge, and its rank is by
+mean importance. With ``--warmup-epochs`` equal to ``--epochs`` the alphas are never stepped (the frozen-alpha
+variant).
 
-Exit status 0 when the planted op ranks first on at least ``--bar`` (80 %) of the planted edges for every seed,
-1 otherwise. ``--arch-lr 0`` is the negative control (the alphas never move; the bar then fails).
+    python bench/search_known_answer.py [--seeds 0 1 2] [--jobs 2] [--epochs 9] [--warmup-epochs 3]
+        [--iterations 40] [--arch-lr auto] [--selection alpha|perturbation] [--json out.json]
+
+Exit status 0 when the planted op is found (ranks first by ``softmax(alpha)``, or is the op chosen by perturbation)
+on at least ``--bar`` (80 %) of the planted edges for every seed, 1 otherwise. ``--arch-lr 0`` is the negative
+control of the alpha selection (the alphas never move; the bar then fails).
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from monai_nasscam.engines import BilevelSearchTrainer, budget_arch_learning_rat
 from monai_nasscam.networks import NASCAMBlock, NASSAMBlock
 from monai_nasscam.networks.cell import EDGES, arch_parameters, weight_parameters
 from monai_nasscam.networks.ops import CAM_OPS, SAM_OPS
+from monai_nasscam.networks.selection import CellGroup, PerturbationSelection
 
 __all__ = [
     "Probe", "PROBES", "planted_kernel", "competitor_shares", "Teacher", "KnownAnswerNet", "ProbeMSE",
@@ -271,8 +279,10 @@ class SyntheticStream:
 
 @dataclass
 class SearchResult:
-    """Outcome of one search: the rank of each planted op (1 = largest ``softmax(alpha)`` on its edge; a tie counts
-    against it) and ``softmax(alpha)`` of every edge, keyed ``"probe edge"``."""
+    """Outcome of one search: the rank of each planted op (1 = largest ``softmax(alpha)`` on its edge, or with
+    ``selection="perturbation"`` the largest mean importance; a tie counts against it) and ``softmax(alpha)`` of every
+    edge, keyed ``"probe edge"``; with perturbation also the chosen op of every edge, whether the data decided it,
+    and each op's mean importance (``weights`` then holds the importances)."""
 
     seed: int
     ranks: dict[str, int] = field(default_factory=dict)
@@ -282,9 +292,16 @@ class SearchResult:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
     final_loss: float = float("nan")
+    selection: str = "alpha"
+    chosen: dict[str, str] = field(default_factory=dict)
+    decided: dict[str, bool] = field(default_factory=dict)
+    selection_seconds: float = 0.0
 
     @property
     def hits(self) -> int:
+        """Planted edges found: ranked first by the alphas, or chosen by perturbation."""
+        if self.selection == "perturbation":
+            return sum(self.chosen[key] == op for key, op in _planted_ops().items() if key in self.ranks)
         return sum(r == 1 for r in self.ranks.values())
 
     @property
@@ -304,6 +321,10 @@ def run_search(
     arch_lr: str | float = "auto",
     probes: tuple[Probe, ...] = PROBES,
     threads: int | None = None,
+    selection: str = "alpha",
+    crops: int = 32,
+    interval: int = 5,
+    unit: str = "cell",
 ) -> SearchResult:
     """Search the student against the teacher of ``seed`` and rank the planted ops.
 
@@ -320,10 +341,15 @@ def run_search(
             learning rate 0: the alphas stay at their random initialisation).
         probes: the probes.
         threads: torch intra-op threads (``None``: leave torch's setting).
+        selection: ``"alpha"`` (the argmax of the alphas) or ``"perturbation"`` (masking ops out of the trained
+            supernet, :class:`~monai_nasscam.networks.selection.PerturbationSelection`).
+        crops: with perturbation, the evaluation samples (fresh draws of the architecture stream).
+        interval: with perturbation, weight steps of fine-tuning between decisions.
+        unit: with perturbation, ``"cell"`` or ``"edge"`` decided at a time.
 
     Returns:
-        the ranks and op weights, the alpha learning rate and number of alpha steps, wall and CPU seconds of the
-        search and its last weight-step loss.
+        the ranks and op weights (or importances), the alpha learning rate and number of alpha steps, wall and CPU
+        seconds of the search (selection included) and its last weight-step loss.
     """
     if threads:
         torch.set_num_threads(int(threads))
@@ -352,10 +378,13 @@ def run_search(
     )
     start, cpu = time.perf_counter(), time.process_time()
     trainer.run()
-    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
-    result = SearchResult(seed, arch_lr=lr, alpha_steps=alpha_steps, seconds=seconds, cpu_seconds=cpu,
-                          final_loss=float(trainer.state.output["loss"].detach()))
-    for probe, w in zip(probes, net.op_weights()):
+    result = SearchResult(seed, arch_lr=lr, alpha_steps=alpha_steps, final_loss=float(trainer.state.output["loss"].detach()),
+                          selection=selection)
+    weights = net.op_weights()
+    if selection == "perturbation":
+        weights = _select(trainer, net, probes, seed, crops, interval, unit, batch_size, size, result)
+    result.seconds, result.cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    for probe, w in zip(probes, weights):
         names = _candidates(probe.kind)
         for e in range(len(EDGES)):
             result.weights[f"{probe.name} {EDGE_NAMES[e]}"] = {n: float(v) for n, v in zip(names, w[e])}
@@ -365,19 +394,65 @@ def run_search(
     return result
 
 
+def _select(trainer, net, probes, seed, crops, interval, unit, batch_size, size, result) -> list[torch.Tensor]:
+    """Choose the ops of the trained student by perturbation; fills ``result.chosen`` / ``decided`` /
+    ``selection_seconds`` and returns each probe's mean importances ``(6, K)``."""
+    teacher = trainer.data_loader.teacher
+    stream = SyntheticStream(teacher, net, seed, 3, -(-crops // batch_size), batch_size, size)
+    batches = [(b["image"], b["label"]) for b in stream]
+    train = iter(())
+
+    def finetune(steps: int) -> None:
+        nonlocal train
+        for _ in range(steps):
+            batch = next(train, None)
+            if batch is None:
+                train = iter(trainer.data_loader)
+                batch = next(train)
+            trainer.weight_step(batch)
+
+    groups = [CellGroup(p.kind, [b.cell], (p.name,)) for p, b in zip(probes, net.blocks)]
+    selector = PerturbationSelection(net, groups, batches, net, trainer.loss_function, finetune, unit=unit,
+                                     interval=interval, seed=seed, dice=False)
+    start = time.perf_counter()
+    selector.run()
+    result.selection_seconds = time.perf_counter() - start
+    record = selector.record()
+    importances = []
+    for probe in probes:
+        edges = record["modules"][probe.name][probe.kind]
+        for e, r in enumerate(edges):
+            result.chosen[f"{probe.name} {EDGE_NAMES[e]}"] = r["op"]
+            result.decided[f"{probe.name} {EDGE_NAMES[e]}"] = r["decided"]
+        importances.append(torch.tensor([[r["importance"][n]["mean"] for n in _candidates(probe.kind)] for r in edges]))
+    return importances
+
+
+def _planted_ops(probes: tuple[Probe, ...] = PROBES) -> dict[str, str]:
+    return {f"{p.name} {EDGE_NAMES[e]}": op for p in probes for e, op in p.planted().items()}
+
+
 def planted_table(results: list[SearchResult], probes: tuple[Probe, ...] = PROBES) -> str:
-    """A markdown table: per planted edge and seed, the rank of the planted op and the op ranked first."""
-    planted = {f"{p.name} {EDGE_NAMES[e]}": op for p in probes for e, op in p.planted().items()}
-    lines = ["| probe, edge | planted | " + " | ".join(f"seed {r.seed}: rank (first: op, weight)" for r in results)
+    """A markdown table: per planted edge and seed, the rank of the planted op and the op ranked first (with
+    perturbation: the rank by importance, the chosen op and decided / tied)."""
+    planted = _planted_ops(probes)
+    head = "rank (first: op, weight)"
+    if any(r.selection == "perturbation" for r in results):
+        head = "rank by importance; chosen op (decided or tied)"
+    lines = ["| probe, edge | planted | " + " | ".join(f"seed {r.seed}: {head}" for r in results)
              + " |", "|---|---|" + "---|" * len(results)]
     for key, op in planted.items():
         cells = []
         for r in results:
             w = r.weights[key]
             best = max(w, key=w.get)
-            cells.append(f"{r.ranks[key]} ({best} {w[best]:.2f})")
+            if r.selection == "perturbation":
+                cells.append(f"{r.ranks[key]}; {r.chosen[key]} ({'decided' if r.decided[key] else 'tied'})")
+            else:
+                cells.append(f"{r.ranks[key]} ({best} {w[best]:.2f})")
         lines.append(f"| {key} | {op} | " + " | ".join(cells) + " |")
-    lines.append("| **ranked first** | | " + " | ".join(f"**{r.hits}/{len(r.ranks)}**" for r in results) + " |")
+    found = "chosen" if any(r.selection == "perturbation" for r in results) else "ranked first"
+    lines.append(f"| **{found}** | | " + " | ".join(f"**{r.hits}/{len(r.ranks)}**" for r in results) + " |")
     return "\n".join(lines)
 
 
@@ -391,7 +466,10 @@ def unplanted_table(results: list[SearchResult], probes: tuple[Probe, ...] = PRO
         for r in results:
             w = r.weights[key]
             best = max(w, key=w.get)
-            cells.append(f"{best} {w[best]:.2f}")
+            if r.selection == "perturbation":
+                cells.append(f"{r.chosen[key]} ({'decided' if r.decided[key] else 'tied'})")
+            else:
+                cells.append(f"{best} {w[best]:.2f}")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -413,6 +491,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hidden-channels", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam, weights")
     parser.add_argument("--arch-lr", default="auto", help="'auto' (default) or a number; 0 = negative control")
+    parser.add_argument("--selection", choices=("alpha", "perturbation"), default="alpha",
+                        help="alpha: the argmax of the alphas; perturbation: mask ops out of the trained supernet")
+    parser.add_argument("--crops", type=int, default=32, help="perturbation: evaluation samples")
+    parser.add_argument("--interval", type=int, default=5, help="perturbation: weight steps between decisions")
+    parser.add_argument("--unit", choices=("cell", "edge"), default="cell", help="perturbation: decided at a time")
     parser.add_argument("--bar", type=float, default=0.8, help="share of planted edges to rank first, per seed")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads per job (default: CPU cores // jobs)")
@@ -424,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or max(1, cores // jobs)
     common = dict(epochs=args.epochs, warmup_epochs=args.warmup_epochs, iterations=args.iterations,
                   batch_size=args.batch_size, size=args.size, hidden_channels=args.hidden_channels,
-                  learning_rate=args.learning_rate, arch_lr=arch_lr, threads=threads)
+                  learning_rate=args.learning_rate, arch_lr=arch_lr, threads=threads, selection=args.selection,
+                  crops=args.crops, interval=args.interval, unit=args.unit)
     load = os.getloadavg()
     start = time.perf_counter()
     tasks = [dict(common, seed=seed) for seed in args.seeds]
@@ -435,16 +519,22 @@ def main(argv: list[str] | None = None) -> int:
             results = list(pool.map(_run, tasks))
     total = time.perf_counter() - start
     for r in results:
-        print(f"seed {r.seed}: {r.hits}/{len(r.ranks)} planted ops ranked first; alpha lr {r.arch_lr:.4g} over "
+        found = "chosen" if r.selection == "perturbation" else "ranked first"
+        extra = ""
+        if r.selection == "perturbation":
+            extra = (f"; {sum(r.decided.values())}/{len(r.decided)} edges decided; selection "
+                     f"{r.selection_seconds:.1f} s of the wall time")
+        print(f"seed {r.seed}: {r.hits}/{len(r.ranks)} planted ops {found}; alpha lr {r.arch_lr:.4g} over "
               f"{r.alpha_steps} alpha steps; last loss {r.final_loss:.3g}; {r.seconds:.1f} s wall, "
-              f"{r.cpu_seconds:.1f} s CPU")
+              f"{r.cpu_seconds:.1f} s CPU{extra}")
     print(planted_table(results))
     print()
     print(unplanted_table(results))
     passed = all(r.hit_rate >= args.bar for r in results)
     print(f"\ntotal {total:.1f} s wall ({jobs} jobs x {threads} threads); load average at the start "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, at the end {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    print(f"bar (planted op first on >= {args.bar:.0%} of the planted edges, every seed): "
+    print(f"bar (planted op {'chosen' if args.selection == 'perturbation' else 'first'} on >= {args.bar:.0%} of the "
+          "planted edges, every seed): "
           f"{'PASS' if passed else 'FAIL'}")
     if args.json:
         payload = {"args": vars(args), "jobs": jobs, "threads": threads, "total_seconds": total, "passed": passed,

@@ -5,7 +5,8 @@ into ``OUT/MODEL/seedN/{search,train}``; finished steps are skipped, so an inter
 The ``random`` model asks whether the search paid: instead of a search it draws a uniformly random NAS-SCAM-P
 genotype from the seed (``OUT/random/seedN/search/genotype.json``), then retrains and evaluates it exactly like
 the searched models. Then ``OUT/table.md`` (per-class pooled Dice, mean +- sd across seeds, plus PQ; the paired
-difference searched - random per seed; each search's verdict and the agreement of the seeds' derived operations
+difference searched - random per seed with a 95 % interval across the seeds, and per test image with a 95 % bootstrap
+interval over the test images; each search's verdict and the agreement of the seeds' derived operations
 against chance), ``OUT/results.json``, ``OUT/MODEL/consensus_genotype.json`` (majority vote over the seeds of a
 searched model), ``OUT/dice_bars.png`` and ``OUT/panel.png`` (image | ground truth | each model, as the paper's
 Fig. 3).
@@ -27,6 +28,7 @@ import numpy as np
 from monai_nasscam.data.classes import BACKGROUND_COLOR, CLASS_COLORS, CLASS_NAMES
 from monai_nasscam.errors import MissingInputError, RunInterrupted
 from monai_nasscam.fileio import atomic_write_text
+from monai_nasscam.metrics.paired import image_differences, seed_interval
 from monai_nasscam.networks.attentions import get_attention, registered_attentions
 from monai_nasscam.networks.genotype import Genotype, agreement, consensus, random_genotype
 from monai_nasscam.runlock import claim_output_dir
@@ -346,9 +348,13 @@ def paired_differences(results: Mapping[str, Mapping[str, Mapping[str, Any]]], b
 
     Returns:
         Per searched model (a :data:`MODELS` entry with search overrides): ``{"against": baseline, "seeds": [...],
-        "dice": {"per_seed": {seed: difference}, "mean": ..., "sd": ...}, "pq": {...}}``, differences as fractions
-        (0.01 is one point of Dice), mean and sample sd across the seeds where both runs have the metric
-        (sd 0.0 for one seed, ``None`` for none).
+        "dice": {"per_seed": {seed: difference}, "mean": ..., "sd": ..., "interval": [low, high]}, "pq": {...},
+        "dice_per_image": ...}``, differences as fractions (0.01 is one point of Dice), mean and sample sd across the
+        seeds where both runs have the metric (sd 0.0 for one seed, ``None`` for none), ``interval`` the 95 %
+        :func:`seed_interval` (``None`` under 2 seeds); ``dice_per_image``: per seed and over all seeds, the
+        difference of the mean pooled Dice with a 95 % bootstrap interval over the test images
+        (:func:`monai_nasscam.metrics.paired.image_bootstrap`, from ``metrics.json``'s ``per_image`` counts; ``None``
+        without them).
     """
     if baseline not in results:
         return {}
@@ -366,7 +372,8 @@ def paired_differences(results: Mapping[str, Mapping[str, Mapping[str, Any]]], b
                 if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
                     diffs[s] = a - b
             mean, sd = _mean_sd(list(diffs.values()))
-            row[metric] = {"per_seed": diffs, "mean": mean, "sd": sd}
+            row[metric] = {"per_seed": diffs, "mean": mean, "sd": sd, "interval": seed_interval(list(diffs.values()))}
+        row["dice_per_image"] = image_differences(runs, base, seeds)
         out[model] = row
     return out
 
@@ -386,8 +393,10 @@ def _paired_lines(summary: Mapping[str, Any], paired: Mapping[str, Any]) -> list
     label = summary.get(baseline, {}).get("label", MODELS.get(baseline, (baseline,))[0])
     lines = [
         "", f"## Did the search pay? Searched minus {label}, paired by seed", "",
-        "| model | seeds | Dice difference per seed | Dice difference mean ± sd | PQ difference per seed | PQ difference mean ± sd |",
-        "|---|---|---|---|---|---|",
+        "| model | seeds | Dice difference per seed | Dice difference mean ± sd | 95% interval across seeds "
+        "| per test image: difference [95% interval] per seed | per test image, all seeds | PQ difference per seed "
+        "| PQ difference mean ± sd | 95% interval across seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for model, row in paired.items():
         cells = [summary.get(model, {}).get("label", MODELS[model][0]), str(len(row["dice"]["per_seed"]))]
@@ -395,11 +404,26 @@ def _paired_lines(summary: Mapping[str, Any], paired: Mapping[str, Any]) -> list
             stat = row[metric]
             cells.append(", ".join(f"{s}: {_signed(d)}" for s, d in stat["per_seed"].items()) or "–")
             cells.append("–" if stat["mean"] is None else f"{_signed(stat['mean'])} ± {100 * stat['sd']:.2f}")
+            cells.append(_interval(stat.get("interval")))
+            if metric == "dice":
+                images = row.get("dice_per_image")
+                per_seed = (images or {}).get("per_seed", {})
+                cells.append(", ".join(f"{s}: {_signed(b['difference'])} {_interval(b['interval'])}" for s, b in per_seed.items()) or "–")
+                every = (images or {}).get("all_seeds")
+                cells.append("–" if not every else f"{_signed(every['difference'])} {_interval(every['interval'])} ({every['images']} images)")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Mean pooled Dice and mean PQ in points (%): the searched model's minus that of the {label} of the "
               "same seed, retrained and evaluated with the same settings; mean ± sd across the seeds. Positive: the "
-              "searched genotype did better than a random one."]
+              "searched genotype did better than a random one. Intervals (95%): across seeds, the Student-t interval of "
+              "the mean difference (the seeds as independent searches and retrainings; none for one seed); per test "
+              "image, a percentile bootstrap over the test images (both models on the same resampled images, Dice "
+              "counts pooled; all seeds: the difference averaged over the seeds), which says whether a difference "
+              "holds on other images, for these trained networks. A difference is clear when its interval excludes 0."]
     return lines
+
+
+def _interval(interval: Sequence[float] | None) -> str:
+    return "–" if not interval else f"[{_signed(interval[0])}, {_signed(interval[1])}]"
 
 
 def _architecture_lines(archs: Mapping[str, Any]) -> list[str]:

@@ -9,9 +9,12 @@ from monai_nasscam.compare import summarize, table_markdown
 TINY = ["roi_size=[32,32]", "num_workers=0", "features=[4,8,8,8,8]", "sw_batch_size=8", "progress=false"]
 
 
-def _metrics(dice, pq):
+def _metrics(dice, pq, counts=None):
     names = ("Epithelial", "Lymphocyte", "Neutrophil", "Macrophage")
-    return {"dice": dict(zip(names, dice), mean=sum(dice) / 4), "pq": dict(zip(names, pq), mean=sum(pq) / 4)}
+    out = {"dice": dict(zip(names, dice), mean=sum(dice) / 4), "pq": dict(zip(names, pq), mean=sum(pq) / 4)}
+    if counts is not None:  # per-image Dice counts of images a, b, c, ...
+        out["per_image"] = {"names": [chr(97 + i) for i in range(len(counts))], "dice_counts": counts}
+    return out
 
 
 def test_summary_is_mean_and_sample_sd_across_seeds():
@@ -213,7 +216,10 @@ def test_compare_pairs_searched_models_with_random_genotypes(tmp_path, monkeypat
             Genotype.load(overrides["genotype_path"])  # a valid genotype is where the training reads it
             searched = "nas-scam-p/" in overrides["genotype_path"]
             dice, pq = (0.6 + 0.1 * seed, 0.4) if searched else (0.5, 0.45 + 0.05 * seed)
-            (output_dir / "metrics.json").write_text(json.dumps(_metrics([dice] * 4, [pq] * 4)))
+            # 3 test images, one class: the searched model's Dice 1 on each, the random genotype's 0.5 (I = 5 of 10)
+            counts = [[[10, 10, 10], [0, 0, 0], [0, 0, 0], [0, 0, 0]] if searched else
+                      [[5, 10, 10], [0, 0, 0], [0, 0, 0], [0, 0, 0]]] * 3
+            (output_dir / "metrics.json").write_text(json.dumps(_metrics([dice] * 4, [pq] * 4, counts)))
         return True
 
     monkeypatch.setattr(compare, "run_workflow", fake_workflow)
@@ -240,6 +246,12 @@ def test_compare_pairs_searched_models_with_random_genotypes(tmp_path, monkeypat
     assert (paired["dice"]["mean"], paired["dice"]["sd"]) == (pytest.approx(0.15), pytest.approx(0.0707106781))
     assert paired["pq"]["per_seed"] == {"0": pytest.approx(-0.05), "1": pytest.approx(-0.1)}
     assert (paired["pq"]["mean"], paired["pq"]["sd"]) == (pytest.approx(-0.075), pytest.approx(0.0353553391))
+    # t interval of 2 seeds: 0.15 +- 12.706 * 0.0707 / sqrt(2)
+    assert paired["dice"]["interval"] == pytest.approx([0.15 - 0.6353102, 0.15 + 0.6353102])
+    # per test image: Dice 1 against 0.5 on every image, whatever the resample
+    images = paired["dice_per_image"]
+    assert images["per_seed"]["0"] == {"difference": 0.5, "interval": [0.5, 0.5], "images": 3, "per_seed": [0.5]}
+    assert images["all_seeds"]["seeds"] == ["0", "1"] and images["all_seeds"]["interval"] == [0.5, 0.5]
     archs = results["architectures"]
     assert archs["nas-scam-p"]["verdicts"] == {"0": "converged", "1": None}
     assert archs["random"]["verdicts"] == {"0": None, "1": None} and not archs["random"]["searched"]
@@ -250,7 +262,9 @@ def test_compare_pairs_searched_models_with_random_genotypes(tmp_path, monkeypat
     assert written.modules == consensus([random_genotype(seed=10), random_genotype(seed=11)]).modules
     assert archs["random"]["consensus"] is None and not (out / "random" / "consensus_genotype.json").exists()
     table = (out / "table.md").read_text()
-    assert "| NAS-SCAM-P (synchronous) | 2 | 0: +10.00, 1: +20.00 | +15.00 ± 7.07 | 0: -5.00, 1: -10.00 | -7.50 ± 3.54 |" in table
+    assert ("| NAS-SCAM-P (synchronous) | 2 | 0: +10.00, 1: +20.00 | +15.00 ± 7.07 | [-48.53, +78.53] "
+            "| 0: +50.00 [+50.00, +50.00], 1: +50.00 [+50.00, +50.00] | +50.00 [+50.00, +50.00] (3 images) "
+            "| 0: -5.00, 1: -10.00 | -7.50 ± 3.54 | [-39.27, +24.27] |") in table
     assert "| Random genotype (NAS-SCAM-P) | 2 | 50.00 ± 0.00 |" in table
     sam = 100 * expected["sam"]["pairwise"]
     assert f"| NAS-SCAM-P (synchronous) | 0: converged, 1: unknown | {sam:.1f}% (16.7%) |" in table
@@ -261,3 +275,31 @@ def test_compare_pairs_searched_models_with_random_genotypes(tmp_path, monkeypat
     random_genotype(seed=5).save(out / "random" / "seed1" / "search" / "genotype.json")
     with pytest.raises(ValueError, match=r"seed1/search/genotype.json is not the random genotype of seed 1"):
         compare.run_comparison(tmp_path / "prep", out, models=["random"], seeds=[0, 1], echo=lambda m: None)
+
+
+def test_paired_statistics_by_hand():
+    import numpy as np
+
+    from monai_nasscam.metrics.paired import image_bootstrap, image_differences, pooled_mean_dice, seed_interval
+
+    assert seed_interval([0.1]) is None and seed_interval([0.2, 0.2, 0.2]) == pytest.approx([0.2, 0.2])
+    # 3 seeds: mean 0.2, sd 0.1, t(0.975, 2) = 4.3027 -> 0.2 +- 4.3027 * 0.1 / sqrt(3)
+    assert seed_interval([0.1, 0.2, 0.3]) == pytest.approx([0.2 - 0.2484138, 0.2 + 0.2484138])
+    # class 0: 2 * 3 / (4 + 6) = 0.6; class 1: 0 / 2 = 0; class 2 absent (left out) -> mean 0.3
+    assert pooled_mean_dice(np.array([[3, 4, 6], [0, 2, 0], [0, 0, 0]])) == pytest.approx(0.3)
+    assert np.isnan(pooled_mean_dice(np.zeros((4, 3))))
+    # image 1 good for both, image 2 lost by the baseline: the difference depends on the resample
+    a = np.array([[[10, 10, 10]], [[10, 10, 10]]])
+    b = np.array([[[10, 10, 10]], [[0, 10, 10]]])
+    result = image_bootstrap([a], [b], samples=4000)
+    assert result["difference"] == pytest.approx(1.0 - 20 / 40)  # pooled: 2 * 10 / 40
+    low, high = result["interval"]
+    assert low == pytest.approx(0.0) and high == pytest.approx(1.0)  # only good images, only the lost one
+    same = image_differences({"0": _metrics([0.5] * 4, [0.5] * 4, a.tolist())}, {"0": _metrics([0.5] * 4, [0.5] * 4, a.tolist())}, ["0"])
+    assert same["all_seeds"]["difference"] == 0.0 and same["all_seeds"]["interval"] == [0.0, 0.0]
+    other = _metrics([0.5] * 4, [0.5] * 4, a.tolist())
+    other["per_image"]["names"] = ["x", "y"]  # other images: nothing to pair
+    assert image_differences({"0": _metrics([0.5] * 4, [0.5] * 4, a.tolist())}, {"0": other}, ["0"]) is None
+    with pytest.raises(ValueError, match="per-image Dice counts must be"):
+        image_bootstrap([a], [b[:1]])
+

@@ -44,6 +44,7 @@ def _fixed_images():
                 "label": torch.as_tensor(label)[None],
                 "instance": torch.as_tensor(inst)[None, None],
                 "class_map": torch.as_tensor(cmap.astype(np.uint8))[None, None],
+                "name": [name],
             }
         )
     return items
@@ -76,6 +77,11 @@ def test_evaluate_metrics_by_hand(tmp_path):
     assert metrics["dice"] == pytest.approx(
         {"Epithelial": 0.5, "Lymphocyte": 4 / 7, "Neutrophil": None, "Macrophage": None, "mean": (0.5 + 4 / 7) / 2}
     )
+    # the pooled Dice's own counts per image, [intersection, prediction, ground truth] per class, for resampling
+    assert metrics["per_image"] == {
+        "names": ["A", "B"],
+        "dice_counts": [[[4, 8, 4], [0, 4, 0], [0, 0, 0], [0, 0, 0]], [[0, 0, 4], [4, 6, 4], [0, 0, 0], [0, 0, 0]]],
+    }
     # per image (MONAI DiceMetric): Epithelial mean(8 / 12, 0); Lymphocyte: image A has no Lymphocyte, so its false
     # positive is not counted -> B only, 8 / 10. Pooled and per-image Dice differ.
     assert metrics["dice_per_image"] == pytest.approx(

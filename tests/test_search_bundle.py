@@ -89,6 +89,10 @@ def test_other_bad_overrides(tmp_path, prepared):
         ({"alpha_temperature": [1.0, 0.0]}, "alpha_temperature must be [start, end], two numbers > 0"),
         ({"alpha_temperature": 0.5}, "alpha_temperature must be [start, end]"),
         ({"alpha_entropy_weight": -0.1}, "alpha_entropy_weight must be a finite number >= 0"),
+        ({"selection": "best"}, "selection must be one of ['alpha', 'perturbation'], got 'best'"),
+        ({"selection": "perturbation", "selection_crops": 1}, "selection_crops must be an integer >= 2"),
+        ({"selection": "perturbation", "selection_unit": "module"}, "selection_unit must be 'cell' or 'edge'"),
+        ({"epochs": 2, "warmup_epochs": 2}, "(with --selection perturbation it is the frozen-alpha variant)"),
     ]:
         with pytest.raises(Exception) as info:
             _run_in_process(tmp_path, dataset_dir=str(prepared), **overrides)
@@ -399,3 +403,31 @@ def test_search_with_the_darts_remedies(tmp_path, prepared, caplog):
     assert cells and all(c.temperature == pytest.approx(0.1) for c in cells)
     saved = sorted((tmp_path / "run" / "genotypes").glob("genotype_epoch*.json"))
     assert saved and Genotype.load(saved[-1]).search["settings"] == {"alpha_temperature": [1.0, 0.1], "alpha_entropy_weight": 0.5}
+
+
+def test_search_with_selection_by_perturbation(tmp_path, prepared, caplog):
+    """--selection perturbation with the alphas frozen (warm-up = epochs): genotype.json holds the chosen operations
+    with every edge's record, genotype_alpha.json the argmax of the best validation, the log the decided count."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(SEARCH)
+    parser.update({key: json.loads(value) for key, value in TINY.items()})
+    parser.update({"dataset_dir": str(prepared), "output_dir": str(tmp_path / "run"), "epochs": 1, "warmup_epochs": 1,
+                   "attention": "nas-cam", "selection": "perturbation", "selection_crops": 6, "selection_interval": 1})
+    from monai_nasscam.engines import check_search_inputs
+
+    assert check_search_inputs(prepared, epochs=1, warmup_epochs=1, selection="perturbation", selection_crops=4)
+    trainer = parser.get_parsed_content("train#trainer")
+    with caplog.at_level(logging.INFO):
+        trainer.run()
+    genotype = Genotype.load(tmp_path / "run" / "genotype.json")
+    selection = genotype.selection
+    # whole loader batches of 4 crops until there are 6: 8 crops, in one pass
+    assert selection["method"] == "perturbation" and selection["crops"] == 8 and selection["edges"] == 48
+    assert all(len(genotype.selection["modules"][m["position"]]["cam"]) == 6 for m in genotype.modules)
+    assert Genotype.load(tmp_path / "run" / "genotype_alpha.json").selection["method"] == "alpha"
+    for figure in ("genotype_heatmap.png", "genotype_alpha_heatmap.png"):
+        assert (tmp_path / "run" / figure).stat().st_size > 0
+    assert f"the data decided {selection['decided']} of 48 edges" in caplog.text
+

@@ -1,6 +1,6 @@
 """Did the search choose? The figures of softmax(alpha) (entropy, margin, none share, changed, decided) with
 hand-computed values, each verdict, the diagnostics handler (metrics, TensorBoard, log, checkpoint state), the
-genotype format version 2 (``search`` section; version 1 still loads; non-finite alphas refused), the heatmap, and
+genotype format version 3 (``search`` section; versions 1 and 2 still load; non-finite alphas refused), the heatmap, and
 divergence: a non-finite loss or alpha stops the search with one message, in-process and through the workflow."""
 
 from __future__ import annotations
@@ -227,16 +227,16 @@ def test_version_1_file_still_loads(tmp_path):
     genotype = Genotype.load(path)
     assert genotype.search is None and genotype.entry("up4")["cam"][3] == "conv15"
     data = genotype.to_dict()
-    assert data["version"] == 2 and "search" not in data  # written as version 2, no section to invent
+    assert data["version"] == 3 and "search" not in data and "selection" not in data  # no section to invent
 
 
-def test_version_2_round_trip_with_search_section(tmp_path):
+def test_round_trip_with_search_section(tmp_path):
     net = _net()
     d = search_diagnostics(net, epoch=4)
     genotype = Genotype.from_model(net, search=d.to_dict())
     path = genotype.save(tmp_path / "g.json")
     data = json.loads(path.read_text())
-    assert data["version"] == 2
+    assert data["version"] == 3 and data["selection"] == {"method": "alpha", "exclude_none": False}
     search = data["search"]
     assert search["verdict"] == "not converged" and search["epoch"] == 4 and search["edges"] == 96
     assert set(search["modules"]) == set(POSITIONS) and set(search["modules"]["up2"]) == {"sam", "cam"}

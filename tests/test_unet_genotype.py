@@ -90,7 +90,7 @@ def test_genotype_json_round_trip(tmp_path):
     genotype = _derive(NASSCAMUNet(2, 3, 4, features=SMALL))
     path = genotype.save(tmp_path / "g" / "genotype.json")
     data = json.loads(path.read_text())
-    assert data["format"] == "nasscam-genotype" and data["version"] == 2
+    assert data["format"] == "nasscam-genotype" and data["version"] == 3
     assert data["edges"] == [[0, 1], [0, 2], [1, 2], [0, 3], [1, 3], [2, 3]]
     assert [m["position"] for m in data["modules"]] == list(POSITIONS)
     loaded = Genotype.load(path)

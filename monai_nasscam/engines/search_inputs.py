@@ -19,6 +19,7 @@ from typing import Any
 from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.data.datalist import search_datalists
 from monai_nasscam.errors import input_check
+from monai_nasscam.networks.selection import UNITS
 from monai_nasscam.overrides import as_bool, as_int, check_roi_size, is_null
 from monai_nasscam.networks.attentions import attention_names
 from monai_nasscam.networks.run_folder import check_network_settings
@@ -208,6 +209,10 @@ def check_search_inputs(
     resume_path: str | None = None,
     alpha_temperature: Any = (1.0, 1.0),
     alpha_entropy_weight: Any = 0.0,
+    selection: Any = "alpha",
+    selection_crops: Any = 8,
+    selection_interval: Any = 1,
+    selection_unit: Any = "cell",
     **settings: Any,
 ) -> bool:
     """Raise a clear error for anything that would make the search fail later; ``True`` otherwise.
@@ -218,7 +223,10 @@ def check_search_inputs(
     present, training images that can be split into weight and architecture parts, validation images, the first
     image of each part on disk), and the further ``settings`` of :func:`check_run_settings` (device, learning
     rates, widths, ...), and the DARTS remedies (``alpha_temperature``: two finite temperatures > 0, start and
-    end; ``alpha_entropy_weight``: a finite number >= 0); ``resume_path`` is only reported.
+    end; ``alpha_entropy_weight``: a finite number >= 0), the architecture selection (``selection``: ``alpha`` or
+    ``perturbation``; with ``perturbation``, ``warmup_epochs`` may equal ``epochs``, the frozen-alpha variant,
+    ``selection_crops`` an integer >= 2, ``selection_interval`` an integer >= 0, ``selection_unit`` ``cell`` or
+    ``edge``); ``resume_path`` is only reported.
 
     Raises:
         InputError: naming the setting or the file (``MissingInputError``, also a ``FileNotFoundError``, for a
@@ -243,10 +251,12 @@ def check_search_inputs(
         raise ValueError(f"epochs must be >= 1, got {epochs}.")
     if not 0 <= int(warmup_epochs) <= int(epochs):
         raise ValueError(f"warmup_epochs must lie in [0, epochs={epochs}], got {warmup_epochs}.")
-    if int(warmup_epochs) == int(epochs):
+    check_selection(selection, selection_crops, selection_interval, selection_unit)
+    if int(warmup_epochs) == int(epochs) and selection != "perturbation":
         raise ValueError(
             f"warmup_epochs ({int(warmup_epochs)}) must be smaller than epochs ({int(epochs)}): no alpha step would "
-            "run, and the genotype would be a random pick."
+            "run, and the genotype would be a random pick (with --selection perturbation it is the frozen-alpha "
+            "variant)."
         )
     if roi_size is not None:
         check_roi_size(roi_size)
@@ -257,6 +267,27 @@ def check_search_inputs(
         for entry in entries[:1]:
             if not Path(entry["image"]).is_file():
                 raise FileNotFoundError(f"{split} image {entry['image']} listed in the datalist does not exist.")
+    return True
+
+
+#: how a search chooses its operations (search.yaml's ``selection``).
+SELECTIONS = ("alpha", "perturbation")
+
+
+def check_selection(selection: Any, crops: Any = 8, interval: Any = 1, unit: Any = "cell") -> bool:
+    """Check search.yaml's architecture selection settings (see :func:`check_search_inputs`); ``True`` if valid.
+
+    Raises:
+        ValueError: naming the setting and the valid values.
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {list(SELECTIONS)}, got {selection!r}.")
+    if isinstance(crops, bool) or not isinstance(crops, int) or crops < 2:
+        raise ValueError(f"selection_crops must be an integer >= 2 (the intervals resample the crops), got {crops!r}.")
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
+        raise ValueError(f"selection_interval must be an integer >= 0 (weight steps between decisions), got {interval!r}.")
+    if unit not in UNITS:
+        raise ValueError(f"selection_unit must be 'cell' or 'edge', got {unit!r}.")
     return True
 
 

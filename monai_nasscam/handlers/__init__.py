@@ -1,5 +1,5 @@
-"""Handlers of the search: architecture logging, alpha figures and verdict, genotype saving, the divergence check,
-the resumable checkpoint."""
+"""Handlers of the search: architecture logging, alpha figures and verdict, genotype saving, selection by
+perturbation, the divergence check, the resumable checkpoint."""
 
 from monai_nasscam.errors import SearchDiverged, SearchInterrupted
 from monai_nasscam.handlers.architecture import (
@@ -14,6 +14,7 @@ from monai_nasscam.handlers.architecture import (
     search_diagnostics,
 )
 from monai_nasscam.handlers.checkpoint import ResumableCheckpointSaver
+from monai_nasscam.handlers.selection import PerturbationSelectionHandler, plot_selection_heatmap
 from monai_nasscam.handlers.temperature import AlphaTemperatureScheduler
 
 __all__ = [
@@ -23,11 +24,13 @@ __all__ = [
     "BestGenotypeSaver",
     "DivergenceGuard",
     "GenotypeSaver",
+    "PerturbationSelectionHandler",
     "ResumableCheckpointSaver",
     "SearchDiagnosticsHandler",
     "SearchDiverged",
     "SearchInterrupted",
     "alpha_weights",
     "plot_alpha_heatmap",
+    "plot_selection_heatmap",
     "search_diagnostics",
 ]

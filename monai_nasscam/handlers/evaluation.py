@@ -125,7 +125,10 @@ class MetricsReportWriter:
     - with ``instance`` given: ``aji``, ``aji_plus`` (means over the images), ``f1_detection``,
       ``f1_classification`` (per class, with ``mean``) and ``mpq_plus`` (the mean over classes of the pooled PQ)
       (definitions: :mod:`monai_nasscam.metrics.instance`);
-    - ``protocol``: how the numbers were obtained (``protocol`` as given, plus the number of images).
+    - ``protocol``: how the numbers were obtained (``protocol`` as given, plus the number of images);
+    - ``per_image``: ``{"names": [...], "dice_counts": [[[intersection, prediction sum, ground-truth sum] per class]
+      per image]}`` in evaluation order (the pooled Dice's own counts, so that ``nasscam compare`` can resample the
+      images); the names are those of the datalist entries, left out when the batches carry none.
 
     When the ground truth of any evaluated image is semantic-only (its datalist entry has ``"semantic_only": true``:
     an image + mask folder whose masks merge touching nuclei of a class, see docs/data.md), the instance metrics
@@ -175,6 +178,7 @@ class MetricsReportWriter:
         self.markdown_name = markdown_name
         self.title = title
         self.metrics: dict[str, Any] | None = None
+        self._names: list[str] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._reset)
@@ -183,10 +187,11 @@ class MetricsReportWriter:
 
     def _reset(self, engine: Engine) -> None:
         self._images = self._semantic = 0
+        self._names.clear()
 
     def _count(self, engine: Engine) -> None:
-        """Count the evaluated images and those whose entry is marked ``semantic_only`` (a decollated batch is a
-        list of samples, a collated one a dict of batched values)."""
+        """Count the evaluated images and those whose entry is marked ``semantic_only``, and keep their names (a
+        decollated batch is a list of samples, a collated one a dict of batched values)."""
         batch = engine.state.batch
         for item in batch if isinstance(batch, (list, tuple)) else [batch]:
             if not isinstance(item, Mapping):
@@ -194,6 +199,8 @@ class MetricsReportWriter:
             flags = _values(item.get("semantic_only", False)) if "semantic_only" in item else [0.0] * _size(item)
             self._images += len(flags)
             self._semantic += int(sum(bool(f) for f in flags))
+            names = item.get("name")
+            self._names.extend([names] if isinstance(names, str) else list(names or []))
 
     def _left_out(self) -> str | None:
         """Why the instance metrics are left out, or ``None`` when they are reported."""
@@ -209,6 +216,10 @@ class MetricsReportWriter:
         counts = dice_fn.get_buffer()
         n_images = int(counts.shape[0]) if isinstance(counts, torch.Tensor) else 0
         extra: dict[str, Any] = {}
+        if n_images:
+            extra["per_image"] = {"dice_counts": counts.double().tolist()}
+            if len(self._names) == n_images:
+                extra["per_image"] = {"names": [str(n) for n in self._names], **extra["per_image"]}
         if self.dice_per_image is not None:
             extra["dice_per_image"] = _per_class(_mean_over_images(self.dice_per_image.metric_fn), self.class_names)
         left_out = self._left_out()

@@ -93,6 +93,9 @@ class NASAttentionCell(nn.Module):
             self.edges.append(edge)
         self.alpha = nn.Parameter(1e-3 * torch.randn(len(EDGES), len(self.candidates))) if ops is None else None
         self.temperature = 1.0
+        #: mixing weights ``(6, n_candidates)`` that replace ``softmax(alpha / temperature)`` when set (architecture
+        #: selection by perturbation: an op masked out, decided edges one-hot; :mod:`.selection`); ``None``: the alphas'.
+        self.weight_override: torch.Tensor | None = None
         self._plan = self._make_plan()
 
     @property
@@ -155,8 +158,11 @@ class NASAttentionCell(nn.Module):
 
         ``temperature`` (a float attribute, 1.0 unless a search anneals it with
         :class:`monai_nasscam.handlers.AlphaTemperatureScheduler`) sharpens the mixture below 1 and is equal to
-        :meth:`op_weights` at 1; the derived operation, the argmax, does not depend on it.
+        :meth:`op_weights` at 1; the derived operation, the argmax, does not depend on it. ``weight_override``, when
+        set, is returned instead (no gradient reaches the alphas then).
         """
+        if self.weight_override is not None and self.alpha is not None:
+            return self.weight_override
         if self.alpha is None or self.temperature == 1.0:
             return self.op_weights()
         return (self.alpha / self.temperature).softmax(dim=-1)
