@@ -1,7 +1,7 @@
 """CPU throughput of the inference workflow: CPU seconds per mm² at 0.25 µm/px and peak resident memory, stage by
 stage, for a trained NAS-SCAM-P network and a U-Net.
 
-    python bench/slide_throughput.py [--tissue ../shared/real_tissue] [--size 4000] [--margin 500]
+    python bench/slide_throughput.py [--tissue TISSUE_DIR] [--size 4000] [--margin 500]
         [--runs DEMO_OUT] [--models nas-scam-p,unet] [--variants default precision=fp32 ...] [--repeats 1]
         [--work DIR] [--profile] [--json out.json]
 
