@@ -1,7 +1,7 @@
 """CPU throughput of the inference workflow: CPU seconds per mm² at 0.25 µm/px and peak resident memory, stage by
 stage, for a trained NAS-SCAM-P network and a U-Net.
 
-    python bench/slide_throughput.py [--tissue ../shared/real_tissue] [--size 4000] [--margin 500]
+    python bench/slide_throughput.py [--tissue TISSUE_DIR] [--size 4000] [--margin 500]
         [--runs DEMO_OUT] [--models nas-scam-p,unet] [--variants default precision=fp32 ...] [--repeats 1]
         [--work DIR] [--profile] [--json out.json]
 
@@ -19,8 +19,9 @@ stage, for a trained NAS-SCAM-P network and a U-Net.
    ``precision=fp32``; ``default`` is none) and its ``predictor`` run on the image. The stages are timed by
    wrapping the functions that do them (nothing of the workflow is changed): CPU time of the thread that runs each
    (``time.thread_time``; the network's parallel workers each count their own), exclusive of the stages nested
-   inside it, and its wall time when it runs in the main thread; the peak resident memory while it ran (sampled every
-   10 ms from ``/proc/self/statm``, attributed to the main thread's stage) and the child's ``ru_maxrss``. Stages:
+   inside it, and its wall time when it runs in the main thread; the peak resident memory while it ran in any thread
+   (sampled every 10 ms from ``/proc/self/statm``; a stage nested in another shares its peaks) and the child's
+   ``ru_maxrss``. Stages:
    ``reading`` (decoding the file), ``tissue detection``, ``stain normalisation`` (fit and apply), ``network`` (the
    prepared network's forward passes), ``stitching`` (window blending, class map, probabilities), ``instance
    separation`` (the watershed of each component), ``nuclei`` (components, measurements, outlines), ``writing``
@@ -32,8 +33,8 @@ stage, for a trained NAS-SCAM-P network and a U-Net.
    workflow's (``iter_nuclei`` with the config's instance separation, the config's ``outputs``): the cost of instance
    separation and writing at the real density of nuclei, whatever the short-trained models predict.
 
-Figures are per mm² of the image (and of its tissue, the pixels of the tissue source). On a shared machine the
-absolute seconds are upper bounds: compare ratios measured in one run.
+Figures are per mm² of the whole image. On a shared machine the absolute seconds are upper bounds: compare ratios
+measured in one run.
 """
 
 from __future__ import annotations
@@ -262,7 +263,8 @@ def instrument(predictor: Any, clock: StageClock, windows: dict[str, int]) -> No
         return reader
 
     patch_everywhere("open_image", open_image, clock.wrap("reading", opened))
-    patch_everywhere("tissue_mask", tiling.tissue_mask, clock.wrap("tissue detection", tiling.tissue_mask))
+    for fn in ("tissue_mask", "tissue_windows"):
+        patch_everywhere(fn, getattr(tiling, fn), clock.wrap("tissue detection", getattr(tiling, fn)))
     patch_everywhere("_sample_pixels", tiling._sample_pixels, clock.wrap("stain normalisation", tiling._sample_pixels))
     for method in ("fit_source", "apply"):
         setattr(stain.SlideStainNormalizer, method,

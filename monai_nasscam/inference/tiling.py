@@ -161,7 +161,7 @@ def tissue_windows(
         raise ValueError(f"a region of {size} px has no whole grid of {tuple(roi)} windows at stride {tuple(stride)}.")
     # stained pixels per cell of the grid all window and band edges fall on (their common divisor), then a summed-area
     # table over the cells: each window's count in O(1)
-    cell = [math.gcd(math.gcd(int(roi[a]), int(stride[a])), int(band[a]) or int(stride[a])) for a in range(2)]
+    cell = [math.gcd(int(roi[a]), int(stride[a]), int(band[a])) for a in range(2)]
     shape = [tissue.shape[a] // cell[a] for a in range(2)]
     cells = tissue[: shape[0] * cell[0], : shape[1] * cell[1]].reshape(shape[0], cell[0], shape[1], cell[1]).any(axis=(1, 3))
     table = np.zeros((shape[0] + 1, shape[1] + 1), dtype=np.int64)
@@ -262,7 +262,7 @@ def release_rows(array: np.ndarray, row0: int, row1: int) -> None:
 @dataclass
 class _Prepared:
     block: BlockPlan
-    canvas: np.ndarray | None  # normalised block, white-padded; None when the core holds no tissue
+    canvas: np.ndarray | None  # normalised block, white-padded; None when none of its windows runs (glass)
     raw_core: np.ndarray  # raw pixels of the core (for the overview image)
     clear_core: np.ndarray | None = None  # fully transparent pixels of the core (nothing scanned): never a class
     run: np.ndarray | None = None  # windows to run (``tissue_windows``); None: every window
