@@ -278,7 +278,7 @@ def test_transparent_half_of_a_slide_is_glass_at_inference(tmp_path, tiled):
     assert features and all(max(x for x, _ in f["geometry"]["coordinates"][0]) <= 256 for f in features)
     # glass windows are not run: at least every window from x = 288 on (its band, one stride of 32 around it, all
     # transparent), 6 columns of the 15 rows of windows (whole image) or of the 2 x 8 rows of the right blocks
-    with open_region_reader(src / "slide_rgba.tif", tiled=tiled) as reader:
+    with open_image(src / "slide_rgba.tif", tiled=tiled) as reader:
         _, info = predict_class_map(reader, _DarkIsNucleus(), inferer, block_size=256 if tiled else None)
     assert info["windows"] == (4 * 8 * 8 if tiled else 15 * 15)
     assert info["skipped_windows"] >= (6 * 2 * 8 if tiled else 6 * 15)

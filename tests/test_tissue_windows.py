@@ -12,7 +12,9 @@ import tifffile
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from monai_nasscam.inference import ArrayRegionReader, TiffRegionReader, open_region_reader, predict_class_map
+from monai_nasscam.data.slide import ArrayRegionReader, open_image
+from monai_nasscam.data.tiff_reader import TiffRegionReader
+from monai_nasscam.inference import predict_class_map
 from monai_nasscam.inference.tiling import tissue_mask, tissue_windows
 
 ROI, STRIDE = 32, 16
@@ -122,7 +124,7 @@ def test_glass_windows_are_not_run_and_pixels_near_tissue_are_unchanged(tmp_path
     # block by block (tiled TIFF, blocks of 64 px, read ahead in threads): the same windows run, the same maps
     path = tmp_path / "slide.tif"
     tifffile.imwrite(path, image, photometric="rgb", tile=(32, 32))
-    with open_region_reader(path, tiled=True) as reader:
+    with open_image(path, tiled=True) as reader:
         assert isinstance(reader, TiffRegionReader)
         blocks, block_info = predict_class_map(reader, skip, _inferer(), block_size=64, prefetch=2, probabilities=True)
     assert block_info["skipped_blocks"] > 0
