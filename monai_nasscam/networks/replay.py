@@ -46,10 +46,10 @@ class PrefixReplay:
 
     def __init__(self, network: nn.Module) -> None:
         self.network = network
-        self._holders = {
-            id(m) for m in network.modules() if any(isinstance(c, NASAttentionCell) and c.searchable for c in m.modules())
-        }
-        self._calls: dict[tuple[int, int], tuple[int, int, Any]] = {}  # (module id, call number) -> (start, end, output)
+        cells = {id(c) for c in network.modules() if isinstance(c, NASAttentionCell) and c.searchable}
+        self._holders = {id(m) for m in network.modules() if any(id(c) in cells for c in m.modules())}
+        # (module id, call number) -> (start, end, output)
+        self._calls: dict[tuple[int, int], tuple[int, int, Any]] = {}
         self._cell_starts: dict[int, int] = {}  # cell id -> start of its first call
         self._modules: dict[int, nn.Module] = {}
         self.reference: Any = None
