@@ -378,8 +378,8 @@ def run_search(
     )
     start, cpu = time.perf_counter(), time.process_time()
     trainer.run()
-    result = SearchResult(seed, arch_lr=lr, alpha_steps=alpha_steps, final_loss=float(trainer.state.output["loss"].detach()),
-                          selection=selection)
+    loss = float(trainer.state.output["loss"].detach())
+    result = SearchResult(seed, arch_lr=lr, alpha_steps=alpha_steps, final_loss=loss, selection=selection)
     weights = net.op_weights()
     if selection == "perturbation":
         weights = _select(trainer, net, probes, seed, crops, interval, unit, batch_size, size, result)

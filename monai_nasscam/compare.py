@@ -408,9 +408,11 @@ def _paired_lines(summary: Mapping[str, Any], paired: Mapping[str, Any]) -> list
             if metric == "dice":
                 images = row.get("dice_per_image")
                 per_seed = (images or {}).get("per_seed", {})
-                cells.append(", ".join(f"{s}: {_signed(b['difference'])} {_interval(b['interval'])}" for s, b in per_seed.items()) or "–")
+                per_seed_text = [f"{s}: {_signed(b['difference'])} {_interval(b['interval'])}" for s, b in per_seed.items()]
+                cells.append(", ".join(per_seed_text) or "–")
                 every = (images or {}).get("all_seeds")
-                cells.append("–" if not every else f"{_signed(every['difference'])} {_interval(every['interval'])} ({every['images']} images)")
+                every_text = every and f"{_signed(every['difference'])} {_interval(every['interval'])} ({every['images']} images)"
+                cells.append(every_text or "–")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", f"Mean pooled Dice and mean PQ in points (%): the searched model's minus that of the {label} of the "
               "same seed, retrained and evaluated with the same settings; mean ± sd across the seeds. Positive: the "

@@ -27,8 +27,8 @@ from monai_nasscam.networks.utils import unwrap_model
 
 __all__ = ["PerturbationSelectionHandler", "plot_selection_heatmap", "selection_summary"]
 
-#: crops per masked pass (the selection of the demo's supernet on 8 crops of 64 x 64: 46 s of CPU in passes of 8, 59 s in
-#: passes of 4)
+#: crops per masked pass (the selection of the demo's supernet on 8 crops of 64 x 64: 46 s of CPU in passes of 8,
+#: 59 s in passes of 4)
 EVALUATION_BATCH = 8
 
 
@@ -100,7 +100,8 @@ class PerturbationSelectionHandler:
         Raises:
             InputError: a run of several processes (each would measure its own crops and decide differently).
         """
-        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             raise InputError(
                 "selection: perturbation runs in one process (each rank would measure its own crops and decide "
                 "differently); search with one process, or with --selection alpha."
@@ -130,8 +131,10 @@ class PerturbationSelectionHandler:
         finally:
             selection.release()  # the supernet again (with the fine-tuned weights)
         epoch = int(engine.state.epoch)
-        diagnostics = self.diagnostics
-        search = diagnostics.record(epoch) if diagnostics is not None else search_diagnostics(net, epoch=epoch).to_dict()
+        if self.diagnostics is not None:
+            search = self.diagnostics.record(epoch)
+        else:
+            search = search_diagnostics(net, epoch=epoch).to_dict()
         argmax = Genotype.from_model(net, exclude_none=self.exclude_none, search=search)
         ops = {m["position"]: {k: v for k, v in m.items() if k != "position"} for m in argmax.modules}
         genotype = dataclasses.replace(
@@ -141,7 +144,8 @@ class PerturbationSelectionHandler:
         )
         path = genotype.save(self.output_path)
         if self.heatmap_name:
-            figure = plot_selection_heatmap(genotype, title=f"{path.name}: selection by perturbation after epoch {epoch}")
+            title = f"{path.name}: selection by perturbation after epoch {epoch}"
+            figure = plot_selection_heatmap(genotype, title=title)
             with atomic_path(path.parent / self.heatmap_name) as tmp:
                 figure.savefig(tmp, dpi=110)
         for line in selection_summary(genotype, path):
@@ -153,7 +157,8 @@ class PerturbationSelectionHandler:
         :data:`EVALUATION_BATCH` (fewer, larger passes)."""
         inputs, targets, count = [], [], 0
         while count < self.crops:
-            data = engine.prepare_batch(engine.next_arch_batch(), engine.state.device, engine.non_blocking, **engine.to_kwargs)
+            batch = engine.next_arch_batch()
+            data = engine.prepare_batch(batch, engine.state.device, engine.non_blocking, **engine.to_kwargs)
             inputs.append(_plain(data[0]))
             targets.append(_plain(data[1]))
             count += int(data[0].shape[0])
@@ -247,11 +252,14 @@ def plot_selection_heatmap(genotype: Genotype, title: str | None = None):
             names = list(edges[0]["importance"])
             mean = torch.tensor([[r["importance"][n]["mean"] for n in names] for r in edges], dtype=torch.float64)
             scale = mean.abs().amax(dim=1, keepdim=True).clamp(min=1e-12)
-            image = ax.imshow((mean / scale).numpy(), cmap="PuOr_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+            image = ax.imshow(
+                (mean / scale).numpy(), cmap="PuOr_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest"
+            )
             for e, record in enumerate(edges):
                 for op in record["tied"]:
                     if op != record["op"]:
-                        ax.add_patch(Rectangle((names.index(op) - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="0.45", linewidth=1.0))
+                        corner = (names.index(op) - 0.5, e - 0.5)
+                        ax.add_patch(Rectangle(corner, 1, 1, fill=False, edgecolor="0.45", linewidth=1.0))
                 style = "solid" if record["decided"] else (0, (2, 1.5))
                 ax.add_patch(Rectangle((names.index(record["op"]) - 0.5, e - 0.5), 1, 1, fill=False, edgecolor="red",
                                        linewidth=1.6, linestyle=style))
@@ -268,8 +276,8 @@ def plot_selection_heatmap(genotype: Genotype, title: str | None = None):
     flops = selection.get("flops")
     cost = f"; attention FLOPs {flops['saved']:.0%} below the alphas' argmax" if flops else ""
     summary = (
-        f"the data decided {selection['decided']} of {selection['edges']} edges ({selection['confidence']:.0%} intervals "
-        f"over {selection['crops']} crops); red: the chosen op, solid = decided, dashed = tied (cheapest of the grey "
+        f"the data decided {selection['decided']} of {selection['edges']} edges "
+        f"({selection['confidence']:.0%} intervals over {selection['crops']} crops); red: the chosen op, solid = decided, dashed = tied (cheapest of the grey "
         f"and red){cost}"
     )
     width = int(14 * fig.get_figwidth())

@@ -11,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CONFIDENCE", "BOOTSTRAP_SAMPLES", "seed_interval", "pooled_mean_dice", "image_bootstrap", "image_differences"]
+__all__ = [
+    "CONFIDENCE", "BOOTSTRAP_SAMPLES", "seed_interval", "pooled_mean_dice", "image_bootstrap", "image_differences",
+]
 
 #: coverage of the intervals of the paired differences
 CONFIDENCE = 0.95
@@ -83,7 +85,9 @@ def image_bootstrap(
     a = np.stack([np.asarray(c, dtype=np.float64) for c in searched])  # (S, N, C, 3)
     b = np.stack([np.asarray(c, dtype=np.float64) for c in baseline])
     if a.shape != b.shape or a.ndim != 4 or a.shape[-1] != 3:
-        raise ValueError(f"per-image Dice counts must be (images, classes, 3) for both models, got {a.shape[1:]} and {b.shape[1:]}.")
+        raise ValueError(
+            f"per-image Dice counts must be (images, classes, 3) for both models, got {a.shape[1:]} and {b.shape[1:]}."
+        )
     per_seed = pooled_mean_dice(a.sum(1)) - pooled_mean_dice(b.sum(1))  # (S,)
     rows = np.random.default_rng(seed).integers(0, a.shape[1], size=(int(samples), a.shape[1]))
     boot = np.nanmean(pooled_mean_dice(a[:, rows].sum(2)) - pooled_mean_dice(b[:, rows].sum(2)), axis=0)  # (samples,)

@@ -288,7 +288,9 @@ class Genotype:
             for kind in kinds:
                 cell = (records.get(position) or {}).get(kind) if isinstance(records, Mapping) else None
                 if not isinstance(cell, list) or len(cell) != len(EDGES):
-                    raise ValueError(f"'selection': module {position} {kind!r} must record {len(EDGES)} edges, got {cell!r}.")
+                    raise ValueError(
+                        f"'selection': module {position} {kind!r} must record {len(EDGES)} edges, got {cell!r}."
+                    )
                 for e, record in enumerate(cell):
                     where = f"'selection': module {position} {kind} edge {e} (n{EDGES[e][0]}->n{EDGES[e][1]})"
                     if not isinstance(record, Mapping) or record.get("op") != module[kind][e]:

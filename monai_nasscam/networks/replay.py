@@ -5,8 +5,8 @@ same crops, each time with one operation of one cell masked out. Everything the 
 was first called is the same in every such pass: :class:`PrefixReplay` records one reference pass and, in a pass
 where only given cells changed, returns the recorded outputs of the module calls that ended before the first of
 those cells started, instead of computing them again. In the U-Net of this package a mask in the last decoder block
-then recomputes that block and the output convolution only; on average a masked pass costs about half a full one
-(bench figures in docs/search.md).
+then recomputes that block and the output convolution only; over a whole selection the passes cost 0.6 times full
+ones (docs/search.md, "Selection by perturbation").
 
 It assumes what holds for the networks of this package in ``eval`` mode: the forward pass is deterministic, calls
 its modules in the same order every time, and no module modifies a tensor another module returned in place.
@@ -46,10 +46,10 @@ class PrefixReplay:
 
     def __init__(self, network: nn.Module) -> None:
         self.network = network
-        self._holders = {
-            id(m) for m in network.modules() if any(isinstance(c, NASAttentionCell) and c.searchable for c in m.modules())
-        }
-        self._calls: dict[tuple[int, int], tuple[int, int, Any]] = {}  # (module id, call number) -> (start, end, output)
+        cells = {id(c) for c in network.modules() if isinstance(c, NASAttentionCell) and c.searchable}
+        self._holders = {id(m) for m in network.modules() if any(id(c) in cells for c in m.modules())}
+        # (module id, call number) -> (start, end, output)
+        self._calls: dict[tuple[int, int], tuple[int, int, Any]] = {}
         self._cell_starts: dict[int, int] = {}  # cell id -> start of its first call
         self._modules: dict[int, nn.Module] = {}
         self.reference: Any = None

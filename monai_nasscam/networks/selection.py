@@ -132,7 +132,8 @@ def op_flops(kind: str, name: str, in_channels: int, out_channels: int, spatial:
     if kind not in OPS or name not in OPS[kind]:
         raise ValueError(f"unknown {kind} operation {name!r}.")
     k = OPS[kind][name].kernel_size
-    return 0 if k == 0 else 2 * k ** len(spatial) * int(in_channels) * int(out_channels) * math.prod(int(s) for s in spatial)
+    pixels = math.prod(int(s) for s in spatial)
+    return 0 if k == 0 else 2 * k ** len(spatial) * int(in_channels) * int(out_channels) * pixels
 
 
 def cell_flops(cell: NASAttentionCell, spatial: Sequence[int], ops: Sequence[str]) -> int:
@@ -241,7 +242,9 @@ class _EdgeRecord:
             "winner": d.winner,
             "tied": list(d.tied),
             "step": self.step,
-            "importance": {n: {"mean": _r(m), "low": _r(lo), "high": _r(hi)} for n, (m, lo, hi) in self.importance.items()},
+            "importance": {
+                n: {"mean": _r(m), "low": _r(lo), "high": _r(hi)} for n, (m, lo, hi) in self.importance.items()
+            },
         }
         if self.dice is not None:
             out["dice"] = {n: None if v is None else _r(v) for n, v in self.dice.items()}
@@ -370,7 +373,7 @@ class PerturbationSelection:
     def _fix(self, group: CellGroup, ops: list[str]) -> None:
         """Replace the group's cells in the network by fixed cells of ``ops`` that share the chosen ops' modules
         (the same parameters: fine-tuning trains them)."""
-        parents = {id(child): (parent, name) for parent in self.network.modules() for name, child in parent.named_children()}
+        parents = {id(c): (parent, name) for parent in self.network.modules() for name, c in parent.named_children()}
         for cell in group.cells:
             fixed = NASAttentionCell(cell.kind, cell.spatial_dims, cell.in_channels, ops, cell.hidden_channels)
             for e, op in enumerate(ops):
@@ -480,7 +483,9 @@ class PerturbationSelection:
             edges = [self.records[g][e] for e in range(len(EDGES))]
             for position in group.positions:
                 modules.setdefault(position, {})[group.kind] = [r.to_dict() for r in edges]
-            tied += [f"{group.label} {group.kind} {_edge_name(e)}" for e, r in enumerate(edges) if not r.decision.decided]
+            tied += [
+                f"{group.label} {group.kind} {_edge_name(e)}" for e, r in enumerate(edges) if not r.decision.decided
+            ]
         edges = len(self.groups) * len(EDGES)
         out: dict[str, Any] = {
             "method": "perturbation",
