@@ -19,16 +19,9 @@ from monai_nasscam.handlers import PerturbationSelectionHandler
 from monai_nasscam.losses import ExpLogLoss
 from monai_nasscam.networks import POSITIONS, Genotype, NASSAMBlock, NASSCAMUNet
 from monai_nasscam.networks.ops import OPS
+from monai_nasscam.networks.importance import bootstrap_interval, cell_flops, decide_edge, masked, op_flops
 from monai_nasscam.networks.replay import PrefixReplay
-from monai_nasscam.networks.selection import (
-    PerturbationSelection,
-    bootstrap_interval,
-    cell_flops,
-    cell_groups,
-    decide_edge,
-    masked,
-    op_flops,
-)
+from monai_nasscam.networks.selection import PerturbationSelection, cell_groups
 
 FEATURES = (4, 8, 8, 8, 8)
 

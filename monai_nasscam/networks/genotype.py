@@ -4,9 +4,7 @@ The file names, for each of the 8 attention positions, the 6 operations of each 
 and keeps the softmax weights for the record. It is enough to rebuild the network without the search
 checkpoint. Version 2 adds a ``search`` section: the figures and the verdict of the alphas the genotype was
 derived from (:mod:`monai_nasscam.networks.diagnostics`). Version 3 adds a ``selection`` section: how the operations
-were chosen (``method``: ``alpha``, the argmax of the alphas; ``perturbation``, by masking operations out of the
-trained supernet, with each edge's importances, their intervals and whether the data decided it,
-:mod:`monai_nasscam.networks.selection`; ``random``, a uniform draw). Version-1 and -2 files still load.
+were chosen (:mod:`monai_nasscam.networks.importance`). Version-1 and -2 files still load.
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.attentions import attention_names, block_cells, get_attention
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell
 from monai_nasscam.networks.diagnostics import VERDICTS, diagnose
+from monai_nasscam.networks.importance import check_selection_record
 from monai_nasscam.networks.ops import OPS
 
 __all__ = ["POSITIONS", "Genotype", "attention_blocks", "random_genotype", "consensus", "agreement"]
@@ -35,8 +34,6 @@ FORMAT = "nasscam-genotype"
 VERSION = 3
 #: the versions this release reads (1: no ``search`` section; 2: no ``selection`` section).
 READ_VERSIONS = (1, 2, 3)
-#: how a genotype's operations were chosen (its ``selection.method``).
-SELECTION_METHODS = ("alpha", "perturbation", "random")
 #: the 8 attention positions, shallow to deep along the encoder, then deep to shallow along the decoder.
 POSITIONS: tuple[str, ...] = ("down1", "down2", "down3", "down4", "up1", "up2", "up3", "up4")
 # where add_attention puts the blocks in a MONAI BasicUNet (its upcat_4 is the deepest up block)
@@ -86,11 +83,9 @@ class Genotype:
             (:meth:`monai_nasscam.networks.diagnostics.SearchDiagnostics.to_dict`: ``verdict``, ``epoch``,
             aggregates, per-module figures, ``rule``); ``None`` when unknown (a version-1 file, a hand-made genotype).
             For the record: not compared by ``==``.
-        selection: how the operations were chosen: ``{"method": "alpha"}`` (the argmax of the alphas),
-            ``{"method": "random"}``, or the record of a selection by perturbation
-            (:meth:`monai_nasscam.networks.selection.PerturbationSelection.record`: per position, kind and edge the
-            chosen ``op``, ``decided``, ``tied`` and each candidate's ``importance`` ``{"mean", "low", "high"}``);
-            ``None`` when unknown (a version-1 or -2 file, a hand-made genotype). Not compared by ``==``.
+        selection: how the operations were chosen: ``{"method": "alpha"}`` (the argmax), ``{"method": "random"}``, or
+            a selection by perturbation's record (:meth:`~monai_nasscam.networks.selection.PerturbationSelection.record`,
+            each edge's importances and decided flag); ``None`` when unknown. Not compared by ``==``.
     """
 
     attention: str
@@ -193,8 +188,7 @@ class Genotype:
         if missing:
             raise ValueError(f"{source}: missing key(s) {missing}.")
         try:
-            search, selection = data.get("search"), data.get("selection")
-            alphas = dict(data.get("alphas") or {})
+            alphas, search, selection = dict(data.get("alphas") or {}), data.get("search"), data.get("selection")
             return cls(data["attention"], data["synchronous"], data["modules"], alphas, search, selection)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
@@ -269,42 +263,8 @@ class Genotype:
             if not _all_finite(self.search, numbers_only=False):
                 raise ValueError("'search' holds non-finite numbers.")
         if self.selection is not None:
-            self._validate_selection(kinds)
+            check_selection_record(self.selection, self.modules, kinds)
 
-    def _validate_selection(self, kinds: tuple[str, ...]) -> None:
-        """The ``selection`` section: a known method; for ``perturbation``, a record per position, kind and edge
-        whose ``op`` is the genotype's, with a ``decided`` flag and finite importances of every candidate."""
-        selection = self.selection
-        if not isinstance(selection, Mapping) or selection.get("method") not in SELECTION_METHODS:
-            got = selection.get("method") if isinstance(selection, Mapping) else type(selection).__name__
-            raise ValueError(f"'selection': unknown method {got!r}; expected one of {list(SELECTION_METHODS)}.")
-        if not _all_finite(selection, numbers_only=False):
-            raise ValueError("'selection' holds non-finite numbers.")
-        if selection["method"] != "perturbation":
-            return
-        records = selection.get("modules")
-        for module in self.modules:
-            position = module["position"]
-            for kind in kinds:
-                cell = (records.get(position) or {}).get(kind) if isinstance(records, Mapping) else None
-                if not isinstance(cell, list) or len(cell) != len(EDGES):
-                    raise ValueError(
-                        f"'selection': module {position} {kind!r} must record {len(EDGES)} edges, got {cell!r}."
-                    )
-                for e, record in enumerate(cell):
-                    where = f"'selection': module {position} {kind} edge {e} (n{EDGES[e][0]}->n{EDGES[e][1]})"
-                    if not isinstance(record, Mapping) or record.get("op") != module[kind][e]:
-                        got = record.get("op") if isinstance(record, Mapping) else record
-                        raise ValueError(f"{where} records op {got!r}, the genotype has {module[kind][e]!r}.")
-                    if not isinstance(record.get("decided"), bool):
-                        raise ValueError(f"{where}: 'decided' must be true or false, got {record.get('decided')!r}.")
-                    importance = record.get("importance")
-                    if not isinstance(importance, Mapping) or sorted(importance) != sorted(OPS[kind]):
-                        raise ValueError(f"{where}: 'importance' must give every {kind} candidate {list(OPS[kind])}.")
-                    for name, stat in importance.items():
-                        values = [stat.get(k) for k in ("mean", "low", "high")] if isinstance(stat, Mapping) else [None]
-                        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                            raise ValueError(f"{where}: the importance of {name} must be numbers mean, low, high.")
 
 
 def _check_positions(modules: Any) -> None:

@@ -4,7 +4,7 @@ Differentiable NAS", ICLR 2021), with a confidence for every edge.
 The argmax of the alphas says which operation the alpha steps favoured, not what the operation does for the trained
 supernet. After the supernet phase this module asks the supernet itself: for each mixed edge and each candidate
 operation ``o``, the supernet is evaluated on a fixed set of held-out crops with ``o`` masked out: its mixing weight
-set to 0 and the edge's other weights rescaled to sum to 1 (:func:`masked`; DARTS-PT leaves them as they are, but
+set to 0 and the edge's other weights rescaled to sum to 1 (:func:`~monai_nasscam.networks.importance.masked`; DARTS-PT leaves them as they are, but
 here an edge feeds a sum of ReLU edges or a mean of sigmoid edges, and without the rescaling removing any operation
 would shrink the edge, so that every operation would look important in proportion to its weight). The
 **importance** of ``o`` is the loss with ``o`` masked out minus the loss of the supernet as it is, per crop; its
@@ -12,7 +12,7 @@ mean over the crops and a percentile-bootstrap interval over the crops (the same
 the edge) are recorded. The operation whose removal hurts most wins. The edge is **decided**
 when the winner's interval lies entirely above the interval of every other candidate (so above the runner-up's);
 otherwise the candidates whose interval reaches the winner's are **tied** with it and the edge takes the tied
-candidate with the fewest FLOPs (:func:`op_flops`; ``none`` has none): without evidence for a costlier operation,
+candidate with the fewest FLOPs (:func:`~monai_nasscam.networks.importance.op_flops`; ``none`` has none): without evidence for a costlier operation,
 the cheaper one is kept.
 
 Decisions are progressive, from the network's output back to its input (DARTS-PT draws the order at random): an
@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,21 +41,10 @@ from monai_nasscam.metrics.dice import PooledDiceMetric
 from monai_nasscam.networks.attentions import block_cells
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell
 from monai_nasscam.networks.genotype import attention_blocks
-from monai_nasscam.networks.ops import OPS
+from monai_nasscam.networks.importance import EdgeRecord, bootstrap_interval, cell_flops, decide_edge, masked, op_flops
 from monai_nasscam.networks.replay import PrefixReplay
 
-__all__ = [
-    "UNITS",
-    "CellGroup",
-    "cell_groups",
-    "op_flops",
-    "cell_flops",
-    "bootstrap_interval",
-    "EdgeDecision",
-    "decide_edge",
-    "PerturbationSelection",
-    "masked",
-]
+__all__ = ["UNITS", "CellGroup", "cell_groups", "PerturbationSelection"]
 
 #: what is decided at once between two fine-tunes: one edge, or the 6 edges of one cell.
 UNITS = ("edge", "cell")
@@ -114,148 +103,6 @@ def cell_groups(model: nn.Module) -> list[CellGroup]:
     return list(groups.values())
 
 
-def op_flops(kind: str, name: str, in_channels: int, out_channels: int, spatial: Sequence[int]) -> int:
-    """Floating-point operations of one candidate's convolution on one input: ``2 * k^d * C_in * C_out * prod(spatial)``
-    (a multiply and an add per tap; the batch norm and the activation, the same for every candidate, are left out).
-
-    Args:
-        kind: ``"sam"`` or ``"cam"``.
-        name: a candidate of ``kind`` (:data:`~monai_nasscam.networks.ops.OPS`); ``none`` costs 0.
-        in_channels: channels of the edge's source node.
-        out_channels: channels of the edge's target node.
-        spatial: the node's spatial size (e.g. ``(64, 64)``; ``(C,)`` for a channel cell, whose 1-D convolutions slide
-            along the ``C`` channels of the pooled vector).
-
-    Raises:
-        ValueError: an unknown kind or operation.
-    """
-    if kind not in OPS or name not in OPS[kind]:
-        raise ValueError(f"unknown {kind} operation {name!r}.")
-    k = OPS[kind][name].kernel_size
-    pixels = math.prod(int(s) for s in spatial)
-    return 0 if k == 0 else 2 * k ** len(spatial) * int(in_channels) * int(out_channels) * pixels
-
-
-def cell_flops(cell: NASAttentionCell, spatial: Sequence[int], ops: Sequence[str]) -> int:
-    """FLOPs of a cell with one operation per edge (``ops`` in edge order) on one input of size ``spatial``."""
-    return sum(
-        op_flops(cell.kind, op, cell.node_channels[s], cell.node_channels[t], spatial) for op, (s, t) in zip(ops, EDGES)
-    )
-
-
-def bootstrap_interval(
-    values: torch.Tensor, samples: int = 1000, confidence: float = 0.95, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean and percentile-bootstrap interval of the mean of each column, resampling the rows (the crops).
-
-    Args:
-        values: ``(N, K)``: one row per crop, one column per candidate (e.g. loss increases); ``N >= 1``.
-        samples: bootstrap resamples; every column uses the same resampled rows (the candidates stay paired).
-        confidence: coverage of the interval, in (0, 1).
-        seed: seeds the resampling (the interval is reproducible).
-
-    Returns:
-        ``(mean, low, high)``, float64 tensors of shape ``(K,)``.
-
-    Raises:
-        ValueError: ``values`` is not 2-D with at least one row, holds non-finite values, or ``confidence`` is not in
-            (0, 1).
-    """
-    v = torch.as_tensor(values, dtype=torch.float64)
-    if v.ndim != 2 or v.shape[0] < 1:
-        raise ValueError(f"values must have shape (crops >= 1, candidates), got {tuple(v.shape)}.")
-    if not bool(torch.isfinite(v).all()):
-        raise ValueError("values hold non-finite numbers (a loss was NaN or infinite).")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}.")
-    g = torch.Generator().manual_seed(int(seed))
-    rows = torch.randint(v.shape[0], (int(samples), v.shape[0]), generator=g)
-    means = v[rows].mean(dim=1)  # (samples, K)
-    tail = (1.0 - confidence) / 2.0
-    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64), dim=0)
-    return v.mean(dim=0), low, high
-
-
-@dataclass(frozen=True)
-class EdgeDecision:
-    """The choice on one edge.
-
-    Attributes:
-        op: the chosen operation: the winner when ``decided``, else the tied candidate with the fewest FLOPs.
-        winner: the candidate with the largest mean importance.
-        decided: the winner's interval lies above every other allowed candidate's.
-        tied: the allowed candidates whose interval reaches the winner's (the winner first; only it when decided).
-    """
-
-    op: str
-    winner: str
-    decided: bool
-    tied: tuple[str, ...]
-
-
-def decide_edge(
-    names: Sequence[str],
-    mean: Sequence[float],
-    low: Sequence[float],
-    high: Sequence[float],
-    flops: Sequence[int],
-    allowed: Sequence[bool] | None = None,
-) -> EdgeDecision:
-    """Choose an edge's operation from its candidates' importances (see the module docstring).
-
-    Args:
-        names: the candidates.
-        mean: mean importance of each candidate.
-        low: lower end of each candidate's interval.
-        high: upper end of each candidate's interval.
-        flops: cost of each candidate; ties among tied candidates go to the first in ``names`` order.
-        allowed: which candidates may be chosen (e.g. not ``none`` with ``exclude_none``); default all.
-
-    Raises:
-        ValueError: lengths differ or no candidate is allowed.
-    """
-    k = len(names)
-    allowed = [True] * k if allowed is None else list(allowed)
-    if not (len(mean) == len(low) == len(high) == len(flops) == len(allowed) == k):
-        raise ValueError("names, mean, low, high, flops and allowed must have one entry per candidate.")
-    choices = [i for i in range(k) if allowed[i]]
-    if not choices:
-        raise ValueError("no candidate is allowed on this edge.")
-    winner = max(choices, key=lambda i: (float(mean[i]), -i))
-    tied = [winner] + [i for i in choices if i != winner and float(high[i]) >= float(low[winner])]
-    op = winner if len(tied) == 1 else min(tied, key=lambda i: (int(flops[i]), i))
-    return EdgeDecision(names[op], names[winner], len(tied) == 1, tuple(names[i] for i in tied))
-
-
-@dataclass
-class _EdgeRecord:
-    decision: EdgeDecision
-    step: int
-    importance: dict[str, tuple[float, float, float]]
-    dice: dict[str, float | None] | None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = self.decision
-        out: dict[str, Any] = {
-            "op": d.op,
-            "decided": d.decided,
-            "winner": d.winner,
-            "tied": list(d.tied),
-            "step": self.step,
-            "importance": {
-                n: {"mean": _r(m), "low": _r(lo), "high": _r(hi)} for n, (m, lo, hi) in self.importance.items()
-            },
-        }
-        if self.dice is not None:
-            out["dice"] = {n: None if v is None else _r(v) for n, v in self.dice.items()}
-        return out
-
-
-def _r(value: float) -> float:
-    """6 significant digits (importances are differences of losses, often far below 1)."""
-    return float(f"{float(value):.6g}")
-
-
 class PerturbationSelection:
     """Choose every edge's operation of a trained supernet by masking operations out (see the module docstring).
 
@@ -307,7 +154,7 @@ class PerturbationSelection:
         self.unit, self.interval, self.exclude_none = unit, int(interval), bool(exclude_none)
         self.samples, self.confidence, self.seed, self.dice = int(samples), float(confidence), int(seed), bool(dice)
         self.log = log or (lambda line: None)
-        self.records: dict[int, dict[int, _EdgeRecord]] = {}
+        self.records: dict[int, dict[int, EdgeRecord]] = {}
         self.spatial: dict[int, tuple[int, ...]] = {}  # cell id -> spatial size of its input
         self.passes = 0
         self.seconds = self.cpu_seconds = 0.0
@@ -434,7 +281,7 @@ class PerturbationSelection:
                 dice = {"base": _pooled_dice(counts[None])}
                 dice.update({n: _pooled_dice(counts[(e, o)]) for o, n in enumerate(names)})
             importance = {n: (float(mean[o]), float(low[o]), float(high[o])) for o, n in enumerate(names)}
-            records[e] = _EdgeRecord(decision, step, importance, dice)
+            records[e] = EdgeRecord(decision, step, importance, dice)
             projected[e] = 0.0
             projected[e, names.index(decision.op)] = 1.0
             state = "decided" if decision.decided else f"tied {'/'.join(decision.tied)} -> cheapest"
@@ -511,19 +358,10 @@ class PerturbationSelection:
             out["flops"] = {
                 "selected": selected,
                 "argmax": before,
-                "saved": _r(1.0 - selected / before) if before else 0.0,
+                "saved": round(1.0 - selected / before, 6) if before else 0.0,
                 "input": crop,
             }
         return out
-
-
-def masked(weights: torch.Tensor, edge: int, op: int) -> torch.Tensor:
-    """Mixing weights ``(6, K)`` with operation ``op`` of ``edge`` masked out: its weight 0, the edge's other weights
-    rescaled to sum to 1 (the edge keeps its scale)."""
-    out = weights.clone()
-    out[edge, op] = 0.0
-    out[edge] = out[edge] / out[edge].sum()
-    return out
 
 
 def _pooled_dice(metric: PooledDiceMetric) -> float | None:
