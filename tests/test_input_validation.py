@@ -117,7 +117,7 @@ def test_a_search_without_an_alpha_step_is_an_input_error(tmp_path):
             check_search_inputs(tmp_path / "no_prep", epochs=epochs, warmup_epochs=epochs)
         assert str(info.value) == (
             f"warmup_epochs ({epochs}) must be smaller than epochs ({epochs}): no alpha step would run, and the "
-            "genotype would be a random pick."
+            "genotype would be a random pick (with --selection perturbation it is the frozen-alpha variant)."
         )
     with pytest.raises(MissingInputError):  # one alpha epoch: the epochs pass, the missing dataset is named
         check_search_inputs(tmp_path / "no_prep", epochs=3, warmup_epochs=2)
