@@ -20,14 +20,6 @@ from monai_nasscam.inference.tiling import tissue_mask, tissue_windows
 ROI, STRIDE = 32, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _slide() -> np.ndarray:
     """Glass (250) with a stained patch, a speck near the right and a pale (unstained) smear far from both."""
     image = np.full((300, 420, 3), 250, np.uint8)
