@@ -22,7 +22,7 @@ from monai_nasscam.handlers import (
     ResumableCheckpointSaver,
     alpha_weights,
 )
-from monai_nasscam.handlers.architecture import SearchValidationHandler
+from monai_nasscam.handlers import SearchValidationHandler
 from monai_nasscam.networks import POSITIONS, Genotype, NASSCAMUNet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,10 +22,10 @@ import torch.nn as nn
 from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.errors import InputError, MissingInputError, input_check
 from monai_nasscam.networks.attentions import attention_names, build_attention_network, get_attention
-from monai_nasscam.networks.diagnostics import CONVERGED, STABILITY_UNCHECKED
 from monai_nasscam.networks.genotype import Genotype
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
 from monai_nasscam.networks.utils import unwrap_model
+from monai_nasscam.networks.verdict import CONVERGED, STABILITY_UNCHECKED
 from monai_nasscam.overrides import is_null, whole_number
 from monai_nasscam.serialization import install_cpu_fallback, read_checkpoint
 
