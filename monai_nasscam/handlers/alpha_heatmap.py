@@ -12,7 +12,6 @@ from ignite.engine import Engine, Events
 from monai_nasscam.fileio import atomic_path
 from monai_nasscam.handlers.alpha_figure import plot_alpha_heatmap, save_figure
 from monai_nasscam.handlers.diagnostics import validation_diagnostics
-from monai_nasscam.networks.alphas import search_diagnostics
 from monai_nasscam.networks.diagnostics import SearchDiagnostics
 
 __all__ = ["AlphaHeatmapSaver"]
@@ -53,8 +52,6 @@ class AlphaHeatmapSaver:
     def save(self, epoch: int, diagnostics: SearchDiagnostics | None = None) -> Path:
         """Render and write the figure for ``epoch`` (titled with the verdict of ``diagnostics``, default: computed
         from the alphas); returns the path written."""
-        if diagnostics is None:
-            diagnostics = search_diagnostics(self.network, epoch=epoch)
         fig = plot_alpha_heatmap(self.network, title=f"softmax(alpha), epoch {epoch}", diagnostics=diagnostics)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.history_dir:
