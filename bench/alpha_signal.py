@@ -107,7 +107,7 @@ def alpha_gradients(trainer, network, arch_loss, batches: int) -> list[torch.Ten
 
 def summarise(network, grads: list[torch.Tensor]) -> dict:
     """Per position / kind: share of alphas with |t| > 2 and the median alpha steps to resolve their mean gradient."""
-    from monai_nasscam.handlers.architecture import _searchable_cells
+    from monai_nasscam.networks.attentions import block_cells
     from monai_nasscam.networks.cell import arch_parameters
     from monai_nasscam.networks.genotype import attention_blocks
 
@@ -115,7 +115,7 @@ def summarise(network, grads: list[torch.Tensor]) -> dict:
     rows, all_t, all_steps = {}, [], []
     seen: set[int] = set()
     for position, block in attention_blocks(network).items():
-        for kind, cell in _searchable_cells(block).items():
+        for kind, cell in block_cells(block, searchable=True).items():
             if id(cell.alpha) in seen:
                 continue
             seen.add(id(cell.alpha))
@@ -149,14 +149,14 @@ def summarise(network, grads: list[torch.Tensor]) -> dict:
 
 def favoured_ops(network, grads: list[torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Per unique alpha tensor (named ``position/kind``): the mean gradient ``(6, K)`` and each edge's favoured op."""
-    from monai_nasscam.handlers.architecture import _searchable_cells
+    from monai_nasscam.networks.attentions import block_cells
     from monai_nasscam.networks.cell import arch_parameters
     from monai_nasscam.networks.genotype import attention_blocks
 
     index = {id(a): i for i, a in enumerate(arch_parameters(network))}
     out, seen = {}, set()
     for position, block in attention_blocks(network).items():
-        for kind, cell in _searchable_cells(block).items():
+        for kind, cell in block_cells(block, searchable=True).items():
             if id(cell.alpha) not in seen:
                 seen.add(id(cell.alpha))
                 mean = grads[index[id(cell.alpha)]].mean(0)

@@ -86,7 +86,7 @@ class SearchDiverged(FloatingPointError, InputError):
 
     A ``FloatingPointError``; also an :class:`InputError` (the learning rates are too high for the run), so a bundle
     run ends with the one line ``error: search diverged at ...`` (exit status 1) instead of a traceback. Raised by
-    :class:`~monai_nasscam.handlers.architecture.DivergenceGuard`.
+    :class:`~monai_nasscam.handlers.DivergenceGuard`.
 
     Args:
         epoch: the trainer's epoch.

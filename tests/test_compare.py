@@ -197,7 +197,7 @@ def test_compare_pairs_searched_models_with_random_genotypes(tmp_path, monkeypat
     from pathlib import Path
 
     import monai_nasscam.compare as compare
-    from monai_nasscam.networks import Genotype, consensus, random_genotype
+    from monai_nasscam.networks import Genotype, agreement, consensus, random_genotype
 
     (tmp_path / "prep").mkdir()
     (tmp_path / "prep" / "datalist.json").write_text("{}")
@@ -255,7 +255,7 @@ def test_compare_pairs_searched_models_with_random_genotypes(tmp_path, monkeypat
     archs = results["architectures"]
     assert archs["nas-scam-p"]["verdicts"] == {"0": "converged", "1": None}
     assert archs["random"]["verdicts"] == {"0": None, "1": None} and not archs["random"]["searched"]
-    expected = compare.agreement([random_genotype(seed=10), random_genotype(seed=11)])
+    expected = agreement([random_genotype(seed=10), random_genotype(seed=11)])
     assert archs["nas-scam-p"]["agreement"]["sam"]["pairwise"] == pytest.approx(expected["sam"]["pairwise"])
     assert archs["nas-scam-p"]["consensus"] == "nas-scam-p/consensus_genotype.json"
     written = Genotype.load(out / "nas-scam-p" / "consensus_genotype.json")

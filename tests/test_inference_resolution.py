@@ -190,7 +190,7 @@ def test_tiff_resolution_tags_and_implausible_dpi(tmp_path):
 
 
 def test_training_records_its_resolution_and_inference_reads_it(tmp_path):
-    from monai_nasscam.engines.train_inputs import record_run_inputs
+    from monai_nasscam.engines import record_run_inputs
 
     prep = tmp_path / "prep"
     prep.mkdir()

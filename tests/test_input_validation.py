@@ -307,7 +307,7 @@ def test_a_misspelt_setting_is_refused_naming_the_closest_keys(tmp_path):
 def test_a_search_checkpoint_where_weights_are_expected_says_to_retrain_first(tmp_path):
     from PIL import Image
 
-    from monai_nasscam.engines.train_inputs import check_evaluate_inputs
+    from monai_nasscam.engines import check_evaluate_inputs
     from monai_nasscam.inference import check_inference_inputs
     from monai_nasscam.networks import POSITIONS, Genotype, NASSCAMUNet
     from monai_nasscam.networks.run_folder import check_checkpoint
@@ -403,7 +403,7 @@ def test_the_run_folder_of_a_training_checkpoint_is_the_run(tmp_path):
 
 def test_a_fresh_run_never_starts_over_an_earlier_runs_checkpoint(tmp_path):
     from monai_nasscam.engines import check_fresh_run
-    from monai_nasscam.engines.train_inputs import TRAIN_CHECKPOINT_NAME
+    from monai_nasscam.engines import TRAIN_CHECKPOINT_NAME
 
     assert check_fresh_run(tmp_path, None)  # an empty folder
     (tmp_path / "checkpoints").mkdir()

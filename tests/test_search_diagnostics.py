@@ -33,8 +33,8 @@ from monai_nasscam.networks.diagnostics import (
     DECIDED_MARGIN,
     edge_figures,
     stability_checked,
-    verdict_advice,
 )
+from monai_nasscam.networks.verdict import verdict_advice
 from monai_nasscam.networks.ops import CAM_OPS, SAM_OPS
 
 SAM, CAM = tuple(SAM_OPS), tuple(CAM_OPS)  # 6 and 8 candidates
@@ -296,7 +296,7 @@ def test_diagnostics_handler_metrics_tensorboard_log_and_state(tmp_path, caplog,
         _plant(net, engine.state.epoch, 3.0)
 
     handler.attach(evaluator)
-    GenotypeSaver(net, tmp_path, diagnostics=handler).attach(evaluator)
+    GenotypeSaver(net, tmp_path).attach(evaluator)
     metrics = []
     evaluator.add_event_handler(Events.EPOCH_COMPLETED, lambda e: metrics.append(dict(e.state.metrics)))
     with caplog.at_level(logging.INFO):
@@ -341,7 +341,7 @@ def test_best_genotype_records_its_verdict_and_logs_advice(tmp_path, caplog):
         e.state.metrics["val_dice"] = dice[e.state.epoch - 1]
 
     handler.attach(evaluator)
-    saver = BestGenotypeSaver(net, evaluator, tmp_path / "genotype.json", diagnostics=handler)
+    saver = BestGenotypeSaver(net, evaluator, tmp_path / "genotype.json")
     trainer = Engine(lambda e, b: None)
     saver.attach(trainer)
 
@@ -584,7 +584,7 @@ def test_diagnose_genotype_agrees_with_the_recorded_verdict(tmp_path):
         _plant_varied(net, shift=engine.state.epoch - 1)
 
     handler.attach(evaluator)
-    GenotypeSaver(net, tmp_path, diagnostics=handler).attach(evaluator)
+    GenotypeSaver(net, tmp_path).attach(evaluator)
     evaluator.run([0], max_epochs=2)
     first = Genotype.load(tmp_path / "genotypes" / "genotype_epoch0001.json")
     second = Genotype.load(tmp_path / "genotypes" / "genotype_epoch0002.json")

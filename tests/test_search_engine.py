@@ -4,6 +4,7 @@ exact resumption after an interruption. Tiny networks on in-memory tensors (no d
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import pytest
@@ -15,7 +16,16 @@ from monai.losses import DiceLoss
 from monai.transforms import Compose, RandFlipd, RandGaussianNoised
 from monai.utils import set_determinism
 
-from monai_nasscam.engines import ARCH_LOSS, BilevelEvents, BilevelSearchTrainer
+from monai_nasscam.engines import (
+    ARCH_LOSS,
+    SCHEDULES,
+    BilevelEvents,
+    BilevelSearchTrainer,
+    check_search_inputs,
+    count_alpha_steps,
+    steps_for_epoch,
+)
+from monai_nasscam.errors import InputError
 from monai_nasscam.handlers import ResumableCheckpointSaver, SearchInterrupted
 from monai_nasscam.networks import Genotype, NASSCAMUNet
 
@@ -151,6 +161,33 @@ def test_epoch_schedule_reference():
     assert _same(w1, w2) and _same(w2, w3) and not _same(a1, a2) and not _same(a2, a3)  # alpha epochs
     assert _same(a3, a4) and not _same(w3, w4)  # weight epoch
     assert _same(w4, w5) and not _same(a4, a5)
+
+
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+def test_a_schedule_is_one_rule_that_the_trainer_the_alpha_budget_and_the_checks_read(schedule, tmp_path):
+    """Every schedule of engines.schedule.SCHEDULES runs in the trainer, its alpha steps are the ones the alpha
+    learning-rate budget counts, and the search's checks accept it (they fail on the missing dataset instead)."""
+    net, trainer = _setup(max_epochs=4, warmup_epochs=1, schedule=schedule, epoch_cycle=2)
+    made = []
+    trainer.add_event_handler(BilevelEvents.ARCH_STEP_COMPLETED, lambda e: made.append(e.state.epoch))
+    trainer.run()
+    assert [trainer.steps_for_epoch(e) for e in range(1, 5)] == [steps_for_epoch(e, 1, schedule, 2) for e in range(1, 5)]
+    assert len(made) == count_alpha_steps(4, 1, len(trainer.data_loader), schedule, 2) > 0
+    with pytest.raises(InputError, match="dataset_dir") as refused:
+        check_search_inputs(tmp_path / "no_prep", epochs=4, warmup_epochs=1, schedule=schedule, epoch_cycle=2)
+    assert "schedule must be" not in str(refused.value)
+
+
+def test_a_schedule_the_rule_does_not_know_is_refused_everywhere(tmp_path):
+    """The checks accept exactly the names of SCHEDULES (their message lists them all), and the trainer and the
+    alpha budget refuse any other: no list of schedule names of their own."""
+    with pytest.raises(InputError, match="schedule") as refused:
+        check_search_inputs(tmp_path / "no_prep", epochs=4, warmup_epochs=1, schedule="sometimes")
+    assert re.findall(r"'([a-z]+)' \(", str(refused.value)) == list(SCHEDULES)
+    with pytest.raises(ValueError, match="schedule"):
+        count_alpha_steps(4, 1, 10, "sometimes")
+    with pytest.raises(ValueError, match="schedule"):
+        _setup(max_epochs=1, schedule="sometimes")
 
 
 @pytest.mark.parametrize("synchronous", [True, False])

@@ -22,7 +22,7 @@ from monai_nasscam.handlers import (
     ResumableCheckpointSaver,
     alpha_weights,
 )
-from monai_nasscam.handlers.architecture import SearchValidationHandler
+from monai_nasscam.handlers import SearchValidationHandler
 from monai_nasscam.networks import POSITIONS, Genotype, NASSCAMUNet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -270,7 +270,7 @@ def test_final_epoch_is_always_validated_and_checkpointed(tmp_path, interval, va
 def test_a_resumed_search_does_not_log_an_alpha_rate_it_does_not_use(caplog):
     from monai_nasscam.engines import budget_arch_learning_rate
 
-    with caplog.at_level(logging.INFO, logger="monai_nasscam.engines.search_inputs"):
+    with caplog.at_level(logging.INFO, logger="monai_nasscam.engines.schedule"):
         budget_arch_learning_rate("auto", 20)
         budget_arch_learning_rate("auto", 20, resuming=True)
     messages = [r.getMessage() for r in caplog.records]

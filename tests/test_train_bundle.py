@@ -257,7 +257,7 @@ def test_derived_network_trains_from_the_search_output_and_traces(workdir, prepa
 
 
 def test_record_run_inputs_copies_the_genotype_without_replacing_one(prepared, tmp_path):
-    from monai_nasscam.engines.train_inputs import record_run_inputs
+    from monai_nasscam.engines import record_run_inputs
     from monai_nasscam.inference.stain import load_stain_reference, resolve_stain_spec
     from monai_nasscam.networks import Genotype
 
@@ -277,7 +277,7 @@ def test_record_run_inputs_copies_the_genotype_without_replacing_one(prepared, t
 
 @pytest.mark.parametrize("verdict", ["not converged", "collapsed", "converged", None, "unchecked"])
 def test_a_genotype_whose_search_did_not_converge_is_named_once_at_the_start_of_training(tmp_path, caplog, verdict):
-    from monai_nasscam.engines.train_inputs import record_run_inputs
+    from monai_nasscam.engines import record_run_inputs
 
     path = _nas_genotype(tmp_path / "search" / "genotype.json")
     data = json.loads(path.read_text())
@@ -289,7 +289,7 @@ def test_a_genotype_whose_search_did_not_converge_is_named_once_at_the_start_of_
     else:
         data["search"].update(verdict=verdict, reasons=[])
     path.write_text(json.dumps(data))
-    with caplog.at_level("WARNING", logger="monai_nasscam.engines.train_inputs"):
+    with caplog.at_level("WARNING", logger="monai_nasscam.engines.run_record"):
         assert record_run_inputs(tmp_path / "no_prep", tmp_path / "run", path, rank=0)
     said = [r.getMessage() for r in caplog.records if "converge" in r.getMessage()]
     if verdict in ("converged", None):
@@ -367,7 +367,7 @@ def test_missing_and_mismatched_genotype_fail_before_training(prepared, tmp_path
 
 
 def test_choice_and_budget_errors():
-    from monai_nasscam.engines.train_inputs import check_train_inputs
+    from monai_nasscam.engines import check_train_inputs
     from monai_nasscam.networks.run_folder import resolve_network_choice
 
     assert resolve_network_choice("unet")[:2] == ("none", None)
@@ -513,7 +513,7 @@ def test_the_run_records_its_network_so_export_and_inference_need_no_network_set
 
 
 def test_network_record_points_at_the_trained_genotype(prepared, tmp_path):
-    from monai_nasscam.engines.train_inputs import record_run_inputs
+    from monai_nasscam.engines import record_run_inputs
     from monai_nasscam.networks.run_folder import resolve_network_choice
 
     run = tmp_path / "run"

@@ -6,14 +6,9 @@ No unrolled step. During a weight step the alphas do not require gradients, duri
 do not, so an alpha step back-propagates only from the loss down to the first attention cell and never
 computes a weight gradient: it costs no more than a weight step.
 
-Schedules, counted in 0-based epochs ``e = engine.state.epoch - 1``:
-
-- ``e < warmup_epochs``: weight steps only, the alphas never move;
-- ``schedule="iteration"`` (the patent, default): every iteration makes a weight step on its training batch,
-  then an alpha step on the next batch of the architecture loader;
-- ``schedule="epoch"`` (the reference code): epochs with ``e % epoch_cycle == 0`` make weight steps only,
-  the others alpha steps only (one alpha step per iteration, on the architecture loader; the training batch of
-  that iteration is not used).
+Which steps an epoch makes (weight steps only during the ``warmup_epochs``; then ``schedule="iteration"``, the patent:
+a weight and an alpha step every iteration, or ``schedule="epoch"``, the reference code: whole epochs of one kind) is
+the rule of :mod:`monai_nasscam.engines.schedule`, which the alpha learning-rate budget and the input checks read too.
 
 The architecture loader cycles on its own: when it is exhausted a new pass starts, independently of the
 training loader's epochs. Its position (pass, batches drawn) is part of the engine state, so checkpoints carry
@@ -47,13 +42,13 @@ from monai.transforms import Transform
 from monai.utils import CommonKeys as Keys
 from torch.optim.optimizer import Optimizer
 
+from monai_nasscam.engines.schedule import check_schedule, steps_for_epoch
 from monai_nasscam.networks.cell import arch_parameters, weight_parameters
 
 __all__ = ["BilevelSearchTrainer", "BilevelEvents", "ARCH_LOSS"]
 
 #: key of the alpha-step loss in ``engine.state.output``.
 ARCH_LOSS = "arch_loss"
-SCHEDULES = ("iteration", "epoch")
 
 # streams of the seed derivation (arbitrary, distinct constants)
 _WEIGHT_STEP, _ARCH_STEP, _TRAIN_EPOCH, _TRAIN_FETCH, _ARCH_PASS, _ARCH_FETCH = range(101, 107)
@@ -124,8 +119,8 @@ class BilevelSearchTrainer(SupervisedTrainer):
         arch_data_loader: batches of the held-out architecture split for the alpha steps; cycled on its own.
         arch_optimizer: the alpha optimiser.
         warmup_epochs: leading epochs with weight steps only.
-        schedule: ``"iteration"`` (weight step and alpha step every iteration) or ``"epoch"`` (whole epochs of
-            one kind, see ``epoch_cycle``).
+        schedule: a name of :data:`~monai_nasscam.engines.schedule.SCHEDULES`: ``"iteration"`` (weight step and
+            alpha step every iteration) or ``"epoch"`` (whole epochs of one kind, see ``epoch_cycle``).
         epoch_cycle: with ``schedule="epoch"``, epoch ``e`` (0-based) trains the weights when
             ``e % epoch_cycle == 0`` and the alphas otherwise (3, the reference code's 1:2).
         arch_loss_function: loss of the alpha steps; default ``loss_function``.
@@ -167,8 +162,7 @@ class BilevelSearchTrainer(SupervisedTrainer):
         to_kwargs: dict | None = None,
         amp_kwargs: dict | None = None,
     ) -> None:
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {list(SCHEDULES)}, got {schedule!r}.")
+        check_schedule(schedule)
         if int(warmup_epochs) < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
         if int(epoch_cycle) < 2:
@@ -248,14 +242,9 @@ class BilevelSearchTrainer(SupervisedTrainer):
             raise ValueError("arch_optimizer holds no parameters; build it on network.arch_parameters().")
 
     def steps_for_epoch(self, epoch: int) -> tuple[bool, bool]:
-        """``(weight steps, alpha steps)`` made in (1-based) ``epoch``."""
-        e = int(epoch) - 1
-        if e < self.warmup_epochs:
-            return True, False
-        if self.schedule == "iteration":
-            return True, True
-        w = e % self.epoch_cycle == 0
-        return w, not w
+        """``(weight steps, alpha steps)`` made in (1-based) ``epoch``
+        (:func:`~monai_nasscam.engines.schedule.steps_for_epoch`)."""
+        return steps_for_epoch(epoch, self.warmup_epochs, self.schedule, self.epoch_cycle)
 
     def run(self) -> None:  # type: ignore[override]
         self.arch_scaler = torch.amp.GradScaler("cuda") if self.amp else None

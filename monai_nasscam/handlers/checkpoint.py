@@ -35,7 +35,7 @@ from monai.networks.utils import get_state_dict
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 
-from monai_nasscam.engines.search_inputs import CHECKPOINT_NAME
+from monai_nasscam.engines.checks import CHECKPOINT_NAME
 from monai_nasscam.errors import SearchInterrupted
 from monai_nasscam.serialization import to_cpu
 

@@ -11,15 +11,14 @@ import os
 import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 
 from monai_nasscam.errors import InputError
-from monai_nasscam.fileio import atomic_path
-from monai_nasscam.handlers.architecture import search_diagnostics
+from monai_nasscam.handlers.alpha_figure import save_figure
+from monai_nasscam.handlers.diagnostics import search_record
 from monai_nasscam.networks.cell import EDGES
 from monai_nasscam.networks.genotype import Genotype
 from monai_nasscam.networks.selection import UNITS, PerturbationSelection, cell_groups
@@ -40,9 +39,10 @@ class PerturbationSelectionHandler:
     alpha steps, which the weights never trained on), drawn once and reused for every masked pass; the fine-tuning
     between decisions makes weight steps on the training loader (``trainer.weight_step``, with the run's inferer,
     loss and optimiser). The written genotype's ``alphas`` and ``search`` section are those of the final alphas (the
-    ``diagnostics`` handler's record of the last validation when given); its ``selection`` section holds the
-    decisions (:meth:`~monai_nasscam.networks.selection.PerturbationSelection.record`), with the FLOPs of the
-    attention cells against the argmax of the alphas.
+    figures and the verdict a :class:`~monai_nasscam.handlers.SearchDiagnosticsHandler` left in the ``evaluator``'s
+    state at the last validation, when given); its ``selection`` section holds the decisions
+    (:meth:`~monai_nasscam.networks.selection.PerturbationSelection.record`), with the FLOPs of the attention cells
+    against the argmax of the alphas.
 
     Args:
         network: the searchable network.
@@ -51,8 +51,8 @@ class PerturbationSelectionHandler:
         unit: ``"cell"`` (the 6 edges of a cell at a time) or ``"edge"``.
         interval: weight steps of fine-tuning between two decisions (0: none).
         exclude_none: never choose ``none``.
-        diagnostics: the search's :class:`~monai_nasscam.handlers.SearchDiagnosticsHandler` (its record of the final
-            validation becomes the ``search`` section); ``None``: computed from the alphas.
+        evaluator: the search's validation evaluator, whose state holds the figures of the final validation (the
+            ``search`` section); ``None``: computed from the alphas.
         heatmap_name: file name of the figure next to ``output_path`` (:func:`plot_selection_heatmap`); ``None``: none.
         samples: bootstrap resamples of each edge's intervals.
         confidence: coverage of the intervals.
@@ -71,7 +71,7 @@ class PerturbationSelectionHandler:
         unit: str = "cell",
         interval: int = 1,
         exclude_none: bool = False,
-        diagnostics: Any = None,
+        evaluator: Engine | None = None,
         heatmap_name: str | None = "genotype_heatmap.png",
         samples: int = 1000,
         confidence: float = 0.95,
@@ -88,7 +88,7 @@ class PerturbationSelectionHandler:
         self.output_path = Path(output_path)
         self.crops, self.unit, self.interval = int(crops), unit, int(interval)
         self.exclude_none = bool(exclude_none)
-        self.diagnostics = diagnostics
+        self.evaluator = evaluator
         self.heatmap_name = heatmap_name
         self.samples, self.confidence, self.seed = int(samples), float(confidence), int(seed)
         self._name = name
@@ -131,10 +131,7 @@ class PerturbationSelectionHandler:
         finally:
             selection.release()  # the supernet again (with the fine-tuned weights)
         epoch = int(engine.state.epoch)
-        if self.diagnostics is not None:
-            search = self.diagnostics.record(epoch)
-        else:
-            search = search_diagnostics(net, epoch=epoch).to_dict()
+        search = search_record(getattr(self.evaluator, "state", None), net, epoch)
         argmax = Genotype.from_model(net, exclude_none=self.exclude_none, search=search)
         ops = {m["position"]: {k: v for k, v in m.items() if k != "position"} for m in argmax.modules}
         genotype = dataclasses.replace(
@@ -145,9 +142,7 @@ class PerturbationSelectionHandler:
         path = genotype.save(self.output_path)
         if self.heatmap_name:
             title = f"{path.name}: selection by perturbation after epoch {epoch}"
-            figure = plot_selection_heatmap(genotype, title=title)
-            with atomic_path(path.parent / self.heatmap_name) as tmp:
-                figure.savefig(tmp, dpi=110)
+            save_figure(plot_selection_heatmap(genotype, title=title), path.parent / self.heatmap_name)
         for line in selection_summary(genotype, path):
             self.logger.info(line)
         return path

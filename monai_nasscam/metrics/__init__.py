@@ -1,13 +1,16 @@
-"""Metrics: per-class Dice pooled over a split, panoptic quality (correct and MoNuSAC official), instance metrics
-(AJI, AJI+, HoVer-Net detection / classification F1, mPQ+), metrics.json."""
+"""Metrics: per-class Dice pooled over a split, class instance stacks, panoptic quality (correct and MoNuSAC
+official), instance metrics (AJI, AJI+, HoVer-Net detection / classification F1, mPQ+), metrics.json."""
 
 from .dice import PooledDiceHandler, PooledDiceMetric, mean_over_scored_images, per_image_dice
-from .panoptic import (
+from .instance_stacks import (
     AMBIGUOUS_MAX_FRACTION,
-    PooledPQMetric,
+    batch_instance_stacks,
     exclude_ambiguous_instances,
     instances_from_maps,
     instances_from_semantic,
+)
+from .panoptic import (
+    PooledPQMetric,
     monusac_official_pq,
     panoptic_quality,
     pq_counts,
@@ -39,6 +42,7 @@ __all__ = [
     "PooledPQMetric",
     "aggregated_jaccard_index",
     "aji_counts",
+    "batch_instance_stacks",
     "detection_counts",
     "exclude_ambiguous_instances",
     "f1_from_counts",

@@ -43,7 +43,8 @@ from monai.metrics import CumulativeIterationMetric
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
-from .panoptic import _to_numpy, batch_instance_stacks, exclude_ambiguous_instances, pq_from_counts
+from .instance_stacks import _to_numpy, batch_instance_stacks, exclude_ambiguous_instances
+from .panoptic import pq_from_counts
 
 __all__ = [
     "DETECTION_RADIUS_PX",
@@ -305,7 +306,7 @@ class InstanceMetric(CumulativeIterationMetric):
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """(B, 7 + 5 C) float64 per-image counts of a batch read by
-        :func:`~monai_nasscam.metrics.panoptic.batch_instance_stacks` (``y_pred`` binarised (B, C, *spatial))."""
+        :func:`~monai_nasscam.metrics.instance_stacks.batch_instance_stacks` (``y_pred`` binarised (B, C, *spatial))."""
         images = list(batch_instance_stacks(y_pred, y, self.include_background, self.y_format, self.instance_fn))
         n_classes = y_pred.shape[1] - (0 if self.include_background else 1)
         out = np.zeros((len(images), len(_HEAD) + len(_PER_CLASS) * n_classes), dtype=np.float64)

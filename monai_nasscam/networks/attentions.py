@@ -248,10 +248,12 @@ def build_attention_network(name: str, spatial_dims: int, in_channels: int, out_
     return entry.network(spatial_dims, in_channels, out_channels, **settings)
 
 
-def block_cells(block: nn.Module) -> dict[str, NASAttentionCell]:
-    """The cells of an attention block by kind (``block.cells()``); empty for a block without cells (a baseline)."""
+def block_cells(block: nn.Module, searchable: bool = False) -> dict[str, NASAttentionCell]:
+    """The cells of an attention block by kind (``block.cells()``); empty for a block without cells (a baseline).
+    ``searchable``: only the searchable ones (those with alphas)."""
     cells = getattr(block, "cells", None)
-    return dict(cells()) if callable(cells) else {}
+    found = dict(cells()) if callable(cells) else {}
+    return {kind: cell for kind, cell in found.items() if cell.searchable} if searchable else found
 
 
 def share_alphas(blocks: Sequence[nn.Module] | Iterator[nn.Module]) -> None:
@@ -259,9 +261,7 @@ def share_alphas(blocks: Sequence[nn.Module] | Iterator[nn.Module]) -> None:
     search: one set of alphas for all 8 modules)."""
     first: dict[str, NASAttentionCell] = {}
     for block in blocks:
-        for kind, cell in block_cells(block).items():
-            if not cell.searchable:
-                continue
+        for kind, cell in block_cells(block, searchable=True).items():
             if kind in first:
                 cell.alpha = first[kind].alpha
             else:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from monai_nasscam.networks.ops import OPS, build_op, op_names
 
-__all__ = ["EDGES", "OUTPUT_NODE", "OUTPUT_FAN_IN", "CONV_FUNCTIONS", "NASAttentionCell", "arch_parameters", "weight_parameters"]
+__all__ = ["EDGES", "edge_label", "OUTPUT_NODE", "OUTPUT_FAN_IN", "CONV_FUNCTIONS", "NASAttentionCell", "arch_parameters", "weight_parameters"]
 
 #: the 6 edges of the cell as (source node, target node), in genotype order.
 EDGES: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
@@ -36,6 +36,12 @@ OUTPUT_NODE = 3
 OUTPUT_FAN_IN = sum(t == OUTPUT_NODE for _, t in EDGES)
 #: the functional convolution for each ``spatial_dims``.
 CONV_FUNCTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def edge_label(e: int) -> str:
+    """The name of edge ``e`` in logs, figures and TensorBoard tags: ``"n0->n1"`` for ``EDGES[e] == (0, 1)``."""
+    s, t = EDGES[e]
+    return f"n{s}->n{t}"
 
 
 class _Group(NamedTuple):

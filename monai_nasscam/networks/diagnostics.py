@@ -1,4 +1,4 @@
-"""Did the search choose? Figures of softmax(alpha) and a verdict.
+"""Figures of softmax(alpha) and the verdict they give (:mod:`monai_nasscam.networks.verdict`: did the search choose?).
 
 A search whose alphas never left uniform still derives a genotype (the argmax of near-equal weights), so the
 figures below say how far the alphas are from uniform and whether the chosen operations are stable:
@@ -9,108 +9,48 @@ figures below say how far the alphas are from uniform and whether the chosen ope
 - **none share**: the share of edges whose best candidate is ``none``;
 - **changed**: how many edges that were decided at the previous validation have a different best candidate now
   (the flip of an edge that was undecided then, an argmax of near-equal weights, is no change of a choice);
-- **decided**: the share of edges whose margin is at least :data:`DECIDED_MARGIN`.
-
-The verdict (:class:`VerdictRule`, thresholds as module-level constants):
-
-1. ``"collapsed"`` when some cell has all 6 edges decided on ``none`` (the cell outputs a constant: the
-   attention module does nothing), or when one operation is the decided best operation on at least
-   :data:`COLLAPSE_OP_SHARE` of the distinct edges of a cell kind over the whole network, counted only when the
-   kind has at least :data:`COLLAPSE_MIN_EDGES` distinct edges (a synchronous search: 8 modules x 6 edges = 48).
-   Only decided edges count: the argmax of near-uniform weights (an exactly uniform row's argmax is ``none``,
-   the first candidate) is no choice, so an undecided search is never "collapsed". A shared (non-synchronous)
-   search has one cell per kind, 6 distinct edges: the same operation on all 6 of them is a possible choice
-   rather than evidence of a collapse, so only the all-``none`` rule applies there;
-2. otherwise ``"converged"`` when at least :data:`CONVERGED_DECIDED_SHARE` of the distinct edges are decided, the
-   stability was checked, and at most :data:`CONVERGED_MAX_CHANGED_SHARE` of the edges changed their best operation
-   since the previous validation. The stability is checked only against a previous validation at which at least
-   :data:`CONVERGED_DECIDED_SHARE` of the edges were decided too: the decided choices must hold across two
-   validations with decided edges. A first validation, or one after a validation with few decided edges (e.g. in
-   the warm-up, where the alphas do not move and no edge is decided, so that nothing can count as changed), is not
-   ``converged``, and its reasons say ``stability not checked (...)`` (:data:`STABILITY_UNCHECKED`);
-3. otherwise ``"not converged"``, with one reason per criterion not met.
+- **decided**: the share of edges whose margin is at least :data:`~monai_nasscam.networks.verdict.DECIDED_MARGIN`.
 
 Edges are counted once per distinct cell: in a shared search the 8 modules hold the same alphas, so a kind
-has 6 edges, not 48.
+has 6 edges, not 48. The weights come from a network or a genotype through :mod:`monai_nasscam.networks.alphas`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from monai_nasscam.networks.ops import OPS
+from monai_nasscam.networks.verdict import (  # noqa: F401  (the verdict's names, importable from here as before)
+    COLLAPSE_MIN_EDGES,
+    COLLAPSE_OP_SHARE,
+    COLLAPSED,
+    CONVERGED,
+    CONVERGED_DECIDED_SHARE,
+    CONVERGED_MAX_CHANGED_SHARE,
+    DECIDED_MARGIN,
+    NOT_CONVERGED,
+    STABILITY_UNCHECKED,
+    VERDICTS,
+    VerdictRule,
+    _unchecked_reason,
+    stability_checked,
+)
 
 __all__ = [
-    "DECIDED_MARGIN",
-    "CONVERGED_DECIDED_SHARE",
-    "CONVERGED_MAX_CHANGED_SHARE",
-    "COLLAPSE_OP_SHARE",
-    "COLLAPSE_MIN_EDGES",
-    "VERDICTS",
-    "STABILITY_UNCHECKED",
-    "stability_checked",
-    "VerdictRule",
+    "Weights",
     "CellDiagnostics",
     "SearchDiagnostics",
     "edge_figures",
     "diagnose",
-    "diagnose_genotype",
-    "genotype_weights",
-    "verdict_advice",
 ]
 
-#: an edge is *decided* when the margin between its two best weights is at least this.
-DECIDED_MARGIN = 0.05
-#: ``converged`` needs at least this share of the distinct edges decided ...
-CONVERGED_DECIDED_SHARE = 0.8
-#: ... and at most this share of them with a best operation changed since the previous validation.
-CONVERGED_MAX_CHANGED_SHARE = 0.1
-#: ``collapsed`` when one operation is the best on at least this share of a kind's distinct edges ...
-COLLAPSE_OP_SHARE = 0.9
-#: ... counted only when the kind has at least this many distinct edges (a synchronous search has 48).
-COLLAPSE_MIN_EDGES = 12
-
-NOT_CONVERGED, CONVERGED, COLLAPSED = "not converged", "converged", "collapsed"
-#: the possible verdicts.
-VERDICTS: tuple[str, ...] = (NOT_CONVERGED, CONVERGED, COLLAPSED)
-#: the start of the reason given when the stability was not checked (no previous validation, or too few edges
-#: decided at the previous one): such a verdict is never ``converged``.
-STABILITY_UNCHECKED = "stability not checked"
-
-#: ``{position: {kind: (candidate names, softmax weights (6, K))}}``, as ``handlers.alpha_weights`` returns.
+#: ``{position: {kind: (candidate names, softmax weights (6, K))}}``, as
+#: :func:`~monai_nasscam.networks.alphas.alpha_weights` returns.
 Weights = Mapping[str, Mapping[str, tuple[Sequence[str], Any]]]
-
-
-@dataclass(frozen=True)
-class VerdictRule:
-    """The thresholds of the verdict (see the module docstring).
-
-    Args:
-        decided_margin: an edge is decided when ``p1 - p2 >= decided_margin``.
-        converged_decided_share: ``converged`` needs at least this share of decided edges.
-        converged_max_changed_share: ``converged`` needs at most this share of edges with a changed best
-            operation since the previous validation (ignored at the first validation).
-        collapse_op_share: ``collapsed`` when one operation is the best on at least this share of a kind's edges.
-        collapse_min_edges: ... counted only when the kind has at least this many distinct edges.
-    """
-
-    decided_margin: float = DECIDED_MARGIN
-    converged_decided_share: float = CONVERGED_DECIDED_SHARE
-    converged_max_changed_share: float = CONVERGED_MAX_CHANGED_SHARE
-    collapse_op_share: float = COLLAPSE_OP_SHARE
-    collapse_min_edges: int = COLLAPSE_MIN_EDGES
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VerdictRule:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 def edge_figures(weights: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -229,7 +169,7 @@ class SearchDiagnostics:
     @property
     def stability_checked(self) -> bool:
         """Whether the decided choices were compared with a previous validation that had decided edges
-        (:func:`stability_checked`)."""
+        (:func:`~monai_nasscam.networks.verdict.stability_checked`)."""
         return stability_checked(self.changed, self.previous_decided, self.rule)
 
     def best_ops(self) -> dict[str, dict[str, list[str]]]:
@@ -287,33 +227,6 @@ class SearchDiagnostics:
         }
 
 
-def stability_checked(changed: int | None, previous_decided: float | None, rule: VerdictRule | None = None) -> bool:
-    """Whether a verdict's stability was checked: there was a previous validation (``changed`` is a count) and at
-    least ``rule.converged_decided_share`` of the edges were decided at it, so that "changed" compared choices with
-    choices.
-
-    Args:
-        changed: edges decided at the previous validation whose best operation changed since; ``None``: no previous
-            validation.
-        previous_decided: share of the edges decided at the previous validation, in [0, 1]; ``None`` with a
-            ``changed`` count: not recorded (a genotype written before this figure existed), taken as checked.
-        rule: the thresholds; default :class:`VerdictRule`.
-    """
-    if changed is None:
-        return False
-    rule = rule or VerdictRule()
-    return previous_decided is None or previous_decided >= rule.converged_decided_share
-
-
-def _unchecked_reason(changed: int | None, previous_decided: float | None, rule: VerdictRule) -> str:
-    if changed is None:
-        return f"{STABILITY_UNCHECKED} (one validation)"
-    return (
-        f"{STABILITY_UNCHECKED} (the previous validation decided {previous_decided:.1%} of the edges, "
-        f"{rule.converged_decided_share:.0%} needed)"
-    )
-
-
 def _detect_shared(weights: Weights) -> bool:
     """Every position holds exactly the same weights (a shared search)."""
     per = [{k: torch.as_tensor(w) for k, (_, w) in kinds.items()} for kinds in weights.values()]
@@ -334,7 +247,7 @@ def diagnose(
 
     Args:
         weights: ``{position: {kind: (candidate names, softmax weights (6, K))}}``
-            (:func:`monai_nasscam.handlers.alpha_weights`).
+            (:func:`~monai_nasscam.networks.alphas.alpha_weights`).
         previous: the best operation per edge at the previous validation, ``{position: {kind: [names]}}``
             (:meth:`SearchDiagnostics.decided_ops`); an edge given as ``None`` was undecided then and is never
             counted as changed. ``None``: no previous validation, nothing is counted as changed.
@@ -345,7 +258,7 @@ def diagnose(
         changed: with ``previous=None``, the changed count recorded elsewhere (a genotype's ``search`` section),
             used in the verdict as if it came from a previous validation; ignored when ``previous`` is given.
         previous_decided: with ``previous=None``, the share of the edges decided at the previous validation recorded
-            with ``changed`` (:func:`stability_checked`); ignored when ``previous`` is given (counted from it).
+            with ``changed`` (:func:`~monai_nasscam.networks.verdict.stability_checked`); ignored when ``previous`` is given (counted from it).
 
     Returns:
         a :class:`SearchDiagnostics`.
@@ -453,122 +366,3 @@ def diagnose(
         previous_decided=previous_decided,
     )
 
-
-def genotype_weights(alphas: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, tuple[tuple[str, ...], Any]]]:
-    """A genotype's recorded ``alphas`` (``{position: {kind: (6, K) lists}}``) with the candidate names of each kind
-    (:data:`~monai_nasscam.networks.ops.OPS` order, the order of the cell's alphas)."""
-    out: dict[str, dict[str, tuple[tuple[str, ...], Any]]] = {}
-    for position, kinds in alphas.items():
-        out[position] = {}
-        for kind, rows in kinds.items():
-            names = tuple(OPS[kind]) if kind in OPS else ()
-            w = torch.as_tensor(rows, dtype=torch.float64)
-            if w.ndim != 2 or w.shape[1] != len(names):
-                raise ValueError(f"alphas of the {kind} cell at {position} must have shape (6, {len(names)}), got {tuple(w.shape)}.")
-            out[position][kind] = (names, w)
-    return out
-
-
-def diagnose_genotype(genotype: Any, rule: VerdictRule | None = None) -> SearchDiagnostics:
-    """:func:`diagnose` of a :class:`~monai_nasscam.networks.Genotype`'s recorded alphas, agreeing with the verdict
-    its ``search`` section recorded during the search: the section's ``changed`` count (edges whose best operation
-    changed since the validation before, which the alphas alone cannot tell), per cell and in total, its
-    ``previous_decided`` share (whether the stability was checked; absent in files written before it existed: taken
-    as checked when ``changed`` is a count), its ``rule`` (unless ``rule`` is given) and its ``epoch`` are used.
-    Without a section (or with ``changed`` null), nothing is counted as changed and the reasons say the stability
-    was not checked.
-
-    Args:
-        genotype: a :class:`~monai_nasscam.networks.Genotype` with recorded alphas.
-        rule: the thresholds; default the section's ``rule``, else :class:`VerdictRule`.
-
-    Raises:
-        ValueError: the genotype records no alphas.
-    """
-    if not genotype.alphas:
-        raise ValueError("the genotype records no alphas to diagnose.")
-    search = genotype.search if isinstance(getattr(genotype, "search", None), Mapping) else {}
-    if rule is None and isinstance(search.get("rule"), Mapping):
-        rule = VerdictRule.from_dict(search["rule"])
-    changed = search.get("changed")
-    result = diagnose(
-        genotype_weights(genotype.alphas),
-        rule=rule,
-        shared=not genotype.synchronous,
-        epoch=search.get("epoch"),
-        changed=None if changed is None else int(changed),
-        previous_decided=search.get("previous_decided"),
-    )
-    modules = search.get("modules") if isinstance(search.get("modules"), Mapping) else {}
-    for position, per in result.cells.items():
-        for kind, cell in per.items():
-            recorded = ((modules.get(position) or {}).get(kind) or {}).get("changed")
-            cell.changed = None if recorded is None else int(recorded)
-    return result
-
-
-def verdict_advice(verdict: str, search: SearchDiagnostics | Mapping[str, Any] | None = None) -> str:
-    """What to do after a search with this verdict, in one paragraph (the end of a search log).
-
-    Args:
-        verdict: one of :data:`VERDICTS`.
-        search: the figures behind the verdict (a :class:`SearchDiagnostics` or a genotype's ``search`` section):
-            for ``"not converged"``, the advice then names the criterion that failed (too few edges decided, or
-            decided edges still changing); ``None``: the advice covers both.
-
-    Raises:
-        ValueError: an unknown verdict.
-    """
-    if verdict == CONVERGED:
-        reproducible = (
-            " This run decided; whether another seed decides the same, and whether the choice beats a random "
-            "genotype, is what `nasscam compare --models nas-scam-p random --seeds 3` measures (on short searches "
-            "the choice depends on the seed: docs/search.md)."
-        )
-        return "the alphas chose: retrain the derived network (train.yaml --genotype_path RUN/genotype.json)." + reproducible
-    if verdict == COLLAPSED:
-        return (
-            "one operation took over: the genotype is degenerate (all-none cells make their attention module "
-            "output a constant). Search again with a lower --arch_learning_rate, a longer --warmup_epochs (the weights "
-            "learn before the alphas move) or alpha weight decay (--arch_optimizer#weight_decay 1e-3); if none took "
-            "over, --exclude_none true derives the best operation other than none."
-        )
-    if verdict == NOT_CONVERGED:
-        undecided = changing = unchecked = True
-        if search is not None:
-            rule = _get(search, "rule")
-            rule = rule if isinstance(rule, VerdictRule) else VerdictRule.from_dict(rule or {})
-            decided, changed, edges = _get(search, "decided"), _get(search, "changed"), _get(search, "edges")
-            undecided = decided is None or decided < rule.converged_decided_share
-            changing = changed is not None and bool(edges) and changed / edges > rule.converged_max_changed_share
-            unchecked = not stability_checked(changed, _get(search, "previous_decided"), rule)
-            if not (undecided or changing or unchecked):
-                undecided = changing = unchecked = True  # figures that do not explain the verdict: all the advice
-        parts = []
-        if undecided:
-            parts.append(
-                "the alphas have not chosen yet: the operations derived on undecided edges are close to a random pick. "
-                "Give the search more alpha steps (more --epochs after the warm-up, more --epoch_crops / "
-                "--arch_epoch_crops), a higher alpha learning rate (--arch_learning_rate auto, or a value above the "
-                "current one) or a shorter --warmup_epochs."
-            )
-        if changing:
-            parts.append(
-                "decided edges still change their best operation between validations: the choice has not settled. "
-                "Search longer (more --epochs) so that it settles, or lower --arch_learning_rate if the choices "
-                "keep flipping."
-            )
-        if unchecked:
-            parts.append(
-                "the stability of the choice was not checked: only one validation after the alphas decided (the "
-                "first validation, or one after the warm-up, where no edge is decided, has nothing to compare with). "
-                "Validate at least twice once the alphas decide (a smaller --val_interval, or more --epochs after "
-                "--warmup_epochs); the genotype can be retrained (train.yaml --genotype_path RUN/genotype.json), but "
-                "its choice is not shown to hold."
-            )
-        return " ".join(parts)
-    raise ValueError(f"unknown verdict {verdict!r}; expected one of {list(VERDICTS)}.")
-
-
-def _get(search: SearchDiagnostics | Mapping[str, Any], key: str) -> Any:
-    return search.get(key) if isinstance(search, Mapping) else getattr(search, key, None)

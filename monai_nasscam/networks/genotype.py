@@ -24,9 +24,10 @@ import torch.nn as nn
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.attentions import attention_names, block_cells, get_attention
 from monai_nasscam.networks.cell import EDGES, NASAttentionCell
-from monai_nasscam.networks.diagnostics import VERDICTS, diagnose
+from monai_nasscam.networks.diagnostics import diagnose
 from monai_nasscam.networks.importance import check_selection_record
 from monai_nasscam.networks.ops import OPS
+from monai_nasscam.networks.verdict import VERDICTS
 
 __all__ = ["POSITIONS", "Genotype", "attention_blocks", "random_genotype", "consensus", "agreement"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from monai_nasscam.networks.cell import EDGES, NASAttentionCell
+from monai_nasscam.networks.cell import EDGES, NASAttentionCell, edge_label
 from monai_nasscam.networks.ops import OPS
 
 __all__ = [
@@ -203,7 +203,7 @@ def check_selection_record(selection: Any, modules: Sequence[Mapping[str, Any]],
             if not isinstance(cell, list) or len(cell) != len(EDGES):
                 raise ValueError(f"'selection': module {position} {kind!r} must record {len(EDGES)} edges, got {cell!r}.")
             for e, record in enumerate(cell):
-                where = f"'selection': module {position} {kind} edge {e} (n{EDGES[e][0]}->n{EDGES[e][1]})"
+                where = f"'selection': module {position} {kind} edge {e} ({edge_label(e)})"
                 if not isinstance(record, Mapping) or record.get("op") != module[kind][e]:
                     got = record.get("op") if isinstance(record, Mapping) else record
                     raise ValueError(f"{where} records op {got!r}, the genotype has {module[kind][e]!r}.")

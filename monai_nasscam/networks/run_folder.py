@@ -22,10 +22,10 @@ import torch.nn as nn
 from monai_nasscam.data.classes import NUM_CLASSES
 from monai_nasscam.errors import InputError, MissingInputError, input_check
 from monai_nasscam.networks.attentions import attention_names, build_attention_network, get_attention
-from monai_nasscam.networks.diagnostics import CONVERGED, STABILITY_UNCHECKED
 from monai_nasscam.networks.genotype import Genotype
 from monai_nasscam.networks.nets.nasscam_unet import NASSCAMUNet
 from monai_nasscam.networks.utils import unwrap_model
+from monai_nasscam.networks.verdict import CONVERGED, STABILITY_UNCHECKED
 from monai_nasscam.overrides import is_null, whole_number
 from monai_nasscam.serialization import install_cpu_fallback, read_checkpoint
 
@@ -195,8 +195,11 @@ def build_network(
     features: Sequence[int] | None = DEFAULT_FEATURES,
     dropout: float = 0.2,
     backbone: str = "resnet18",
+    choice: tuple | None = None,
 ) -> nn.Module:
-    """The network of train.yaml's ``network_def`` (see :func:`resolve_network_choice` for the choice).
+    """The network of train.yaml's ``network_def``: the choice :func:`resolve_network_choice` makes of ``attention``,
+    ``genotype_path`` and ``output_dir``, or ``choice`` when it is that function's result already (train.yaml
+    resolves it once, as ``network_choice``, for its checks, this network and the run's record).
 
     Block attentions give a :class:`~monai_nasscam.networks.NASSCAMUNet` (``features``, ``dropout``); a whole-network
     baseline (``deeplabv3plus``: :class:`~monai_nasscam.networks.DeepLabV3Plus`, ``backbone``) is built by its
@@ -213,7 +216,7 @@ def build_network(
     install_cpu_fallback()
     features = resolve_features(features, output_dir)
     check_network_settings(features=features, dropout=dropout)
-    attention, genotype, _ = resolve_network_choice(attention, genotype_path, output_dir)
+    attention, genotype, _ = choice if choice is not None else resolve_network_choice(attention, genotype_path, output_dir)
     if get_attention(attention).network is not None:
         return build_attention_network(attention, spatial_dims, in_channels, out_channels, backbone=backbone)
     return NASSCAMUNet(
@@ -232,10 +235,12 @@ def describe_network(
     attention: str | None = None,
     genotype_path: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
+    choice: tuple | None = None,
 ) -> dict[str, Any]:
     """``{"attention": ..., "genotype": path or None, "synchronous": ...}`` of the chosen network, for reports
-    (``attention`` its public name: ``unet`` for ``none``)."""
-    attention, genotype, path = resolve_network_choice(attention, genotype_path, output_dir)
+    (``attention`` its public name: ``unet`` for ``none``); ``choice``: :func:`resolve_network_choice`'s result, when
+    resolved already."""
+    attention, genotype, path = choice if choice is not None else resolve_network_choice(attention, genotype_path, output_dir)
     out: dict[str, Any] = {"attention": get_attention(attention).public_name, "genotype": path}
     if genotype is not None:
         out["synchronous"] = genotype.synchronous

@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from monai_nasscam.metrics.dice import PooledDiceMetric
 from monai_nasscam.networks.attentions import block_cells
-from monai_nasscam.networks.cell import EDGES, NASAttentionCell
+from monai_nasscam.networks.cell import EDGES, NASAttentionCell, edge_label
 from monai_nasscam.networks.genotype import attention_blocks
 from monai_nasscam.networks.importance import EdgeRecord, bootstrap_interval, cell_flops, decide_edge, masked, op_flops
 from monai_nasscam.networks.replay import PrefixReplay
@@ -48,11 +48,6 @@ __all__ = ["UNITS", "CellGroup", "cell_groups", "PerturbationSelection"]
 
 #: what is decided at once between two fine-tunes: one edge, or the 6 edges of one cell.
 UNITS = ("edge", "cell")
-
-
-def _edge_name(e: int) -> str:
-    s, t = EDGES[e]
-    return f"n{s}->n{t}"
 
 
 @dataclass
@@ -287,7 +282,7 @@ class PerturbationSelection:
             state = "decided" if decision.decided else f"tied {'/'.join(decision.tied)} -> cheapest"
             m, lo, hi = importance[decision.winner]
             self.log(
-                f"selection step {step}: {group.label} {group.kind.upper()} {_edge_name(e)}: {decision.op} "
+                f"selection step {step}: {group.label} {group.kind.upper()} {edge_label(e)}: {decision.op} "
                 f"({state}; {decision.winner} importance {m:+.3g} [{lo:+.3g}, {hi:+.3g}])"
             )
         group.set_weights(projected)
@@ -331,7 +326,7 @@ class PerturbationSelection:
             for position in group.positions:
                 modules.setdefault(position, {})[group.kind] = [r.to_dict() for r in edges]
             tied += [
-                f"{group.label} {group.kind} {_edge_name(e)}" for e, r in enumerate(edges) if not r.decision.decided
+                f"{group.label} {group.kind} {edge_label(e)}" for e, r in enumerate(edges) if not r.decision.decided
             ]
         edges = len(self.groups) * len(EDGES)
         out: dict[str, Any] = {

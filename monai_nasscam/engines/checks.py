@@ -1,45 +1,62 @@
-"""Checks of the search workflow's settings, called by ``bundle/configs/search.yaml`` before training (its data lists
-come from :mod:`monai_nasscam.data.datalist`), and the settings shared with ``train.yaml``.
+"""The workflows' input checks, run in each bundle config's ``initialize`` before training or evaluation starts:
+search.yaml (:func:`check_search_inputs`), train.yaml (:func:`check_train_inputs`), evaluate.yaml
+(:func:`check_evaluate_inputs`), the settings they share (:func:`check_run_settings`) and the resume checkpoint
+(:func:`resolve_resume`, :func:`check_fresh_run`).
 
 Every problem a user can cause from the command line (no prepared dataset, a dataset without training or
-validation images, an attention that cannot be searched, inconsistent epoch counts, nothing to resume, a setting
-out of range) gives a clear message here, before a network is built, a batch loaded or a file written: an
-:class:`~monai_nasscam.errors.InputError` naming the key or the file, which the run reports as one line.
+validation images, an attention that cannot be searched, a missing or mismatched genotype, a checkpoint of another
+architecture, inconsistent epoch counts or budgets, nothing to resume, a setting out of range) gives a clear message
+here, before a network is built, a batch loaded or a file written: an :class:`~monai_nasscam.errors.InputError`
+naming the key or the file, which the run reports as one line. The data lists come from
+:mod:`monai_nasscam.data.datalist`, the network choice from :mod:`monai_nasscam.networks.run_folder`, the schedules
+from :mod:`monai_nasscam.engines.schedule`; what a training run records is :mod:`monai_nasscam.engines.run_record`'s.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch.nn as nn
+
 from monai_nasscam.data.classes import NUM_CLASSES
-from monai_nasscam.data.datalist import search_datalists
+from monai_nasscam.data.datalist import search_datalists, split_entries
+from monai_nasscam.engines.schedule import check_schedule
 from monai_nasscam.errors import input_check
+from monai_nasscam.networks.attentions import attention_names
+from monai_nasscam.networks.run_folder import (
+    check_checkpoint,
+    check_network_settings,
+    check_trained_weights,
+    resolve_network_choice,
+)
 from monai_nasscam.networks.selection import UNITS
 from monai_nasscam.overrides import as_bool, as_int, check_roi_size, is_null
-from monai_nasscam.networks.attentions import attention_names
-from monai_nasscam.networks.run_folder import check_network_settings
 
 __all__ = [
     "CHECKPOINT_NAME",
-    "as_bool",
+    "TRAIN_CHECKPOINT_NAME",
+    "SELECTIONS",
     "check_search_inputs",
     "check_search_attention",
+    "check_selection",
     "check_device",
     "check_run_settings",
+    "check_train_inputs",
+    "check_evaluate_inputs",
     "resolve_resume",
-    "ALPHA_TRAVEL",
-    "count_alpha_steps",
-    "budget_arch_learning_rate",
     "check_fresh_run",
 ]
 
 #: file name of the resumable search checkpoint under ``RUN/checkpoints``.
 CHECKPOINT_NAME = "search_checkpoint.pt"
+#: file name of the resumable training checkpoint under ``RUN/checkpoints``.
+TRAIN_CHECKPOINT_NAME = "train_checkpoint.pt"
+#: how a search chooses its operations (search.yaml's ``selection``).
+SELECTIONS = ("alpha", "perturbation")
 
 
 @input_check
@@ -217,7 +234,8 @@ def check_search_inputs(
 ) -> bool:
     """Raise a clear error for anything that would make the search fail later; ``True`` otherwise.
 
-    Checks the attention, ``synchronous``, the schedule, the epoch counts (at least one epoch after the
+    Checks the attention, ``synchronous``, the ``schedule`` (a name of
+    :data:`~monai_nasscam.engines.schedule.SCHEDULES`), the epoch counts (at least one epoch after the
     ``warmup_epochs``: without an alpha step the genotype would be a random pick), the crop size (multiples of 16, the
     U-Net's 4 poolings), the batch size (whole groups of one crop per class), the dataset (``datalist.json``
     present, training images that can be split into weight and architecture parts, validation images, the first
@@ -245,8 +263,7 @@ def check_search_inputs(
         math.isfinite(alpha_entropy_weight) and alpha_entropy_weight >= 0
     ):
         raise ValueError(f"alpha_entropy_weight must be a finite number >= 0 (0: no penalty), got {alpha_entropy_weight!r}.")
-    if schedule not in ("iteration", "epoch"):
-        raise ValueError(f"schedule must be 'iteration' (the patent) or 'epoch' (the reference code), got {schedule!r}.")
+    check_schedule(schedule)
     if int(epochs) < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}.")
     if not 0 <= int(warmup_epochs) <= int(epochs):
@@ -258,8 +275,6 @@ def check_search_inputs(
             "run, and the genotype would be a random pick (with --selection perturbation it is the frozen-alpha "
             "variant)."
         )
-    if roi_size is not None:
-        check_roi_size(roi_size)
     if batch_size is not None and (int(batch_size) < NUM_CLASSES or int(batch_size) % NUM_CLASSES):
         raise ValueError(f"batch_size must be a multiple of {NUM_CLASSES} (one crop per nucleus class), got {batch_size}.")
     lists = search_datalists(dataset_dir, arch_fraction, seed)
@@ -268,10 +283,6 @@ def check_search_inputs(
             if not Path(entry["image"]).is_file():
                 raise FileNotFoundError(f"{split} image {entry['image']} listed in the datalist does not exist.")
     return True
-
-
-#: how a search chooses its operations (search.yaml's ``selection``).
-SELECTIONS = ("alpha", "perturbation")
 
 
 def check_selection(selection: Any, crops: Any = 8, interval: Any = 1, unit: Any = "cell") -> bool:
@@ -288,6 +299,99 @@ def check_selection(selection: Any, crops: Any = 8, interval: Any = 1, unit: Any
         raise ValueError(f"selection_interval must be an integer >= 0 (weight steps between decisions), got {interval!r}.")
     if unit not in UNITS:
         raise ValueError(f"selection_unit must be 'cell' or 'edge', got {unit!r}.")
+    return True
+
+
+def _check_budget(epochs: int, batch_size: int, roi_size: Sequence[int] | int, val_interval: int,
+                  learning_rate: float, num_classes: int) -> None:
+    check_run_settings(epochs=epochs, val_interval=val_interval, learning_rate=learning_rate)
+    check_roi_size(roi_size)
+    if not isinstance(batch_size, (int, float, str)) or not str(batch_size).strip().lstrip("-").isdigit():
+        raise ValueError(f"batch_size must be an integer multiple of {num_classes}, got {batch_size!r}.")
+    if int(batch_size) < num_classes or int(batch_size) % num_classes:
+        raise ValueError(
+            f"batch_size counts crops and every batch holds the same number of crops of each of the {num_classes} "
+            f"classes: it must be a multiple of {num_classes}, got {batch_size}."
+        )
+
+
+@input_check
+def check_train_inputs(
+    dataset_dir: str | os.PathLike,
+    attention: str | None = None,
+    genotype_path: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    epochs: int = 1,
+    batch_size: int = NUM_CLASSES,
+    roi_size: Sequence[int] | int = 256,
+    val_interval: int = 1,
+    learning_rate: float = 1e-4,
+    resume_path: str | os.PathLike | None = None,
+    network: nn.Module | None = None,
+    num_classes: int = NUM_CLASSES,
+    choice: tuple | None = None,
+    **settings: Any,
+) -> bool:
+    """Raise a clear error for anything that would make train.yaml fail later; ``True`` otherwise.
+
+    Checks the budget (epochs, crops per batch, validation interval, crop size, learning rate), the further
+    ``settings`` of :func:`check_run_settings` (device, seed, widths, dropout, crops per epoch, ...), the network
+    choice (attention, genotype file: :func:`~monai_nasscam.networks.run_folder.resolve_network_choice`, unless
+    ``choice`` is that function's result already: train.yaml resolves it once, as ``network_choice``, for this check,
+    the network and the run's record), the dataset (datalist with training and validation images that exist) and,
+    when resuming with ``network`` given, that the resume checkpoint holds weights of ``network``. (train.yaml
+    checks the resume checkpoint in a second step, after the seed is set, because building the network draws its
+    initial weights.)
+
+    Raises:
+        InputError: naming the setting or the file (``MissingInputError``, also a ``FileNotFoundError``, for a
+            file or folder that does not exist).
+    """
+    _check_budget(epochs, batch_size, roi_size, val_interval, learning_rate, num_classes)
+    check_run_settings(**settings)
+    if choice is None:
+        resolve_network_choice(attention, genotype_path, output_dir)
+    for split in ("training", "validation"):
+        entries = split_entries(dataset_dir, split)
+        for key in ("image", "label"):
+            if not Path(entries[0][key]).is_file():
+                raise FileNotFoundError(f"{split} {key} {entries[0][key]} listed in the datalist does not exist.")
+    if resume_path is not None and network is not None:
+        check_checkpoint(resume_path, network, key="network")
+    return True
+
+
+@input_check
+def check_evaluate_inputs(
+    dataset_dir: str | os.PathLike,
+    split: str,
+    ckpt_path: str | os.PathLike,
+    network: nn.Module,
+    attention: str | None = None,
+    genotype_path: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    choice: tuple | None = None,
+) -> bool:
+    """Raise a clear error for anything that would make evaluate.yaml fail later; ``True`` otherwise: the network
+    choice (resolved from ``attention``, ``genotype_path`` and ``output_dir`` unless ``choice`` is it already, as in
+    :func:`check_train_inputs`), the split (present, not empty, with instance maps for PQ) and the checkpoint
+    (exists, same architecture).
+
+    Raises:
+        InputError: naming the setting or the file.
+    """
+    check_trained_weights(ckpt_path)  # a search checkpoint or a text file: said first, before the network choice
+    if choice is None:
+        resolve_network_choice(attention, genotype_path, output_dir)
+    entries = split_entries(dataset_dir, split)
+    for key in ("image", "label", "instance"):
+        if key not in entries[0]:
+            raise ValueError(
+                f"{split} entries of {Path(dataset_dir) / 'datalist.json'} have no {key!r} (re-run `nasscam prepare`)."
+            )
+        if not Path(entries[0][key]).is_file():
+            raise FileNotFoundError(f"{split} {key} {entries[0][key]} listed in the datalist does not exist.")
+    check_checkpoint(ckpt_path, network)
     return True
 
 
@@ -334,55 +438,3 @@ def check_fresh_run(output_dir: str | os.PathLike, resume_path: str | None, file
             f"extends it); to start afresh, pass another --output_dir or delete {checkpoint}."
         )
     return True
-
-
-#: how far (in logits) Adam may move each alpha over a whole search when ``arch_learning_rate`` is ``auto``:
-#: Adam's step is about ``lr`` whatever the gradient's scale, so ``lr * alpha steps`` bounds the travel. Measured on
-#: the demo's search (48 alpha steps, 3 seeds, docs/search.md "Budget-aware alpha learning rate"): a travel of 3
-#: leaves 31-60 % of the edges decided, 10 decides 67-96 %; the patent's 1e-3 (travel 0.05) none.
-ALPHA_TRAVEL = 10.0
-
-
-def count_alpha_steps(
-    epochs: int, warmup_epochs: int, iterations_per_epoch: int, schedule: str = "iteration", epoch_cycle: int = 3
-) -> int:
-    """The number of alpha (architecture) steps a search makes: one per iteration of every epoch after the warm-up
-    that trains the alphas (every such epoch with ``schedule="iteration"``; with ``schedule="epoch"`` those whose
-    0-based index ``e`` has ``e % epoch_cycle != 0``), as :class:`~monai_nasscam.engines.BilevelSearchTrainer`
-    schedules them."""
-    epochs, warmup, cycle = int(epochs), int(warmup_epochs), int(epoch_cycle)
-    if schedule == "iteration":
-        alpha_epochs = max(0, epochs - warmup)
-    else:
-        alpha_epochs = sum(1 for e in range(warmup, epochs) if e % cycle != 0)
-    return alpha_epochs * int(iterations_per_epoch)
-
-
-def budget_arch_learning_rate(
-    arch_learning_rate: Any, alpha_steps: int, travel: float = ALPHA_TRAVEL, floor: float = 1e-3, resuming: bool = False
-) -> float:
-    """The alpha learning rate of a search: ``arch_learning_rate`` itself when it is a number, and for ``"auto"``
-    the budget-aware rate ``max(floor, travel / alpha_steps)``, which lets the alphas travel about ``travel`` logits
-    over the whole search, however few alpha steps it makes (the patent's budget, about 10^5 alpha steps, keeps its
-    1e-3). ``resuming``: the run continues a checkpoint, whose alpha optimiser keeps the rate it was started with
-    (the value returned here only builds the optimiser before its state is loaded), and the log says so.
-
-    Raises:
-        ValueError: ``arch_learning_rate`` is neither a positive number nor ``"auto"``.
-    """
-    if isinstance(arch_learning_rate, str) and arch_learning_rate.strip().lower() == "auto":
-        value = max(float(floor), float(travel) / max(1, int(alpha_steps)))
-        if resuming:
-            logging.getLogger(__name__).info("arch_learning_rate auto: resuming, the checkpoint's alpha learning rate is kept")
-            return value
-        logging.getLogger(__name__).info(
-            f"arch_learning_rate auto: {value:.4g} for {int(alpha_steps)} alpha steps (max(1e-3, {travel:g} / steps))"
-        )
-        return value
-    try:
-        value = float(arch_learning_rate)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise ValueError(f"arch_learning_rate must be a positive number or 'auto', got {arch_learning_rate!r}.")
-    return value
