@@ -213,9 +213,74 @@ def _run_to_end(tmp_path, **kwargs):
     return _snapshot(net.arch_parameters()), _snapshot(net.weight_parameters())
 
 
-@pytest.mark.parametrize("stop_at", [3, 4], ids=["mid-epoch", "epoch-end"])
-def test_interrupt_and_resume_is_exact(tmp_path, stop_at):
-    kwargs = dict(max_epochs=3, warmup_epochs=1, n_train=4, n_arch=3)
+def test_arch_accumulation_averages_the_gradients_of_consecutive_architecture_batches():
+    # known answer: with plain SGD at lr 1, one alpha step moves the alphas by minus the mean of the alpha gradients
+    # of the architecture batches it accumulates (here both batches of a 2-batch loader, in order)
+    set_determinism(0)
+    net = NASSCAMUNet(features=FEATURES, dropout=0.0)
+    batches = [
+        {key: torch.stack([item[key] for item in _items(2, seed)]) for key in ("image", "label")} for seed in (5, 6)
+    ]
+    loss_fn = DiceLoss(sigmoid=True)
+    trainer = BilevelSearchTrainer(
+        device="cpu",
+        max_epochs=1,
+        train_data_loader=[batches[0]],
+        network=net,
+        optimizer=torch.optim.SGD(net.weight_parameters(), lr=0.0),  # the weights stay where they are
+        loss_function=loss_fn,
+        arch_data_loader=batches,
+        arch_optimizer=torch.optim.SGD(net.arch_parameters(), lr=1.0),
+        arch_accumulation=2,
+        seed=0,
+    )
+    before = {}
+
+    def _snapshot_at_alpha_step(engine):
+        before["alphas"] = _snapshot(net.arch_parameters())
+        before["state"] = {k: v.clone() for k, v in net.state_dict().items()}
+
+    trainer.add_event_handler(BilevelEvents.ARCH_STEP_STARTED, _snapshot_at_alpha_step)
+    losses = []
+    trainer.add_event_handler(BilevelEvents.ARCH_STEP_COMPLETED, lambda e: losses.append(e.state.output[ARCH_LOSS]))
+    trainer.run()
+    assert trainer.state.arch_draws == 2 and len(losses) == 1
+
+    ref = NASSCAMUNet(features=FEATURES, dropout=0.0)
+    grads, ref_losses = [], []
+    for batch in batches:
+        ref.load_state_dict(before["state"])
+        ref.train()
+        ref.zero_grad(set_to_none=True)
+        loss = loss_fn(ref(batch["image"]), batch["label"])
+        loss.backward()
+        grads.append([a.grad.clone() for a in ref.arch_parameters()])
+        ref_losses.append(float(loss.detach()))
+    expected = [a - (g0 + g1) / 2 for a, g0, g1 in zip(before["alphas"], *grads)]
+    for got, want in zip(net.arch_parameters(), expected):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-4, atol=1e-6)
+    assert float(losses[0]) == pytest.approx(sum(ref_losses) / 2, rel=1e-5)
+
+
+def test_arch_accumulation_is_checked(tmp_path):
+    set_determinism(0)
+    net = NASSCAMUNet(features=FEATURES)
+    loader = DataLoader(Dataset(_items(2, 0)), batch_size=2)
+    args = dict(device="cpu", max_epochs=1, train_data_loader=loader, network=net, loss_function=DiceLoss(sigmoid=True),
+                arch_data_loader=loader, optimizer=torch.optim.Adam(net.weight_parameters()),
+                arch_optimizer=torch.optim.Adam(net.arch_parameters()))
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=re.escape(f"arch_accumulation must be an integer >= 1, got {bad!r}.")):
+            BilevelSearchTrainer(arch_accumulation=bad, **args)
+    with pytest.raises(ValueError, match="arch_accumulation must be an integer >= 1"):  # search.yaml's check
+        check_search_inputs(tmp_path, arch_accumulation=0)
+
+
+@pytest.mark.parametrize(
+    "stop_at, accumulation", [(3, 1), (4, 1), (3, 2)], ids=["mid-epoch", "epoch-end", "mid-epoch-accumulating"]
+)
+def test_interrupt_and_resume_is_exact(tmp_path, stop_at, accumulation):
+    kwargs = dict(max_epochs=3, warmup_epochs=1, n_train=4, n_arch=3, arch_accumulation=accumulation)
     alpha_ref, weights_ref = _run_to_end(tmp_path, **kwargs)
 
     # interrupted run: a real SIGINT during iteration `stop_at`; the iteration finishes, is saved, the run stops

@@ -124,6 +124,10 @@ class BilevelSearchTrainer(SupervisedTrainer):
         epoch_cycle: with ``schedule="epoch"``, epoch ``e`` (0-based) trains the weights when
             ``e % epoch_cycle == 0`` and the alphas otherwise (3, the reference code's 1:2).
         arch_loss_function: loss of the alpha steps; default ``loss_function``.
+        arch_accumulation: architecture batches per alpha step (>= 1): each alpha step averages the alpha
+            gradients of this many consecutive batches of ``arch_data_loader`` before one ``arch_optimizer`` step,
+            so its gradient noise falls by about ``sqrt(arch_accumulation)`` at that many times the cost of an
+            alpha step; the number of alpha steps (and the alpha learning-rate budget) is unchanged.
         seed: make the run reproducible and resumable step for step (see the module docstring); ``None``
             leaves the random generators alone.
         amp: automatic mixed precision; only on CUDA devices (ignored with a warning elsewhere).
@@ -145,6 +149,7 @@ class BilevelSearchTrainer(SupervisedTrainer):
         schedule: str = "iteration",
         epoch_cycle: int = 3,
         arch_loss_function: Callable | None = None,
+        arch_accumulation: int = 1,
         seed: int | None = None,
         epoch_length: int | None = None,
         non_blocking: bool = False,
@@ -165,6 +170,8 @@ class BilevelSearchTrainer(SupervisedTrainer):
         check_schedule(schedule)
         if int(warmup_epochs) < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
+        if isinstance(arch_accumulation, bool) or int(arch_accumulation) != arch_accumulation or arch_accumulation < 1:
+            raise ValueError(f"arch_accumulation must be an integer >= 1, got {arch_accumulation!r}.")
         if int(epoch_cycle) < 2:
             raise ValueError(f"epoch_cycle must be >= 2 (one weight epoch, then alpha epochs), got {epoch_cycle}.")
         device = torch.device(device)
@@ -198,6 +205,7 @@ class BilevelSearchTrainer(SupervisedTrainer):
             amp_kwargs=amp_kwargs,
         )
         self.arch_data_loader = arch_data_loader
+        self.arch_accumulation = int(arch_accumulation)
         self.arch_optimizer = arch_optimizer
         self.arch_loss_function = loss_function if arch_loss_function is None else arch_loss_function
         self.warmup_epochs = int(warmup_epochs)
@@ -351,16 +359,21 @@ class BilevelSearchTrainer(SupervisedTrainer):
         return loss
 
     def _optimise(self, loss: torch.Tensor, optimizer: Optimizer, scaler: Any, fire: bool) -> None:
+        self._backward(loss, scaler)
+        if fire:
+            self.fire_event(IterationEvents.BACKWARD_COMPLETED)
+        self._step(optimizer, scaler)
+
+    @staticmethod
+    def _backward(loss: torch.Tensor, scaler: Any) -> None:
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+
+    @staticmethod
+    def _step(optimizer: Optimizer, scaler: Any) -> None:
         if scaler is not None:
-            scaler.scale(loss).backward()
-            if fire:
-                self.fire_event(IterationEvents.BACKWARD_COMPLETED)
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
-            if fire:
-                self.fire_event(IterationEvents.BACKWARD_COMPLETED)
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -381,19 +394,29 @@ class BilevelSearchTrainer(SupervisedTrainer):
         return loss.detach()
 
     def arch_step(self, batchdata: Any, replace_output: bool = False) -> torch.Tensor:
-        """One step of the alpha optimiser on ``batchdata``; weights get no gradient. Returns the loss."""
+        """One step of the alpha optimiser on ``batchdata`` (and the next ``arch_accumulation - 1`` architecture
+        batches, gradients averaged); weights get no gradient. Returns the loss (the mean over those batches)."""
         self._reseed_globals(_ARCH_STEP, self.state.iteration)
         inputs, targets, args, kwargs = self._prepare(batchdata)
         kept = self.state.output
         self.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         self.fire_event(BilevelEvents.ARCH_STEP_STARTED)
         self.network.train()
+        n = self.arch_accumulation
+        total = 0.0
         with _no_grad_for(self._weight_params):
             self.arch_optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
-                loss = self._forward_loss(inputs, targets, args, kwargs, self.arch_loss_function, fire=False)
-            self._optimise(loss, self.arch_optimizer, self.arch_scaler, fire=False)
-        loss = loss.detach()
+            for k in range(n):
+                if k:
+                    inputs, targets, args, kwargs = self._prepare(self.next_arch_batch())
+                    self.state.output.update({Keys.IMAGE: inputs, Keys.LABEL: targets})
+                with self._autocast():
+                    loss = self._forward_loss(inputs, targets, args, kwargs, self.arch_loss_function, fire=False)
+                self._backward(loss / n, self.arch_scaler)
+                total = total + loss.detach() / n
+            self._step(self.arch_optimizer, self.arch_scaler)
+        loss = total if n > 1 else loss.detach()
+        self.state.output[Keys.LOSS] = loss
         if not replace_output and kept is not None:
             self.state.output = kept
         self.state.output[ARCH_LOSS] = loss

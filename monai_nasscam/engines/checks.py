@@ -230,6 +230,7 @@ def check_search_inputs(
     selection_crops: Any = 8,
     selection_interval: Any = 1,
     selection_unit: Any = "cell",
+    arch_accumulation: Any = 1,
     **settings: Any,
 ) -> bool:
     """Raise a clear error for anything that would make the search fail later; ``True`` otherwise.
@@ -244,7 +245,8 @@ def check_search_inputs(
     end; ``alpha_entropy_weight``: a finite number >= 0), the architecture selection (``selection``: ``alpha`` or
     ``perturbation``; with ``perturbation``, ``warmup_epochs`` may equal ``epochs``, the frozen-alpha variant,
     ``selection_crops`` an integer >= 2, ``selection_interval`` an integer >= 0, ``selection_unit`` ``cell`` or
-    ``edge``); ``resume_path`` is only reported.
+    ``edge``), ``arch_accumulation`` (architecture batches per alpha step) an integer >= 1; ``resume_path`` is
+    only reported.
 
     Raises:
         InputError: naming the setting or the file (``MissingInputError``, also a ``FileNotFoundError``, for a
@@ -259,6 +261,7 @@ def check_search_inputs(
     check_search_attention(attention)
     as_bool(synchronous, "synchronous")
     check_alpha_temperature(alpha_temperature)
+    as_int(arch_accumulation, "arch_accumulation", 1)
     if isinstance(alpha_entropy_weight, bool) or not isinstance(alpha_entropy_weight, (int, float)) or not (
         math.isfinite(alpha_entropy_weight) and alpha_entropy_weight >= 0
     ):
