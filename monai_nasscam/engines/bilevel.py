@@ -44,6 +44,7 @@ from torch.optim.optimizer import Optimizer
 
 from monai_nasscam.engines.schedule import check_schedule, steps_for_epoch
 from monai_nasscam.networks.cell import arch_parameters, weight_parameters
+from monai_nasscam.overrides import as_int
 
 __all__ = ["BilevelSearchTrainer", "BilevelEvents", "ARCH_LOSS"]
 
@@ -168,10 +169,9 @@ class BilevelSearchTrainer(SupervisedTrainer):
         amp_kwargs: dict | None = None,
     ) -> None:
         check_schedule(schedule)
+        accumulation = as_int(arch_accumulation, "arch_accumulation", 1)
         if int(warmup_epochs) < 0:
             raise ValueError(f"warmup_epochs must be >= 0, got {warmup_epochs}.")
-        if isinstance(arch_accumulation, bool) or int(arch_accumulation) != arch_accumulation or arch_accumulation < 1:
-            raise ValueError(f"arch_accumulation must be an integer >= 1, got {arch_accumulation!r}.")
         if int(epoch_cycle) < 2:
             raise ValueError(f"epoch_cycle must be >= 2 (one weight epoch, then alpha epochs), got {epoch_cycle}.")
         device = torch.device(device)
@@ -205,7 +205,7 @@ class BilevelSearchTrainer(SupervisedTrainer):
             amp_kwargs=amp_kwargs,
         )
         self.arch_data_loader = arch_data_loader
-        self.arch_accumulation = int(arch_accumulation)
+        self.arch_accumulation = accumulation
         self.arch_optimizer = arch_optimizer
         self.arch_loss_function = loss_function if arch_loss_function is None else arch_loss_function
         self.warmup_epochs = int(warmup_epochs)
@@ -415,7 +415,7 @@ class BilevelSearchTrainer(SupervisedTrainer):
                 self._backward(loss / n, self.arch_scaler)
                 total = total + loss.detach() / n
             self._step(self.arch_optimizer, self.arch_scaler)
-        loss = total if n > 1 else loss.detach()
+        loss = total
         self.state.output[Keys.LOSS] = loss
         if not replace_output and kept is not None:
             self.state.output = kept
