@@ -1,8 +1,10 @@
 """``make demo``: the whole method on a synthetic MoNuSAC-format set, through the real bundle workflows.
 
-Stages: synth -> prepare -> search (NAS-SCAM-P, synchronous) -> retrain the derived network and a U-Net
-baseline -> evaluate both -> infer the held-out raw tiles -> report. Budgets come from
-``bundle/configs/demo.yaml``; every finished stage is cached and skipped when run again with the same settings.
+Stages: synth -> prepare -> a U-Net baseline, trained and evaluated -> search (NAS-SCAM-P, synchronous) -> retrain
+and evaluate the derived network -> infer the held-out raw tiles -> report. With ``jobs: 2`` (demo.yaml) the U-Net
+baseline, which needs no search, runs beside the search and the retraining, one thread each on a 2-core CPU. Budgets
+come from ``bundle/configs/demo.yaml``; every finished stage is cached and skipped when run again with the same
+settings.
 
     python -m monai_nasscam.demo [--config bundle/configs/demo.yaml] [--output-dir DIR] [--set search.epochs=4 ...]
 """
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -22,7 +25,8 @@ import yaml
 from monai_nasscam.data.classes import CLASS_NAMES
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.attentions import get_attention
-from monai_nasscam.workflow import BUNDLE_DIR, run_workflow
+from monai_nasscam.overrides import as_int
+from monai_nasscam.workflow import BUNDLE_DIR, run_concurrently, run_workflow
 
 __all__ = ["run_demo", "load_budgets"]
 
@@ -33,14 +37,18 @@ MODELS = {SEARCHED: f"{get_attention(SEARCHED).label} (searched)", BASELINE: get
 
 
 def load_budgets(path: str | Path, sets: Sequence[str] = ()) -> dict[str, Any]:
-    """Read demo.yaml and apply ``section.key=value`` overrides (values parsed as YAML)."""
+    """Read demo.yaml and apply ``section.key=value`` (or top-level ``key=value``, e.g. ``jobs=2``) overrides, values
+    parsed as YAML."""
     budgets = yaml.safe_load(Path(path).read_text())
     for item in sets:
         key, sep, value = item.partition("=")
         section, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise ValueError(f"--set expects SECTION.KEY=VALUE (e.g. search.epochs=4), got {item!r}.")
-        budgets.setdefault(section, {})[name] = yaml.safe_load(value)
+        if not sep or (not dot and isinstance(budgets.get(key), dict)):
+            raise ValueError(f"--set expects SECTION.KEY=VALUE (e.g. search.epochs=4) or KEY=VALUE (e.g. jobs=2), got {item!r}.")
+        if dot:
+            budgets.setdefault(section, {})[name] = yaml.safe_load(value)
+        else:
+            budgets[key] = yaml.safe_load(value)
     return budgets
 
 
@@ -111,6 +119,7 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     out = Path(output_dir or budgets["output_dir"]).resolve()
     raw, prep = out / "raw", out / "prepared"
     common = dict(budgets.get("common") or {})
+    jobs = as_int(budgets.get("jobs", 1), "jobs", low=1)
     stage = _Stages(7)
 
     stage("synthetic MoNuSAC-format data (nasscam synth)")
@@ -118,24 +127,32 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     stage("prepare: masks, stain normalisation, patient split (nasscam prepare)")
     print("prepared" if _prepare(raw, prep, dict(budgets["prepare"])) else "cached", prep)
 
-    stage("search: NAS-SCAM-P, synchronous, bilevel (train.yaml + search.yaml)")
+    env = _thread_env(jobs)
     search = {"dataset_dir": str(prep), "attention": SEARCHED, "synchronous": True, **common, **(budgets.get("search") or {})}
-    _run(["train.yaml", "search.yaml"], search, out / "search")
     genotype = out / "search" / "genotype.json"
+    runs = {
+        SEARCHED: {"dataset_dir": str(prep), "genotype_path": str(genotype), **common, **(budgets.get("train") or {})},
+        BASELINE: {"dataset_dir": str(prep), "attention": BASELINE, **common, **(budgets.get("train") or {})},
+    }
+    evaluate = dict(budgets.get("evaluate") or {})
+    beside = jobs > 1  # the U-Net baseline needs no search: it runs beside it, its output going to its log files
 
-    stage("retrain the derived NAS-SCAM-P network and a U-Net baseline (train.yaml)")
-    runs = {}
-    for model in MODELS:
-        choice = {"genotype_path": str(genotype)} if model == SEARCHED else {"attention": BASELINE}
-        runs[model] = {"dataset_dir": str(prep), **choice, **common, **(budgets.get("train") or {})}
-        print(f"-- {MODELS[model]}")
-        _run(["train.yaml"], runs[model], out / model)
+    stage("U-Net baseline: train, then evaluate on the test split (train.yaml, train.yaml + evaluate.yaml)"
+          + (f"; beside the search, output in {out / BASELINE}/workflow.log and evaluate.log" if beside else ""))
 
-    stage("evaluate both on the test split (train.yaml + evaluate.yaml)")
-    metrics = {}
-    for model, overrides in runs.items():
-        _run(["train.yaml", "evaluate.yaml"], {**overrides, **(budgets.get("evaluate") or {})}, out / model)
-        metrics[model] = json.loads((out / model / "metrics.json").read_text())
+    def baseline() -> None:
+        _run(["train.yaml"], runs[BASELINE], out / BASELINE, quiet=beside, env=env)
+        _run(["train.yaml", "evaluate.yaml"], {**runs[BASELINE], **evaluate}, out / BASELINE, "evaluate.log", beside, env)
+
+    def searched() -> None:
+        stage("search: NAS-SCAM-P, synchronous, bilevel (train.yaml + search.yaml)")
+        _run(["train.yaml", "search.yaml"], search, out / "search", env=env)
+        stage("retrain the derived NAS-SCAM-P network, then evaluate it on the test split (train.yaml, train.yaml + evaluate.yaml)")
+        _run(["train.yaml"], runs[SEARCHED], out / SEARCHED, env=env)
+        _run(["train.yaml", "evaluate.yaml"], {**runs[SEARCHED], **evaluate}, out / SEARCHED, env=env)
+
+    run_concurrently([baseline, searched], jobs)
+    metrics = {model: json.loads((out / model / "metrics.json").read_text()) for model in MODELS}
 
     stage("inference on the held-out raw tiles with NAS-SCAM-P (inference.yaml)")
     images = _test_images(raw, prep, out / "test_images")
@@ -172,9 +189,18 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     return {"metrics": metrics, "paths": paths}
 
 
-def _run(configs: list[str], overrides: dict, output_dir: Path) -> None:
-    if not run_workflow(configs, overrides, output_dir):
+def _run(
+    configs: list[str], overrides: dict, output_dir: Path, log_name: str = "workflow.log", quiet: bool = False, env: dict | None = None
+) -> None:
+    if not run_workflow(configs, overrides, output_dir, log_name, quiet, env):
         print(f"cached {output_dir}")
+
+
+def _thread_env(jobs: int) -> dict[str, str] | None:
+    """The workflows' threads when ``jobs`` run at once: the CPU's cores shared out, unless ``OMP_NUM_THREADS`` is set."""
+    if jobs < 2 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // jobs))}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

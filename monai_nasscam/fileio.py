@@ -105,8 +105,8 @@ def staged_dir(target: str | os.PathLike) -> Iterator[str]:
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
-    default_mode(tmp)
-    try:
+    try:  # from the first statement after mkdtemp: a Ctrl-C while the mode is set still removes the folder
+        default_mode(tmp)
         yield tmp
         if not os.path.exists(target):
             os.rename(tmp, target)

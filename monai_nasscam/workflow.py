@@ -21,13 +21,14 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from monai_nasscam.errors import INTERRUPTED_STATUS, RunInterrupted, WorkflowError
 
-__all__ = ["BUNDLE_DIR", "config_path", "bundle_command", "run_workflow", "interrupt_workflows"]
+__all__ = ["BUNDLE_DIR", "config_path", "bundle_command", "run_workflow", "run_concurrently", "interrupt_workflows"]
 
 #: the bundle shipped with this checkout (configs, docs, metadata).
 BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
@@ -36,6 +37,8 @@ STARTED_MARKER = ".workflow_started.json"
 #: configs that add to the folder of the run they evaluate instead of owning one (see :func:`run_workflow`)
 EXTENDING_CONFIGS = ("evaluate.yaml",)
 
+
+T = TypeVar("T")
 
 #: the workflow processes running now (any thread), for :func:`interrupt_workflows`
 _RUNNING: set[subprocess.Popen] = set()
@@ -52,6 +55,44 @@ def interrupt_workflows() -> int:
         except ProcessLookupError:
             pass
     return len(running)
+
+
+def run_concurrently(tasks: Sequence[Callable[[], T]], jobs: int) -> list[T]:
+    """Call every task, ``jobs`` at a time (threads; each task runs its workflows with :func:`run_workflow`), and
+    return their results in order. Every started task goes on to its end, then the first failure, if any, is raised.
+    A Ctrl-C cancels the tasks not started, passes the interrupt on to the running workflows
+    (:func:`interrupt_workflows`), waits for them and raises :class:`~monai_nasscam.errors.RunInterrupted`.
+
+    Args:
+        tasks: callables without arguments.
+        jobs: tasks at a time (1: one after the other, in this thread).
+
+    Raises:
+        ValueError: ``jobs`` < 1.
+        RunInterrupted: Ctrl-C.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, got {jobs}.")
+    if jobs == 1:
+        return [task() for task in tasks]
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = [pool.submit(task) for task in tasks]
+    interrupted = False
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt:
+            interrupted = True
+            pool.shutdown(wait=False, cancel_futures=True)
+            interrupt_workflows()
+    pool.shutdown()
+    if interrupted:
+        raise RunInterrupted(
+            "interrupted: the running workflows stopped; finished runs are kept, and the same command continues "
+            "(an interrupted search or training resumes from its checkpoint)."
+        )
+    return [f.result() for f in futures]
 
 
 def _wait(proc: subprocess.Popen) -> tuple[int, bool]:
@@ -93,7 +134,8 @@ def bundle_command(configs: Sequence[str], overrides: Mapping[str, Any]) -> list
 
 
 def run_workflow(
-    configs: Sequence[str], overrides: Mapping[str, Any], output_dir: str | os.PathLike, log_name: str = "workflow.log", quiet: bool = False
+    configs: Sequence[str], overrides: Mapping[str, Any], output_dir: str | os.PathLike, log_name: str = "workflow.log",
+    quiet: bool = False, env: Mapping[str, str] | None = None,
 ) -> bool:
     """Run a bundle workflow writing into ``output_dir`` unless it already finished with the same overrides.
 
@@ -106,6 +148,7 @@ def run_workflow(
             :data:`EXTENDING_CONFIGS` (train + evaluate) adds to the folder of the run it evaluates.
         log_name: file in ``output_dir`` that receives the run's output when ``quiet`` (appended to on resume).
         quiet: send the output to the log file instead of the terminal.
+        env: environment variables set for the workflow process on top of this one's (e.g. ``OMP_NUM_THREADS``).
 
     Returns:
         ``True`` if the workflow ran, ``False`` if it was already done.
@@ -133,7 +176,7 @@ def run_workflow(
     log = output_dir / log_name
     with open(log, "a" if resume else "w") if quiet else open(os.devnull, "w") as sink:
         proc = subprocess.Popen(cmd, stdout=sink if quiet else None, stderr=subprocess.STDOUT if quiet else None,
-                                start_new_session=True)  # a Ctrl-C reaches the driver, which passes it on (_wait)
+                                start_new_session=True, env={**os.environ, **env} if env else None)  # a Ctrl-C reaches the driver, which passes it on (_wait)
         with _RUNNING_LOCK:
             _RUNNING.add(proc)
         try:

@@ -39,3 +39,24 @@ def test_demo_end_to_end_and_cached(tmp_path, capsys):
     assert main(["--output-dir", str(out), "--set", *TINY]) == 0  # second run: every stage cached
     again = capsys.readouterr().out
     assert again.count("cached") >= 7
+
+
+def test_demo_jobs_two_runs_the_baseline_beside_the_search(tmp_path, capsys):
+    """``jobs=2``: the U-Net baseline trains beside the search, its output in its log files, and the demo ends with
+    the same report as one at a time."""
+    out = tmp_path / "demo"
+    assert main(["--output-dir", str(out), "--set", *TINY, "jobs=2"]) == 0
+    printed = capsys.readouterr().out
+    assert f"beside the search, output in {out / 'unet'}/workflow.log and evaluate.log" in printed
+    assert "Epoch[1] Complete" in (out / "unet" / "workflow.log").read_text()  # the training wrote its log, not the terminal
+    assert (out / "unet" / "evaluate.log").is_file() and (out / "unet" / "metrics.json").is_file()
+    assert json.loads((out / "nas-scam-p" / "metrics.json").read_text())["dice"]["mean"] is not None
+    assert [line for line in printed.splitlines() if line.startswith("| U-Net |")]
+
+
+def test_demo_jobs_must_be_a_positive_integer(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="jobs must be an integer >= 1, got 0"):
+        main(["--output-dir", str(tmp_path / "demo"), "--set", *TINY, "jobs=0"])
+    assert not (tmp_path / "demo").exists()  # refused before anything is written

@@ -431,3 +431,26 @@ def test_search_with_selection_by_perturbation(tmp_path, prepared, caplog):
         assert (tmp_path / "run" / figure).stat().st_size > 0
     assert f"the data decided {selection['decided']} of 48 edges" in caplog.text
 
+
+
+def test_selection_by_perturbation_on_a_finished_search(tmp_path, prepared):
+    """An alpha search that finished, run again with ``--selection perturbation --resume true`` (docs/search.md):
+    no epoch runs again, genotype_alpha.json holds the genotype the first run wrote and genotype.json the selection's."""
+    run = tmp_path / "run"
+    first = subprocess.run(_command(prepared, run, attention="nas-cam"), env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-5000:]
+    assert "BilevelSearchTrainer - INFO - Epoch[3] Complete" in first.stdout + first.stderr
+    alpha = Genotype.load(run / "genotype.json")
+    assert alpha.selection["method"] == "alpha"
+
+    again = subprocess.run(
+        _command(prepared, run, "--resume", "true", attention="nas-cam", selection="perturbation", selection_crops="4"),
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    log = again.stdout + again.stderr
+    assert again.returncode == 0, log[-5000:]
+    assert "BilevelSearchTrainer - INFO - Epoch[" not in log and "SupervisedEvaluator" not in log  # no epoch, no validation
+    assert "selection by perturbation for " in log and " edges (the winner's 95% interval" in log
+    chosen = Genotype.load(run / "genotype.json")
+    assert chosen.selection["method"] == "perturbation" and chosen.selection["edges"] == 48
+    assert Genotype.load(run / "genotype_alpha.json").modules == alpha.modules

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +36,11 @@ from monai_nasscam.compare.models import (
 )
 from monai_nasscam.compare.summary import INSTANCE_SUMMARY, architectures, paired_differences, summarize
 from monai_nasscam.compare.table import table_markdown
-from monai_nasscam.errors import MissingInputError, RunInterrupted
+from monai_nasscam.errors import MissingInputError
 from monai_nasscam.fileio import atomic_write_text
 from monai_nasscam.networks.genotype import Genotype, consensus
 from monai_nasscam.runlock import claim_output_dir
-from monai_nasscam.workflow import interrupt_workflows, run_workflow
+from monai_nasscam.workflow import run_concurrently, run_workflow
 
 __all__ = [
     "BASELINE",
@@ -128,35 +128,8 @@ def run_comparison(
         return json.loads((run_dir / "train" / "metrics.json").read_text())
 
     with claim_output_dir(output_dir, "compare"):
-        metrics = _run_all(run_one, pairs, jobs)
+        metrics = run_concurrently([partial(run_one, i, m, s) for i, (m, s) in enumerate(pairs)], jobs)
         return _report(output_dir, dataset_dir, models, seeds, pairs, metrics, common, search, train, evaluate)
-
-
-def _run_all(run_one: Any, pairs: list[tuple[str, int]], jobs: int) -> list[dict]:
-    """``run_one(i, model, seed)`` for every pair, ``jobs`` at a time; every run goes on to its end, then the first
-    failure, if any, is raised. A Ctrl-C cancels the runs not started, passes the interrupt on to the running
-    workflows (:func:`~monai_nasscam.workflow.interrupt_workflows`), waits for them and raises
-    :class:`~monai_nasscam.errors.RunInterrupted`."""
-    if jobs == 1:
-        return [run_one(i, m, s) for i, (m, s) in enumerate(pairs)]
-    pool = ThreadPoolExecutor(max_workers=jobs)
-    futures = [pool.submit(run_one, i, m, s) for i, (m, s) in enumerate(pairs)]
-    interrupted = False
-    while True:
-        try:
-            wait(futures)
-            break
-        except KeyboardInterrupt:
-            interrupted = True
-            pool.shutdown(wait=False, cancel_futures=True)
-            interrupt_workflows()
-    pool.shutdown()
-    if interrupted:
-        raise RunInterrupted(
-            "interrupted: the running workflows stopped; finished runs are kept, and the same command continues "
-            "(an interrupted search or training resumes from its checkpoint)."
-        )
-    return [f.result() for f in futures]
 
 
 def _report(
