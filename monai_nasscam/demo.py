@@ -1,8 +1,9 @@
 """``make demo``: the whole method on a synthetic MoNuSAC-format set, through the real bundle workflows.
 
 Stages: synth -> prepare -> a U-Net baseline, trained and evaluated -> search (NAS-SCAM-P, synchronous) -> retrain
-and evaluate the derived network -> infer the held-out raw tiles -> report. With ``jobs: 2`` (demo.yaml) the U-Net
-baseline, which needs no search, runs beside the search and the retraining, one thread each on a 2-core CPU. Budgets
+and evaluate the derived network -> infer the held-out raw tiles -> report. With ``jobs: 2`` (demo.yaml's default) the
+U-Net baseline, which needs no search, runs beside the search and the retraining, one thread each on a 2-core CPU
+(``--set jobs=1`` runs the stages one after the other). Budgets
 come from ``bundle/configs/demo.yaml``; every finished stage is cached and skipped when run again with the same
 settings.
 
