@@ -29,8 +29,8 @@ from monai_nasscam.errors import (
     input_check,
     nasscam_excepthook,
 )
+from tests.utils import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
 TRAIN, INFERENCE = (str(CONFIGS / f"{n}.yaml") for n in ("train", "inference"))
 SEARCH = [TRAIN, str(CONFIGS / "search.yaml")]  # the search: an override of train.yaml
@@ -38,17 +38,6 @@ META = str(CONFIGS / "metadata.json")
 FEATURES = [4, 4, 8, 8, 16]
 TINY = {"roi_size": [32, 32], "features": FEATURES, "num_workers": 0, "epoch_crops": 8, "progress": False,
         "sw_batch_size": 16}
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """A tiny prepared dataset (8 synthetic tiles of 4 patients)."""
-    from monai_nasscam.data import generate_dataset, prepare_dataset
-
-    root = tmp_path_factory.mktemp("validation_data")
-    generate_dataset(root / "raw", n_images=8, n_patients=4, seed=0, min_size=64, max_size=96)
-    prepare_dataset(root / "raw", root / "prep", workers=0, progress=False)
-    return root / "prep"
 
 
 def _one_line(error: BaseException) -> str:
@@ -141,9 +130,9 @@ def test_a_search_without_an_alpha_step_is_an_input_error(tmp_path):
         ({"resume": True}, "--resume true"),
     ],
 )
-def test_search_with_a_bad_override_writes_nothing(prepared, tmp_path, overrides, key):
+def test_search_with_a_bad_override_writes_nothing(tiny_dataset, tmp_path, overrides, key):
     out = tmp_path / "out"
-    line = _run_fails(SEARCH, out, dataset_dir=str(prepared), **{"epochs": 1, "warmup_epochs": 0, **TINY, **overrides})
+    line = _run_fails(SEARCH, out, dataset_dir=str(tiny_dataset), **{"epochs": 1, "warmup_epochs": 0, **TINY, **overrides})
     assert key in line
     assert not out.exists(), f"{sorted(out.rglob('*'))} written before the inputs were checked"
 
@@ -164,15 +153,15 @@ def test_search_with_a_bad_override_writes_nothing(prepared, tmp_path, overrides
         ({"attention": "unet", "dataset_dir": "/no/such/prep"}, "dataset_dir"),
     ],
 )
-def test_train_with_a_bad_override_writes_nothing(prepared, tmp_path, overrides, key):
+def test_train_with_a_bad_override_writes_nothing(tiny_dataset, tmp_path, overrides, key):
     out = tmp_path / "out"
-    settings = {"dataset_dir": str(prepared), "epochs": 1, **TINY, **overrides}
+    settings = {"dataset_dir": str(tiny_dataset), "epochs": 1, **TINY, **overrides}
     line = _run_fails(TRAIN, out, **settings)
     assert key in line
     assert not out.exists(), f"{sorted(out.rglob('*'))} written before the inputs were checked"
 
 
-def test_inference_without_a_network_exits_with_one_line_and_writes_nothing(prepared, tmp_path):
+def test_inference_without_a_network_exits_with_one_line_and_writes_nothing(tiny_dataset, tmp_path):
     """The reported case: a checkpoint whose folder records no network (no network.json, no genotype.json)."""
     from monai_nasscam.networks.run_folder import build_network
 
@@ -181,7 +170,7 @@ def test_inference_without_a_network_exits_with_one_line_and_writes_nothing(prep
     torch.save(build_network(attention="unet", features=FEATURES).state_dict(), run / "models" / "model.pt")
     out = tmp_path / "pred"
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", INFERENCE,
-           "--input_dir", str(prepared / "images"), "--output_dir", str(out),
+           "--input_dir", str(tiny_dataset / "images"), "--output_dir", str(out),
            "--ckpt_path", str(run / "models" / "model.pt"), "--stain", "none", "--roi_size", "[32,32]"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("NASSCAM_TRACEBACK", None)
@@ -194,12 +183,12 @@ def test_inference_without_a_network_exits_with_one_line_and_writes_nothing(prep
     assert not out.exists()
 
     # a checkpoint of another architecture is refused in the same way, before the output folder is made
-    line = _run_fails(INFERENCE, out, input_dir=str(prepared / "images"), ckpt_path=str(run / "models" / "model.pt"),
+    line = _run_fails(INFERENCE, out, input_dir=str(tiny_dataset / "images"), ckpt_path=str(run / "models" / "model.pt"),
                       attention="cbam", features=FEATURES, stain="none", roi_size=[32, 32])
     assert "model.pt" in line and "another architecture" in line
     assert not out.exists()
     # and so is a bad setting of the predictor itself
-    line = _run_fails(INFERENCE, out, input_dir=str(prepared / "images"), ckpt_path=str(run / "models" / "model.pt"),
+    line = _run_fails(INFERENCE, out, input_dir=str(tiny_dataset / "images"), ckpt_path=str(run / "models" / "model.pt"),
                       attention="unet", features=FEATURES, stain="none", roi_size=[32, 32], object_type="polygon")
     assert "object_type" in line
     assert not out.exists()

@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
+from tests.utils import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 PACKAGE = "monai_nasscam"
 
 

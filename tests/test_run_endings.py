@@ -27,8 +27,8 @@ import yaml
 from monai_nasscam.cli import main as cli_main
 from monai_nasscam.errors import INTERRUPTED_STATUS, InputError, find_input_error, one_line
 from monai_nasscam.runlock import LOCK_NAME, held_locks, lock_output_dir
+from tests.utils import REPO, default_sigint
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundle" / "configs"
 SEARCH, TRAIN, EVALUATE, INFERENCE = (str(CONFIGS / f"{n}.yaml") for n in ("search", "train", "evaluate", "inference"))
 META = str(CONFIGS / "metadata.json")
@@ -41,23 +41,12 @@ HOLDER = ("import sys; from monai_nasscam.runlock import lock_output_dir; lock_o
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    """A tiny prepared dataset (8 synthetic tiles of 4 patients) and its raw release beside it."""
-    from monai_nasscam.data import generate_dataset, prepare_dataset
-
-    root = tmp_path_factory.mktemp("endings")
-    generate_dataset(root / "raw", n_images=8, n_patients=4, seed=0, min_size=64, max_size=96)
-    prepare_dataset(root / "raw", root / "prep", workers=0, progress=False)
-    return root / "prep"
-
-
-@pytest.fixture(scope="module")
-def unet_run(prepared) -> Path:
+def unet_run(tmp_path_factory) -> Path:
     """A run folder with an untrained U-Net's weights (``--attention unet``), for evaluate and inference."""
     from monai_nasscam.networks.run_folder import build_network
 
-    run = prepared.parent / "unet_run"
-    (run / "models").mkdir(parents=True)
+    run = tmp_path_factory.mktemp("unet_run")
+    (run / "models").mkdir()
     torch.save(build_network(attention="unet", features=FEATURES).state_dict(), run / "models" / "model.pt")
     return run
 
@@ -87,7 +76,8 @@ def _the_line(stderr: str, stdout: str, start: str) -> str:
 
 def _interrupt(cmd: list[str], started: Callable[[str], bool], cwd: Path) -> tuple[int, str, str]:
     """Start ``cmd``, send it SIGINT once ``started(stdout so far)`` (it is at work); its status, stdout, stderr."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     streams: dict[str, list[str]] = {"out": [], "err": []}
     readers = [threading.Thread(target=lambda f=f, k=k: streams[k].extend(iter(f.readline, "")), daemon=True)
                for f, k in ((proc.stdout, "out"), (proc.stderr, "err"))]
@@ -108,7 +98,7 @@ def _interrupt(cmd: list[str], started: Callable[[str], bool], cwd: Path) -> tup
 
 
 # ------------------------------------------------------------------------------------------------ interrupts
-def _synth(tmp: Path, prepared: Path, run: Path) -> tuple[list[str], Callable[[str], bool], Callable[[], None]]:
+def _synth(tmp: Path, tiny_dataset: Path, run: Path) -> tuple[list[str], Callable[[str], bool], Callable[[], None]]:
     out = tmp / "raw"
 
     def nothing_left() -> None:
@@ -117,45 +107,45 @@ def _synth(tmp: Path, prepared: Path, run: Path) -> tuple[list[str], Callable[[s
     return _nasscam("synth", str(out), "--images", "2000"), lambda text: any(tmp.glob(".raw.tmp-*")), nothing_left
 
 
-def _prepare(tmp: Path, prepared: Path, run: Path):
+def _prepare(tmp: Path, tiny_dataset: Path, run: Path):
     out = tmp / "prep"
 
     def nothing_left() -> None:
         assert not out.exists() and not list(tmp.glob(".prep.tmp-*"))
 
-    cmd = _nasscam("prepare", "--data-dir", str(prepared.parent / "raw"), "--out-dir", str(out), "--workers", "0")
+    cmd = _nasscam("prepare", "--data-dir", str(tiny_dataset.parent / "raw"), "--out-dir", str(out), "--workers", "0")
     return cmd, lambda text: any(tmp.glob(".prep.tmp-*")), nothing_left
 
 
-def _compare(tmp: Path, prepared: Path, run: Path):
+def _compare(tmp: Path, tiny_dataset: Path, run: Path):
     child = tmp / "cmp" / "unet" / "seed0" / "train"
 
     def child_stopped() -> None:  # the train workflow got the interrupt and ended, releasing its folder
         assert not (child / LOCK_NAME).exists() and (child / "workflow.log").is_file()
 
-    cmd = _nasscam("compare", "--dataset-dir", str(prepared), "--output-dir", str(tmp / "cmp"), "--models", "unet",
+    cmd = _nasscam("compare", "--dataset-dir", str(tiny_dataset), "--output-dir", str(tmp / "cmp"), "--models", "unet",
                    "--seeds", "1", "--set", "roi_size=[32,32]", f"features={json.dumps(FEATURES)}", "num_workers=0",
                    "progress=false", "--train-set", "epochs=50")
     return cmd, lambda text: (child / LOCK_NAME).exists(), child_stopped
 
 
-def _train(tmp: Path, prepared: Path, run: Path):
+def _train(tmp: Path, tiny_dataset: Path, run: Path):
     out = tmp / "run"
-    cmd = _bundle(TRAIN, "--dataset_dir", str(prepared), "--output_dir", str(out), "--attention", "unet",
+    cmd = _bundle(TRAIN, "--dataset_dir", str(tiny_dataset), "--output_dir", str(out), "--attention", "unet",
                   "--epochs", "50", *TINY)
     return cmd, lambda text: (out / LOCK_NAME).exists(), lambda: None
 
 
-def _evaluate(tmp: Path, prepared: Path, run: Path):
-    cmd = _bundle([TRAIN, EVALUATE], "--dataset_dir", str(prepared), "--output_dir", str(run), "--attention", "unet",
+def _evaluate(tmp: Path, tiny_dataset: Path, run: Path):
+    cmd = _bundle([TRAIN, EVALUATE], "--dataset_dir", str(tiny_dataset), "--output_dir", str(run), "--attention", "unet",
                   "--eval_split", "all", *TINY)
     # once the evaluator has started (it logs the weights it restored): a Ctrl-C inside the engine's run
     return cmd, lambda text: "Restored all variables from" in text, lambda: None
 
 
-def _inference(tmp: Path, prepared: Path, run: Path):
+def _inference(tmp: Path, tiny_dataset: Path, run: Path):
     out = tmp / "pred"
-    cmd = _bundle(INFERENCE, "--input_dir", str(prepared / "images"), "--output_dir", str(out), "--ckpt_path",
+    cmd = _bundle(INFERENCE, "--input_dir", str(tiny_dataset / "images"), "--output_dir", str(out), "--ckpt_path",
                   str(run / "models" / "model.pt"), "--attention", "unet", "--features", json.dumps(FEATURES),
                   "--stain", "none", "--roi_size", "[32,32]")
     return cmd, lambda text: (out / LOCK_NAME).exists(), lambda: None
@@ -163,10 +153,10 @@ def _inference(tmp: Path, prepared: Path, run: Path):
 
 @pytest.mark.parametrize("command", [_synth, _prepare, _compare, _train, _evaluate, _inference],
                          ids=["synth", "prepare", "compare", "train", "evaluate", "inference"])
-def test_an_interrupt_ends_every_command_with_one_stopped_line_and_status_130(command, prepared, unet_run, tmp_path):
+def test_an_interrupt_ends_every_command_with_one_stopped_line_and_status_130(command, tiny_dataset, unet_run, tmp_path):
     """SIGINT (a Ctrl-C) once the command is at work: one ``stopped:`` line, status 130, no traceback; what the
     command must not leave behind is not there. (The search's own case is in test_search_bundle.py.)"""
-    cmd, started, check = command(tmp_path, prepared, unet_run)
+    cmd, started, check = command(tmp_path, tiny_dataset, unet_run)
     rc, out, err = _interrupt(cmd, started, tmp_path)
     line = _the_line(err, out, "stopped: ")
     assert rc == INTERRUPTED_STATUS and "stopped: " in line, (rc, err[-2000:])
@@ -208,7 +198,7 @@ def _fails_in_process(config: str | list[str], **overrides) -> str:
     return line
 
 
-def test_a_missing_folder_ends_every_workflow_with_one_error_line(prepared, unet_run, tmp_path):
+def test_a_missing_folder_ends_every_workflow_with_one_error_line(tiny_dataset, unet_run, tmp_path):
     missing, out = tmp_path / "missing", tmp_path / "out"
     line = _fails_in_process([TRAIN, SEARCH], dataset_dir=str(missing), output_dir=str(out))
     assert str(missing) in line
@@ -247,7 +237,7 @@ def _snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def test_a_second_run_into_a_folder_in_use_is_refused_with_one_line_and_the_first_is_untouched(
-    prepared, unet_run, tmp_path
+    tiny_dataset, unet_run, tmp_path
 ):
     run = tmp_path / "run"
     holder = _hold(run)
@@ -258,7 +248,7 @@ def test_a_second_run_into_a_folder_in_use_is_refused_with_one_line_and_the_firs
         record = json.loads((run / LOCK_NAME).read_text())
         assert record["pid"] == holder.pid and record["workflow"] == "train" and record["host"]
         # the train workflow, as a user starts it: one line, status 1
-        proc = subprocess.run(_bundle(TRAIN, "--dataset_dir", str(prepared), "--output_dir", str(run), "--attention",
+        proc = subprocess.run(_bundle(TRAIN, "--dataset_dir", str(tiny_dataset), "--output_dir", str(run), "--attention",
                                       "unet", *TINY), env=_env(), capture_output=True, text=True, timeout=300)
         line = _the_line(proc.stderr, proc.stdout, "error: ")
         assert proc.returncode == 1
@@ -266,10 +256,10 @@ def test_a_second_run_into_a_folder_in_use_is_refused_with_one_line_and_the_firs
                                f"started {record['started']}): two runs in one folder would overwrite")
         assert "--output_dir" in line
         # search, evaluate and inference too (in this process)
-        for config, overrides in (([TRAIN, SEARCH], {"dataset_dir": str(prepared)}),
-                                  ([TRAIN, EVALUATE], {"dataset_dir": str(prepared), "attention": "unet",
+        for config, overrides in (([TRAIN, SEARCH], {"dataset_dir": str(tiny_dataset)}),
+                                  ([TRAIN, EVALUATE], {"dataset_dir": str(tiny_dataset), "attention": "unet",
                                                        "ckpt_path": str(unet_run / "models" / "model.pt")}),
-                                  (INFERENCE, {"input_dir": str(prepared / "images"), "attention": "unet",
+                                  (INFERENCE, {"input_dir": str(tiny_dataset / "images"), "attention": "unet",
                                                "ckpt_path": str(unet_run / "models" / "model.pt"), "stain": "none"})):
             assert "is in use by another train run" in _fails_in_process(config, output_dir=str(run), features=FEATURES,
                                                                    roi_size=[32, 32], **overrides)
