@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -112,11 +113,13 @@ def run_comparison(
         raise MissingInputError(f"{dataset_dir} has no datalist.json; run `nasscam prepare` first.")
     common, search, train, evaluate = dict(common or {}), dict(search or {}), dict(train or {}), dict(evaluate or {})
     pairs = [(m, s) for m in models for s in seeds]
+    lock = threading.Lock()  # with jobs > 1, one progress line at a time (print writes a line and its end apart)
 
     def run_one(i: int, model: str, seed: int) -> dict:
         label, _, search_choice = MODELS[model]
         run_dir = output_dir / model / f"seed{seed}"
-        echo(f"[{i + 1}/{len(pairs)}] {label}, seed {seed}: {run_dir}")
+        with lock:
+            echo(f"[{i + 1}/{len(pairs)}] {label}, seed {seed}: {run_dir}")
         if search_choice is not None:
             overrides = {"dataset_dir": dataset_dir, "seed": seed, **search_choice, **common, **search}
             run_workflow(["train.yaml", "search.yaml"], overrides, run_dir / "search", quiet=quiet)
