@@ -223,6 +223,8 @@ def full_traceback_wanted() -> bool:
 INTERRUPTED_MESSAGE = "interrupted (Ctrl-C / SIGINT) before the run finished."
 
 _previous_hook: Callable[..., Any] | None = None
+#: set while the previous hook runs: a hook installed after ours that calls ours back ends there
+_in_previous_hook = False
 
 
 def one_line(error: BaseException) -> str | None:
@@ -247,9 +249,17 @@ def nasscam_excepthook(
     traceback). Python then exits with status 1; after a ``stopped:`` line the process exits with 128 + the signal
     (:data:`INTERRUPTED_STATUS`, 130, for a Ctrl-C; 143 for a SIGTERM that a search or training stopped on) once the
     exit handlers (``atexit``) have run."""
+    global _in_previous_hook
     line = one_line(exc)
     if line is None:
-        (_previous_hook or sys.__excepthook__)(exc_type, exc, tb)
+        if _in_previous_hook:  # called back by a hook that wraps ours (torch.distributed's does): end the chain here
+            sys.__excepthook__(exc_type, exc, tb)
+            return
+        _in_previous_hook = True
+        try:
+            (_previous_hook or sys.__excepthook__)(exc_type, exc, tb)
+        finally:
+            _in_previous_hook = False
         return
     _flush()
     print(line, file=sys.stderr, flush=True)

@@ -79,6 +79,30 @@ def test_excepthook_prints_one_line_for_input_errors_only(monkeypatch):
     assert "Traceback" in _one_line(wrapped) or "RuntimeError" in _one_line(wrapped)
 
 
+def test_excepthook_installed_again_over_a_hook_that_wraps_it_prints_the_traceback_once(monkeypatch):
+    """torch.distributed wraps the hook in place and calls it back; a workflow run after that installs ours again,
+    which then holds torch's as its previous hook: a bug's traceback is printed once, with no endless chain."""
+    import monai_nasscam.errors as errors
+
+    monkeypatch.delenv("NASSCAM_TRACEBACK", raising=False)
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    monkeypatch.setattr(errors, "_previous_hook", None)
+    errors.install_excepthook()
+    calls = []
+    wrapped = sys.excepthook
+
+    def wrapping_hook(*args):  # what torch.distributed installs: note the error, then call the hook it replaced
+        calls.append(args[0])
+        wrapped(*args)
+
+    sys.excepthook = wrapping_hook
+    errors.install_excepthook()
+    assert sys.excepthook is errors.nasscam_excepthook and errors._previous_hook is wrapping_hook
+    printed = _one_line(ZeroDivisionError("division by zero"))
+    assert printed.count("ZeroDivisionError: division by zero") == 1 and calls == [ZeroDivisionError]
+    assert _one_line(errors.MissingInputError("genotype /g.json does not exist")) == "error: genotype /g.json does not exist\n"
+
+
 def test_input_check_turns_check_errors_into_input_errors_keeping_their_type():
     @input_check
     def check(kind: str) -> None:
