@@ -16,8 +16,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
+# the suite in TEST_JOBS processes (pytest-xdist); TEST_JOBS=0 runs it in this one
+TEST_JOBS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_JOBS) tests
 
 demo: $(STAMP)
 	$(PY) -m monai_nasscam.demo
