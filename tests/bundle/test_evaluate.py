@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from monai_nasscam.inference.stitching import CentreStitchingInferer
-from tests.utils import CONFIGS
+from tests.utils import evaluate_fixed
 
 
 # ------------------------------------------------------------------------------------------ metrics of evaluate.yaml
@@ -49,26 +48,8 @@ def _fixed_images():
 
 
 def test_evaluate_metrics_by_hand(tmp_path):
-    from monai.bundle import ConfigParser
-    from monai.engines import SupervisedEvaluator
-
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")])
-    parser["metrics_dir"] = str(tmp_path)
-    parser["validate#protocol"] = {"split": "fixed"}
-    parser["validate#handlers"] = [parser["validate#handlers"][-1]]  # only the report writer
-    parser["instance_method"] = "connected_components"  # the paper's nuclei: the 2 x 2 ones below are kept whole
-    evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"),
-        val_data_loader=_fixed_images(),
-        network=torch.nn.Identity(),
-        postprocessing=parser.get_parsed_content("validate#postprocessing"),
-        key_val_metric=parser.get_parsed_content("validate#key_metric"),
-        additional_metrics=parser.get_parsed_content("validate#additional_metrics"),
-        val_handlers=parser.get_parsed_content("validate#handlers"),
-    )
-    evaluator.run()
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # the paper's nuclei: the 2 x 2 ones below are kept whole
+    metrics, _ = evaluate_fixed(tmp_path, _fixed_images(), instance_method="connected_components")
 
     # pooled Dice: Epithelial I = 4 + 0, |P| = 8 + 0, |G| = 4 + 4 -> 8 / 16; Lymphocyte I = 0 + 4, |P| = 4 + 6,
     # |G| = 0 + 4 -> 8 / 14; Neutrophil and Macrophage are empty everywhere -> undefined, left out of the mean

@@ -21,7 +21,7 @@ from monai_nasscam.data import DataError, MaskFolderSpec, parse_palette, parse_v
 from monai_nasscam.data.mask_file import orient, read_mask
 from monai_nasscam.data.mask_folder import patient_of, read_instance_classes, scan_mask_folder
 from monai_nasscam.data.palette import IGNORE_ID
-from tests.utils import CONFIGS
+from tests.utils import CONFIGS, evaluate_fixed
 
 MONUSAC = np.array([[0, 0, 0], [0, 255, 0], [255, 255, 0], [255, 0, 0], [0, 0, 255]], np.uint8)
 
@@ -405,29 +405,13 @@ def test_cli_prints_the_value_map_and_records_mpp(tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- semantic evaluation
 def test_evaluation_of_semantic_only_ground_truth_leaves_instance_metrics_out(tmp_path):
-    from monai.bundle import ConfigParser
-    from monai.engines import SupervisedEvaluator
-
-    configs = CONFIGS
     cmap = np.zeros((8, 8), np.uint8)
     cmap[0:2, 0:2] = 1
     label = torch.as_tensor(np.stack([(cmap == c).astype(np.float32) for c in range(1, 5)]))[None]
     batch = {"image": 20 * label - 10, "label": label, "instance": torch.as_tensor(cmap.astype(np.int32))[None, None],
              "class_map": torch.as_tensor(cmap)[None, None], "semantic_only": torch.tensor([True])}
-    parser = ConfigParser()
-    parser.read_config([str(configs / "train.yaml"), str(configs / "evaluate.yaml")])
-    parser["metrics_dir"] = str(tmp_path)
-    parser["validate#protocol"] = {"split": "fixed", "pq": "x", "instance_metrics": "y"}
-    parser["validate#handlers"] = [parser["validate#handlers"][-1]]
-    evaluator = SupervisedEvaluator(
-        device=torch.device("cpu"), val_data_loader=[batch, dict(batch)], network=torch.nn.Identity(),
-        postprocessing=parser.get_parsed_content("validate#postprocessing"),
-        key_val_metric=parser.get_parsed_content("validate#key_metric"),
-        additional_metrics=parser.get_parsed_content("validate#additional_metrics"),
-        val_handlers=parser.get_parsed_content("validate#handlers"),
-    )
-    evaluator.run()
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    protocol = {"split": "fixed", "pq": "x", "instance_metrics": "y"}
+    metrics, _ = evaluate_fixed(tmp_path, [batch, dict(batch)], **{"validate#protocol": protocol})
     assert metrics["dice"]["Epithelial"] == 1.0
     assert metrics["pq"] == {"Epithelial": None, "Lymphocyte": None, "Neutrophil": None, "Macrophage": None, "mean": None}
     assert not {"aji", "aji_plus", "f1_detection", "f1_classification", "mpq_plus", "pq_monusac_official"} & set(metrics)
@@ -454,10 +438,9 @@ def test_evaluate_yaml_skips_instance_metrics_for_a_semantic_only_split(tmp_path
     (tmp_path / "prep" / "datalist.json").write_text(json.dumps(data))
     assert semantic_only_split(tmp_path / "prep", "all") is False
 
-    configs = CONFIGS
     for split, expected in (("validation", ["dice_per_image"]), ("training", ["dice_per_image", "pq", "aji"])):
         parser = ConfigParser()
-        parser.read_config([str(configs / "train.yaml"), str(configs / "evaluate.yaml")])
+        parser.read_config([str(CONFIGS / "train.yaml"), str(CONFIGS / "evaluate.yaml")])
         parser["dataset_dir"], parser["eval_split"] = str(tmp_path / "prep"), split
         parser["attention"], parser["output_dir"] = "unet", str(tmp_path / "run")
         assert sorted(parser.get_parsed_content("validate#additional_metrics")) == sorted(expected)

@@ -27,7 +27,7 @@ from monai_nasscam.metrics import (
     mpq_plus,
     pair_centroids,
 )
-from tests.utils import CONFIGS, REPO
+from tests.utils import REPO, evaluate_fixed
 
 
 def _touching_image():
@@ -232,33 +232,6 @@ def test_metrics_package_does_not_import_inference():
                 assert not any("inference" in n for n in names), f"{path.name} imports inference"
 
 
-def _evaluate(tmp_path, items, **overrides):
-    """evaluate.yaml's postprocessing, metrics and report writer on fixed images through an identity network."""
-    import json
-
-    from monai.bundle import ConfigParser
-    from monai.engines import SupervisedEvaluator
-
-    configs = CONFIGS
-    parser = ConfigParser()
-    parser.read_config([str(configs / "train.yaml"), str(configs / "evaluate.yaml")])
-    parser["metrics_dir"] = str(tmp_path)
-    parser["validate#protocol"] = {"split": "fixed"}
-    parser["validate#handlers"] = [parser["validate#handlers"][-1]]  # only the report writer
-    for k, v in overrides.items():
-        parser[k] = v
-    SupervisedEvaluator(
-        device=torch.device("cpu"),
-        val_data_loader=items,
-        network=torch.nn.Identity(),
-        postprocessing=parser.get_parsed_content("validate#postprocessing"),
-        key_val_metric=parser.get_parsed_content("validate#key_metric"),
-        additional_metrics=parser.get_parsed_content("validate#additional_metrics"),
-        val_handlers=parser.get_parsed_content("validate#handlers"),
-    ).run()
-    return json.loads((tmp_path / "metrics.json").read_text()), (tmp_path / "metrics.md").read_text()
-
-
 def test_evaluate_yaml_scores_touching_discs_with_watershed_and_instance_metrics(tmp_path):
     mask, gt = _two_discs()
     pred = np.zeros((4, *mask.shape), np.float32)
@@ -270,8 +243,8 @@ def test_evaluate_yaml_scores_touching_discs_with_watershed_and_instance_metrics
         "instance": torch.as_tensor(gt.astype(np.int32))[None, None],
         "class_map": torch.as_tensor(cmap)[None, None],
     }]
-    ws, table = _evaluate(tmp_path / "ws", items)
-    cc, _ = _evaluate(tmp_path / "cc", items, instance_method="connected_components")
+    ws, table = evaluate_fixed(tmp_path / "ws", items)
+    cc, _ = evaluate_fixed(tmp_path / "cc", items, instance_method="connected_components")
     assert ws["dice"] == cc["dice"]  # the pixels are the same, only the nuclei differ
     assert ws["pq"]["Lymphocyte"] > 0.9 and cc["pq"]["Lymphocyte"] < 0.4
     assert ws["pq"]["Epithelial"] is None and ws["f1_classification"]["Epithelial"] is None
