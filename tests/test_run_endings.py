@@ -108,12 +108,17 @@ def _synth(tmp: Path, tiny_dataset: Path, run: Path) -> tuple[list[str], Callabl
 
 
 def _prepare(tmp: Path, tiny_dataset: Path, run: Path):
-    out = tmp / "prep"
+    # tiny_dataset's 8 small tiles are prepared in tens of milliseconds: the run could end between the check that it
+    # started and the signal. 12 tiles of 900-1000 px keep it at work for about a second and a half.
+    from monai_nasscam.data import generate_dataset
+
+    raw, out = tmp / "slow_raw", tmp / "prep"
+    generate_dataset(raw, n_images=12, n_patients=4, seed=0, min_size=900, max_size=1000)
 
     def nothing_left() -> None:
         assert not out.exists() and not list(tmp.glob(".prep.tmp-*"))
 
-    cmd = _nasscam("prepare", "--data-dir", str(tiny_dataset.parent / "raw"), "--out-dir", str(out), "--workers", "0")
+    cmd = _nasscam("prepare", "--data-dir", str(raw), "--out-dir", str(out), "--workers", "0")
     return cmd, lambda text: any(tmp.glob(".prep.tmp-*")), nothing_left
 
 
