@@ -1,9 +1,10 @@
 """``make demo``: the whole method on a synthetic MoNuSAC-format set, through the real bundle workflows.
 
 Stages: synth -> prepare -> a U-Net baseline, trained and evaluated -> search (NAS-SCAM-P, synchronous) -> retrain
-and evaluate the derived network -> infer the held-out raw tiles -> report. With ``jobs: 2`` (demo.yaml's default) the
-U-Net baseline, which needs no search, runs beside the search and the retraining, one thread each on a 2-core CPU
-(``--set jobs=1`` runs the stages one after the other). Budgets
+the derived network -> evaluate it, and infer the held-out raw tiles with it -> report. With ``jobs: 2`` (demo.yaml's
+default) the U-Net baseline, which needs no search, runs beside the search and the retraining, one thread each on a
+2-core CPU, and the derived network's evaluation runs beside its inference (``--set jobs=1`` runs the stages one after
+the other). Budgets
 come from ``bundle/configs/demo.yaml``; every finished stage is cached and skipped when run again with the same
 settings.
 
@@ -136,6 +137,13 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
         BASELINE: {"dataset_dir": str(prep), "attention": BASELINE, **common, **(budgets.get("train") or {})},
     }
     evaluate = dict(budgets.get("evaluate") or {})
+    images = _test_images(raw, prep, out / "test_images")
+    inference = {
+        # the genotype and the stain reference come from the training run's folder (RUN/genotype.json, RUN/stain.json)
+        "input_dir": str(images), "ckpt_path": str(out / SEARCHED / "models" / "model.pt"),
+        **{k: v for k, v in common.items() if k in ("roi_size", "features", "num_workers", "device")},
+        **(budgets.get("inference") or {}),
+    }
     beside = jobs > 1  # the U-Net baseline needs no search: it runs beside it, its output going to its log files
 
     stage("U-Net baseline: train, then evaluate on the test split (train.yaml, train.yaml + evaluate.yaml)"
@@ -148,22 +156,18 @@ def run_demo(budgets: dict[str, Any], output_dir: str | Path | None = None) -> d
     def searched() -> None:
         stage("search: NAS-SCAM-P, synchronous, bilevel (train.yaml + search.yaml)")
         _run(["train.yaml", "search.yaml"], search, out / "search", env=env)
-        stage("retrain the derived NAS-SCAM-P network, then evaluate it on the test split (train.yaml, train.yaml + evaluate.yaml)")
+        stage("retrain the derived NAS-SCAM-P network (train.yaml)")
         _run(["train.yaml"], runs[SEARCHED], out / SEARCHED, env=env)
-        _run(["train.yaml", "evaluate.yaml"], {**runs[SEARCHED], **evaluate}, out / SEARCHED, env=env)
+        stage("evaluate it on the test split (train.yaml + evaluate.yaml), and infer the held-out raw tiles with it "
+              "(inference.yaml)" + (f"; the evaluation beside the inference, output in {out / SEARCHED}/evaluate.log" if beside else ""))
+        # both only read the retrained network: with jobs > 1 they run at once, the evaluation's output in its log file
+        run_concurrently([
+            lambda: _run(["train.yaml", "evaluate.yaml"], {**runs[SEARCHED], **evaluate}, out / SEARCHED, "evaluate.log", beside, env),
+            lambda: _run(["inference.yaml"], inference, out / "inference"),
+        ], jobs)
 
     run_concurrently([baseline, searched], jobs)
     metrics = {model: json.loads((out / model / "metrics.json").read_text()) for model in MODELS}
-
-    stage("inference on the held-out raw tiles with NAS-SCAM-P (inference.yaml)")
-    images = _test_images(raw, prep, out / "test_images")
-    inference = {
-        # the genotype and the stain reference come from the training run's folder (RUN/genotype.json, RUN/stain.json)
-        "input_dir": str(images), "ckpt_path": str(out / SEARCHED / "models" / "model.pt"),
-        **{k: v for k, v in common.items() if k in ("roi_size", "features", "num_workers", "device")},
-        **(budgets.get("inference") or {}),
-    }
-    _run(["inference.yaml"], inference, out / "inference")
 
     stage("report")
     overlays = sorted((out / "inference").rglob("*_overlay.png"))

@@ -51,6 +51,11 @@ def test_demo_jobs_two_runs_the_baseline_beside_the_search(tmp_path, capsys):
     assert "Epoch[1] Complete" in (out / "unet" / "workflow.log").read_text()  # the training wrote its log, not the terminal
     assert (out / "unet" / "evaluate.log").is_file() and (out / "unet" / "metrics.json").is_file()
     assert json.loads((out / "nas-scam-p" / "metrics.json").read_text())["dice"]["mean"] is not None
+    # the derived network's evaluation ran beside its inference, its output in its log file
+    assert f"the evaluation beside the inference, output in {out / 'nas-scam-p'}/evaluate.log" in printed
+    assert "dice" in (out / "nas-scam-p" / "evaluate.log").read_text().lower()
+    assert list((out / "inference").rglob("*.geojson"))
+    assert "\n[7/7] report  (t = " in printed  # every stage numbered out of the right total
     assert [line for line in printed.splitlines() if line.startswith("| U-Net |")]
 
 
