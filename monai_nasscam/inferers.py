@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+from monai.data import MetaTensor
 from monai.inferers import Inferer
 
 from monai_nasscam.errors import InputError
@@ -180,7 +181,11 @@ class AutocastNetwork:
     """``network`` called under ``torch.autocast(device_type, dtype)``, its output cast back to float32.
 
     A plain callable (not a module), so it does not register ``network`` a second time; autocast is entered on every
-    call, in the calling thread (autocast state is per thread).
+    call, in the calling thread (autocast state is per thread). MONAI ``MetaTensor`` arguments reach the network as
+    plain tensors (``as_tensor()``, no copy): their metadata would send every operation of the forward pass through
+    ``MetaTensor.__torch_function__``, 2-9 % of a training step on the CPU (``bench/meta_tensor_step.py``), for
+    nothing the network uses.
+    MONAI's inferers give the prediction the input's metadata back (``sliding_window_inference`` does).
 
     Args:
         network: any callable taking and returning tensors (an ``nn.Module``, a traced module, ...).
@@ -194,6 +199,7 @@ class AutocastNetwork:
         self.device_type = device_type
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        args = tuple(a.as_tensor() if isinstance(a, MetaTensor) else a for a in args)
         if self.dtype is None:
             return self.network(*args, **kwargs)
         with torch.autocast(self.device_type, dtype=self.dtype):
@@ -210,7 +216,8 @@ class AutocastInferer(Inferer):
     """Run ``inferer`` with its network under CPU autocast; the prediction is float32.
 
     The wrapped inferer (``SimpleInferer``, ``SlidingWindowInferer``, ...) calls an :class:`AutocastNetwork`
-    instead of the network, so only the network's forward pass is in reduced precision: a sliding window
+    instead of the network (also in fp32, where it only passes ``MetaTensor`` inputs on as plain tensors), so only
+    the network's forward pass is in reduced precision: a sliding window
     aggregates float32 window outputs, and the loss (computed by the engine on the returned prediction) is float32
     by construction. Backward works through it: autocast's casts are differentiable, and the float32 weights (and
     architecture parameters) receive float32 gradients.
@@ -255,10 +262,8 @@ class AutocastInferer(Inferer):
             self._announced = True
             mode = "bf16 autocast" if self.dtype is not None else "fp32"
             logger.info(f"{type(self.inferer).__name__}: the network computes in {mode} (precision {self.precision})")
-        if self.dtype is None:
-            return inferer(inputs, network, *args, **kwargs)
         out = inferer(inputs, AutocastNetwork(network, self.dtype, self.device_type), *args, **kwargs)
-        return float32_output(out)
+        return out if self.dtype is None else float32_output(out)
 
     def _fitted(self, inputs: torch.Tensor) -> Inferer:
         roi = getattr(self.inferer, "roi_size", None)

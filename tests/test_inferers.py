@@ -130,6 +130,33 @@ def test_autocast_network_proxies_attributes_and_passes_through_without_dtype():
     assert out["a"].dtype == torch.float32 and out["b"][0].dtype == torch.float32 and out["b"][1] == 3
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_network_sees_plain_tensors_and_the_prediction_keeps_the_metadata(precision):
+    """MetaTensor inputs reach the network as plain tensors (no MONAI ``__torch_function__`` per operation), with the
+    same values; the sliding window's prediction carries the input's metadata, equal to the plain input's result."""
+    from monai.data import MetaTensor
+
+    seen = []
+
+    class Types(Recorder):
+        def forward(self, x):
+            seen.append(type(x))
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    net, x = Types(), torch.rand(1, 3, 40, 24)
+    affine = torch.diag(torch.tensor([0.25, 0.25, 1.0, 1.0], dtype=torch.float64))
+    inferer = AutocastInferer(SlidingWindowInferer(roi_size=(16, 16), sw_batch_size=2, overlap=0.5), precision)
+    pred = inferer(MetaTensor(x, affine=affine, meta={"filename_or_obj": "tile.png"}), net)
+    assert seen and set(seen) == {torch.Tensor}
+    assert isinstance(pred, MetaTensor) and pred.meta["filename_or_obj"] == "tile.png"
+    assert torch.equal(pred.affine, affine)
+    assert torch.equal(pred.as_tensor(), inferer(x, net))
+    seen.clear()
+    simple = AutocastInferer(SimpleInferer(), precision)(MetaTensor(x), net)  # the training step's inferer
+    assert seen == [torch.Tensor] and torch.equal(simple, AutocastInferer(SimpleInferer(), precision)(x, net))
+
+
 def test_precision_values():
     assert check_precision(" BF16 ") == "bf16"
     assert autocast_dtype("fp32", "cpu") is None
