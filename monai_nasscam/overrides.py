@@ -183,8 +183,10 @@ def _with_bases(names: Sequence[str]) -> list[str]:
 @input_check
 def check_override_keys(argv: Sequence[str] | None = None, unused: Sequence[str] = ()) -> bool:
     """Refuse a command line that would not run what it says: an override config not named after the config it
-    overrides, or a setting that is no key of the workflow's config files (a misspelt ``--treshold 0.9`` would
-    otherwise become a new, unused key, and the run would go on with the default).
+    overrides, a setting that is no key of the workflow's config files (a misspelt ``--treshold 0.9`` would
+    otherwise become a new, unused key, and the run would go on with the default), or a setting given the value
+    ``None`` (python-fire reads it as Python's None, and ``monai.bundle run`` drops None overrides: the config's value
+    would stay; ``'$None'`` sets None).
 
     Reads the ``monai.bundle run`` command line (``sys.argv``) and the config files it names (``--config_file``,
     and the keys of ``--args_file``); a key ``a#b`` is checked by its first part ``a``. A run started from Python
@@ -201,7 +203,8 @@ def check_override_keys(argv: Sequence[str] | None = None, unused: Sequence[str]
 
     Raises:
         InputError: a config of :data:`BASE_CONFIGS` named without its base before it, giving the ``--config_file``
-            to use; the first unknown or unused key, naming it, the config files, and the closest known keys.
+            to use; the first unknown or unused key, naming it, the config files, and the closest known keys; the
+            first key given ``None``, naming it and ``'$None'``.
     """
     import difflib
     import sys
@@ -227,6 +230,11 @@ def check_override_keys(argv: Sequence[str] | None = None, unused: Sequence[str]
         first = key.replace("::", "#").split("#")[0]
         if first in unused:
             raise ValueError(f"setting --{key} is not read by this workflow ({shown}), so it would be ignored.")
+        if first in known and values.get(key, "").strip() == "None":  # python-fire's None, which MONAI drops
+            raise ValueError(
+                f"setting --{key} None would be ignored: monai.bundle run drops None values, so the config's value "
+                f"would stay. To set it to None pass --{key} '$None'."
+            )
         if first in known:
             continue
         close = difflib.get_close_matches(first, sorted(k for k in known if not k.startswith("_")), n=3, cutoff=0.6)

@@ -116,11 +116,14 @@ def config_path(name: str) -> str:
 
 
 def _format(value: Any) -> str:
-    """An override value as ``monai.bundle``'s command line (python-fire) parses it back."""
+    """An override value as ``monai.bundle``'s command line (python-fire) parses it back. ``None`` is the expression
+    ``$None``: python-fire would read ``None`` as None, which ``monai.bundle run`` drops, keeping the config's value."""
+    if value is None:
+        return "$None"
     if isinstance(value, bool):
         return str(value)
-    if isinstance(value, (list, tuple, dict, int, float)) or value is None:
-        return json.dumps(value) if value is not None else "None"
+    if isinstance(value, (list, tuple, dict, int, float)):
+        return json.dumps(value)
     return str(value)
 
 

@@ -296,6 +296,32 @@ def test_a_run_folder_as_checkpoint_names_the_weights_file(tmp_path):
         check_checkpoint(tmp_path / "empty", net)
 
 
+# ------------------------------------------------------------------------------------- None as a setting
+def test_a_none_setting_is_refused_and_the_drivers_pass_none_as_an_expression():
+    """``--key None``: python-fire gives None and ``monai.bundle run`` drops it, so the config's value would stay
+    (``nasscam compare --train-set loss#class_weights=null`` ran with the default weights). Refused on the command
+    line; the drivers (compare, demo) write None as ``$None``, which the workflow receives and evaluates to None."""
+    import fire.parser
+    from monai.bundle import ConfigParser
+    from monai.bundle.scripts import update_kwargs
+
+    from monai_nasscam.overrides import check_override_keys
+    from monai_nasscam.workflow import bundle_command
+
+    with pytest.raises(InputError, match=r"^setting --loss#class_weights None would be ignored: monai\.bundle run drops "
+                                         r"None values, so the config's value would stay\. To set it to None pass "
+                                         r"--loss#class_weights '\$None'\.$"):
+        check_override_keys(["m", "run", "--config_file", TRAIN, "--loss#class_weights", "None"])
+    assert check_override_keys(["m", "run", "--config_file", TRAIN, "--loss#class_weights", "$None"])
+    assert update_kwargs({}, **{"loss#class_weights": fire.parser.DefaultParseValue("None")}) == {}  # MONAI drops it
+
+    cmd = bundle_command(["train.yaml"], {"loss#class_weights": None})
+    value = fire.parser.DefaultParseValue(cmd[cmd.index("--loss#class_weights") + 1])
+    parser = ConfigParser({"loss": {"class_weights": "$[1.0, 2.0]"}})
+    parser.update(update_kwargs({}, **{"loss#class_weights": value}))
+    assert parser.get_parsed_content("loss#class_weights") is None
+
+
 # ------------------------------------------------------------------------------------- misspelt settings
 def test_a_misspelt_setting_is_refused_naming_the_closest_keys(tmp_path):
     from monai_nasscam.overrides import check_override_keys
