@@ -56,7 +56,9 @@ STAGED = "nothing was written (the output folder appears only once complete)."
 def _synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write the synthetic release into")
     p.add_argument("--images", type=int, default=48, help="number of annotated tiles (default: %(default)s)")
-    p.add_argument("--patients", type=int, default=8, help="number of patient folders (default: %(default)s)")
+    p.add_argument("--patients", type=int, default=None,
+                   help="number of patient folders, at most --images: each holds at least one tile (default: 8, or "
+                   "--images when fewer)")
     p.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files (default: %(default)s)")
     p.add_argument(
         "--svs", action="store_true", help="also write each tile as a tiled JPEG Aperio-style .svs whole-slide TIFF"

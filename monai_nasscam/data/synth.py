@@ -268,9 +268,26 @@ def _check_tile_sizes(min_size: int, max_size: int) -> None:
         raise ValueError(f"tile sizes: --min-size must be at least 16 and at most --max-size, got {min_size} and {max_size}.")
 
 
+#: the number of patient folders when none is given (fewer for fewer tiles)
+DEFAULT_PATIENTS = 8
+
+
+def _check_counts(n_images: int, n_patients: int | None) -> int:
+    """The number of patient folders (``None``: :data:`DEFAULT_PATIENTS`, at most ``n_images``); refuses counts the
+    set cannot have (every patient folder holds at least one tile)."""
+    if n_patients is None:
+        n_patients = min(DEFAULT_PATIENTS, max(int(n_images), 1))
+    if n_images < 1:
+        raise ValueError(f"--images must be at least 1, got {n_images}.")
+    if not 1 <= n_patients <= n_images:
+        raise ValueError(f"--patients must be at least 1 and at most --images ({n_images}), got {n_patients}: every "
+                         "patient folder holds at least one tile.")
+    return int(n_patients)
+
+
 def iter_synth_tiles(
     n_images: int = 48,
-    n_patients: int = 8,
+    n_patients: int | None = None,
     seed: int = 0,
     min_size: int = 96,
     max_size: int = 640,
@@ -279,10 +296,8 @@ def iter_synth_tiles(
     tile_concentration: float = 20.0,
 ) -> Iterator[tuple[str, str, SynthTile]]:
     """Yield ``(patient id, stem, tile)`` for a synthetic release; see :func:`generate_dataset` for the arguments."""
-    if n_images < 1 or n_patients < 1:
-        raise ValueError("n_images and n_patients must be positive")
+    n_patients = _check_counts(n_images, n_patients)
     _check_tile_sizes(min_size, max_size)
-    n_patients = min(n_patients, n_images)
     root = np.random.default_rng(seed)
     freqs = class_frequencies or MONUSAC_CLASS_FREQUENCIES
     base = np.array([freqs.get(n, 0.0) for n in CLASS_NAMES], dtype=float)
@@ -308,7 +323,7 @@ def iter_synth_tiles(
 def generate_dataset(
     out_dir: str | os.PathLike,
     n_images: int = 48,
-    n_patients: int = 8,
+    n_patients: int | None = None,
     seed: int = 0,
     svs: bool = False,
     min_size: int = 96,
@@ -329,9 +344,11 @@ def generate_dataset(
     interrupted run leaves nothing behind.
 
     Args:
-        out_dir: output folder; it must not exist or be empty, unless ``overwrite`` (then it is replaced).
+        out_dir: output folder; it must not exist or be empty, unless ``overwrite`` (then it is replaced); never a
+            file.
         n_images: number of annotated tiles.
-        n_patients: number of patient folders (each gets at least one tile).
+        n_patients: number of patient folders, 1 to ``n_images`` (each gets at least one tile); default
+            (``None``): 8, or ``n_images`` when fewer.
         seed: random seed; the output is a function of all arguments.
         svs: also write each tile as a tiled, JPEG-compressed Aperio-style ``.svs`` whole-slide TIFF.
         min_size: smallest tile side.
@@ -348,18 +365,24 @@ def generate_dataset(
         the summary written to ``synth.json``.
 
     Raises:
-        DataError: ``out_dir`` is not empty and ``overwrite`` is false.
-        ValueError: ``min_size`` under 16 or above ``max_size``.
+        DataError: ``out_dir`` is a file (with or without ``overwrite``), or a non-empty folder and ``overwrite`` is
+            false.
+        ValueError: ``n_images`` under 1, ``n_patients`` under 1 or above ``n_images``, ``min_size`` under 16 or
+            above ``max_size``.
     """
     import tifffile
     from tqdm import tqdm
 
     out_dir = os.path.abspath(os.fspath(out_dir))
-    _check_tile_sizes(min_size, max_size)  # before anything is written
+    n_patients = _check_counts(n_images, n_patients)  # before anything is written
+    _check_tile_sizes(min_size, max_size)
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise DataError(out_dir, "is a file, not a folder: OUT_DIR is the folder to write the set into (--overwrite "
+                                 "replaces a folder, never a file)")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
         raise DataError(out_dir, "output folder is not empty (use --overwrite to replace it)")
     settings = dict(
-        n_images=n_images, n_patients=min(n_patients, n_images), seed=seed, min_size=min_size, max_size=max_size,
+        n_images=n_images, n_patients=n_patients, seed=seed, min_size=min_size, max_size=max_size,
         small_fraction=small_fraction, class_frequencies=class_frequencies, tile_concentration=tile_concentration,
     )
     summary: dict = {"format": "nasscam-synth", "version": 1, **settings, "svs": svs, "images": []}

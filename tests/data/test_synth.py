@@ -154,3 +154,28 @@ def test_tile_sizes_are_checked_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=r"--min-size must be at least 16 and at most --max-size, got 200 and 100"):
         generate_dataset(tmp_path / "raw", n_images=2, min_size=200, max_size=100)
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_file_is_never_replaced_by_the_set(tmp_path, capsys):
+    target = tmp_path / "f.txt"
+    target.write_text("x\n")
+    small = ["synth", str(target), "--images", "1", "--min-size", "64", "--max-size", "64"]
+    for extra in ([], ["--overwrite"]):
+        assert cli_main([*small, *extra]) == 1
+        assert capsys.readouterr().err == (
+            f"nasscam synth: error: {target}: is a file, not a folder: OUT_DIR is the folder to write the set into "
+            "(--overwrite replaces a folder, never a file)\n")
+        assert target.read_text() == "x\n" and sorted(p.name for p in tmp_path.iterdir()) == ["f.txt"]
+
+
+@pytest.mark.parametrize("counts, message", [
+    (["--images", "0"], "--images must be at least 1, got 0."),
+    (["--images", "2", "--patients", "0"], "--patients must be at least 1 and at most --images (2), got 0: every "
+                                           "patient folder holds at least one tile."),
+    (["--images", "2", "--patients", "5"], "--patients must be at least 1 and at most --images (2), got 5: every "
+                                           "patient folder holds at least one tile."),
+])
+def test_tile_and_patient_counts_are_checked_before_anything_is_written(tmp_path, capsys, counts, message):
+    assert cli_main(["synth", str(tmp_path / "raw"), *counts, "--min-size", "64", "--max-size", "64"]) == 1
+    assert capsys.readouterr().err == f"nasscam synth: error: {message}\n"
+    assert not list(tmp_path.iterdir())
