@@ -470,10 +470,46 @@ def load_folder_case(
     return image, masks
 
 
-def folder_case_classes(case: FolderCase, spec: MaskFolderSpec) -> set[str]:
-    """The classes present in a case's mask (for the stratified split; empty when it cannot be read: reported later)."""
+def _stored_shape(path: str) -> tuple[int, int] | None:
+    """``(H, W)`` of an image file as stored, from its header (``None`` when it cannot be read: reported later)."""
+    try:
+        if path.lower().endswith((".tif", ".tiff")):
+            reader = open_image(path, tiled=True)
+            try:
+                return tuple(reader.shape[:2])  # type: ignore[return-value]
+            finally:
+                reader.close()
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception:  # noqa: BLE001 - an unreadable image is reported when it is read
+        return None
+
+
+def folder_case_classes(case: FolderCase, spec: MaskFolderSpec, strict: bool = False) -> set[str]:
+    """The classes present in a case's mask (for the stratified split).
+
+    Args:
+        case: from :func:`scan_mask_folder`.
+        spec: how to read the masks.
+        strict: raise the mask's :class:`DataError`, and one for a mask whose size matches no orientation of its
+            image (from the image's header), instead of returning no classes (``on_error="fail"``: the first bad file
+            stops the run before the split).
+
+    Returns:
+        the class names in the mask (empty when it cannot be read and not ``strict``: reported later).
+
+    Raises:
+        DataError: with ``strict``, naming the mask (or image) at fault.
+    """
     try:
         ids = _mask_classes(case, spec)[0]
+        image_shape = _stored_shape(case.image) if strict else None
+        if image_shape is not None:
+            _orientations(case, image_shape, ids.shape)
     except DataError:
+        if strict:
+            raise
         return set()
     return {class_label(int(c)) for c in np.unique(ids) if 0 < c <= len(CLASS_NAMES)}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -182,9 +183,10 @@ def _process_case_safe(args: tuple) -> tuple[dict | None, DataError | None]:
 
 
 def _fit_reference(
-    normalizer: Any, cases: list[MoNuSACCase], n_reference: int, tif_bgr: bool
+    normalizer: Any, cases: list[MoNuSACCase], n_reference: int, tif_bgr: bool, fail: bool = False
 ) -> tuple[list[str], list[DataError]]:
-    """Fit ``normalizer`` on the most tissue-rich of ``cases``; returns the reference names and read errors."""
+    """Fit ``normalizer`` on the most tissue-rich of ``cases``; returns the reference names and read errors (with
+    ``fail``, the first read error is raised)."""
     if isinstance(normalizer, IdentityNormalizer) or not cases:
         return [], []
     scored, errors = [], []
@@ -192,6 +194,8 @@ def _fit_reference(
         try:
             img = read_rgb(case.image, swap_rb=tif_bgr and not case.image.lower().endswith(".svs"))
         except DataError as e:
+            if fail:
+                raise
             errors.append(e)
             continue
         scored.append((tissue_fraction(img), case.name, case))
@@ -229,10 +233,15 @@ def _summary(records: list[dict], split_of: dict[str, str], mapping: dict[int, i
     return counts
 
 
-def _annotated_classes(case: MoNuSACCase) -> set[str]:
-    """The nucleus classes annotated in a case's XML (empty when it cannot be read: reported later)."""
+def _annotated_classes(case: MoNuSACCase, strict: bool = False) -> set[str]:
+    """The nucleus classes annotated in a case's XML (empty when it cannot be read: reported later; with ``strict``
+    its :class:`DataError` is raised)."""
     try:
         return {r.label for r in read_imagescope_xml(case.xml).regions if r.label in CLASS_NAMES and not r.negative}
+    except DataError:
+        if strict:
+            raise
+        return set()
     except Exception:
         return set()
 
@@ -319,15 +328,22 @@ def prepare_dataset(
 
     for err in problems:
         handle(err)
-    if stratify:
-        classes = {c.name: _annotated_classes(c) if masks is None else folder_case_classes(c, masks) for c in cases}
+    fail = on_error == "fail"
+    if stratify:  # with "fail", the first bad annotation or mask file stops the run here, before the split
+        classes = {c.name: _annotated_classes(c, fail) if masks is None else folder_case_classes(c, masks, fail)
+                   for c in cases}
     else:
         classes = None
-    split_of = make_split([c.name for c in cases], [c.patient for c in cases], mode=split, seed=seed, classes=classes)
+    # the split's warnings (a class missing from a split, too few patients) are shown once the dataset is converted,
+    # not for a run that a bad file ends
+    with warnings.catch_warnings(record=True) as split_warnings:
+        warnings.simplefilter("always")
+        split_of = make_split([c.name for c in cases], [c.patient for c in cases], mode=split, seed=seed,
+                              classes=classes)
 
     with staged_dir(out_dir) as tmp:
         train_cases = [c for c in cases if split_of[c.name] == "training"] or cases
-        reference, ref_errors = _fit_reference(normalizer, train_cases, n_reference, tif_bgr)
+        reference, ref_errors = _fit_reference(normalizer, train_cases, n_reference, tif_bgr, fail)
         bad = {e.path for e in ref_errors}
         for err in ref_errors:
             handle(err)
@@ -341,12 +357,16 @@ def prepare_dataset(
         try:
             if n_workers > 1 and len(args) > 1:
                 with ProcessPoolExecutor(max_workers=min(n_workers, len(args))) as pool:
-                    for rec, err in pool.map(_process_case_safe, args, chunksize=1):
-                        bar.update()
-                        if err is not None:
-                            handle(err)
-                        else:
-                            records.append(rec)
+                    try:
+                        for rec, err in pool.map(_process_case_safe, args, chunksize=1):
+                            bar.update()
+                            if err is not None:
+                                handle(err)
+                            else:
+                                records.append(rec)
+                    except BaseException:  # "fail" (or Ctrl-C): the cases not started are not read
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
             else:
                 for a in args:
                     rec, err = _process_case_safe(a)
@@ -359,6 +379,8 @@ def prepare_dataset(
             bar.close()
         if not records:
             raise DataError(data_dir, "no usable annotated image (every case was skipped)")
+        for w in split_warnings:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         for rec in records:
             _report_notes(rec)
         if not os.listdir(os.path.join(tmp, "ambiguous")):

@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -312,6 +313,32 @@ def test_bad_files_skip_or_fail(tmp_path):
     assert problems["P2_1.png"].startswith("unreadable mask (")
     assert problems["P3_1.png"].startswith("value(s) 63 (")
     assert list(entries(tmp_path / "skip")) == ["P0_1"]
+
+
+def test_on_error_fail_stops_at_the_first_bad_file_before_the_split(tmp_path, capsys):
+    cmap = class_map()
+    epithelial = np.where(cmap == 1, 1, 0).astype(np.uint8)
+    pairs = {f"P{i}_1.png": (tissue(seed=i), f"P{i}_1.png", index_png(cmap if i == 0 else epithelial))
+             for i in range(5)}
+    src = folder(tmp_path / "src", pairs)
+    Image.fromarray(cmap[:30]).save(src / "masks" / "P1_1.png")  # another size: found from the image's header
+    data = (src / "masks" / "P2_1.png").read_bytes()
+    (src / "masks" / "P2_1.png").write_bytes(data[: len(data) // 2])  # truncated
+    command = ["prepare", "--data-dir", str(src), "--index-masks", "--stain", "none", "--workers", "0"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cli_main([*command, "--out-dir", str(tmp_path / "fail"), "--on-error", "fail"]) == 1
+    assert [str(w.message) for w in caught] == []  # no split was drawn: no "no split of 200 draws ..." warning
+    err = capsys.readouterr().err
+    assert err == (f"nasscam prepare: error: {src / 'masks' / 'P1_1.png'}: mask is 56x30 px but its image "
+                   f"{src / 'images' / 'P1_1.png'} is 56x40 (width x height)\n")
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+    with warnings.catch_warnings(record=True) as caught:  # skip: reported, skipped, and the split's warning shown
+        warnings.simplefilter("always")
+        assert cli_main([*command, "--out-dir", str(tmp_path / "skip")]) == 0
+    assert [str(w.message) for w in caught] == [
+        "no split of 200 draws holds every class in every split: test lacks Lymphocyte, Macrophage, Neutrophil"]
+    assert sorted(entries(tmp_path / "skip")) == ["P0_1", "P3_1", "P4_1"]
 
 
 def test_binary_and_colour_masks_given_as_indices_are_refused(tmp_path):
