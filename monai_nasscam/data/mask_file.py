@@ -95,7 +95,11 @@ def _colour_samples(path: str, samples: np.ndarray) -> np.ndarray:
     raise DataError(path, f"mask of shape {samples.shape}: expected RGB (or grey) colours")
 
 
-def _read_pil(path: str, colour: bool) -> np.ndarray:
+#: a single-band mask read as a colour mask by a palette with colours that are not grey
+SINGLE_CHANNEL = "a single-channel (grey) image, while --palette reads colour masks: read class-index masks with --index-masks"
+
+
+def _read_pil(path: str, colour: bool, grey: bool = True) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
@@ -106,9 +110,13 @@ def _read_pil(path: str, colour: bool) -> np.ndarray:
             _check_alpha(path, arr[..., -1])
             if colour and mode == "PA":
                 return np.asarray(im.convert("RGBA"))[..., :3]
+            if colour and not grey and mode in ("LA", "La"):
+                raise DataError(path, SINGLE_CHANNEL)
             base = arr[..., :-1]
             return base[..., 0] if base.shape[-1] == 1 else base
         if colour:
+            if not grey and (mode in ("L", "1") or mode.startswith(("I", "F"))):
+                raise DataError(path, SINGLE_CHANNEL)
             if mode.startswith(("I", "F")):
                 raise DataError(path, f"{mode} samples are not an 8-bit colour mask; read index masks with "
                                       "--index-masks")
@@ -118,7 +126,7 @@ def _read_pil(path: str, colour: bool) -> np.ndarray:
         raise DataError(path, f"mask in PIL mode {mode}: expected grey, palette, 16-bit or RGB")
 
 
-def _read_tiff(path: str, colour: bool) -> np.ndarray:
+def _read_tiff(path: str, colour: bool, grey: bool = True) -> np.ndarray:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -135,15 +143,20 @@ def _read_tiff(path: str, colour: bool) -> np.ndarray:
             cmap = np.asarray(page.colormap)
             scale = 257 if cmap.max() > 255 else 1
             return (cmap[:, arr].transpose(1, 2, 0) // scale).astype(np.uint8)
+    if colour and not grey and (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] == 1)):
+        raise DataError(path, SINGLE_CHANNEL)
     return arr
 
 
-def read_mask(path: str | os.PathLike, colour: bool) -> np.ndarray:
+def read_mask(path: str | os.PathLike, colour: bool, grey: bool = True) -> np.ndarray:
     """Read a mask file's stored samples.
 
     Args:
         path: a PNG, TIFF or JPEG mask.
         colour: ``True`` for a colour mask, ``False`` for class indices or instance ids.
+        grey: colour masks: accept a single-band (grey) file, its values replicated to R, G, B; ``False`` (a palette
+            with colours that are not grey) refuses it: class indices or a colour mask saved as grey would read as
+            near-black colours.
 
     Returns:
         colour: ``(H, W, 3)`` uint8 RGB (palette files through their palette, grey replicated); otherwise
@@ -152,7 +165,8 @@ def read_mask(path: str | os.PathLike, colour: bool) -> np.ndarray:
 
     Raises:
         DataError: naming the file: missing, empty, truncated or unreadable; a varying alpha band; samples that
-            are not what ``colour`` asks for (a colour image given as indices, fractional values, ...).
+            are not what ``colour`` asks for (a colour image given as indices, fractional values, a single-band file
+            given as colours without ``grey``, ...).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -161,9 +175,9 @@ def read_mask(path: str | os.PathLike, colour: bool) -> np.ndarray:
         raise DataError(path, "unreadable mask (0 bytes)")
     try:
         if path.lower().endswith((".tif", ".tiff")):
-            arr = _read_tiff(path, colour)
+            arr = _read_tiff(path, colour, grey)
         else:
-            arr = _read_pil(path, colour)
+            arr = _read_pil(path, colour, grey)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - any decoder failure becomes one message naming the file

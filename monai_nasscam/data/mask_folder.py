@@ -6,7 +6,9 @@ Three kinds of mask (:class:`MaskFolderSpec`):
 
 - ``colour``: RGB colours, read with a :class:`~monai_nasscam.data.palette.Palette`: each pixel takes the nearest
   colour's class within ``tolerance``; farther pixels are *unmatched* and left out (lossy JPEG masks have them at
-  edges); an unmatched *region* (a 5 x 5 block of unmatched pixels: a colour the palette lacks) refuses the file;
+  edges); an unmatched *region* (a 5 x 5 block of unmatched pixels: a colour the palette lacks) refuses the file, and
+  so does a single-channel (grey) mask unless every class colour of the palette is grey (class indices 0-4 would
+  read as near-black colours: all background);
 - ``index``: class indices, read with a :class:`~monai_nasscam.data.palette.ValueMap` (a value it does not list
   refuses the file);
 - ``instance``: instance ids (0 background), with the class of each instance from a CSV table
@@ -342,13 +344,13 @@ def _mask_classes(case: FolderCase, spec: MaskFolderSpec) -> tuple[np.ndarray, n
     notes: list[str] = []
     if spec.kind == "colour":
         palette: Palette = spec.palette  # type: ignore[assignment]
-        ids, unmatched = palette.classify(read_mask(case.mask, colour=True), spec.tolerance)
+        ids, unmatched = palette.classify(read_mask(case.mask, colour=True, grey=palette.grey), spec.tolerance)
         if unmatched.any():
             from scipy.ndimage import binary_erosion
 
             solid = binary_erosion(unmatched, np.ones((SOLID_BLOCK, SOLID_BLOCK), bool))
             if solid.any():
-                rgb = read_mask(case.mask, colour=True)[solid]
+                rgb = read_mask(case.mask, colour=True, grey=palette.grey)[solid]
                 colours, counts = np.unique(rgb, axis=0, return_counts=True)
                 top = tuple(int(v) for v in colours[counts.argmax()])
                 raise DataError(case.mask, f"{int(unmatched.sum())} pixels match no colour of {palette.name} "

@@ -133,6 +133,12 @@ class Palette:
         far = dist[np.arange(len(colours)), nearest] > float(tolerance)
         return ids[inverse], far[inverse]
 
+    @property
+    def grey(self) -> bool:
+        """Every class colour (background and nucleus classes; ``ignore`` colours aside) is grey (r = g = b): a
+        single-channel mask can then be read with this palette, its value as r, g and b."""
+        return all(c[0] == c[1] == c[2] for c, cid in self.entries if cid != IGNORE_ID)
+
     def describe(self) -> str:
         """One line: ``palette monusac: background (0, 0, 0), Epithelial (0, 255, 0), ...``."""
         return f"palette {self.name}: " + ", ".join(f"{class_label(cid)} {c}" for c, cid in self.entries)

@@ -233,6 +233,28 @@ def _summary(records: list[dict], split_of: dict[str, str], mapping: dict[int, i
     return counts
 
 
+def _check_nuclei(records: list[dict], split_of: dict[str, str], data_dir: str, masks: MaskFolderSpec | None) -> None:
+    """Refuse a dataset whose training images hold no nucleus pixel: training would have nothing to learn (and
+    fails on it later).
+
+    Raises:
+        DataError: naming ``data_dir``: no image holds an annotated nucleus (masks read the wrong way, e.g. class
+            indices given to ``--palette``), or only validation / test images do.
+    """
+    def annotated(r: dict) -> bool:
+        return sum(r["pixels"][1:]) > 0
+
+    if not any(annotated(r) for r in records):
+        hint = ("do the masks hold what the mask option says? --palette reads colours, --index-masks class indices "
+                "(--mask-values)" if masks is not None else "the annotation files hold no nucleus of a known class")
+        raise DataError(data_dir, f"no annotated nucleus in any image: the label maps of all {len(records)} image(s) "
+                                  f"read are background ({hint})")
+    training = [r for r in records if split_of[r["entry"]["name"]] == "training"]
+    if training and not any(annotated(r) for r in training):
+        raise DataError(data_dir, f"no annotated nucleus in any training image (only in validation or test): training "
+                                  "would have nothing to learn; draw another split (--seed) or annotate more images")
+
+
 def _annotated_classes(case: MoNuSACCase, strict: bool = False) -> set[str]:
     """The nucleus classes annotated in a case's XML (empty when it cannot be read: reported later; with ``strict``
     its :class:`DataError` is raised)."""
@@ -293,7 +315,8 @@ def prepare_dataset(
 
     Raises:
         DataError: naming the file or folder at fault (missing data folder, existing output, bad input
-            with ``on_error="fail"``, nothing usable, an image + mask folder without ``masks``).
+            with ``on_error="fail"``, nothing usable, no annotated nucleus in any (training) image, an image + mask
+            folder without ``masks``).
         ValueError: invalid options (``mpp`` outside the plausible range of a microscope).
     """
     from tqdm import tqdm
@@ -379,6 +402,7 @@ def prepare_dataset(
             bar.close()
         if not records:
             raise DataError(data_dir, "no usable annotated image (every case was skipped)")
+        _check_nuclei(records, split_of, data_dir, masks)
         for w in split_warnings:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         for rec in records:

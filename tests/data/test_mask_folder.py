@@ -341,6 +341,52 @@ def test_on_error_fail_stops_at_the_first_bad_file_before_the_split(tmp_path, ca
     assert sorted(entries(tmp_path / "skip")) == ["P0_1", "P3_1", "P4_1"]
 
 
+def test_single_channel_masks_given_to_a_colour_palette_are_refused(tmp_path, capsys):
+    cmap = class_map()
+    single = "a single-channel (grey) image, while --palette reads colour masks: read class-index masks with --index-masks"
+    writers = {
+        "P0_1.png": ("P0_1.png", lambda p: Image.fromarray(cmap).save(p)),  # L: class indices 0-4
+        "P1_1.png": ("P1_1.png", lambda p: Image.fromarray(cmap.astype(np.uint16)).save(p)),  # I;16
+        "P2_1.png": ("P2_1.tif", lambda p: Image.fromarray(cmap.astype(np.int32)).save(p)),  # I (32-bit TIFF)
+        "P3_1.png": ("P3_1.png", lambda p: Image.fromarray(MONUSAC[cmap]).convert("L").save(p)),  # colour saved grey
+        "P4_1.png": ("P4_1.tif", lambda p: tifffile.imwrite(p, cmap)),  # grey TIFF
+        "P5_1.png": ("P5_1.png", lambda p: Image.fromarray(np.dstack([cmap, np.full_like(cmap, 255)])).save(p)),  # LA
+    }
+    src = folder(tmp_path / "src", {k: (tissue(seed=i), *w) for i, (k, w) in enumerate(writers.items())})
+    from monai_nasscam.data.mask_folder import load_folder_case
+    for case in scan_mask_folder(src)[0]:
+        with pytest.raises(DataError, match="^" + re.escape(f"{case.mask}: {single}") + "$"):
+            load_folder_case(case, COLOUR)
+    command = ["prepare", "--data-dir", str(src), "--palette", "monusac", "--stain", "none", "--workers", "0"]
+    assert cli_main([*command, "--out-dir", str(tmp_path / "fail"), "--on-error", "fail"]) == 1
+    assert capsys.readouterr().err == f"nasscam prepare: error: {src / 'masks' / 'P0_1.png'}: {single}\n"
+    Image.fromarray(MONUSAC[cmap]).save(src / "masks" / "P0_1.png")  # one colour mask: the others are skipped
+    assert cli_main([*command, "--out-dir", str(tmp_path / "skip")]) == 0
+    skipped = json.loads((tmp_path / "skip" / "manifest.json").read_text())["skipped"]
+    assert skipped == [{"file": str(src / "masks" / m), "problem": single}
+                       for m in ("P1_1.png", "P2_1.tif", "P3_1.png", "P4_1.tif", "P5_1.png")]
+    assert sorted(os.listdir(tmp_path)) == ["skip", "src"]
+    # a palette of grey colours reads grey masks: their values are the colours
+    grey = MaskFolderSpec("colour", palette=parse_palette(["background=0,0,0", "Epithelial=1,1,1", "Lymphocyte=2,2,2",
+                                                           "Neutrophil=3,3,3", "Macrophage=4,4,4", "ignore=255,0,0"]),
+                          tolerance=0.5, min_size=0)
+    case = {c.name: c for c in scan_mask_folder(src)[0]}["P4_1"]
+    assert np.array_equal(load_folder_case(case, grey)[1].class_map, cmap)
+
+
+def test_no_annotated_nucleus_is_refused_before_anything_is_written(tmp_path, capsys):
+    black = np.zeros((40, 56, 3), np.uint8)
+    src = folder(tmp_path / "src", {f"P{i}_1.png": (tissue(seed=i), f"P{i}_1.png", lambda p: Image.fromarray(black).save(p))
+                                    for i in range(3)})
+    assert cli_main(["prepare", "--data-dir", str(src), "--out-dir", str(tmp_path / "prep"), "--palette", "monusac",
+                     "--stain", "none", "--workers", "0"]) == 1
+    assert capsys.readouterr().err == (
+        f"nasscam prepare: error: {src}: no annotated nucleus in any image: the label maps of all 3 image(s) read are "
+        "background (do the masks hold what the mask option says? --palette reads colours, --index-masks class "
+        "indices (--mask-values))\n")
+    assert sorted(os.listdir(tmp_path)) == ["src"]
+
+
 def test_binary_and_colour_masks_given_as_indices_are_refused(tmp_path):
     cmap = class_map()
     src = folder(tmp_path / "src", {
