@@ -185,6 +185,19 @@ def test_train_with_a_bad_override_writes_nothing(tiny_dataset, tmp_path, overri
     assert not out.exists(), f"{sorted(out.rglob('*'))} written before the inputs were checked"
 
 
+def test_a_dataset_dir_that_is_a_file_is_said_to_be_a_file(tiny_dataset, tmp_path):
+    """The reported case: --dataset_dir naming a file said it did not exist."""
+    not_a_folder = tmp_path / "x.txt"
+    not_a_folder.write_text("not a dataset")
+    out = tmp_path / "out"
+    line = _run_fails(TRAIN, out, dataset_dir=str(not_a_folder), attention="unet", epochs=1, **TINY)
+    assert line == (
+        f"error: dataset_dir {str(not_a_folder)!r} is a file, not a folder; pass --dataset_dir PREP, the folder "
+        "written by `nasscam prepare --data-dir RAW --out-dir PREP`.\n"
+    )
+    assert not out.exists(), f"{sorted(out.rglob('*'))} written before the inputs were checked"
+
+
 def test_inference_without_a_network_exits_with_one_line_and_writes_nothing(tiny_dataset, tmp_path):
     """The reported case: a checkpoint whose folder records no network (no network.json, no genotype.json)."""
     from monai_nasscam.networks.run_folder import build_network

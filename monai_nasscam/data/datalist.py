@@ -54,10 +54,16 @@ def read_datalist(dataset_dir: str | os.PathLike) -> dict[str, Any]:
 
     Raises:
         MissingInputError: no dataset folder or no ``datalist.json`` in it (also a ``FileNotFoundError``).
+        InputError: ``dataset_dir`` is a file, not a folder.
         InputError: the file is not valid JSON or not a datalist.
     """
     root = Path(dataset_dir).expanduser()
     path = root / "datalist.json"
+    if root.exists() and not root.is_dir():
+        raise NotADirectoryError(
+            f"dataset_dir {str(root)!r} is a file, not a folder; pass --dataset_dir PREP, the folder written by "
+            f"`nasscam prepare --data-dir RAW --out-dir PREP`."
+        )
     if not root.is_dir():
         raise FileNotFoundError(
             f"dataset_dir {str(root)!r} does not exist; prepare a dataset with `nasscam prepare --data-dir RAW "
