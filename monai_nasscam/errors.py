@@ -18,7 +18,8 @@ MONAI's config parser wraps every error raised while it evaluates an expression 
 ``RuntimeError`` ("Failed to evaluate ConfigExpression ..."), which buries the message at the end of a long
 traceback. :func:`install_excepthook` (the first step of every bundle workflow's ``initialize``; importing
 ``monai_nasscam`` installs nothing) replaces the traceback of an uncaught exception whose chain (``__cause__`` /
-``__context__``) holds an :class:`InputError` or a :class:`DataError` with the single
+``__context__``) holds an :class:`InputError`, a :class:`DataError` or an :class:`InferenceError` (no image of an
+inference run could be processed; the message names the files and their problems) with the single
 line ``error: <message>`` on stderr (exit status 1), and that of an interrupted run -- a :class:`RunInterrupted`
 (the run says what it saved and how to continue) or a plain ``KeyboardInterrupt`` (Ctrl-C) -- with
 ``stopped: <message>`` (exit status 130 as a shell reports a Ctrl-C, 143 after a SIGTERM); every other exception keeps its full
@@ -155,7 +156,8 @@ class SearchInterrupted(RunInterrupted):
 
 
 class InferenceError(RuntimeError):
-    """The inference run could not produce anything (no image, or every image failed)."""
+    """The inference run could not produce anything (every image failed); the message names the files and their
+    problems. On the command line it ends the run with the one line ``error: <message>`` (:func:`nasscam_excepthook`)."""
 
 
 class WorkflowError(RuntimeError):
@@ -199,9 +201,9 @@ def find_input_error(error: BaseException | None) -> BaseException | None:
     return _find_in_chain(error, (InputError, DataError))
 
 
-#: the exceptions the hook reports as one line: input errors and interruptions (``RunInterrupted`` is a
-#: ``KeyboardInterrupt``)
-_REPORTED_TYPES: tuple[type[BaseException], ...] = (InputError, DataError, KeyboardInterrupt)
+#: the exceptions the hook reports as one line: input errors, an inference run that could process no image (its
+#: message names each file and its problem) and interruptions (``RunInterrupted`` is a ``KeyboardInterrupt``)
+_REPORTED_TYPES: tuple[type[BaseException], ...] = (InputError, DataError, InferenceError, KeyboardInterrupt)
 
 
 def _find_in_chain(error: BaseException | None, types: tuple[type[BaseException], ...]) -> BaseException | None:

@@ -20,9 +20,15 @@ def find_images(input_dir: str | os.PathLike, recursive: bool = True) -> list[st
 
     Raises:
         FileNotFoundError: ``input_dir`` does not exist, or holds no image (the message names it).
+        ValueError: ``input_dir`` is a file whose suffix is none of :data:`~monai_nasscam.data.slide.IMAGE_SUFFIXES`.
     """
     root = Path(input_dir)
     if root.is_file():
+        if root.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(
+                f"input file {root} is not an image this workflow reads (its suffix is none of "
+                f"{', '.join(IMAGE_SUFFIXES)}); pass an image file or a folder of images as --input_dir."
+            )
         return [str(root)]
     if not root.is_dir():
         raise FileNotFoundError(f"input folder {root} does not exist.")

@@ -412,3 +412,52 @@ def test_bundle_fails_clearly_on_an_empty_folder(run_dir: Path, tmp_path: Path) 
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert f"input folder {empty} holds no image" in proc.stdout + proc.stderr
+
+
+def _bundle_line(cmd: list[str], cwd: Path) -> tuple[int, str]:
+    """Run an inference command as a user does; its exit status and the one line it ended with (no traceback)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("NASSCAM_TRACEBACK", None)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert "Traceback" not in proc.stdout + proc.stderr and "ConfigExpression" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and proc.stderr.strip().splitlines()[-1] == errors[0], proc.stderr[-3000:]
+    return proc.returncode, errors[0]
+
+
+def test_bundle_ends_with_one_line_when_no_image_can_be_processed(run_dir: Path, tmp_path: Path) -> None:
+    """The reported case: a truncated PNG and a text file named .jpg; the run ended in a two-part traceback."""
+    folder = tmp_path / "D"
+    folder.mkdir()
+    whole = tmp_path / "whole.png"
+    Image.fromarray(_tile(1, 64, 64)).save(whole)
+    data = whole.read_bytes()
+    (folder / "trunc.png").write_bytes(data[: len(data) // 2])
+    (folder / "x.jpg").write_text("not a JPEG")
+    out = tmp_path / "O"
+    base = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIG), "--output_dir", str(out),
+            "--ckpt_path", str(run_dir / "models" / "model.pt"), "--features", json.dumps(FEATURES),
+            "--roi_size", json.dumps([ROI, ROI]), "--stain", "none", "--progress", "false", "--num_workers", "0",
+            "--num_threads", "1", "--optimize", "none"]
+    status, line = _bundle_line([*base, "--input_dir", str(folder)], tmp_path)
+    assert status == 1
+    assert line == (
+        f"error: no image could be processed (2 failed): {folder / 'trunc.png'}: unreadable image (OSError: image "
+        f"file is truncated); {folder / 'x.jpg'}: unreadable image (UnidentifiedImageError: cannot identify image "
+        f"file '{folder / 'x.jpg'}')"
+    )
+    # only the run's tables, which name the failures; no image folder
+    assert sorted(p.name for p in out.iterdir()) == ["counts.csv", "counts_summary.csv", "summary.json"]
+
+    # one file that is no image, given as --input_dir: refused before anything is written
+    text = tmp_path / "some_file.txt"
+    text.write_text("notes")
+    out2 = tmp_path / "O2"
+    status, line = _bundle_line([*base[:7], str(out2), *base[8:], "--input_dir", str(text)], tmp_path)
+    assert status == 1
+    assert line == (
+        f"error: input file {text} is not an image this workflow reads (its suffix is none of .png, .jpg, .jpeg, "
+        ".bmp, .svs, .tif, .tiff, .ndpi, .vms, .vmu, .mrxs, .scn, .bif, .svslide); pass an image file or a folder of "
+        "images as --input_dir."
+    )
+    assert not out2.exists()
