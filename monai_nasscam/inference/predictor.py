@@ -29,6 +29,9 @@ Resolution: an image whose resolution (its file's, else the ``mpp`` setting) dif
 than ``mpp_tolerance`` is segmented at the training resolution and its outputs stay in its own pixels; an image of
 unknown resolution is named in a warning, once (:mod:`monai_nasscam.inference.resolution`).
 
+An output folder inside the input folder is not searched for images (a second run does not take the first one's
+class maps and overlays for images).
+
 Resume: a re-run over the same folder skips (``skipped (complete)`` in the log) every image whose completion marker
 and the output files it lists are in place, with the same input file and settings; ``overwrite=True`` redoes them. A bad image is reported (log, ``counts.csv`` and
 ``summary.json`` name the file and the problem) and the others are still processed; the run fails (non-zero exit)
@@ -166,7 +169,7 @@ class NucleiPredictor:
         overwrite: Any = False,
         precision: Any = "auto",
     ) -> None:
-        self.reading = ImageSource(input_dir, recursive, tiled, max_whole_pixels, tif_bgr)
+        self.reading = ImageSource(input_dir, recursive, tiled, max_whole_pixels, tif_bgr, output_dir=output_dir)
         self.writing = OutputFolder(output_dir, self.reading.root, outputs, as_bool(overwrite, "overwrite"))
         self.prediction = ClassMapPredictor(
             network, inferer, ckpt_path, stain=stain, dataset_dir=dataset_dir, device=device, threshold=threshold,
@@ -368,16 +371,17 @@ def check_inference_inputs(
     sw_mode: Any = None,
     sigma_scale: Any = None,
     polygon_tolerance: Any = 0.0,
+    output_dir: str | os.PathLike | None = None,
 ) -> bool:
     """Raise a clear error, naming the file or setting at fault, for anything that stops inference before the first
     image: no input image, no checkpoint, a missing or mismatched genotype, no stain reference, bad settings
     (``sw_mode`` / ``sigma_scale``: the window blending, checked when given; ``polygon_tolerance``: a finite number
-    of pixels >= 0).
+    of pixels >= 0). ``output_dir``, where given and inside ``input_dir``, is not searched for images.
     (A checkpoint of another architecture is reported when the weights are loaded, naming the file.)"""
     from monai_nasscam.inference.tiling import window_geometry
     from monai_nasscam.networks.run_folder import check_trained_weights, resolve_network_choice
 
-    find_images(input_dir, as_bool(recursive, "recursive"))
+    find_images(input_dir, as_bool(recursive, "recursive"), output_dir)
     check_trained_weights(ckpt_path)  # a search checkpoint or a text file: said first, before the network choice
     resolve_network_choice(attention, genotype_path, run_dir_of(ckpt_path))  # type: ignore[arg-type]
     load_stain_reference(resolve_stain_spec(stain, None if is_null(dataset_dir) else dataset_dir, run_dir_of(ckpt_path)))  # type: ignore[arg-type]

@@ -14,9 +14,13 @@ from monai_nasscam.overrides import as_bool
 __all__ = ["ImageSource", "find_images"]
 
 
-def find_images(input_dir: str | os.PathLike, recursive: bool = True) -> list[str]:
+def find_images(
+    input_dir: str | os.PathLike, recursive: bool = True, output_dir: str | os.PathLike | None = None
+) -> list[str]:
     """Image files under ``input_dir`` (or the file itself), sorted; where ``NAME.svs`` and ``NAME.tif`` sit side by
-    side (the MoNuSAC release), only the ``.svs`` (the source of truth) is kept.
+    side (the MoNuSAC release), only the ``.svs`` (the source of truth) is kept. An ``output_dir`` inside
+    ``input_dir`` is not searched (nor anything in it): a run does not take an earlier run's class maps and overlays
+    for images.
 
     Raises:
         FileNotFoundError: ``input_dir`` does not exist, or holds no image (the message names it).
@@ -32,8 +36,13 @@ def find_images(input_dir: str | os.PathLike, recursive: bool = True) -> list[st
         return [str(root)]
     if not root.is_dir():
         raise FileNotFoundError(f"input folder {root} does not exist.")
+    skip = _folder_inside(output_dir, root)
     walker = root.rglob("*") if recursive else root.glob("*")
-    files = sorted(str(p) for p in walker if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    files = sorted(
+        str(p) for p in walker
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        and (skip is None or not _is_within(p, skip))
+    )
     svs = {os.path.splitext(f)[0] for f in files if f.lower().endswith(".svs")}
     files = [f for f in files if f.lower().endswith(".svs") or os.path.splitext(f)[0] not in svs]
     if not files:
@@ -41,6 +50,21 @@ def find_images(input_dir: str | os.PathLike, recursive: bool = True) -> list[st
             f"input folder {root} holds no image ({', '.join(IMAGE_SUFFIXES)}){'' if recursive else ' (not searched recursively)'}."
         )
     return files
+
+
+def _folder_inside(folder: str | os.PathLike | None, root: Path) -> Path | None:
+    """``folder`` resolved, if it lies strictly inside ``root`` (an output folder to leave out of the search);
+    ``None`` otherwise (no folder, ``root`` itself, or elsewhere)."""
+    if folder is None or str(folder).strip() in ("", "None", "null"):
+        return None
+    resolved, top = Path(os.path.realpath(os.fspath(folder))), Path(os.path.realpath(root))
+    return resolved if resolved != top and top in resolved.parents else None
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    """Whether ``path`` (resolved) is ``folder`` or lies inside it."""
+    resolved = Path(os.path.realpath(path))
+    return resolved == folder or folder in resolved.parents
 
 
 class ImageSource:
@@ -53,6 +77,7 @@ class ImageSource:
             SVS block by block) or ``False``.
         max_whole_pixels: larger images are inferred block by block (and TIFFs read segment by segment).
         tif_bgr: ``.tif`` files store B, G, R (MoNuSAC ``.tif`` copies); ``.svs`` are always RGB.
+        output_dir: the run's output folder: where it lies inside ``input_dir``, it is not searched for images.
 
     Raises:
         InputError: ``recursive``, ``tiled`` or ``tif_bgr`` is no boolean (``tiled`` may also be ``auto``).
@@ -65,8 +90,10 @@ class ImageSource:
         tiled: Any = "auto",
         max_whole_pixels: int = 4096 * 4096,
         tif_bgr: Any = False,
+        output_dir: str | os.PathLike | None = None,
     ) -> None:
         self.input_dir = os.path.abspath(os.fspath(input_dir))
+        self.output_dir = None if output_dir is None else os.path.abspath(os.fspath(output_dir))
         self.recursive = as_bool(recursive, "recursive")
         self.tiled: bool | str = "auto" if str(tiled).strip().lower() == "auto" else as_bool(tiled, "tiled")
         self.max_whole_pixels = int(max_whole_pixels)
@@ -82,8 +109,8 @@ class ImageSource:
         return os.path.relpath(path, self.root)
 
     def find(self) -> list[str]:
-        """The images, sorted (:func:`find_images`)."""
-        return find_images(self.input_dir, self.recursive)
+        """The images, sorted (:func:`find_images`; the output folder is not searched)."""
+        return find_images(self.input_dir, self.recursive, self.output_dir)
 
     def open(self, path: str) -> RegionReader:
         """A reader of ``path`` (:func:`~monai_nasscam.data.slide.open_image`); the caller closes it.

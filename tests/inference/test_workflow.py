@@ -461,3 +461,40 @@ def test_bundle_ends_with_one_line_when_no_image_can_be_processed(run_dir: Path,
         "images as --input_dir."
     )
     assert not out2.exists()
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_searched(run_dir: Path, tmp_path: Path) -> None:
+    """The reported case: --output_dir inside --input_dir; a second run took the first one's class maps and
+    overlays for images (pred/pred/..._overlay_overlay.png, counted in counts.csv and summary.json)."""
+    folder = tmp_path / "D"
+    folder.mkdir()
+    Image.fromarray(_tile(1, 96, 80)).save(folder / "a.png")
+    out = folder / "pred"
+
+    def run() -> dict:
+        predictor = NucleiPredictor(_network(str(run_dir / "genotype.json")), _inferer(), folder, out, stain="none",
+                                    optimize="none", progress=False, tune_malloc=False)
+        return predictor.run()
+
+    first = run()
+    assert (out / "a" / "a_classmap.png").is_file() and (out / "a" / "a_overlay.png").is_file()
+    second = run()
+    assert first["succeeded"] == second["succeeded"] == 1 and second["failed"] == []
+    rows = list(csv.DictReader(open(out / "counts.csv")))
+    assert [r["image"] for r in rows] == ["a.png"]
+    assert not (out / "pred").exists()
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a", "counts.csv", "counts_summary.csv", "summary.json"
+    ], sorted(out.rglob("*"))
+    # the input checks leave it out as well: a folder whose only images are in the output folder holds none
+    (folder / "a.png").unlink()
+    with pytest.raises(FileNotFoundError, match=f"input folder {folder} holds no image"):
+        check_inference_inputs(folder, run_dir / "models" / "model.pt", stain="none", output_dir=out)
+    # the output folder given as a relative path is recognised too
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(FileNotFoundError, match="holds no image"):
+            check_inference_inputs("D", run_dir / "models" / "model.pt", stain="none", output_dir="D/pred")
+    finally:
+        os.chdir(cwd)
