@@ -198,6 +198,35 @@ def test_a_dataset_dir_that_is_a_file_is_said_to_be_a_file(tiny_dataset, tmp_pat
     assert not out.exists(), f"{sorted(out.rglob('*'))} written before the inputs were checked"
 
 
+@pytest.mark.parametrize("workflow", ["train", "search"])
+def test_a_dataset_without_an_annotated_nucleus_is_refused_before_anything_is_written(tiny_dataset, tmp_path, workflow):
+    """The reported case: label maps that are background everywhere crashed the training (two tracebacks from the
+    crop dataset) after network.json and stain.json had been written."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    prep = tmp_path / "prep"
+    shutil.copytree(tiny_dataset, prep)
+    for label in sorted((prep / "labels").glob("*.png")):
+        with Image.open(label) as im:
+            blank = np.zeros_like(np.asarray(im))
+        Image.fromarray(blank).save(label)
+    training = len(json.loads((prep / "datalist.json").read_text())["training"])
+    out = tmp_path / "out"
+    if workflow == "train":
+        line = _run_fails(TRAIN, out, dataset_dir=str(prep), attention="unet", epochs=1, **TINY)
+    else:
+        line = _run_fails(SEARCH, out, dataset_dir=str(prep), epochs=1, warmup_epochs=0, **TINY)
+    assert line == (
+        f"error: no training image of {prep / 'datalist.json'} holds an annotated nucleus: its {training} label "
+        "map(s) are background (0) everywhere, so there is nothing to train on (the crops are centred on nuclei). "
+        "Check the raw data's annotations and run `nasscam prepare` again.\n"
+    )
+    assert not out.exists(), f"{sorted(out.rglob('*'))} written before the inputs were checked"
+
+
 def test_inference_without_a_network_exits_with_one_line_and_writes_nothing(tiny_dataset, tmp_path):
     """The reported case: a checkpoint whose folder records no network (no network.json, no genotype.json)."""
     from monai_nasscam.networks.run_folder import build_network

@@ -8,6 +8,7 @@ from monai_nasscam.engines.bilevel import ARCH_LOSS, BilevelEvents, BilevelSearc
 from monai_nasscam.engines.checks import (
     CHECKPOINT_NAME,
     TRAIN_CHECKPOINT_NAME,
+    check_annotated_nuclei,
     check_device,
     check_evaluate_inputs,
     check_fresh_run,
@@ -36,6 +37,7 @@ __all__ = [
     "TRAIN_CHECKPOINT_NAME",
     "budget_arch_learning_rate",
     "count_alpha_steps",
+    "check_annotated_nuclei",
     "check_device",
     "check_evaluate_inputs",
     "check_fresh_run",

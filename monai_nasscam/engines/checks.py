@@ -46,6 +46,7 @@ __all__ = [
     "check_device",
     "check_run_settings",
     "check_train_inputs",
+    "check_annotated_nuclei",
     "check_evaluate_inputs",
     "resolve_resume",
     "check_fresh_run",
@@ -285,6 +286,8 @@ def check_search_inputs(
         for entry in entries[:1]:
             if not Path(entry["image"]).is_file():
                 raise FileNotFoundError(f"{split} image {entry['image']} listed in the datalist does not exist.")
+    # the weight and architecture steps each draw class-balanced crops, centred on nuclei
+    check_annotated_nuclei(lists["training"] + lists["architecture"], dataset_dir, what="training")
     return True
 
 
@@ -319,6 +322,44 @@ def _check_budget(epochs: int, batch_size: int, roi_size: Sequence[int] | int, v
 
 
 @input_check
+def check_annotated_nuclei(
+    entries: Sequence[dict], dataset_dir: str | os.PathLike, num_classes: int = NUM_CLASSES, what: str = "training"
+) -> bool:
+    """Raise an error unless some label map of ``entries`` holds a nucleus (a pixel of class ``1..num_classes``
+    outside the entry's ``ambiguous`` mask, where it has one): the class-balanced crops
+    (:class:`~monai_nasscam.data.ClassBalancedCropDataset`) are centred on nuclei, so without one there is nothing to
+    train on. The label maps are read until the first nucleus (usually the first map).
+
+    Raises:
+        InputError: naming the datalist and the split (``what``).
+    """
+    import numpy as np
+    from PIL import Image
+
+    ambiguous_seen = False
+    for entry in entries:
+        with Image.open(entry["label"]) as im:
+            label = np.asarray(im)
+        nuclei = (label >= 1) & (label <= num_classes)
+        if not nuclei.any():
+            continue
+        if isinstance(entry.get("ambiguous"), str) and Path(entry["ambiguous"]).is_file():
+            with Image.open(entry["ambiguous"]) as im:
+                ambiguous = np.asarray(im)
+            if ambiguous.shape[:2] == nuclei.shape[:2]:
+                ambiguous_seen = True
+                nuclei &= (ambiguous.reshape(*ambiguous.shape[:2], -1) == 0).all(axis=-1)
+        if nuclei.any():
+            return True
+    where = " outside the ambiguous regions" if ambiguous_seen else ""
+    raise ValueError(
+        f"no {what} image of {Path(dataset_dir) / 'datalist.json'} holds an annotated nucleus: its {len(entries)} "
+        f"label map(s) are background (0) everywhere{where}, so there is nothing to train on (the crops are centred "
+        "on nuclei). Check the raw data's annotations and run `nasscam prepare` again."
+    )
+
+
+@input_check
 def check_train_inputs(
     dataset_dir: str | os.PathLike,
     attention: str | None = None,
@@ -341,7 +382,8 @@ def check_train_inputs(
     ``settings`` of :func:`check_run_settings` (device, seed, widths, dropout, crops per epoch, ...), the network
     choice (attention, genotype file: :func:`~monai_nasscam.networks.run_folder.resolve_network_choice`, unless
     ``choice`` is that function's result already: train.yaml resolves it once, as ``network_choice``, for this check,
-    the network and the run's record), the dataset (datalist with training and validation images that exist) and,
+    the network and the run's record), the dataset (datalist with training and validation images that exist;
+    some training label map holds an annotated nucleus: :func:`check_annotated_nuclei`) and,
     when resuming with ``network`` given, that the resume checkpoint holds weights of ``network``. (train.yaml
     checks the resume checkpoint in a second step, after the seed is set, because building the network draws its
     initial weights.)
@@ -359,6 +401,8 @@ def check_train_inputs(
         for key in ("image", "label"):
             if not Path(entries[0][key]).is_file():
                 raise FileNotFoundError(f"{split} {key} {entries[0][key]} listed in the datalist does not exist.")
+        if split == "training":
+            check_annotated_nuclei(entries, dataset_dir, num_classes)
     if resume_path is not None and network is not None:
         check_checkpoint(resume_path, network, key="network")
     return True
