@@ -206,7 +206,7 @@ class MetricsReportWriter:
         """Why the instance metrics are left out, or ``None`` when they are reported."""
         if self.semantic_only is False or (self.semantic_only is None and not self._semantic):
             return None
-        which = f"{self._semantic} of {self._images} images" if self.semantic_only is None else "the images"
+        which = f"{self._semantic} of {self._images} images" if self._images else "the images"
         return (f"left out: the ground truth of {which} is semantic-only (its masks merge touching nuclei of a class "
                 "into one region), so PQ, AJI, F1 and mPQ+ would score merged regions as nuclei; Dice is unaffected")
 

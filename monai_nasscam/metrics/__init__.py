@@ -1,7 +1,7 @@
 """Metrics: per-class Dice pooled over a split, class instance stacks, panoptic quality (correct and MoNuSAC
 official), instance metrics (AJI, AJI+, HoVer-Net detection / classification F1, mPQ+), metrics.json."""
 
-from .dice import PooledDiceHandler, PooledDiceMetric, mean_over_scored_images, per_image_dice
+from .dice import PerImageDiceMetric, PooledDiceHandler, PooledDiceMetric, mean_over_scored_images, per_image_dice
 from .instance_stacks import (
     AMBIGUOUS_MAX_FRACTION,
     batch_instance_stacks,
@@ -37,6 +37,7 @@ __all__ = [
     "DETECTION_RADIUS_PX",
     "INSTANCE_KEYS",
     "InstanceMetric",
+    "PerImageDiceMetric",
     "PooledDiceHandler",
     "PooledDiceMetric",
     "PooledPQMetric",

@@ -13,7 +13,7 @@ from monai.utils import MetricReduction
 
 from .report import CLASS_NAMES
 
-__all__ = ["PooledDiceMetric", "PooledDiceHandler", "per_image_dice", "mean_over_scored_images"]
+__all__ = ["PooledDiceMetric", "PooledDiceHandler", "PerImageDiceMetric", "per_image_dice", "mean_over_scored_images"]
 
 
 def _reduce_classes(per_class: torch.Tensor, reduction: MetricReduction | str) -> torch.Tensor:
@@ -148,6 +148,29 @@ class PooledDiceMetric(CumulativeIterationMetric):
             torch.full_like(denominator, empty_value),
         )
         return _reduce_classes(dice, self.reduction if reduction is None else reduction)
+
+
+class PerImageDiceMetric(DiceMetric):
+    """
+    MONAI ``DiceMetric`` (per image and class, an image without the class in its ground truth skipped) whose
+    ``aggregate`` is the per-image Dice of ``metrics.json``: per class the mean over the images that scored it
+    (:func:`mean_over_scored_images`), then the mean over the classes with a value. MONAI's ``reduction="mean"``
+    averages each image over its classes, then the images, so a class weighs by the number of images holding it:
+    the log and the file showed two numbers under one name.
+
+    Args:
+        include_background: as ``DiceMetric`` (the evaluation's multi-label prediction has no background channel).
+
+    ``aggregate`` returns a float64 scalar tensor in [0, 1], NaN when no image scored any class.
+    """
+
+    def __init__(self, include_background: bool = True) -> None:
+        super().__init__(include_background=include_background, reduction=MetricReduction.NONE, ignore_empty=True)
+
+    def aggregate(self, reduction: Any = None) -> torch.Tensor:  # noqa: ARG002 (one reduction only)
+        per_class = mean_over_scored_images(self.get_buffer())
+        defined = per_class[~torch.isnan(per_class)]
+        return defined.mean() if defined.numel() else torch.tensor(float("nan"), dtype=torch.float64)
 
 
 class PooledDiceHandler(IgniteMetricHandler):

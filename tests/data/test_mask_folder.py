@@ -493,6 +493,9 @@ def test_evaluation_of_semantic_only_ground_truth_leaves_instance_metrics_out(tm
     table = (tmp_path / "metrics.md").read_text()
     assert "Instance metrics (PQ, AJI, F1, mPQ+): left out: the ground truth of 2 of 2 images" in table
     assert "| PQ" not in table
+    # a split known to be semantic-only (evaluate.yaml's semantic_only: no instance metric computed) says the same
+    metrics, _ = evaluate_fixed(tmp_path / "known", [batch, dict(batch)], **{"validate#protocol": protocol, "semantic_only": True})
+    assert metrics["instance_metrics_left_out"].startswith("left out: the ground truth of 2 of 2 images is semantic-only")
 
 
 def test_evaluate_yaml_skips_instance_metrics_for_a_semantic_only_split(tmp_path):

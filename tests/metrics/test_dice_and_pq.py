@@ -14,6 +14,7 @@ from monai_nasscam.metrics import (
     PooledPQMetric,
     instances_from_maps,
     instances_from_semantic,
+    mean_over_scored_images,
     metrics_dict,
     monusac_official_pq,
     panoptic_quality,
@@ -229,7 +230,6 @@ def test_metrics_json_format(tmp_path):
 
 def test_per_image_dice_nan_by_hand_and_in_the_report():
     from monai_nasscam.handlers.evaluation import metrics_markdown
-    from monai_nasscam.metrics import mean_over_scored_images
 
     # per image (rows) and class (columns), NaN = not scored: means over the scored images only
     values = torch.tensor([[0.5, float("nan"), float("nan")], [1.0, 0.25, float("nan")]])
@@ -249,6 +249,34 @@ def test_per_image_dice_nan_by_hand_and_in_the_report():
     json.dumps(data, allow_nan=False)
     table = metrics_markdown(data, class_names=("A", "B"))
     assert "| Dice, per image, mean over images (MONAI DiceMetric) | 83.33 | n/a | 83.33 |" in table
+
+
+def test_per_image_dice_metric_logs_what_metrics_json_holds():
+    """The logged dice_per_image is the file's: per class over the images holding it, then over the classes.
+    Two 1x2 images, 2 classes: image A holds both (Dice 1 and 0), image B only class 0 (Dice 1). MONAI's
+    ``reduction="mean"`` averages each image over its classes, then the images: (0.5 + 1) / 2; per class over the
+    images, then over the classes: (1 + 0) / 2."""
+    from monai.handlers import IgniteMetricHandler
+    from monai.metrics import DiceMetric
+
+    from monai_nasscam.metrics import PerImageDiceMetric
+
+    preds = torch.tensor([[[[1.0, 0.0]], [[0.0, 0.0]]], [[[1.0, 1.0]], [[0.0, 0.0]]]])
+    gts = torch.tensor([[[[1.0, 0.0]], [[0.0, 1.0]]], [[[1.0, 1.0]], [[0.0, 0.0]]]])
+    monai_mean = DiceMetric(include_background=True, reduction="mean")
+    monai_mean(preds, gts)
+    assert monai_mean.aggregate().item() == pytest.approx(0.75)
+    metric = PerImageDiceMetric()
+    metric(preds[:1], gts[:1])
+    metric(preds[1:], gts[1:])
+    assert metric.aggregate().item() == pytest.approx(0.5)
+    assert mean_over_scored_images(metric.get_buffer()).tolist() == pytest.approx([1.0, 0.0])
+    handler = IgniteMetricHandler(metric_fn=PerImageDiceMetric(), save_details=False)
+    handler.update((preds, gts))
+    assert handler.compute() == pytest.approx(0.5)
+    empty = PerImageDiceMetric()
+    empty(torch.zeros(1, 2, 1, 2), torch.zeros(1, 2, 1, 2))  # no class in any ground truth
+    assert math.isnan(empty.aggregate().item())
 
 
 # ---------------------------------------------------------------- ambiguous regions are not scored
