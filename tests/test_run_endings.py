@@ -173,7 +173,7 @@ def test_an_interrupt_ends_every_command_with_one_stopped_line_and_status_130(co
 @pytest.mark.parametrize("args, expected", [
     (["compare", "--dataset-dir", "{missing}", "--output-dir", "{tmp}/cmp"], "dataset folder {missing} does not exist"),
     (["prepare", "--data-dir", "{missing}", "--out-dir", "{tmp}/prep"], "{missing}: data folder does not exist"),
-    (["synth", "{tmp}/raw", "--images", "0"], "n_images and n_patients must be positive"),
+    (["synth", "{tmp}/raw", "--images", "0"], "--images must be at least 1, got 0."),
 ])
 def test_a_bad_input_ends_a_nasscam_command_with_one_error_line(args, expected, tmp_path, capsys):
     missing = str(tmp_path / "missing")

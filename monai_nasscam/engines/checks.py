@@ -23,7 +23,7 @@ from typing import Any
 import torch.nn as nn
 
 from monai_nasscam.data.classes import NUM_CLASSES
-from monai_nasscam.data.datalist import search_datalists, split_entries
+from monai_nasscam.data.datalist import SPLITS, search_datalists, split_entries
 from monai_nasscam.engines.schedule import check_schedule
 from monai_nasscam.errors import input_check
 from monai_nasscam.networks.attentions import attention_names
@@ -430,6 +430,8 @@ def check_evaluate_inputs(
     check_trained_weights(ckpt_path)  # a search checkpoint or a text file: said first, before the network choice
     if choice is None:
         resolve_network_choice(attention, genotype_path, output_dir)
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"--eval_split must be one of {', '.join([*SPLITS, 'all'])}, got {split!r}.")
     entries = split_entries(dataset_dir, split)
     for key in ("image", "label", "instance"):
         if key not in entries[0]:

@@ -203,6 +203,15 @@ def test_evaluate_validation_split_with_centre_stitching(workdir, prepared, trai
     )
     metrics = json.loads((tmp_path / "val" / "metrics.json").read_text())
     assert metrics["protocol"]["split"] == "validation" and metrics["protocol"]["images"] == 2
+    assert metrics["protocol"]["dataset"] == str(Path(prepared).resolve())  # which prepared set was scored
+    # a misspelt split: one line naming the setting, nothing written
+    from monai_nasscam.errors import find_input_error
+
+    with pytest.raises(Exception) as raised:
+        bundle_run([TRAIN, EVALUATE], dataset_dir=str(prepared), output_dir=str(trained_unet),
+                   metrics_dir=str(tmp_path / "bad"), attention="unet", eval_split="tset", **TINY)
+    assert str(find_input_error(raised.value)) == "--eval_split must be one of training, validation, test, all, got 'tset'."
+    assert not (tmp_path / "bad").exists()
     assert metrics["protocol"]["inferer"] == {
         "name": "CentreStitchingInferer", "roi_size": [32, 32], "stride": [16, 16], "sw_batch_size": 16, "cval": 1.0
     }
