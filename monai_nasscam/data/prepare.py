@@ -331,6 +331,9 @@ def prepare_dataset(
     mapping = parse_remap(remap)
     normalizer = create_stain_normalizer(stain)
     data_dir, out_dir = os.path.abspath(os.fspath(data_dir)), os.path.abspath(os.fspath(out_dir))
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):  # never replaced, even with --overwrite
+        raise DataError(out_dir, "is a file, not a folder: --out-dir is the folder to write the prepared set into "
+                                 "(--overwrite replaces a folder, never a file)")
     if os.path.exists(out_dir) and not overwrite:
         raise DataError(out_dir, "output folder already exists (use --overwrite to replace it)")
     if masks is None and is_mask_folder(data_dir):

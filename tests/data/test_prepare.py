@@ -122,6 +122,13 @@ def test_prepare_refuses_existing_output_and_overwrites(raw, tmp_path):
     prepare_dataset(raw, prep, workers=2, progress=False, stain="none", overwrite=True)
     assert sorted(os.listdir(prep)) == ["datalist.json", "images", "instances", "labels", "manifest.json"]
     assert sorted(os.listdir(tmp_path)) == ["PREP"]
+    # a file there is never replaced, with or without --overwrite
+    target = tmp_path / "notes.txt"
+    target.write_text("precious")
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match=r"notes\.txt: is a file, not a folder: --out-dir is the folder to write"):
+            prepare_dataset(raw, target, workers=0, progress=False, stain="none", overwrite=overwrite)
+    assert target.read_text() == "precious" and sorted(os.listdir(tmp_path)) == ["PREP", "notes.txt"]
 
 
 def test_prepare_is_reproducible_and_image_split(raw, tmp_path):
