@@ -251,7 +251,7 @@ def _check_nuclei(records: list[dict], split_of: dict[str, str], data_dir: str, 
                                   f"read are background ({hint})")
     training = [r for r in records if split_of[r["entry"]["name"]] == "training"]
     if training and not any(annotated(r) for r in training):
-        raise DataError(data_dir, f"no annotated nucleus in any training image (only in validation or test): training "
+        raise DataError(data_dir, "no annotated nucleus in any training image (only in validation or test): training "
                                   "would have nothing to learn; draw another split (--seed) or annotate more images")
 
 
