@@ -286,9 +286,9 @@ class NucleiPredictor:
             prediction.release()
         counts = image.counts
         logger.info(
-            "%s: %d x %d px (width x height), %d block(s) (%d without tissue), inference %.1f s, %d nuclei %.1f s, "
-            "files %.1f s", name, width, height, info["blocks"], info["skipped_blocks"], t1 - t0, sum(counts.values()),
-            t2 - t1, time.perf_counter() - t2,
+            "%s: %d x %d px (width x height), %d block(s) (%d without tissue), %d nuclei; time: network %.1f s, "
+            "nuclei %.1f s, files %.1f s", name, width, height, info["blocks"], info["skipped_blocks"],
+            sum(counts.values()), t1 - t0, t2 - t1, time.perf_counter() - t2,
         )
         row: dict[str, Any] = {"name": name, "status": "ok", "height": height, "width": width, "message": ""}
         for cid, cname in enumerate(CLASS_NAMES, start=1):
