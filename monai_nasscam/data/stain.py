@@ -97,7 +97,10 @@ def _tissue_pixels(pixels: np.ndarray, tli: float, beta: float, minimum: int) ->
     tissue = pixels[tissue_mask(pixels, tli, beta)]
     need = max(2, int(minimum))
     if len(tissue) == 0:
-        raise StainEstimationError(f"no stained pixel: optical density above {beta:g} in all channels")
+        raise StainEstimationError(
+            f"no stained pixel: no pixel has an optical density above {beta:g} in all three channels (glass or "
+            "background only)"
+        )
     if len(tissue) < need:
         raise StainEstimationError(
             f"only {len(tissue)} stained pixel(s), fewer than {need}: too little tissue to estimate the stains"
