@@ -160,7 +160,8 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
 def _mask_spec(args: argparse.Namespace):
     """The :class:`~monai_nasscam.data.mask_folder.MaskFolderSpec` of the mask-folder options (``None`` without
     --palette / --index-masks / --instance-masks; a misplaced option is a ``ValueError``)."""
-    from monai_nasscam.data.mask_folder import DEFAULT_PATIENT_REGEX, MaskFolderSpec, read_instance_classes
+    from monai_nasscam.data.instance_table import read_instance_classes
+    from monai_nasscam.data.mask_folder import DEFAULT_PATIENT_REGEX, MaskFolderSpec
     from monai_nasscam.data.palette import parse_palette, parse_value_map
 
     kind = "colour" if args.palette else "index" if args.index_masks else "instance" if args.instance_masks else None

@@ -9,7 +9,8 @@ from .datalist import *  # noqa: F403  (the prepared datalist: its __all__ is pa
 from ..errors import DataError
 from .imagescope import Annotations, Region, read_imagescope_xml, write_imagescope_xml
 from .loader import SignalSafeDataLoader
-from .mask_folder import FolderCase, MaskFolderSpec, load_folder_case, read_instance_classes, scan_mask_folder
+from .instance_table import read_instance_classes
+from .mask_folder import FolderCase, MaskFolderSpec, load_folder_case, scan_mask_folder
 from .monusac import MoNuSACCase, load_case, scan_monusac
 from .palette import PALETTE_PRESETS, Palette, ValueMap, parse_palette, parse_value_map
 from .prepare import prepare_dataset

@@ -12,7 +12,7 @@ Three kinds of mask (:class:`MaskFolderSpec`):
 - ``index``: class indices, read with a :class:`~monai_nasscam.data.palette.ValueMap` (a value it does not list
   refuses the file);
 - ``instance``: instance ids (0 background), with the class of each instance from a CSV table
-  (:func:`read_instance_classes`).
+  (:func:`~monai_nasscam.data.instance_table.read_instance_classes`).
 
 Colour and index masks are *semantic*: touching nuclei of one class are one region, so their instance map is the
 connected regions of each class (8-connectivity) and the entries are marked ``semantic_only`` (evaluation then
@@ -28,7 +28,6 @@ image, a 180-degree turn, a mirror) is refused, since nothing tells which pixels
 
 from __future__ import annotations
 
-import csv
 import os
 import re
 from collections.abc import Mapping
@@ -40,7 +39,7 @@ import numpy as np
 from .classes import CLASS_NAMES, parse_remap
 from ..errors import DataError
 from .mask_file import LOSSY_SUFFIXES, MASK_SUFFIXES, exif_orientation, orient, oriented_shape, read_mask
-from .palette import IGNORE_ID, Palette, ValueMap, class_id, class_label
+from .palette import IGNORE_ID, Palette, ValueMap, class_label
 from .raster import Masks, clear_transparent
 from .slide import open_image
 
@@ -52,7 +51,6 @@ __all__ = [
     "is_mask_folder",
     "patient_of",
     "scan_mask_folder",
-    "read_instance_classes",
     "load_folder_case",
     "folder_case_classes",
 ]
@@ -75,7 +73,7 @@ class MaskFolderSpec:
         kind: ``"colour"``, ``"index"`` or ``"instance"`` (see the module docstring).
         palette: the palette of colour masks.
         values: the value map of index masks.
-        instance_classes: for instance masks, ``{image name: {instance id: class id}}`` (:func:`read_instance_classes`).
+        instance_classes: for instance masks, ``{image name: {instance id: class id}}`` (:func:`~monai_nasscam.data.instance_table.read_instance_classes`).
         instance_table: the file ``instance_classes`` came from (for messages and the manifest).
         tolerance: colour masks: the largest Euclidean RGB distance (0-442) at which a pixel takes its nearest
             palette colour.
@@ -270,47 +268,6 @@ def scan_mask_folder(
     cases = [c for c in cases if c.name not in clashes]
     cases.sort(key=lambda c: (c.patient, c.name))
     return cases, problems
-
-
-def read_instance_classes(path: str | os.PathLike) -> dict[str, dict[int, int]]:
-    """Read the classes of the instances of instance masks: a CSV file with the columns ``name`` (the image name
-    without suffix), ``instance`` (its id in the mask) and ``class`` (a class name, ``background`` for an id that is
-    no nucleus, or ``ignore`` to leave it out).
-
-    Returns:
-        ``{name: {instance id: class id}}`` (class ids 0-4 or :data:`~monai_nasscam.data.palette.IGNORE_ID`).
-
-    Raises:
-        DataError: naming the file (and the line): unreadable, a missing column, a malformed id, an unknown class,
-            an instance given two classes.
-    """
-    path = os.fspath(path)
-    table: dict[str, dict[int, int]] = {}
-    try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-            missing = [c for c in ("name", "instance", "class") if c not in columns]
-            if missing:
-                raise DataError(path, f"missing column(s) {', '.join(missing)}: the header must be name,instance,class")
-            for row in reader:
-                line = reader.line_num
-                name, inst, cls = (str(row[columns[c]] or "").strip() for c in ("name", "instance", "class"))
-                if not re.fullmatch(r"\d+", inst) or int(inst) == 0:
-                    raise DataError(path, f"line {line}: instance {inst!r} is not a positive integer")
-                try:
-                    cid = class_id(cls, "class")
-                except ValueError as e:
-                    raise DataError(path, f"line {line}: {e}") from None
-                known = table.setdefault(name, {})
-                if known.get(int(inst), cid) != cid:
-                    raise DataError(path, f"line {line}: instance {inst} of {name} has two classes")
-                known[int(inst)] = cid
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(path, f"unreadable instance-class table ({type(e).__name__}: {e})") from None
-    if not table:
-        raise DataError(path, "no rows (name,instance,class)")
-    return table
 
 
 def _orientations(case: FolderCase, image_shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> tuple[int, int]:

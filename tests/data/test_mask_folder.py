@@ -20,7 +20,8 @@ from PIL import Image, ImageOps
 from monai_nasscam.cli import main as cli_main
 from monai_nasscam.data import DataError, MaskFolderSpec, parse_palette, parse_value_map, prepare_dataset
 from monai_nasscam.data.mask_file import orient, read_mask
-from monai_nasscam.data.mask_folder import patient_of, read_instance_classes, scan_mask_folder
+from monai_nasscam.data.instance_table import read_instance_classes
+from monai_nasscam.data.mask_folder import patient_of, scan_mask_folder
 from monai_nasscam.data.palette import IGNORE_ID
 from tests.utils import CONFIGS, evaluate_fixed
 
