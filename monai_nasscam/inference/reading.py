@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from monai_nasscam.data.slide import IMAGE_SUFFIXES, RegionReader, open_image
-from monai_nasscam.overrides import as_bool
+from monai_nasscam.overrides import as_bool, is_null
 
 __all__ = ["ImageSource", "find_images"]
 
@@ -55,7 +55,7 @@ def find_images(
 def _folder_inside(folder: str | os.PathLike | None, root: Path) -> Path | None:
     """``folder`` resolved, if it lies strictly inside ``root`` (an output folder to leave out of the search);
     ``None`` otherwise (no folder, ``root`` itself, or elsewhere)."""
-    if folder is None or str(folder).strip() in ("", "None", "null"):
+    if is_null(folder):
         return None
     resolved, top = Path(os.path.realpath(os.fspath(folder))), Path(os.path.realpath(root))
     return resolved if resolved != top and top in resolved.parents else None
