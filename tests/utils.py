@@ -1,5 +1,5 @@
-"""What the tests share besides fixtures (those are in conftest.py): the repository's paths and the child-process
-setting of the tests that interrupt a command."""
+"""What the tests share besides fixtures (those are in conftest.py): the repository's paths, the child-process
+setting of the tests that interrupt a command, hand-written ImageScope XML and evaluate.yaml on fixed batches."""
 
 import json
 import signal
@@ -21,6 +21,35 @@ def default_sigint() -> None:
     the test send a Ctrl-C however pytest itself was started.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def imagescope_xml(layers) -> str:
+    """ImageScope XML in the MoNuSAC layout (RegionAttributeHeaders, Plots), written by hand so that a test can set
+    what the project's own writer (``write_imagescope_xml``) never writes: the layer ``Name``, an empty class
+    attribute, region ``Type`` (0 polygon, 1 rectangle, 2 ellipse) and ``NegativeROA``.
+
+    Args:
+        layers: ``(class attribute, layer Name, [(Type, NegativeROA, [(x, y), ...]), ...])`` in file order; an empty
+            class attribute writes ``<Attributes/>``.
+    """
+    out = ['<?xml version="1.0" encoding="UTF-8"?>\n<Annotations MicronsPerPixel="0.252100">\n']
+    rid = 0
+    for lid, (attr, name, regions) in enumerate(layers, start=1):
+        out.append(f'<Annotation Id="{lid}" Name="{name}" ReadOnly="0" Type="4" LineColor="65280" Visible="1">\n')
+        out.append(f'\t<Attributes>\n\t\t<Attribute Name="{attr}" Id="0" Value=""/>\n\t</Attributes>\n' if attr else "\t<Attributes/>\n")
+        out.append("\t<Regions>\n\t\t<RegionAttributeHeaders>\n")
+        out.append('\t\t\t<AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/>\n')
+        out.append('\t\t\t<AttributeHeader Id="1" Name="Description" ColumnWidth="-1"/>\n')
+        out.append("\t\t</RegionAttributeHeaders>\n")
+        for rtype, negative, verts in regions:
+            rid += 1
+            out.append(f'\t\t<Region Id="{rid}" Type="{rtype}" Zoom="1" Text="" NegativeROA="{negative}">\n'
+                       "\t\t\t<Attributes/>\n\t\t\t<Vertices>\n")
+            out.extend(f'\t\t\t\t<Vertex X="{x}" Y="{y}" Z="0"/>\n' for x, y in verts)
+            out.append("\t\t\t</Vertices>\n\t\t</Region>\n")
+        out.append("\t</Regions>\n\t<Plots/>\n</Annotation>\n")
+    out.append("</Annotations>\n")
+    return "".join(out)
 
 
 def evaluate_fixed(metrics_dir: Path, items, **overrides) -> tuple[dict, str]:

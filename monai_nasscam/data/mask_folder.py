@@ -301,14 +301,14 @@ def _mask_classes(case: FolderCase, spec: MaskFolderSpec) -> tuple[np.ndarray, n
     notes: list[str] = []
     if spec.kind == "colour":
         palette: Palette = spec.palette  # type: ignore[assignment]
-        ids, unmatched = palette.classify(read_mask(case.mask, colour=True, grey=palette.grey), spec.tolerance)
+        rgb = read_mask(case.mask, colour=True, grey=palette.grey)
+        ids, unmatched = palette.classify(rgb, spec.tolerance)
         if unmatched.any():
             from scipy.ndimage import binary_erosion
 
             solid = binary_erosion(unmatched, np.ones((SOLID_BLOCK, SOLID_BLOCK), bool))
             if solid.any():
-                rgb = read_mask(case.mask, colour=True, grey=palette.grey)[solid]
-                colours, counts = np.unique(rgb, axis=0, return_counts=True)
+                colours, counts = np.unique(rgb[solid], axis=0, return_counts=True)
                 top = tuple(int(v) for v in colours[counts.argmax()])
                 raise DataError(case.mask, f"{int(unmatched.sum())} pixels match no colour of {palette.name} "
                                            f"within {spec.tolerance:g}, some in solid regions (most common there: "

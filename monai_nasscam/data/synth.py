@@ -275,10 +275,10 @@ DEFAULT_PATIENTS = 8
 def _check_counts(n_images: int, n_patients: int | None) -> int:
     """The number of patient folders (``None``: :data:`DEFAULT_PATIENTS`, at most ``n_images``); refuses counts the
     set cannot have (every patient folder holds at least one tile)."""
-    if n_patients is None:
-        n_patients = min(DEFAULT_PATIENTS, max(int(n_images), 1))
     if n_images < 1:
         raise ValueError(f"--images must be at least 1, got {n_images}.")
+    if n_patients is None:
+        n_patients = min(DEFAULT_PATIENTS, int(n_images))
     if not 1 <= n_patients <= n_images:
         raise ValueError(f"--patients must be at least 1 and at most --images ({n_images}), got {n_patients}: every "
                          "patient folder holds at least one tile.")

@@ -41,7 +41,7 @@ def find_images(
     files = sorted(
         str(p) for p in walker
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        and (skip is None or not _is_within(p, skip))
+        and (skip is None or not Path(os.path.realpath(p)).is_relative_to(skip))
     )
     svs = {os.path.splitext(f)[0] for f in files if f.lower().endswith(".svs")}
     files = [f for f in files if f.lower().endswith(".svs") or os.path.splitext(f)[0] not in svs]
@@ -58,13 +58,7 @@ def _folder_inside(folder: str | os.PathLike | None, root: Path) -> Path | None:
     if is_null(folder):
         return None
     resolved, top = Path(os.path.realpath(os.fspath(folder))), Path(os.path.realpath(root))
-    return resolved if resolved != top and top in resolved.parents else None
-
-
-def _is_within(path: Path, folder: Path) -> bool:
-    """Whether ``path`` (resolved) is ``folder`` or lies inside it."""
-    resolved = Path(os.path.realpath(path))
-    return resolved == folder or folder in resolved.parents
+    return resolved if resolved != top and resolved.is_relative_to(top) else None
 
 
 class ImageSource:

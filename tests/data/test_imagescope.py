@@ -12,6 +12,7 @@ from monai_nasscam.data import (
     rasterize_regions,
     read_imagescope_xml,
 )
+from tests.utils import imagescope_xml
 
 H, W = 40, 60
 
@@ -39,23 +40,7 @@ ODD_LAYERS = [
 
 def write_odd_xml(path, layers=ODD_LAYERS):
     """An ImageScope file in the MoNuSAC layout (RegionAttributeHeaders, Plots, empty layer names...)."""
-    out = ['<?xml version="1.0" encoding="UTF-8"?>\n<Annotations MicronsPerPixel="0.252100">\n']
-    rid = 0
-    for lid, (attr, name, polys) in enumerate(layers, start=1):
-        out.append(f'<Annotation Id="{lid}" Name="{name}" ReadOnly="0" Type="4" LineColor="65280" Visible="1">\n')
-        out.append(f'\t<Attributes>\n\t\t<Attribute Name="{attr}" Id="0" Value=""/>\n\t</Attributes>\n' if attr else "\t<Attributes/>\n")
-        out.append("\t<Regions>\n\t\t<RegionAttributeHeaders>\n")
-        out.append('\t\t\t<AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/>\n')
-        out.append('\t\t\t<AttributeHeader Id="1" Name="Description" ColumnWidth="-1"/>\n')
-        out.append("\t\t</RegionAttributeHeaders>\n")
-        for poly in polys:
-            rid += 1
-            out.append(f'\t\t<Region Id="{rid}" Type="0" Zoom="1" Text="" NegativeROA="0">\n\t\t\t<Attributes/>\n\t\t\t<Vertices>\n')
-            out.extend(f'\t\t\t\t<Vertex X="{x}" Y="{y}" Z="0"/>\n' for x, y in poly)
-            out.append("\t\t\t</Vertices>\n\t\t</Region>\n")
-        out.append("\t</Regions>\n\t<Plots/>\n</Annotation>\n")
-    out.append("</Annotations>\n")
-    path.write_text("".join(out))
+    path.write_text(imagescope_xml([(attr, name, [(0, 0, poly) for poly in polys]) for attr, name, polys in layers]))
     return path
 
 

@@ -19,6 +19,7 @@ from monai_nasscam.cli import main as cli_main
 from monai_nasscam.data import MacenkoNormalizer, ReinhardNormalizer, prepare_dataset, rasterize_regions, read_imagescope_xml
 from monai_nasscam.data.stain import StainEstimationError
 from monai_nasscam.inference.stain import SlideStainNormalizer
+from tests.utils import imagescope_xml
 
 N = 96
 SQUARE = [(10, 10), (20, 10), (20, 20), (10, 20)]
@@ -34,20 +35,7 @@ NEGATIVE_CASE = [("Epithelial", [(0, 0, OUTER), (0, 1, HOLE)])]
 
 def region_xml(layers) -> str:
     """ImageScope XML in the MoNuSAC layout with region ``Type`` and ``NegativeROA`` set."""
-    out = ['<?xml version="1.0" encoding="UTF-8"?>\n<Annotations MicronsPerPixel="0.252100">\n']
-    rid = 0
-    for lid, (name, regions) in enumerate(layers, start=1):
-        out.append(f'<Annotation Id="{lid}" Name="" ReadOnly="0" Type="4" LineColor="255" Visible="1" Selected="1">\n')
-        out.append(f'<Attributes><Attribute Name="{name}" Id="0" Value=""/></Attributes>\n<Regions>\n')
-        out.append('<RegionAttributeHeaders><AttributeHeader Id="9999" Name="Region" ColumnWidth="-1"/></RegionAttributeHeaders>\n')
-        for rtype, negative, verts in regions:
-            rid += 1
-            out.append(f'<Region Id="{rid}" Type="{rtype}" NegativeROA="{negative}">\n<Attributes/>\n<Vertices>\n')
-            out.extend(f'<Vertex X="{x}" Y="{y}" Z="0"/>\n' for x, y in verts)
-            out.append("</Vertices>\n</Region>\n")
-        out.append("</Regions>\n<Plots/>\n</Annotation>\n")
-    out.append("</Annotations>\n")
-    return "".join(out)
+    return imagescope_xml([(name, "", regions) for name, regions in layers])
 
 
 def he_tile(seed: int, h: int = N, w: int = N) -> np.ndarray:
