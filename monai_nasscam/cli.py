@@ -91,7 +91,7 @@ def _synth_run(args: argparse.Namespace) -> int:
 def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", required=True, metavar="RAW",
                    help="MoNuSAC release folder (patient folders), or a folder with images/ and masks/ (see below)")
-    p.add_argument("--out-dir", required=True, metavar="PREP", help="output folder (must not exist)")
+    p.add_argument("--out-dir", "--output-dir", required=True, metavar="PREP", help="output folder (must not exist)")
     p.add_argument(
         "--split",
         choices=("patient", "image"),
@@ -324,16 +324,36 @@ register_command(
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
     parser = argparse.ArgumentParser(
-        prog="nasscam", description="NAS-SCAM for MONAI: data preparation and utilities."
+        prog="nasscam", description="NAS-SCAM for MONAI: data preparation and utilities.",
+        epilog="Options may also be spelled with underscores, as in monai.bundle run (--out_dir for --out-dir); "
+               "-v and --debug go before or after COMMAND.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="also log per-file notes")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error or an interruption")
+
+    def common(p: argparse.ArgumentParser, default: object) -> None:
+        p.add_argument("-v", "--verbose", action="store_true", default=default, help="also log per-file notes")
+        p.add_argument("--debug", action="store_true", default=default,
+                       help="show the full traceback of an error or an interruption")
+
+    common(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
+        common(p, argparse.SUPPRESS)  # after COMMAND too; SUPPRESS keeps a flag given before it
         cmd.add_arguments(p)
         p.set_defaults(_run=cmd.run, _interrupted=cmd.interrupted)
     return parser
+
+
+def _hyphenated(argv: Sequence[str]) -> list[str]:
+    """``--out_dir`` -> ``--out-dir`` (monai.bundle run's spelling of an option of this command; no ``nasscam``
+    option has an underscore). The values are left alone, including the ``KEY=VALUE`` of ``--set``."""
+    out = []
+    for a in argv:
+        if a.startswith("--") and "_" in a.split("=", 1)[0]:
+            name, eq, value = a.partition("=")
+            a = name.replace("_", "-") + eq + value
+        out.append(a)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -352,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         full_traceback_wanted,
     )
 
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_hyphenated(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return int(args._run(args) or 0)

@@ -25,8 +25,9 @@ CLASS_NAMES: tuple[str, ...] = ("Epithelial", "Lymphocyte", "Neutrophil", "Macro
 CLASS_IDS: dict[str, int] = {name: i + 1 for i, name in enumerate(CLASS_NAMES)}
 NUM_CLASSES: int = len(CLASS_NAMES)
 #: RGB colour (0-255) per class id, used by every picture and export (overlays, comparison figures, QuPath GeoJSON,
-#: the ImageScope XML of the synthetic generator).
-CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (230, 25, 75), 2: (0, 130, 200), 3: (255, 200, 0), 4: (60, 180, 75)}
+#: the ImageScope XML of the synthetic generator): the colours of the MoNuSAC 2020 colour masks, so that an
+#: overlay reads like the masks it is compared with (and the ``monusac`` palette preset of ``nasscam prepare``).
+CLASS_COLORS: dict[int, tuple[int, int, int]] = {1: (0, 255, 0), 2: (255, 255, 0), 3: (255, 0, 0), 4: (0, 0, 255)}
 #: RGB colour of background (class id 0) in class-map pictures.
 BACKGROUND_COLOR: tuple[int, int, int] = (0, 0, 0)
 #: name of the test-release layer whose regions are excluded from scoring.

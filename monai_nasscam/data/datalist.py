@@ -203,7 +203,7 @@ def epoch_groups(
 ) -> int:
     """Items per training epoch of :class:`~monai_nasscam.data.ClassBalancedCropDataset` (``num_classes`` crops each).
 
-    ``epoch_crops`` crops per epoch, rounded up to whole items; ``None`` means the paper's epoch: as many crops as
+    ``epoch_crops`` crops per epoch, rounded up to whole items (with a warning); ``None`` means the paper's epoch: as many crops as
     there are overlapping ``roi_size`` windows every ``stride`` (default: half the window) in the training images
     (4,803 for MoNuSAC's 120 training images at 256 / 128).
 
@@ -220,7 +220,11 @@ def epoch_groups(
         epoch_crops = sum(len(grid_windows(_image_size(e["image"]), roi, step)) for e in entries)
     if int(epoch_crops) < 1:
         raise ValueError(f"epoch_crops must be >= 1, got {epoch_crops}.")
-    return max(1, math.ceil(int(epoch_crops) / num_classes))
+    groups = math.ceil(int(epoch_crops) / num_classes)
+    if groups * num_classes != int(epoch_crops):
+        warnings.warn(f"epoch_crops {epoch_crops} is not a whole number of class-balanced groups of {num_classes} "
+                      f"crops (one per class): an epoch is {groups * num_classes} crops.", stacklevel=2)
+    return groups
 
 
 def label_class_weights(entries: Sequence[Mapping], num_classes: int = NUM_CLASSES) -> torch.Tensor:

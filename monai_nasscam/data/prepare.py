@@ -51,6 +51,13 @@ __all__ = ["prepare_dataset", "write_png", "write_instance_tiff", "MANIFEST_FORM
 
 logger = logging.getLogger(__name__)
 MANIFEST_FORMAT = "nasscam-prepared"
+#: what an empty split means for the workflows (said by ``prepare`` and kept in the manifest's ``split_notes``)
+_EMPTY_SPLIT = {
+    "training": "search and training will refuse this dataset; it can still be evaluated or inferred on",
+    "validation": "search and training will refuse this dataset (validation keeps the best model); give more "
+                  "images or patients, or use --split image",
+    "test": "evaluation will refuse this dataset; search and training can run",
+}
 
 
 def write_png(path: str, array: np.ndarray, compress_level: int = 1) -> None:
@@ -406,8 +413,7 @@ def prepare_dataset(
         if not records:
             raise DataError(data_dir, "no usable annotated image (every case was skipped)")
         _check_nuclei(records, split_of, data_dir, masks)
-        for w in split_warnings:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        split_notes = [str(w.message) for w in split_warnings]
         for rec in records:
             _report_notes(rec)
         if not os.listdir(os.path.join(tmp, "ambiguous")):
@@ -417,7 +423,9 @@ def prepare_dataset(
         for s in SPLITS:
             datalist[s] = [r["entry"] for r in records if split_of[r["entry"]["name"]] == s]
             if not datalist[s]:
-                logger.warning("the %s split is empty", s)
+                split_notes.append(f"the {s} split is empty: {_EMPTY_SPLIT[s]}")
+        for note in split_notes:
+            logger.warning("%s", note)
         manifest = {
             "format": MANIFEST_FORMAT,
             "version": 1,
@@ -440,6 +448,7 @@ def prepare_dataset(
             "skipped": [{"file": e.path, "problem": e.problem} for e in skipped],
             "skipped_regions": {r["entry"]["name"]: r["skipped_regions"] for r in records if r["skipped_regions"]},
             "notes": [{"name": r["entry"]["name"], "note": n} for r in records for n in r["notes"]],
+            "split_notes": split_notes,
         }
         with open(os.path.join(tmp, "datalist.json"), "w") as f:
             json.dump(datalist, f, indent=2)

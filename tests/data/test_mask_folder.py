@@ -316,7 +316,7 @@ def test_bad_files_skip_or_fail(tmp_path):
     assert list(entries(tmp_path / "skip")) == ["P0_1"]
 
 
-def test_on_error_fail_stops_at_the_first_bad_file_before_the_split(tmp_path, capsys):
+def test_on_error_fail_stops_at_the_first_bad_file_before_the_split(tmp_path, capsys, caplog):
     cmap = class_map()
     epithelial = np.where(cmap == 1, 1, 0).astype(np.uint8)
     pairs = {f"P{i}_1.png": (tissue(seed=i), f"P{i}_1.png", index_png(cmap if i == 0 else epithelial))
@@ -326,19 +326,18 @@ def test_on_error_fail_stops_at_the_first_bad_file_before_the_split(tmp_path, ca
     data = (src / "masks" / "P2_1.png").read_bytes()
     (src / "masks" / "P2_1.png").write_bytes(data[: len(data) // 2])  # truncated
     command = ["prepare", "--data-dir", str(src), "--index-masks", "--stain", "none", "--workers", "0"]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    split_warning = "no split of 200 draws holds every class in every split: test lacks Lymphocyte, Macrophage, Neutrophil"
+    with caplog.at_level("WARNING"):
         assert cli_main([*command, "--out-dir", str(tmp_path / "fail"), "--on-error", "fail"]) == 1
-    assert [str(w.message) for w in caught] == []  # no split was drawn: no "no split of 200 draws ..." warning
+    assert split_warning not in caplog.messages  # no split was drawn: no "no split of 200 draws ..." warning
     err = capsys.readouterr().err
     assert err == (f"nasscam prepare: error: {src / 'masks' / 'P1_1.png'}: mask is 56x30 px but its image "
                    f"{src / 'images' / 'P1_1.png'} is 56x40 (width x height)\n")
     assert sorted(os.listdir(tmp_path)) == ["src"]
-    with warnings.catch_warnings(record=True) as caught:  # skip: reported, skipped, and the split's warning shown
-        warnings.simplefilter("always")
+    with caplog.at_level("WARNING"):  # skip: reported, skipped, and the split's warning shown and kept
         assert cli_main([*command, "--out-dir", str(tmp_path / "skip")]) == 0
-    assert [str(w.message) for w in caught] == [
-        "no split of 200 draws holds every class in every split: test lacks Lymphocyte, Macrophage, Neutrophil"]
+    assert caplog.messages[-1] == split_warning
+    assert json.loads((tmp_path / "skip" / "manifest.json").read_text())["split_notes"] == [split_warning]
     assert sorted(entries(tmp_path / "skip")) == ["P0_1", "P3_1", "P4_1"]
 
 
@@ -523,3 +522,12 @@ def test_evaluate_yaml_skips_instance_metrics_for_a_semantic_only_split(tmp_path
         assert sorted(parser.get_parsed_content("validate#additional_metrics")) == sorted(expected)
         writer = parser.get_parsed_content("validate#handlers")[-1]
         assert writer.semantic_only is (True if split == "validation" else None)
+
+
+def test_pictures_use_the_monusac_mask_colours():
+    """Overlays, GeoJSON and figures colour each class as the MoNuSAC colour masks do (the ``monusac`` preset)."""
+    from monai_nasscam.data.classes import CLASS_COLORS, CLASS_IDS
+    from monai_nasscam.data.palette import PALETTE_PRESETS
+
+    assert {name: CLASS_COLORS[i] for name, i in CLASS_IDS.items()} == {
+        k: v for k, v in PALETTE_PRESETS["monusac"].items() if k in CLASS_IDS}

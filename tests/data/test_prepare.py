@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -282,3 +283,42 @@ def test_prepared_folder_inside_release_is_ignored(raw, tmp_path):
     prepare_dataset(src, src / "PREP", workers=0, progress=False, stain="none")
     cases, problems = scan_monusac(src)
     assert len(cases) == 9 and not problems
+
+
+def test_cli_takes_the_bundle_spelling_and_flags_after_the_command(raw, tmp_path, capsys):
+    """`--data_dir` / `--output_dir` (monai.bundle run's spelling) and `-v` / `--debug` after COMMAND work."""
+    rc = cli_main(["prepare", "--data_dir", str(raw), "--output_dir", str(tmp_path / "P"), "--stain", "none",
+                   "--workers", "0", "-v"])
+    assert rc == 0 and (tmp_path / "P" / "datalist.json").is_file()
+    for debug_first in (True, False):  # --debug before or after COMMAND: the traceback, not one line
+        argv = ["prepare", "--data-dir", str(raw), "--out-dir", str(tmp_path / "P")]
+        with pytest.raises(DataError, match="output folder already exists"):
+            cli_main(["--debug", *argv] if debug_first else [*argv, "--debug"])
+    assert cli_main(["prepare", "--data-dir", str(raw), "--out-dir", str(tmp_path / "P")]) == 1
+
+
+def test_split_warnings_are_kept_in_the_manifest(tmp_path, caplog):
+    """Two images of two patients: no patient-level split, and nothing left for validation and test; prepare says
+    so and keeps the notes in manifest.json."""
+    raw = tmp_path / "raw"
+    generate_dataset(raw, n_images=2, n_patients=2, seed=1, min_size=96, max_size=128)
+    with caplog.at_level("WARNING"):
+        manifest = prepare_dataset(str(raw), str(tmp_path / "P"), stain="none", workers=0)
+    notes = manifest["split_notes"]
+    assert notes == json.loads((tmp_path / "P" / "manifest.json").read_text())["split_notes"]
+    assert any("patient-level split is impossible" in n for n in notes)
+    assert ("the validation split is empty: search and training will refuse this dataset (validation keeps the "
+            "best model); give more images or patients, or use --split image") in notes
+    assert any(n.startswith("the test split is empty: evaluation will refuse") for n in notes)
+    assert [r.getMessage() for r in caplog.records if "split" in r.getMessage()] == notes
+
+
+def test_epoch_crops_not_a_whole_number_of_groups_warns():
+    from monai_nasscam.data.datalist import epoch_groups
+
+    with pytest.warns(UserWarning, match=r"^epoch_crops 2 is not a whole number of class-balanced groups of 4 crops "
+                                         r"\(one per class\): an epoch is 4 crops\.$"):
+        assert epoch_groups([], 64, epoch_crops=2) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a whole number of groups: no warning
+        assert epoch_groups([], 64, epoch_crops=8) == 2

@@ -631,7 +631,7 @@ VIOLATIONS = {
 
 def _good_feature() -> dict:
     return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [SQUARE]},
-            "properties": {"objectType": "detection", "classification": {"name": "Epithelial", "color": [230, 25, 75]},
+            "properties": {"objectType": "detection", "classification": {"name": "Epithelial", "color": [0, 255, 0]},
                            "isLocked": False, "measurements": {"Area px": 16, "Area µm^2": 1.0}}}
 
 
