@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import warnings
 
 import numpy as np
 import pytest
