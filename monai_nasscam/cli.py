@@ -323,10 +323,10 @@ register_command(
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every registered subcommand."""
+    spelling = ("Options may also be spelled with underscores instead of hyphens, as in monai.bundle run; "
+                "-v and --debug go before or after COMMAND.")
     parser = argparse.ArgumentParser(
-        prog="nasscam", description="NAS-SCAM for MONAI: data preparation and utilities.",
-        epilog="Options may also be spelled with underscores, as in monai.bundle run (--out_dir for --out-dir); "
-               "-v and --debug go before or after COMMAND.",
+        prog="nasscam", description="NAS-SCAM for MONAI: data preparation and utilities.", epilog=spelling
     )
 
     def common(p: argparse.ArgumentParser, default: object) -> None:
@@ -337,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help)
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.description or cmd.help, epilog=spelling)
         common(p, argparse.SUPPRESS)  # after COMMAND too; SUPPRESS keeps a flag given before it
         cmd.add_arguments(p)
         p.set_defaults(_run=cmd.run, _interrupted=cmd.interrupted)
