@@ -272,7 +272,10 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"any of {', '.join(f'{key} ({label})' for key, (label, _, _) in MODELS.items())} "
                    "(default: all); random: a uniformly random NAS-SCAM-P genotype per seed, retrained like the "
                    "searched models, that they are paired with")
-    p.add_argument("--seeds", type=int, default=3, help="runs per model, seeds 0..N-1 (default: %(default)s)")
+    p.add_argument("--seeds", type=int, default=3, help="runs per model, seeds K..K+N-1 (default: %(default)s)")
+    p.add_argument("--first-seed", type=int, default=0, metavar="K",
+                   help="the first seed (default: %(default)s): e.g. --seeds 2 --first-seed 3 runs seeds 3 and 4, to "
+                        "add seeds to a comparison in another folder")
     p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override for every workflow, e.g. roi_size=[64,64] num_workers=0")
     p.add_argument("--search-set", nargs="+", metavar="KEY=VALUE", help="search.yaml overrides, e.g. epochs=6 warmup_epochs=2")
     p.add_argument("--train-set", nargs="+", metavar="KEY=VALUE", help="train.yaml overrides, e.g. epochs=20 epoch_crops=128")
@@ -285,11 +288,15 @@ def _compare_arguments(p: argparse.ArgumentParser) -> None:
 def _compare_run(args: argparse.Namespace) -> int:
     from monai_nasscam.compare import run_comparison
 
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1 (runs per model), got {args.seeds}.")
+    if args.first_seed < 0:
+        raise ValueError(f"--first-seed must be at least 0, got {args.first_seed}.")
     run_comparison(
         args.dataset_dir,
         args.output_dir,
         models=args.models,
-        seeds=list(range(args.seeds)),
+        seeds=list(range(args.first_seed, args.first_seed + args.seeds)),
         common=_overrides(args.set),
         search=_overrides(args.search_set),
         train=_overrides(args.train_set),

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -303,3 +304,25 @@ def test_paired_statistics_by_hand():
     with pytest.raises(ValueError, match="per-image Dice counts must be"):
         image_bootstrap([a], [b[:1]])
 
+
+
+def test_compare_seeds_and_first_seed(monkeypatch, capsys, tmp_path):
+    """--seeds N --first-seed K runs seeds K..K+N-1; a count below 1 or a negative first seed is one line, status 1."""
+    import monai_nasscam.compare as compare
+
+    called = {}
+
+    def fake(dataset_dir, output_dir, **kwargs):
+        called.update(kwargs)
+        (Path(output_dir)).mkdir(parents=True, exist_ok=True)
+        (Path(output_dir) / "table.md").write_text("table\n")
+
+    monkeypatch.setattr(compare, "run_comparison", fake)
+    base = ["compare", "--dataset-dir", str(tmp_path), "--output-dir", str(tmp_path / "cmp"), "--models", "unet"]
+    assert nasscam([*base, "--seeds", "2", "--first-seed", "3"]) == 0 and called["seeds"] == [3, 4]
+    assert nasscam(base) == 0 and called["seeds"] == [0, 1, 2]
+    capsys.readouterr()
+    assert nasscam([*base, "--seeds", "0"]) == 1
+    assert capsys.readouterr().err == "nasscam compare: error: --seeds must be at least 1 (runs per model), got 0.\n"
+    assert nasscam([*base, "--first_seed", "-1"]) == 1
+    assert capsys.readouterr().err == "nasscam compare: error: --first-seed must be at least 0, got -1.\n"
