@@ -203,9 +203,9 @@ def epoch_groups(
 ) -> int:
     """Items per training epoch of :class:`~monai_nasscam.data.ClassBalancedCropDataset` (``num_classes`` crops each).
 
-    ``epoch_crops`` crops per epoch, rounded up to whole items (with a warning); ``None`` means the paper's epoch: as many crops as
-    there are overlapping ``roi_size`` windows every ``stride`` (default: half the window) in the training images
-    (4,803 for MoNuSAC's 120 training images at 256 / 128).
+    ``epoch_crops`` crops per epoch, rounded up to whole items (with a warning); ``None`` means the paper's epoch: as
+    many crops as there are overlapping ``roi_size`` windows every ``stride`` (default: half the window) in the
+    training images (4,803 for MoNuSAC's 120 training images at 256 / 128).
 
     Raises:
         InputError: ``epoch_crops`` below 1.

@@ -305,7 +305,6 @@ def test_paired_statistics_by_hand():
         image_bootstrap([a], [b[:1]])
 
 
-
 def test_compare_seeds_and_first_seed(monkeypatch, capsys, tmp_path):
     """--seeds N --first-seed K runs seeds K..K+N-1; a count below 1 or a negative first seed is one line, status 1."""
     import monai_nasscam.compare as compare
@@ -314,7 +313,7 @@ def test_compare_seeds_and_first_seed(monkeypatch, capsys, tmp_path):
 
     def fake(dataset_dir, output_dir, **kwargs):
         called.update(kwargs)
-        (Path(output_dir)).mkdir(parents=True, exist_ok=True)
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
         (Path(output_dir) / "table.md").write_text("table\n")
 
     monkeypatch.setattr(compare, "run_comparison", fake)
