@@ -218,10 +218,11 @@ def epoch_groups(
     step = ensure_tuple_rep(stride, 2) if stride is not None else tuple(max(1, int(r) // 2) for r in roi)
     if epoch_crops is None:
         epoch_crops = sum(len(grid_windows(_image_size(e["image"]), roi, step)) for e in entries)
-    if int(epoch_crops) < 1:
+    crops = int(epoch_crops)
+    if crops < 1:
         raise ValueError(f"epoch_crops must be >= 1, got {epoch_crops}.")
-    groups = math.ceil(int(epoch_crops) / num_classes)
-    if groups * num_classes != int(epoch_crops):
+    groups = math.ceil(crops / num_classes)
+    if groups * num_classes != crops:
         warnings.warn(f"epoch_crops {epoch_crops} is not a whole number of class-balanced groups of {num_classes} "
                       f"crops (one per class): an epoch is {groups * num_classes} crops.", stacklevel=2)
     return groups
